@@ -1,0 +1,69 @@
+// swift-tools-version: 6.1
+// Xenith: the Xen 3.0 toolstack and driver-domain model on Linux KVM.
+// Layout and dependency rules: DESIGN.md in ../shared and Sources/README.md.
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "Xenith",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "xenith-core", targets: ["xenith-core"]),
+        .executable(name: "xenstored", targets: ["xenstored"]),
+        .executable(name: "blkback", targets: ["blkback"]),
+        .executable(name: "xenconsoled", targets: ["xenconsoled"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // C shims: <linux/kvm.h>, ioctl numbers, memfd/eventfd/epoll, SCM_RIGHTS helpers.
+        .target(name: "CLinux", cSettings: [.define("_GNU_SOURCE")]),
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp",
+                       providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+
+        // Libraries, one concern each (see Sources/README.md for what may import what).
+        .target(name: "GuestMemory", dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: swiftSettings),
+        .target(name: "KVM", dependencies: ["CLinux", "GuestMemory", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: swiftSettings),
+        .target(name: "Boot", dependencies: ["GuestMemory"], swiftSettings: swiftSettings),
+        .target(name: "Virtio", dependencies: ["GuestMemory"], swiftSettings: swiftSettings),
+        .target(name: "VhostUser", dependencies: ["CLinux", "GuestMemory", "Virtio", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: swiftSettings),
+        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"], swiftSettings: swiftSettings),
+        .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
+        .target(name: "DomainConfig", dependencies: [], swiftSettings: swiftSettings),
+        .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio",
+                                            .product(name: "Logging", package: "swift-log"),
+                                            .product(name: "SystemPackage", package: "swift-system")],
+                swiftSettings: swiftSettings),
+        .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
+        .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
+
+        // Thin executables.
+        .executableTarget(name: "xenith-core", dependencies: ["Core",
+                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                          .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
+        .executableTarget(name: "xenstored", dependencies: ["XenStore",
+                          .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
+        .executableTarget(name: "blkback", dependencies: ["BlockBackend", "Sandbox",
+                          .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
+        .executableTarget(name: "xenconsoled", dependencies: ["ConsoleBackend", "Sandbox",
+                          .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
+
+        // Unit tests mirror the library targets; integration/ boots guests on /dev/kvm.
+        .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
+        .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory"]),
+        .testTarget(name: "CoreTests", dependencies: ["Core"]),
+        .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser"]),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
+        .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM"], path: "integration"),
+    ]
+)

@@ -1,0 +1,80 @@
+#include "CLinux.h"
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <time.h>
+#include <sys/syscall.h>
+
+int clinux_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+int clinux_pivot_root(const char *new_root, const char *put_old) {
+    return (int)syscall(SYS_pivot_root, new_root, put_old);
+}
+long clinux_gettid(void) { return syscall(SYS_gettid); }
+
+ssize_t clinux_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+    char control[CMSG_SPACE(sizeof(int) * 16)];
+    if (nfds > 16) { errno = EINVAL; return -1; }
+    if (nfds > 0) {
+        memset(control, 0, sizeof(control));
+        msg.msg_control = control;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ssize_t r;
+    do { r = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r;
+}
+
+ssize_t clinux_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    char control[CMSG_SPACE(sizeof(int) * 16)];
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control) };
+    *nfds = 0;
+    ssize_t r;
+    do { r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (r < 0 && errno == EINTR);
+    if (r < 0) return r;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int n = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            int *p = (int *)CMSG_DATA(c);
+            for (int i = 0; i < n; i++) {
+                if (*nfds < maxfds) fds[(*nfds)++] = p[i];
+                else close(p[i]);   // more than the caller can take: never leak
+            }
+        }
+    }
+    return r;
+}
+
+struct kvm_cpuid2 *clinux_cpuid2_alloc(unsigned int n) {
+    struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(struct kvm_cpuid_entry2));
+    if (c) c->nent = n;
+    return c;
+}
+struct kvm_cpuid_entry2 *clinux_cpuid2_entry(struct kvm_cpuid2 *c, unsigned int i) { return &c->entries[i]; }
+struct kvm_msrs *clinux_msrs_alloc(unsigned int n) {
+    struct kvm_msrs *m = calloc(1, sizeof(*m) + n * sizeof(struct kvm_msr_entry));
+    if (m) m->nmsrs = n;
+    return m;
+}
+struct kvm_msr_entry *clinux_msrs_entry(struct kvm_msrs *m, unsigned int i) { return &m->entries[i]; }
+struct kvm_irq_routing *clinux_irq_routing_alloc(unsigned int n) {
+    struct kvm_irq_routing *r = calloc(1, sizeof(*r) + n * sizeof(struct kvm_irq_routing_entry));
+    if (r) r->nr = n;
+    return r;
+}
+struct kvm_irq_routing_entry *clinux_irq_routing_entry(struct kvm_irq_routing *r, unsigned int i) { return &r->entries[i]; }
+
+uint64_t clinux_thread_cpu_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+int clinux_pthread_kill(unsigned long thread, int sig) { return pthread_kill((pthread_t)thread, sig); }
+unsigned long clinux_pthread_self(void) { return (unsigned long)pthread_self(); }
