@@ -29,7 +29,7 @@ public enum GuestMemoryError: Error, Equatable, CustomStringConvertible {
 ///
 /// `fd`/`fdOffset` name the memfd (or other shareable file) backing it, so the region can be
 /// handed to another process (vhost-user "SET_MEM_TABLE"); `fd` is -1 for private memory.
-public struct MemoryRegion: Sendable {
+public struct MemoryRegion: @unchecked Sendable {
     /// Guest-physical address of the first byte.
     public let guestBase: UInt64
     /// Size in bytes.
@@ -100,13 +100,13 @@ public final class GuestMemory: @unchecked Sendable {
             }
             total += l.size
         }
-        let fd = clinux_memfd_create(name, UInt32(MFD_CLOEXEC | MFD_ALLOW_SEALING))
+        let fd = clinux_memfd_create(name, CLINUX_MFD_CLOEXEC | CLINUX_MFD_ALLOW_SEALING)
         if fd < 0 { throw GuestMemoryError.system("memfd_create", Errno(rawValue: errno)) }
         if ftruncate(fd, off_t(total)) != 0 {
             let e = Errno(rawValue: errno); close(fd)
             throw GuestMemoryError.system("ftruncate(\(total) bytes)", e)
         }
-        _ = clinux_fcntl_int(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)
+        _ = clinux_fcntl_int(fd, CLINUX_F_ADD_SEALS, CLINUX_F_SEAL_SHRINK | CLINUX_F_SEAL_GROW)
         var regions: [MemoryRegion] = []
         var offset: UInt64 = 0
         for l in layout {

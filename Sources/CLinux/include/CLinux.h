@@ -88,6 +88,14 @@ static const unsigned long CLINUX_TUNSETIFF = TUNSETIFF;
 static const unsigned long CLINUX_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
 static const unsigned long CLINUX_TUNSETOFFLOAD = TUNSETOFFLOAD;
 
+// memfd and file-seal constants (glibc hides them without _GNU_SOURCE, which the Swift
+// importer does not define; values from <linux/memfd.h> and <linux/fcntl.h>).
+static const unsigned int CLINUX_MFD_CLOEXEC = 0x0001U;
+static const unsigned int CLINUX_MFD_ALLOW_SEALING = 0x0002U;
+static const int CLINUX_F_ADD_SEALS = 1024 + 9;
+static const int CLINUX_F_SEAL_SHRINK = 0x0002;
+static const int CLINUX_F_SEAL_GROW = 0x0004;
+
 // MARK: variadic wrappers
 static inline int clinux_ioctl_ptr(int fd, unsigned long req, void *arg) { return ioctl(fd, req, arg); }
 static inline int clinux_ioctl_int(int fd, unsigned long req, unsigned long arg) { return ioctl(fd, req, arg); }

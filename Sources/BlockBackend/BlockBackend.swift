@@ -1,0 +1,1 @@
+// BlockBackend: see Sources/README.md.

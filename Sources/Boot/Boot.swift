@@ -1,0 +1,1 @@
+// Boot: see Sources/README.md.

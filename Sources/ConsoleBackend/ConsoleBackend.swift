@@ -1,0 +1,1 @@
+// ConsoleBackend: see Sources/README.md.

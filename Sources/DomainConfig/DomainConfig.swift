@@ -1,0 +1,1 @@
+// DomainConfig: see Sources/README.md.

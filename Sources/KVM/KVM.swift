@@ -1,0 +1,1 @@
+// KVM: see Sources/README.md.

@@ -1,0 +1,1 @@
+// VhostUser: see Sources/README.md.

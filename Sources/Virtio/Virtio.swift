@@ -1,0 +1,1 @@
+// Virtio: see Sources/README.md.

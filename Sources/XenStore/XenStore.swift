@@ -1,0 +1,1 @@
+// XenStore: see Sources/README.md.
