@@ -1,1 +1,1 @@
-// Boot: see Sources/README.md.
+// Boot: Linux boot protocol, PVH, e820, MP and ACPI tables.
