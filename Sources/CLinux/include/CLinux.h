@@ -80,6 +80,12 @@ static const uint32_t CLINUX_KVM_EXIT_INTR = KVM_EXIT_INTR;
 static const uint32_t CLINUX_KVM_EXIT_INTERNAL_ERROR = KVM_EXIT_INTERNAL_ERROR;
 static const uint32_t CLINUX_KVM_EXIT_SYSTEM_EVENT = KVM_EXIT_SYSTEM_EVENT;
 
+static const uint32_t CLINUX_KVM_IOEVENTFD_FLAG_DATAMATCH = 1u << 0;
+static const uint32_t CLINUX_KVM_IOEVENTFD_FLAG_PIO = 1u << 1;
+static const uint32_t CLINUX_KVM_IOEVENTFD_FLAG_DEASSIGN = 1u << 2;
+static const uint32_t CLINUX_KVM_IRQFD_FLAG_DEASSIGN = 1u << 0;
+static const uint32_t CLINUX_KVM_IRQFD_FLAG_RESAMPLE = 1u << 1;
+
 // MARK: other ioctl numbers
 static const unsigned long CLINUX_BLKGETSIZE64 = BLKGETSIZE64;
 static const unsigned long CLINUX_BLKSSZGET = BLKSSZGET;

@@ -1,1 +1,0 @@
-// KVM: see Sources/README.md.
