@@ -78,3 +78,41 @@ uint64_t clinux_thread_cpu_ns(void) {
 }
 int clinux_pthread_kill(unsigned long thread, int sig) { return pthread_kill((pthread_t)thread, sig); }
 unsigned long clinux_pthread_self(void) { return (unsigned long)pthread_self(); }
+int clinux_pthread_setname(unsigned long thread, const char *name) { return pthread_setname_np((pthread_t)thread, name); }
+
+static void clinux_kick_handler(int sig) { (void)sig; }
+int clinux_install_kick_handler(int sig) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = clinux_kick_handler;   /* no SA_RESTART: KVM_RUN returns EINTR */
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, NULL);
+}
+int clinux_unblock_signal(int sig) {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, sig);
+    return pthread_sigmask(SIG_UNBLOCK, &s, NULL);
+}
+int clinux_block_signal(int sig) {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, sig);
+    return pthread_sigmask(SIG_BLOCK, &s, NULL);
+}
+uint64_t clinux_thread_cpu_ns_of(unsigned long thread) {
+    clockid_t cid;
+    struct timespec ts;
+    if (pthread_getcpuclockid((pthread_t)thread, &cid) != 0) return 0;
+    if (clock_gettime(cid, &ts) != 0) return 0;
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+int clinux_termination_signalfd(void) {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGTERM);
+    sigaddset(&s, SIGINT);
+    sigaddset(&s, SIGHUP);
+    if (pthread_sigmask(SIG_BLOCK, &s, NULL) != 0) return -1;
+    return signalfd(-1, &s, SFD_NONBLOCK | SFD_CLOEXEC);
+}

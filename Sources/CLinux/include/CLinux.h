@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <sys/signalfd.h>
 #include <linux/kvm.h>
 #include <linux/fs.h>
 #include <linux/if_tun.h>
@@ -141,5 +142,17 @@ uint64_t clinux_thread_cpu_ns(void);
 /// pthread_kill wrapper taking an opaque pthread_t value.
 int clinux_pthread_kill(unsigned long thread, int sig);
 unsigned long clinux_pthread_self(void);
+/// pthread_setname_np wrapper (names are cut to 15 bytes by the caller).
+int clinux_pthread_setname(unsigned long thread, const char *name);
+/// Installs a do-nothing handler for `sig` without SA_RESTART, so a signal sent to a
+/// vCPU thread makes KVM_RUN return EINTR (the pause/stop kick).
+int clinux_install_kick_handler(int sig);
+int clinux_unblock_signal(int sig);
+int clinux_block_signal(int sig);
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (threads created later inherit
+/// it) and returns a non-blocking, close-on-exec signalfd that reports them.
+int clinux_termination_signalfd(void);
+/// CPU time consumed so far by another thread, nanoseconds (0 on failure).
+uint64_t clinux_thread_cpu_ns_of(unsigned long thread);
 
 #endif

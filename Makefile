@@ -1,0 +1,59 @@
+# Xenith — see README.md. Every target works from a fresh clone after .ci/run's packages.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SWIFT   ?= swift
+CC      ?= cc
+LD      ?= ld
+BUILD   ?= build
+GUEST   ?= $(BUILD)/guest
+# Release binaries link the Swift runtime statically: small, fast-starting processes.
+RELEASE_FLAGS ?= -c release --static-swift-stdlib
+BINARIES := xenith-core xenstored blkback xenconsoled
+
+.PHONY: all release fixtures guest debian-image test unit integration bench install clean
+
+all: release
+
+release:
+	$(SWIFT) build $(RELEASE_FLAGS)
+
+include fixtures/Makefile.inc
+
+fixtures: $(FIXTURES)
+
+guest:
+	guest/build-test-guest.sh $(GUEST)
+
+debian-image:
+	guest/build-debian-image.sh $(GUEST)
+
+# The whole suite: unit tests, then the integration tests (KVM, root, QEMU; each one
+# prints SKIP with its reason where the machine cannot run it).
+test: fixtures
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+	$(MAKE) integration-images
+
+unit:
+	$(SWIFT) test --skip IntegrationTests
+
+integration: fixtures
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --filter IntegrationTests
+	$(MAKE) integration-images
+
+# Real Linux (Debian's kernel) under QEMU TCG with the test initramfs.
+integration-images: guest
+	guest/test-images.sh $(GUEST)
+
+bench: release fixtures
+	bench/run.sh
+
+install: release
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/xenith/manifests
+	for b in $(BINARIES); do install -m 0755 "$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)/$$b" $(DESTDIR)$(PREFIX)/bin/; done
+	[ ! -d manifests ] || cp -r manifests/. $(DESTDIR)$(PREFIX)/share/xenith/manifests/
+
+clean:
+	rm -rf $(BUILD)
+	$(SWIFT) package clean

@@ -1,0 +1,125 @@
+import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The core's control socket: a Unix stream socket speaking one command per line, one
+/// reply line per command. xend drives domains through it.
+///
+/// Commands and replies:
+/// - `pause`, `unpause`, `shutdown` (ACPI power button), `reboot` (reset), `destroy` → `ok`
+/// - `query` → `ok state=running|paused|stopped vcpus=N vcpu_time_ns=T0,T1,... uptime_ns=U pid=P`
+/// - anything else → `error unknown command: ...`
+public final class ControlServer: @unchecked Sendable {
+    public let path: String
+    private let listenFD: Int32
+    private unowned let machine: Machine
+    private var buffers: [Int32: [UInt8]] = [:]
+
+    /// Binds and listens at `path`, refusing a path that a live listener holds and
+    /// replacing a stale socket file.
+    /// - Throws: ``CoreError/badArgument(_:)`` naming the path.
+    public init(path: String, machine: Machine) throws(CoreError) {
+        self.path = path
+        self.machine = machine
+        listenFD = try bindUnixSocket(path: path)
+        let fd = listenFD
+        do {
+            try machine.loop.add(fd) { [weak self] _ in self?.accept() }
+        } catch {
+            close(fd); unlink(path)
+            throw error
+        }
+    }
+
+    deinit {
+        machine.loop.remove(listenFD)
+        close(listenFD)
+        unlink(path)
+        for fd in buffers.keys { close(fd) }
+    }
+
+    private func accept() {
+        let c = accept4(listenFD, nil, nil, Int32(SOCK_CLOEXEC) | Int32(SOCK_NONBLOCK))
+        guard c >= 0 else { return }
+        buffers[c] = []
+        do {
+            try machine.loop.add(c) { [weak self] _ in self?.readable(c) }
+        } catch { close(c); buffers[c] = nil }
+    }
+
+    private func readable(_ fd: Int32) {
+        var chunk = [UInt8](repeating: 0, count: 512)
+        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 512) }
+        if n <= 0 {
+            if n < 0 && errno == EAGAIN { return }
+            machine.loop.remove(fd); close(fd); buffers[fd] = nil
+            return
+        }
+        var buf = (buffers[fd] ?? []) + chunk[0..<n]
+        guard buf.count <= 4096 else { machine.loop.remove(fd); close(fd); buffers[fd] = nil; return }
+        while let nl = buf.firstIndex(of: 10) {
+            let line = String(decoding: buf[..<nl], as: UTF8.self)
+            buf.removeSubrange(...nl)
+            let reply = handle(line.trimmingCharacters(in: " \r\t")) + "\n"
+            _ = reply.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+        }
+        buffers[fd] = buf
+    }
+
+    func handle(_ command: String) -> String {
+        switch command {
+        case "pause": machine.pause(); return "ok"
+        case "unpause": machine.unpause(); return "ok"
+        case "shutdown": machine.requestShutdown(); return "ok"
+        case "reboot": machine.stop(.reboot("requested")); return "ok"
+        case "destroy": machine.stop(.destroyed); return "ok"
+        case "query":
+            let times = machine.vcpuTimes.map(String.init).joined(separator: ",")
+            return "ok state=\(machine.state.rawValue) vcpus=\(machine.config.vcpus) vcpu_time_ns=\(times) uptime_ns=\(machine.uptimeNanoseconds) pid=\(getpid())"
+        default: return "error unknown command: \(command)"
+        }
+    }
+}
+
+extension String {
+    func trimmingCharacters(in set: String) -> String {
+        var s = Substring(self)
+        while let f = s.first, set.contains(f) { s.removeFirst() }
+        while let l = s.last, set.contains(l) { s.removeLast() }
+        return String(s)
+    }
+}
+
+/// Creates a listening Unix stream socket at `path`. A socket file nobody listens on is
+/// removed first; one with a live listener is an error naming the path.
+/// - Throws: ``CoreError/badArgument(_:)``.
+public func bindUnixSocket(path: String) throws(CoreError) -> Int32 {
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    let max = MemoryLayout.size(ofValue: addr.sun_path) - 1
+    guard path.utf8.count <= max else { throw .badArgument("socket path \(path) is longer than \(max) bytes") }
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in
+        for (i, b) in path.utf8.enumerated() { p[i] = b }
+    }
+    let len = socklen_t(MemoryLayout<sockaddr_un>.size)
+    // Is somebody already serving this path?
+    var st = stat()
+    if lstat(path, &st) == 0 {
+        guard st.st_mode & S_IFMT == S_IFSOCK else { throw .badArgument("socket path \(path) exists and is not a socket") }
+        let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC), 0)
+        let live = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, len) == 0 } }
+        close(probe)
+        if live { throw .badArgument("socket path \(path) is in use by another process") }
+        unlink(path)
+    }
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC) | Int32(SOCK_NONBLOCK), 0)
+    guard fd >= 0 else { throw .system("socket", errno) }
+    let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 } }
+    guard ok, listen(fd, 16) == 0 else {
+        let e = errno
+        close(fd)
+        throw .badArgument("cannot listen on \(path): \(String(cString: strerror(e)))")
+    }
+    return fd
+}

@@ -1,1 +1,0 @@
-// Core: see Sources/README.md.

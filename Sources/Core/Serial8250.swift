@@ -1,0 +1,135 @@
+import Synchronization
+
+/// A 16550A-compatible UART (COM1): the guest's console. Transmitted bytes go to `output`
+/// at once (the line never backs up); received bytes wait in a FIFO until the guest
+/// reads them. Interrupt line level is recomputed after each access (ISA IRQ 4).
+public final class Serial8250: PortIODevice, @unchecked Sendable {
+    private struct Regs {
+        var ier: UInt8 = 0, lcr: UInt8 = 0x03, mcr: UInt8 = 0x08, scr: UInt8 = 0
+        var dll: UInt8 = 0x0C, dlm: UInt8 = 0, fcr: UInt8 = 0
+        var rx: [UInt8] = []
+        var rxHead = 0
+        var thrEmptyPending = true   // THRE interrupt condition, cleared by IIR read or THR write
+        var irqLevel = false
+    }
+    private let regs = Mutex(Regs())
+    private let base: UInt16
+    private let output: @Sendable (UInt8) -> Void
+    private let setIRQ: @Sendable (Bool) -> Void
+    /// Bytes kept for the guest to read before further input is dropped.
+    public static let rxCapacity = 4096
+
+    /// - Parameters:
+    ///   - base: first of the 8 ports (0x3F8 for COM1).
+    ///   - output: receives every byte the guest transmits, on the vCPU thread.
+    ///   - setIRQ: sets the interrupt line level.
+    public init(base: UInt16, output: @escaping @Sendable (UInt8) -> Void, setIRQ: @escaping @Sendable (Bool) -> Void) {
+        self.base = base
+        self.output = output
+        self.setIRQ = setIRQ
+    }
+
+    public func attach(to bus: IOBus) { bus.register(ports: base...(base + 7), self) }
+
+    /// Queues bytes typed at the console for the guest. Returns how many were accepted.
+    @discardableResult
+    public func receive<C: Collection>(_ bytes: C) -> Int where C.Element == UInt8 {
+        let (n, level) = regs.withLock { r -> (Int, Bool?) in
+            if r.rxHead > 0 && r.rxHead == r.rx.count { r.rx.removeAll(keepingCapacity: true); r.rxHead = 0 }
+            let room = Self.rxCapacity - (r.rx.count - r.rxHead)
+            let take = Swift.min(room, bytes.count)
+            r.rx.append(contentsOf: bytes.prefix(take))
+            return (take, Self.updateIRQ(&r))
+        }
+        if let l = level { setIRQ(l) }
+        return n
+    }
+
+    /// Bytes waiting for the guest.
+    public var pendingInput: Int { regs.withLock { $0.rx.count - $0.rxHead } }
+
+    private static func interruptID(_ r: Regs) -> UInt8 {
+        if r.ier & 0x04 != 0 { /* line status: never raised */ }
+        if r.ier & 0x01 != 0 && r.rx.count > r.rxHead { return 0x04 }
+        if r.ier & 0x02 != 0 && r.thrEmptyPending { return 0x02 }
+        return 0x01
+    }
+
+    /// Recomputes the line; returns the new level when it changed.
+    private static func updateIRQ(_ r: inout Regs) -> Bool? {
+        // OUT2 (MCR bit 3) gates the interrupt onto the ISA bus, as on a PC.
+        let level = interruptID(r) != 0x01 && r.mcr & 0x08 != 0
+        if level == r.irqLevel { return nil }
+        r.irqLevel = level
+        return level
+    }
+
+    public func read(port: UInt16, data: UnsafeMutableRawBufferPointer) {
+        let off = port &- base
+        var out: UInt8 = 0
+        let level: Bool? = regs.withLock { r in
+            let dlab = r.lcr & 0x80 != 0
+            switch off {
+            case 0:
+                if dlab { out = r.dll }
+                else if r.rxHead < r.rx.count { out = r.rx[r.rxHead]; r.rxHead += 1 }
+            case 1: out = dlab ? r.dlm : r.ier
+            case 2:
+                let id = Self.interruptID(r)
+                out = id | (r.fcr & 0x01 != 0 ? 0xC0 : 0)
+                if id == 0x02 { r.thrEmptyPending = false }
+            case 3: out = r.lcr
+            case 4: out = r.mcr
+            case 5:
+                // THR empty and transmitter empty always; DR when input waits.
+                out = 0x60 | (r.rxHead < r.rx.count ? 0x01 : 0)
+            case 6:
+                if r.mcr & 0x10 != 0 {
+                    // Loopback: CTS=RTS, DSR=DTR, RI=OUT1, DCD=OUT2 (probed by Linux).
+                    out = ((r.mcr & 0x02) << 3) | ((r.mcr & 0x01) << 5) | ((r.mcr & 0x04) << 4) | ((r.mcr & 0x08) << 4)
+                } else {
+                    out = 0xB0 // DCD, DSR, CTS
+                }
+            case 7: out = r.scr
+            default: out = 0xFF
+            }
+            return Self.updateIRQ(&r)
+        }
+        if let l = level { setIRQ(l) }
+        data.storeLittleEndian(UInt64(out))
+    }
+
+    public func write(port: UInt16, data: UnsafeRawBufferPointer) {
+        let off = port &- base
+        let v = UInt8(truncatingIfNeeded: data.littleEndianValue)
+        var emit: UInt8? = nil
+        let level: Bool? = regs.withLock { r in
+            let dlab = r.lcr & 0x80 != 0
+            switch off {
+            case 0:
+                if dlab { r.dll = v }
+                else {
+                    if r.mcr & 0x10 != 0 { r.rx.append(v) } else { emit = v }
+                    r.thrEmptyPending = true
+                }
+            case 1:
+                if dlab { r.dlm = v }
+                else {
+                    let hadTHRE = r.ier & 0x02 != 0
+                    r.ier = v & 0x0F
+                    if !hadTHRE && r.ier & 0x02 != 0 { r.thrEmptyPending = true }
+                }
+            case 2:
+                r.fcr = v
+                if v & 0x02 != 0 { r.rx.removeAll(); r.rxHead = 0 }
+            case 3: r.lcr = v
+            case 4: r.mcr = v & 0x1F
+            case 7: r.scr = v
+            default: break
+            }
+            return Self.updateIRQ(&r)
+        }
+        if let e = emit { output(e) }
+        if let l = level { setIRQ(l) }
+    }
+}

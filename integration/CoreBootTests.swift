@@ -1,0 +1,187 @@
+import Foundation
+import Testing
+
+/// The core on /dev/kvm with the test guests of fixtures/: boot paths, console, PCI,
+/// virtio-pci with ioeventfd and irqfd, and each way a guest can stop.
+@Suite(.serialized) struct CoreBootTests {
+    let core = Env.binary("xenith-core")
+
+    func boot(_ fixture: String, _ cmdline: String, extra: [String] = [], timeout: Double = 30) throws -> RunResult {
+        try run(core, ["--kernel", Env.fixture(fixture), "--extra", cmdline, "--memory", "32", "--no-input"] + extra,
+                timeout: timeout)
+    }
+
+    @Test func pvhPoweroff() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let r = try boot("pvh.elf", "o console=ttyS0")
+        #expect(r.stdout.contains("xenith-fixture: pvh entry"))
+        #expect(r.stdout.contains("xenith-fixture: start_info ok"))
+        #expect(r.stdout.contains("xenith-fixture: cmdline o console=ttyS0"))
+        // The host bridge answers configuration mechanism #1: 1b36:0008.
+        #expect(r.stdout.contains("xenith-fixture: pci 00:00.0 id 00081B36"))
+        #expect(r.stdout.contains("xenith-fixture: poweroff"))
+        #expect(r.stderr.contains("stopped: poweroff"))
+        #expect(r.status == 0)
+    }
+
+    @Test func pvhStartInfoDescribesMemoryAndInitrd() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let initrd = FileManager.default.temporaryDirectory.appendingPathComponent("xenith-initrd-\(getpid())")
+        try Data(repeating: 0x5A, count: 8192).write(to: initrd)
+        defer { try? FileManager.default.removeItem(at: initrd) }
+        let r = try boot("pvh.elf", "o", extra: ["--ramdisk", initrd.path])
+        #expect(r.stdout.contains("modules 00000001"), "one module for the initrd")
+        #expect(!r.stdout.contains("memmap 00000000"), "a non-empty memory map")
+        #expect(r.status == 0)
+    }
+
+    @Test(arguments: [("r", Int32(2), "reboot"), ("k", Int32(2), "reboot"), ("p", Int32(3), "crash"), ("x", Int32(2), "reboot")])
+    func pvhStops(_ action: String, _ status: Int32, _ word: String) throws {
+        if skip(Env.kvmUnavailable) { return }
+        let r = try boot("pvh.elf", action)
+        #expect(r.status == status, "\(action): \(r.stderr)")
+        #expect(r.stderr.contains("stopped: \(word)"))
+        if action == "p" { #expect(r.stdout.contains("pvpanic caps 03")) }
+    }
+
+    @Test func virtioQueueNotifyAndInterrupt() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let r = try boot("pvh.elf", "v")
+        // virtio-rng (modern ID 0x1044) in slot 1; the guest rings queue 0 through the notify
+        // capability (an ioeventfd), the device fills 16 bytes and interrupts through irqfd.
+        #expect(r.stdout.contains("xenith-fixture: virtio id 10441AF4"), "\(r.stdout)")
+        #expect(r.stdout.contains("xenith-fixture: virtio notify"))
+        #expect(r.stdout.contains("xenith-fixture: virtio irq isr 00000001 used 00000001 len 00000010"), "\(r.stdout)")
+        #expect(r.status == 0)
+    }
+
+    @Test func garbageNeverCrashesTheCore() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let r = try boot("pvh.elf", "g", timeout: 60)
+        #expect(r.stdout.contains("xenith-fixture: garbage done"), "\(r.stdout)\n\(r.stderr)")
+        #expect(r.status == 0)
+    }
+
+    @Test func realModeFirmware() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let r = try run(core, ["--firmware", Env.fixture("realmode.bin"), "--memory", "16", "--no-input"])
+        #expect(r.stdout.contains("xenith-fixture: real mode"))
+        #expect(r.stdout.contains("xenith-fixture: pci 00:00.0 id 00081B36"))
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+
+    @Test func bzImage64BitEntry() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let r = try boot("bzImage", "o root=/dev/vda")
+        #expect(r.stdout.contains("xenith-fixture: 64-bit boot protocol entry"), "\(r.stdout)\n\(r.stderr)")
+        #expect(r.stdout.contains("xenith-fixture: cmdline o root=/dev/vda"))
+        #expect(!r.stdout.contains("e820 entries 00000000"))
+        #expect(r.status == 0)
+        let p = try boot("bzImage", "p")
+        #expect(p.status == 3)
+    }
+
+    @Test func twoVCPUs() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let r = try boot("pvh.elf", "o", extra: ["--vcpus", "2"])
+        #expect(r.status == 0, "\(r.stderr)")
+    }
+
+    @Test func controlSocketPauseQueryShutdownDestroy() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let sock = "/tmp/xenith-core-test-\(getpid()).sock"
+        // Power button: the guest polls PM1_STS and powers off.
+        let w = try Running(core, ["--kernel", Env.fixture("pvh.elf"), "--extra", "w", "--memory", "32", "--no-input", "--control", sock])
+        #expect(w.waitFor("waiting for power button"))
+        #expect(try control(sock, "shutdown") == "ok")
+        #expect(w.wait() == 0)
+        #expect(w.output.get().contains("power button pressed"))
+        #expect(access(sock, F_OK) != 0, "control socket removed on exit")
+
+        // Pause stops the guest's clock of ticks; unpause resumes it; destroy ends it.
+        let t = try Running(core, ["--kernel", Env.fixture("pvh.elf"), "--extra", "t", "--memory", "32", "--no-input", "--control", sock])
+        #expect(t.waitFor("tick 00000002"))
+        #expect(try control(sock, "pause") == "ok")
+        usleep(200_000)
+        let q = try control(sock, "query")
+        #expect(q.hasPrefix("ok state=paused vcpus=1 vcpu_time_ns="), "\(q)")
+        let before = t.output.get().count
+        usleep(500_000)
+        #expect(t.output.get().count == before, "no output while paused")
+        #expect(try control(sock, "unpause") == "ok")
+        usleep(500_000)
+        #expect(t.output.get().count > before, "output resumes")
+        #expect(try control(sock, "query").hasPrefix("ok state=running"))
+        #expect(try control(sock, "bogus").hasPrefix("error unknown command"))
+        #expect(try control(sock, "destroy") == "ok")
+        #expect(t.wait() == 4)
+        #expect(access(sock, F_OK) != 0)
+    }
+
+    @Test func sigtermDestroysCleanly() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let t = try Running(core, ["--kernel", Env.fixture("pvh.elf"), "--extra", "t", "--memory", "32", "--no-input"])
+        #expect(t.waitFor("tick 00000001"))
+        kill(t.process.processIdentifier, SIGTERM)
+        #expect(t.wait() == 4)
+    }
+
+    /// Bad input: one line naming the problem, non-zero status.
+    @Test func badInput() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("xenith-bad-\(getpid())")
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: tmp) }
+        let bz = try Data(contentsOf: URL(fileURLWithPath: Env.fixture("bzImage")))
+        // Truncated kernel.
+        try bz.prefix(0x100).write(to: tmp.appendingPathComponent("truncated"))
+        // Protocol 2.05.
+        var old = bz
+        old[0x206] = 0x05
+        try old.write(to: tmp.appendingPathComponent("old"))
+        // A huge initrd for a small guest.
+        FileManager.default.createFile(atPath: tmp.appendingPathComponent("big").path, contents: nil)
+        let h = try FileHandle(forWritingTo: tmp.appendingPathComponent("big"))
+        try h.truncate(atOffset: 64 << 20); try h.close()
+
+        let cases: [([String], String)] = [
+            (["--kernel", "/nonexistent/vmlinuz"], "/nonexistent/vmlinuz"),
+            (["--kernel", tmp.appendingPathComponent("truncated").path], "truncated"),
+            (["--kernel", "/bin/true"], "PVH"),
+            (["--kernel", tmp.appendingPathComponent("old").path], "2.06"),
+            (["--kernel", Env.fixture("bzImage"), "--ramdisk", tmp.appendingPathComponent("big").path, "--memory", "16"], "initrd"),
+            (["--kernel", Env.fixture("pvh.elf"), "--memory", "100000000"], "memory"),
+            (["--kernel", Env.fixture("pvh.elf"), "--vcpus", "100000"], "vcpus"),
+            (["--kernel", tmp.path], "not a regular file"),
+        ]
+        for (args, word) in cases {
+            let r = try run(core, args + ["--no-input"], timeout: 20)
+            #expect(r.status != 0, "\(args)")
+            let lines = r.stderr.split(separator: "\n")
+            #expect(lines.count == 1, "one line for \(args): \(r.stderr)")
+            #expect(r.stderr.contains(word), "\(args): \(r.stderr)")
+        }
+        // A control socket path that is taken by a live listener.
+        let sock = "/tmp/xenith-core-taken-\(getpid()).sock"
+        let t = try Running(core, ["--kernel", Env.fixture("pvh.elf"), "--extra", "t", "--memory", "32", "--no-input", "--control", sock])
+        #expect(t.waitFor("tick"))
+        let r = try run(core, ["--kernel", Env.fixture("pvh.elf"), "--no-input", "--control", sock])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("in use"))
+        _ = try control(sock, "destroy")
+        _ = t.wait()
+    }
+
+    /// Real Linux in the core: only where KVM is hardware-backed.
+    @Test func debianKernelReachesReady() throws {
+        if skip(Env.hardwareVirtUnavailable) { return }
+        let guest = Env.root.appendingPathComponent("build/guest")
+        let r = try run(core, ["--kernel", guest.appendingPathComponent("vmlinuz").path,
+                               "--ramdisk", guest.appendingPathComponent("initrd.img").path,
+                               "--extra", "console=ttyS0 quiet xenith.run=poweroff%20-f", "--memory", "256", "--no-input"],
+                        timeout: 120)
+        #expect(r.stdout.contains("xenith-guest: ready"))
+        #expect(r.status == 0)
+    }
+
+}

@@ -1,0 +1,152 @@
+import Foundation
+import Testing
+
+/// Where the repository and the built products are, and what this machine can do.
+enum Env {
+    /// The package root (this file is integration/Support.swift).
+    static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Directory of the build products: the test bundle runs from it.
+    static let binDir: URL = {
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        return exe.deletingLastPathComponent()
+    }()
+
+    static func binary(_ name: String) -> String { binDir.appendingPathComponent(name).path }
+
+    static func fixture(_ name: String) -> String {
+        let path = root.appendingPathComponent("build/fixtures/\(name)").path
+        if !FileManager.default.fileExists(atPath: path) {
+            _ = try? run("/usr/bin/make", ["-C", root.path, "fixtures"], timeout: 60)
+        }
+        return path
+    }
+
+    /// nil when /dev/kvm can be used, else the reason to skip.
+    static var kvmUnavailable: String? {
+        if access("/dev/kvm", R_OK | W_OK) != 0 { return "/dev/kvm is not accessible" }
+        return nil
+    }
+
+    /// nil when KVM is hardware-backed (real Linux boots at speed), else the reason.
+    static var hardwareVirtUnavailable: String? {
+        if let k = kvmUnavailable { return k }
+        let fm = FileManager.default
+        if fm.fileExists(atPath: "/sys/module/kvm_intel") || fm.fileExists(atPath: "/sys/module/kvm_amd") { return nil }
+        return "KVM here is not hardware-backed (no kvm_intel/kvm_amd; PLATFORM.md): real Linux cannot boot in the core"
+    }
+}
+
+/// Prints the SKIP line the brief asks for and reports whether the test should stop.
+func skip(_ reason: String?, _ test: String = #function) -> Bool {
+    guard let r = reason else { return false }
+    print("SKIP: \(test): \(r)")
+    return true
+}
+
+struct RunResult {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs a program to completion (killing it after `timeout` seconds).
+@discardableResult
+func run(_ path: String, _ args: [String], timeout: Double = 30, stdin: String? = nil) throws -> RunResult {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = args
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    let inPipe = Pipe()
+    p.standardInput = inPipe
+    try p.run()
+    if let s = stdin { inPipe.fileHandleForWriting.write(s.data(using: .utf8)!) }
+    try? inPipe.fileHandleForWriting.close()
+    let outData = Locked(Data()), errData = Locked(Data())
+    let g = DispatchGroup()
+    g.enter(); DispatchQueue.global().async { outData.set(out.fileHandleForReading.readDataToEndOfFile()); g.leave() }
+    g.enter(); DispatchQueue.global().async { errData.set(err.fileHandleForReading.readDataToEndOfFile()); g.leave() }
+    let deadline = Date().addingTimeInterval(timeout)
+    while p.isRunning && Date() < deadline { usleep(10_000) }
+    if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+    p.waitUntilExit()
+    g.wait()
+    return RunResult(status: p.terminationStatus,
+                     stdout: String(decoding: outData.get(), as: UTF8.self),
+                     stderr: String(decoding: errData.get(), as: UTF8.self))
+}
+
+final class Locked<T>: @unchecked Sendable {
+    private var value: T
+    private let lock = NSLock()
+    init(_ v: T) { value = v }
+    func get() -> T { lock.lock(); defer { lock.unlock() }; return value }
+    func set(_ v: T) { lock.lock(); value = v; lock.unlock() }
+    func update(_ f: (inout T) -> Void) { lock.lock(); f(&value); lock.unlock() }
+}
+
+/// A running process whose output is collected as it arrives.
+final class Running: @unchecked Sendable {
+    let process = Process()
+    let output = Locked("")
+    let errors = Locked("")
+
+    init(_ path: String, _ args: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = args
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        out.fileHandleForReading.readabilityHandler = { [output] h in
+            let d = h.availableData
+            output.update { $0 += String(decoding: d, as: UTF8.self) }
+        }
+        err.fileHandleForReading.readabilityHandler = { [errors] h in
+            let d = h.availableData
+            errors.update { $0 += String(decoding: d, as: UTF8.self) }
+        }
+        try process.run()
+    }
+
+    /// Waits until `output` contains `text` (true) or `timeout` passes (false).
+    func waitFor(_ text: String, timeout: Double = 20) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if output.get().contains(text) { return true }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    /// Waits for exit; kills after `timeout`. Returns the exit status.
+    func wait(timeout: Double = 20) -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        usleep(50_000)
+        return process.terminationStatus
+    }
+}
+
+/// Sends one line to a Unix control socket and returns the reply line.
+func control(_ path: String, _ command: String) throws -> String {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+    let ok = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard ok == 0 else { throw POSIXError(.ECONNREFUSED) }
+    let line = command + "\n"
+    _ = line.withCString { write(fd, $0, strlen($0)) }
+    var reply = [UInt8]()
+    var c: UInt8 = 0
+    while read(fd, &c, 1) == 1 { if c == 10 { break }; reply.append(c) }
+    return String(decoding: reply, as: UTF8.self)
+}
