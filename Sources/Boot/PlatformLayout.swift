@@ -33,6 +33,10 @@ public enum PlatformLayout {
     public static let gdtAddress: UInt64 = 0x500
     /// hvm_start_info for PVH (Xen arch-x86/hvm/start_info.h), followed by its memmap.
     public static let pvhStartInfoAddress: UInt64 = 0x6000
+    /// PVH module list (hvm_modlist_entry, 32 bytes each; one entry: the initrd).
+    public static let pvhModlistAddress: UInt64 = 0x6040
+    /// PVH memory map (hvm_memmap_table_entry, 24 bytes each), up to the zero page.
+    public static let pvhMemmapAddress: UInt64 = 0x6080
     /// Linux zero page (struct boot_params).
     public static let zeroPageAddress: UInt64 = 0x7000
     /// Identity-mapped page tables for 64-bit entry: PML4, PDPT, then 4 PDs (4 GiB, 2 MiB pages).
@@ -67,6 +71,12 @@ public enum PlatformLayout {
     public static let pciConfigDataPort: UInt16 = 0xCFC
     /// GSI used for INTx of PCI device slot `slot` (pin A): IOAPIC pins 16...23.
     public static func pciIntxGSI(slot: Int) -> UInt32 { 16 + UInt32(slot % 8) }
+    /// GSI for INTx pin `pin` (0 = INTA ... 3 = INTD) of PCI slot `slot`: the usual swizzle,
+    /// pin B of slot s shares pin A's GSI of slot s+1 (ACPI _PRT and MP table agree).
+    public static func pciIntxGSI(slot: Int, pin: Int) -> UInt32 { pciIntxGSI(slot: slot + pin) }
+    /// APIC ID of the IOAPIC in the MADT and MP table: the first ID after the vCPUs'
+    /// local APIC IDs 0..<vcpus (MP spec: IDs unique on the APIC bus).
+    public static func ioapicID(vcpus: Int) -> UInt8 { UInt8(truncatingIfNeeded: vcpus) }
     /// IOAPIC pin count we advertise.
     public static let ioapicPins: UInt32 = 24
 }

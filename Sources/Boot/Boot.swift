@@ -1,1 +1,0 @@
-// Boot: Linux boot protocol, PVH, e820, MP and ACPI tables.
