@@ -116,3 +116,8 @@ int clinux_termination_signalfd(void) {
     if (pthread_sigmask(SIG_BLOCK, &s, NULL) != 0) return -1;
     return signalfd(-1, &s, SFD_NONBLOCK | SFD_CLOEXEC);
 }
+int clinux_accept_nonblock(int fd) {
+    int r;
+    do { r = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); } while (r < 0 && errno == EINTR);
+    return r;
+}

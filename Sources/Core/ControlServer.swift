@@ -40,7 +40,7 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     private func accept() {
-        let c = accept4(listenFD, nil, nil, Int32(SOCK_CLOEXEC) | Int32(SOCK_NONBLOCK))
+        let c = clinux_accept_nonblock(listenFD)
         guard c >= 0 else { return }
         buffers[c] = []
         do {
@@ -107,13 +107,13 @@ public func bindUnixSocket(path: String) throws(CoreError) -> Int32 {
     var st = stat()
     if lstat(path, &st) == 0 {
         guard st.st_mode & S_IFMT == S_IFSOCK else { throw .badArgument("socket path \(path) exists and is not a socket") }
-        let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC), 0)
+        let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         let live = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, len) == 0 } }
         close(probe)
         if live { throw .badArgument("socket path \(path) is in use by another process") }
         unlink(path)
     }
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC) | Int32(SOCK_NONBLOCK), 0)
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
     guard fd >= 0 else { throw .system("socket", errno) }
     let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 } }
     guard ok, listen(fd, 16) == 0 else {

@@ -85,7 +85,7 @@ public final class Machine: @unchecked Sendable {
             throw CoreError.badArgument("memory \(config.memoryMiB) MiB is more than the host has (\(hostBytes >> 20) MiB)")
         }
         // Read the boot files before allocating anything large.
-        let kernel: BootSource
+        let kernel: BootTarget
         if let f = config.firmwarePath {
             kernel = .firmware(try readFile(f, what: "firmware"))
         } else if let k = config.kernelPath {
@@ -104,15 +104,10 @@ public final class Machine: @unchecked Sendable {
 
         let bsp: InitialVCPUState
         do {
-            switch kernel {
-            case let .kernel(image):
-                bsp = try BootLoader.prepare(memory: memory, map: map, vcpus: config.vcpus, kernel: image,
-                                             initrd: initrd, cmdline: config.cmdline)
-            case let .firmware(bytes):
-                bsp = try BootLoader.prepare(memory: memory, map: map, vcpus: config.vcpus, firmware: bytes)
-            }
-        } catch let e as BootError {
-            throw CoreError.kernel("\(config.kernelPath ?? config.firmwarePath ?? ""): \(e)")
+            bsp = try BootLoader.prepare(memory: memory, ramBytes: ramBytes, vcpus: config.vcpus, target: kernel,
+                                         initrd: initrd, cmdline: config.cmdline).vcpu
+        } catch {
+            throw CoreError.kernel("\(config.kernelPath ?? config.firmwarePath ?? ""): \(error)")
         }
 
         do {
@@ -157,8 +152,6 @@ public final class Machine: @unchecked Sendable {
     }
 
     deinit { close(stopFD) }
-
-    private enum BootSource { case kernel(KernelImage), firmware([UInt8]) }
 
     /// Plugs a virtio device into the next free PCI slot, with its BAR in the PCI window.
     public func addVirtio(_ device: any VirtioDevice) throws {
@@ -304,7 +297,8 @@ public final class Machine: @unchecked Sendable {
                 default: stop(.crash("system event \(type) on vCPU \(v.id)"))
                 }
             case let .internalError(sub):
-                stop(.crash("KVM internal error (suberror \(sub)) on vCPU \(v.id)"))
+                let rip = (try? v.regs().rip).map { "0x" + String($0, radix: 16) } ?? "?"
+                stop(.crash("KVM internal error (suberror \(sub)) on vCPU \(v.id) at rip \(rip)"))
             case let .failEntry(reason):
                 stop(.crash("KVM entry failure 0x\(String(reason, radix: 16)) on vCPU \(v.id)"))
             case let .exception(n):

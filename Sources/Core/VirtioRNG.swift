@@ -1,3 +1,4 @@
+import CLinux
 import GuestMemory
 import Synchronization
 #if canImport(Glibc)

@@ -159,7 +159,7 @@ public final class VCPU: @unchecked Sendable {
             let addr = run.pointee.mmio.phys_addr
             let len = Int(run.pointee.mmio.len)
             let w = run.pointee.mmio.is_write != 0
-            let data = withUnsafeMutablePointer(to: &run.pointee.mmio.data) { UnsafeMutableRawPointer($0) }
+            let data = UnsafeMutableRawPointer(clinux_kvm_run_mmio_data(run)!)
             return .mmio(address: addr, length: min(len, 8), isWrite: w, data: data)
         case CLINUX_KVM_EXIT_HLT: return .hlt
         case CLINUX_KVM_EXIT_SHUTDOWN: return .shutdown

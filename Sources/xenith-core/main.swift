@@ -45,15 +45,15 @@ struct XenithCore: ParsableCommand {
             machine = try Machine(config: cfg, consoleOutput: { b in
                 var c = b
                 _ = write(1, &c, 1)
-            }, log: { msg in fputs("xenith-core: \(msg)\n", stderr) })
+            }, log: { msg in eprint("xenith-core: \(msg)") })
         } catch {
-            fputs("xenith-core: \(error)\n", stderr)
+            eprint("xenith-core: \(error)")
             throw ExitCode(1)
         }
         var control: ControlServer? = nil
         if let path = self.control {
             do { control = try ControlServer(path: path, machine: machine) }
-            catch { fputs("xenith-core: \(error)\n", stderr); throw ExitCode(1) }
+            catch { eprint("xenith-core: \(error)"); throw ExitCode(1) }
         }
         let console = noInput ? nil : StdinConsole(machine: machine)
         SignalStop.install(machine, fd: sigFD)
@@ -61,7 +61,7 @@ struct XenithCore: ParsableCommand {
         console?.restore()
         control = nil
         _ = control
-        fputs("xenith-core: domain \(name) stopped: \(outcome)\n", stderr)
+        eprint("xenith-core: domain \(name) stopped: \(outcome)")
         throw ExitCode(outcome.exitStatus)
     }
 }
@@ -105,6 +105,12 @@ enum SignalStop {
             m?.stop(.destroyed)
         }
     }
+}
+
+/// Writes one line to standard error (unbuffered, thread-safe at line granularity).
+func eprint(_ line: String) {
+    let s = line + "\n"
+    _ = s.withCString { write(2, $0, strlen($0)) }
 }
 
 XenithCore.main()

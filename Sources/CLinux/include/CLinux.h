@@ -20,6 +20,7 @@
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/signalfd.h>
+#include <sys/random.h>
 #include <linux/kvm.h>
 #include <linux/fs.h>
 #include <linux/if_tun.h>
@@ -112,6 +113,8 @@ static inline int clinux_prctl(int option, unsigned long a2, unsigned long a3, u
 static inline int clinux_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
 static inline int clinux_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
 int clinux_memfd_create(const char *name, unsigned int flags);
+/// accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK), retrying EINTR.
+int clinux_accept_nonblock(int fd);
 int clinux_pivot_root(const char *new_root, const char *put_old);
 long clinux_gettid(void);
 
@@ -136,6 +139,10 @@ struct kvm_irq_routing_entry *clinux_irq_routing_entry(struct kvm_irq_routing *r
 static inline uint8_t *clinux_kvm_run_io_data(struct kvm_run *run) {
     return (uint8_t *)run + run->io.data_offset;
 }
+
+/// Pointer to the 8 data bytes of a KVM_EXIT_MMIO exit inside the kvm_run mapping (Swift
+/// cannot take a stable address of a field inside an imported union).
+static inline uint8_t *clinux_kvm_run_mmio_data(struct kvm_run *run) { return run->mmio.data; }
 
 /// Thread CPU time in nanoseconds for the calling thread.
 uint64_t clinux_thread_cpu_ns(void);
