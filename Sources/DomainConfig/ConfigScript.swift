@@ -1,0 +1,293 @@
+// The Python-assignment subset of xm/xl domain configuration files.
+//
+// Accepted: `NAME = EXPR` statements, one per logical line (lists and parentheses may
+// span lines, trailing commas allowed, `\` continues a line, `;` separates statements),
+// `#` comments. EXPR: integers (decimal, 0x, 0o, Python 2 leading-0 octal), floats,
+// strings ('...', "...", triple-quoted, r/u prefixes, adjacent literals concatenated),
+// True/False/None, names bound earlier or on the command line, lists `[...]`,
+// parenthesised tuples, unary `-`/`+`, binary `+ - * / // %` with Python precedence;
+// `%` on a string is printf-style formatting (Python's `str % args`).
+// Anything else is refused as "unsupported Python: ...".
+
+/// A value computed by a configuration script.
+enum PyValue: Equatable, Sendable {
+    case int(Int)
+    case float(Double)
+    case string(String)
+    case bool(Bool)
+    case none
+    case list([PyValue])
+    case tuple([PyValue])
+
+    var typeName: String {
+        switch self {
+        case .int: return "int"
+        case .float: return "float"
+        case .string: return "str"
+        case .bool: return "bool"
+        case .none: return "NoneType"
+        case .list: return "list"
+        case .tuple: return "tuple"
+        }
+    }
+
+    /// Python's `str()`.
+    var str: String {
+        switch self {
+        case .int(let i): return String(i)
+        case .float(let d): return String(d)
+        case .string(let s): return s
+        case .bool(let b): return b ? "True" : "False"
+        case .none: return "None"
+        case .list, .tuple: return repr
+        }
+    }
+
+    /// Python's `repr()`.
+    var repr: String {
+        switch self {
+        case .string(let s):
+            let q: Character = s.contains("'") && !s.contains("\"") ? "\"" : "'"
+            var out = String(q)
+            for ch in s.unicodeScalars {
+                switch ch {
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\t": out += "\\t"
+                case "\r": out += "\\r"
+                default:
+                    if Character(ch) == q { out += "\\" + String(q) } else { out.unicodeScalars.append(ch) }
+                }
+            }
+            return out + String(q)
+        case .list(let items): return "[" + items.map(\.repr).joined(separator: ", ") + "]"
+        case .tuple(let items):
+            return items.count == 1 ? "(\(items[0].repr),)" : "(" + items.map(\.repr).joined(separator: ", ") + ")"
+        default: return str
+        }
+    }
+}
+
+// MARK: Tokens
+
+struct PyToken: Equatable {
+    enum Kind: Equatable {
+        case name(String)
+        case int(Int)
+        case float(Double)
+        case string(String)
+        case op(String)
+        case newline
+        case eof
+    }
+    var kind: Kind
+    var line: Int
+}
+
+struct PyLexer {
+    let s: [UInt8]
+    let file: String
+    var pos = 0
+    var line = 1
+    var depth = 0
+    var tokens: [PyToken] = []
+
+    init(_ text: String, file: String) {
+        s = Array(text.utf8)
+        self.file = file
+    }
+
+    func fail(_ message: String, line: Int? = nil) -> ConfigError {
+        ConfigError(file: file, line: line ?? self.line, message: message)
+    }
+
+    static func isNameStart(_ c: UInt8) -> Bool {
+        (c >= 0x61 && c <= 0x7A) || (c >= 0x41 && c <= 0x5A) || c == 0x5F || c >= 0x80
+    }
+    static func isDigit(_ c: UInt8) -> Bool { c >= 0x30 && c <= 0x39 }
+
+    mutating func emit(_ k: PyToken.Kind, line: Int? = nil) {
+        tokens.append(PyToken(kind: k, line: line ?? self.line))
+        lastTokenWasString = false
+    }
+
+    mutating func run() throws(ConfigError) -> [PyToken] {
+        while pos < s.count {
+            let c = s[pos]
+            switch c {
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), 0x0C, UInt8(ascii: "\r"):
+                pos += 1
+            case UInt8(ascii: "#"):
+                while pos < s.count && s[pos] != UInt8(ascii: "\n") { pos += 1 }
+            case UInt8(ascii: "\n"):
+                if depth == 0 { emit(.newline) }
+                line += 1
+                pos += 1
+            case UInt8(ascii: "\\"):
+                // Explicit line joining.
+                if pos + 1 < s.count && s[pos + 1] == UInt8(ascii: "\n") {
+                    pos += 2
+                    line += 1
+                } else if pos + 2 < s.count && s[pos + 1] == UInt8(ascii: "\r") && s[pos + 2] == UInt8(ascii: "\n") {
+                    pos += 3
+                    line += 1
+                } else {
+                    throw fail("unsupported Python: stray '\\'")
+                }
+            case UInt8(ascii: "'"), UInt8(ascii: "\""):
+                try lexString(raw: false)
+            default:
+                if PyLexer.isDigit(c) || (c == UInt8(ascii: ".") && pos + 1 < s.count && PyLexer.isDigit(s[pos + 1])) {
+                    try lexNumber()
+                } else if PyLexer.isNameStart(c) {
+                    let start = pos
+                    while pos < s.count && (PyLexer.isNameStart(s[pos]) || PyLexer.isDigit(s[pos])) { pos += 1 }
+                    let word = String(decoding: s[start..<pos], as: UTF8.self)
+                    let lower = word.lowercased()
+                    if pos < s.count, s[pos] == UInt8(ascii: "'") || s[pos] == UInt8(ascii: "\""),
+                       ["r", "u", "b", "ur", "br", "rb"].contains(lower) {
+                        try lexString(raw: lower.contains("r"))
+                    } else {
+                        emit(.name(word))
+                    }
+                } else {
+                    try lexOperator()
+                }
+            }
+        }
+        if depth > 0 {
+            throw fail("unexpected end of file: a bracket is never closed")
+        }
+        emit(.newline)
+        emit(.eof)
+        return tokens
+    }
+
+    mutating func lexOperator() throws(ConfigError) {
+        let three = ["**=", "//=", ">>=", "<<="]
+        let two = ["==", "!=", "<=", ">=", "+=", "-=", "*=", "/=", "%=", "**", "//", "<<", ">>", "&=", "|=", "^=", "->"]
+        func peek(_ n: Int) -> String? {
+            guard pos + n <= s.count else { return nil }
+            return String(decoding: s[pos..<(pos + n)], as: UTF8.self)
+        }
+        for (n, set) in [(3, three), (2, two)] {
+            if let p = peek(n), set.contains(p) {
+                emit(.op(p))
+                pos += n
+                return
+            }
+        }
+        let c = s[pos]
+        let single = "()[]{},:.;@=+-*/%<>&|^~`!"
+        guard c < 0x80, single.utf8.contains(c) else {
+            throw fail("unsupported Python: unexpected character '\(String(decoding: [c], as: UTF8.self))'")
+        }
+        if c == UInt8(ascii: "(") || c == UInt8(ascii: "[") || c == UInt8(ascii: "{") { depth += 1 }
+        if c == UInt8(ascii: ")") || c == UInt8(ascii: "]") || c == UInt8(ascii: "}") {
+            depth -= 1
+            if depth < 0 { throw fail("unbalanced '\(String(decoding: [c], as: UTF8.self))'") }
+        }
+        emit(.op(String(decoding: [c], as: UTF8.self)))
+        pos += 1
+    }
+
+    mutating func lexNumber() throws(ConfigError) {
+        let start = pos
+        let startLine = line
+        while pos < s.count && (PyLexer.isNameStart(s[pos]) || PyLexer.isDigit(s[pos]) || s[pos] == UInt8(ascii: ".")) {
+            // exponent sign
+            pos += 1
+            if pos < s.count && (s[pos] == UInt8(ascii: "+") || s[pos] == UInt8(ascii: "-")),
+               s[pos - 1] == UInt8(ascii: "e") || s[pos - 1] == UInt8(ascii: "E"),
+               !String(decoding: s[start..<pos], as: UTF8.self).lowercased().hasPrefix("0x") {
+                pos += 1
+            }
+        }
+        var text = String(decoding: s[start..<pos], as: UTF8.self).replacingUnderscores()
+        if text.hasSuffix("L") || text.hasSuffix("l") { text.removeLast() }
+        let lower = text.lowercased()
+        var value: Int?
+        if lower.hasPrefix("0x") { value = Int(lower.dropFirst(2), radix: 16) }
+        else if lower.hasPrefix("0o") { value = Int(lower.dropFirst(2), radix: 8) }
+        else if lower.hasPrefix("0b") { value = Int(lower.dropFirst(2), radix: 2) }
+        else if lower.contains(".") || lower.contains("e") {
+            if let d = Double(lower) { emit(.float(d), line: startLine); return }
+        } else if lower.count > 1 && lower.hasPrefix("0") { value = Int(lower.dropFirst(), radix: 8) }
+        else { value = Int(lower) }
+        guard let v = value else { throw fail("invalid number '\(text)'") }
+        emit(.int(v), line: startLine)
+    }
+
+    mutating func lexString(raw: Bool) throws(ConfigError) {
+        let q = s[pos]
+        let startLine = line
+        let triple = pos + 2 < s.count && s[pos + 1] == q && s[pos + 2] == q
+        pos += triple ? 3 : 1
+        var out: [UInt8] = []
+        while true {
+            guard pos < s.count else {
+                throw fail("unterminated string: quote opened at line \(startLine) is never closed", line: startLine)
+            }
+            let c = s[pos]
+            if c == q {
+                if !triple { pos += 1; break }
+                if pos + 2 < s.count && s[pos + 1] == q && s[pos + 2] == q { pos += 3; break }
+                out.append(c); pos += 1; continue
+            }
+            if c == UInt8(ascii: "\n") {
+                if !triple {
+                    throw fail("unterminated string: quote opened at line \(startLine) is never closed", line: startLine)
+                }
+                line += 1
+                out.append(c); pos += 1; continue
+            }
+            if c != UInt8(ascii: "\\") { out.append(c); pos += 1; continue }
+            // Escape.
+            guard pos + 1 < s.count else { pos += 1; continue }
+            let e = s[pos + 1]
+            if raw {
+                out.append(c); out.append(e)
+                if e == UInt8(ascii: "\n") { line += 1 }
+                pos += 2; continue
+            }
+            pos += 2
+            switch e {
+            case UInt8(ascii: "\n"): line += 1
+            case UInt8(ascii: "n"): out.append(0x0A)
+            case UInt8(ascii: "t"): out.append(0x09)
+            case UInt8(ascii: "r"): out.append(0x0D)
+            case UInt8(ascii: "a"): out.append(0x07)
+            case UInt8(ascii: "b"): out.append(0x08)
+            case UInt8(ascii: "f"): out.append(0x0C)
+            case UInt8(ascii: "v"): out.append(0x0B)
+            case UInt8(ascii: "\\"), UInt8(ascii: "'"), UInt8(ascii: "\""): out.append(e)
+            case UInt8(ascii: "x"):
+                var v = 0, n = 0
+                while n < 2, pos < s.count, let d = SXPParser.hexValue(s[pos]) { v = v * 16 + d; n += 1; pos += 1 }
+                guard n == 2 else { throw fail("invalid \\x escape in string") }
+                out.append(UInt8(v))
+            case UInt8(ascii: "0")...UInt8(ascii: "7"):
+                var v = Int(e - 0x30), n = 1
+                while n < 3, pos < s.count, s[pos] >= 0x30, s[pos] <= 0x37 { v = v * 8 + Int(s[pos] - 0x30); n += 1; pos += 1 }
+                out.append(UInt8(v & 0xFF))
+            default:
+                out.append(c); out.append(e)
+            }
+        }
+        let text = String(decoding: out, as: UTF8.self)
+        // Adjacent literals concatenate: 'a' 'b' == 'ab'.
+        if lastTokenWasString, case .string(let prev)? = tokens.last?.kind {
+            tokens[tokens.count - 1].kind = .string(prev + text)
+        } else {
+            emit(.string(text), line: startLine)
+        }
+        lastTokenWasString = true
+        return
+    }
+
+    var lastTokenWasString = false
+}
+
+extension String {
+    func replacingUnderscores() -> String { String(self.filter { $0 != "_" }) }
+}

@@ -1,1 +1,0 @@
-// DomainConfig: see Sources/README.md.

@@ -1,0 +1,215 @@
+// /etc/xen/xend-config.sxp: xend's settings, typed, with Xen 3.x defaults.
+
+/// The settings xend reads from `xend-config.sxp` (Xen 3.x `XendRoot` and the
+/// `xend-config.sxp(5)` manual page), plus Xenith's `domain-engine`.
+///
+/// The file is a sequence of `(key value)` forms. A key given twice keeps its first
+/// value (as Xen's `sxp.child_value` did) and draws a warning. A key this type does not
+/// know draws a warning and is kept in `unknown`. A bad value is an error naming file,
+/// line and key. Booleans accept `yes y 1 on true t` / `no n 0 off false f` (any case).
+public struct XendConfig: Sendable, Equatable {
+    /// Where xend looks for the file (`XEND_CONFIG` overrides it in Xen).
+    public static let defaultPath = "/etc/xen/xend-config.sxp"
+
+    /// Log levels accepted by `loglevel`.
+    public enum LogLevel: String, Sendable, CaseIterable {
+        case debug = "DEBUG", info = "INFO", warning = "WARNING", error = "ERROR", critical = "CRITICAL"
+    }
+
+    /// `xend-unix-server`: serve the management API on a Unix socket. Default `yes`.
+    public var unixServer = true
+    /// `xend-unix-path`: that socket's path. Default `/var/lib/xend/xend-socket`.
+    public var unixPath = "/var/lib/xend/xend-socket"
+    /// `xend-http-server`: serve the management API on TCP. Default `no`.
+    public var httpServer = false
+    /// `xend-port`: TCP port of the HTTP server (1...65535). Default 8000.
+    public var port = 8000
+    /// `xend-address`: address the HTTP server binds; `""` means all. Default `''`.
+    public var address = ""
+    /// `xend-relocation-server`: accept migrations. Default `no`.
+    public var relocationServer = false
+    /// `xend-relocation-port`: TCP port of the relocation server. Default 8002.
+    public var relocationPort = 8002
+    /// `xend-relocation-address`: address the relocation server binds; `""` means all.
+    public var relocationAddress = ""
+    /// `xend-relocation-hosts-allow`: space-separated regular expressions matched against
+    /// a connecting host's name or address; empty (the default) allows every host.
+    public var relocationHostsAllow: [String] = []
+    /// `network-script`: script in /etc/xen/scripts run (with its arguments) when xend
+    /// starts and stops, e.g. `network-bridge netdev=eth1`. Default: none.
+    public var networkScript: String? = nil
+    /// `vif-script`: script run for each vif unless the vif names one. Default `vif-bridge`.
+    public var vifScript = "vif-bridge"
+    /// `dom0-min-mem`: MiB Domain-0 may be ballooned down to; 0 disables ballooning. Default 0.
+    public var dom0MinMem = 0
+    /// `dom0-cpus`: CPUs Domain-0 may use; 0 means all. Default 0.
+    public var dom0CPUs = 0
+    /// `logfile`. Default `/var/log/xen/xend.log`.
+    public var logfile = "/var/log/xen/xend.log"
+    /// `loglevel`. Default `DEBUG`.
+    public var loglevel = LogLevel.debug
+    /// `enable-dump`: save a core dump of a crashed domain. Default `no`.
+    public var enableDump = false
+    /// `console-limit`: per-domain console buffer limit in KiB. Default 1024.
+    public var consoleLimit = 1024
+    /// `domain-engine` (Xenith): engine for domains that do not ask for one. Default `auto`.
+    public var domainEngine = DomainEngine.auto
+
+    /// Keys this type does not know, with their whole `(key ...)` form, kept as read.
+    public var unknown: [String: SXP] = [:]
+    /// Remarks made while reading (unknown keys, duplicates).
+    public var warnings: [ConfigWarning] = []
+
+    /// Every key this type knows, in the order the shipped file lists them.
+    public static let knownKeys: [String] = [
+        "logfile", "loglevel", "xend-unix-server", "xend-unix-path", "xend-http-server",
+        "xend-port", "xend-address", "xend-relocation-server", "xend-relocation-port",
+        "xend-relocation-address", "xend-relocation-hosts-allow", "network-script",
+        "vif-script", "dom0-min-mem", "dom0-cpus", "enable-dump", "console-limit",
+        "domain-engine",
+    ]
+
+    /// All defaults: what xend uses when the file is absent.
+    public init() {}
+
+    /// Reads settings from the text of an xend-config.sxp file.
+    ///
+    /// - Parameter file: the name used in errors and warnings.
+    /// - Throws: `ConfigError` for SXP syntax errors, a top-level form that is not
+    ///   `(key value)`, and values of the wrong type or range (naming file, line, key).
+    public init(parsing text: String, file: String = XendConfig.defaultPath) throws(ConfigError) {
+        try self.init(forms: SXP.parseForms(text, file: file), file: file)
+    }
+
+    /// Reads settings from a file; a missing file is an error (callers wanting Xen's
+    /// "absent file means defaults" check for it first).
+    ///
+    /// - Throws: `ConfigError` as for `init(parsing:file:)`, or when the file cannot be read.
+    public init(contentsOfFile path: String) throws(ConfigError) {
+        try self.init(parsing: readTextFile(path), file: path)
+    }
+
+    /// Reads settings from already-parsed forms.
+    public init(forms: [SXPForm], file: String) throws(ConfigError) {
+        var seen: [String: Int] = [:]
+        for form in forms {
+            guard let key = form.value.name else {
+                throw ConfigError(file: file, line: form.line,
+                                  message: "expected a (key value) form, found \(form.value)")
+            }
+            if let first = seen[key] {
+                warnings.append(ConfigWarning(file: file, line: form.line, key: key,
+                    message: "given again; the first value (line \(first)) is used"))
+                continue
+            }
+            seen[key] = form.line
+            guard XendConfig.knownKeys.contains(key) else {
+                warnings.append(ConfigWarning(file: file, line: form.line, key: key,
+                                              message: "unknown key, kept"))
+                unknown[key] = form.value
+                continue
+            }
+            try apply(key: key, form: form.value, line: form.line, file: file)
+        }
+    }
+
+    static func parseBool(_ s: String) -> Bool? {
+        switch s.lowercased() {
+        case "yes", "y", "1", "on", "true", "t": return true
+        case "no", "n", "0", "off", "false", "f": return false
+        default: return nil
+        }
+    }
+
+    mutating func apply(key: String, form: SXP, line: Int, file: String) throws(ConfigError) {
+        func fail(_ message: String) -> ConfigError {
+            ConfigError(file: file, line: line, key: key, message: message)
+        }
+        let values = form.children
+        guard values.count == 1 else {
+            throw fail(values.isEmpty ? "missing value"
+                       : "expected one value, found \(values.count) (quote a value holding spaces)")
+        }
+        guard let s = values[0].text else { throw fail("expected a value, found a list \(values[0])") }
+        func bool() throws(ConfigError) -> Bool {
+            guard let b = XendConfig.parseBool(s) else { throw fail("expected yes or no, found '\(s)'") }
+            return b
+        }
+        func int(_ range: ClosedRange<Int>, _ what: String) throws(ConfigError) -> Int {
+            guard let v = Int(s) else { throw fail("expected an integer (\(what)), found '\(s)'") }
+            guard range.contains(v) else {
+                throw fail("\(v) out of range \(range.lowerBound)...\(range.upperBound) (\(what))")
+            }
+            return v
+        }
+        func path() throws(ConfigError) -> String {
+            guard !s.isEmpty else { throw fail("expected a path, found ''") }
+            return s
+        }
+        switch key {
+        case "xend-unix-server": unixServer = try bool()
+        case "xend-unix-path": unixPath = try path()
+        case "xend-http-server": httpServer = try bool()
+        case "xend-port": port = try int(1...65535, "TCP port")
+        case "xend-address": address = s
+        case "xend-relocation-server": relocationServer = try bool()
+        case "xend-relocation-port": relocationPort = try int(1...65535, "TCP port")
+        case "xend-relocation-address": relocationAddress = s
+        case "xend-relocation-hosts-allow":
+            relocationHostsAllow = s.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        case "network-script": networkScript = s.isEmpty ? nil : s
+        case "vif-script": vifScript = try path()
+        case "dom0-min-mem": dom0MinMem = try int(0...(1 << 30), "MiB")
+        case "dom0-cpus": dom0CPUs = try int(0...4096, "CPU count")
+        case "logfile": logfile = try path()
+        case "loglevel":
+            guard let l = LogLevel(rawValue: s.uppercased()) else {
+                throw fail("expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, found '\(s)'")
+            }
+            loglevel = l
+        case "enable-dump": enableDump = try bool()
+        case "console-limit": consoleLimit = try int(1...(1 << 20), "KiB")
+        case "domain-engine":
+            guard let e = DomainEngine(rawValue: s) else {
+                throw fail("expected auto, core or qemu, found '\(s)'")
+            }
+            domainEngine = e
+        default:
+            break
+        }
+    }
+
+    /// The settings as SXP forms, one `(key value)` per known key, in `knownKeys` order,
+    /// followed by the unknown forms kept (sorted by key). Reading them back with
+    /// `init(forms:file:)` gives an equal value (warnings aside).
+    public func toSXP() -> [SXP] {
+        func b(_ v: Bool) -> SXP { .atom(v ? "yes" : "no") }
+        var out: [SXP] = [
+            .pair("logfile", .atom(logfile)),
+            .pair("loglevel", .atom(loglevel.rawValue)),
+            .pair("xend-unix-server", b(unixServer)),
+            .pair("xend-unix-path", .atom(unixPath)),
+            .pair("xend-http-server", b(httpServer)),
+            .pair("xend-port", .int(port)),
+            .pair("xend-address", .string(address)),
+            .pair("xend-relocation-server", b(relocationServer)),
+            .pair("xend-relocation-port", .int(relocationPort)),
+            .pair("xend-relocation-address", .string(relocationAddress)),
+            .pair("xend-relocation-hosts-allow", .string(relocationHostsAllow.joined(separator: " "))),
+            .pair("network-script", .string(networkScript ?? "")),
+            .pair("vif-script", .atom(vifScript)),
+            .pair("dom0-min-mem", .int(dom0MinMem)),
+            .pair("dom0-cpus", .int(dom0CPUs)),
+            .pair("enable-dump", b(enableDump)),
+            .pair("console-limit", .int(consoleLimit)),
+            .pair("domain-engine", .atom(domainEngine.rawValue)),
+        ]
+        out += unknown.keys.sorted().compactMap { unknown[$0] }
+        return out
+    }
+
+    /// Equality ignores `warnings`.
+    public static func == (a: XendConfig, b: XendConfig) -> Bool {
+        a.toSXP() == b.toSXP()
+    }
+}
