@@ -103,6 +103,9 @@ public final class XenStoreServer: @unchecked Sendable {
         addToEpoll(fd, events: UInt32(EPOLLIN.rawValue))
     }
 
+    /// Whether a daemon accepts connections on the Unix socket at `path` right now.
+    public static func isListening(_ path: String) -> Bool { XSSocket.isLive(path) }
+
     /// Starts the event loop thread. Idempotent.
     public func start() {
         lock.lock()
