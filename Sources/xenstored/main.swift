@@ -1,1 +1,123 @@
-print("not yet")
+// xenstored: the xenstore daemon (Xen docs/misc/xenstore.txt) on a Unix socket.
+//
+//   xenstored [--no-fork|-N] [--socket PATH] [--pid-file F] [--domain-socket DOMID:PATH]...
+//
+// Connections on the main socket are domain 0 (privileged). Each --domain-socket adds a
+// socket whose connections act as DOMID (unprivileged, relative paths under
+// /local/domain/DOMID): how backends and tests act as another domain with unmodified
+// xenstore-utils (XENSTORED_PATH=PATH). A dom0 client can also send XS_RESTRICT.
+import ArgumentParser
+import Glibc
+import XenStore
+
+@main
+struct XenStored: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "xenstored",
+        abstract: "Serve the xenstore database over the xenstore wire protocol.")
+
+    @Flag(name: [.customShort("N"), .customLong("no-fork")], help: "Stay in the foreground.")
+    var noFork = false
+
+    @Option(name: .long, help: "Socket path (default $XENITH_ROOT/run/xenstored/socket).")
+    var socket: String?
+
+    @Option(name: .customLong("pid-file"), help: "Write the daemon's pid to this file.")
+    var pidFile: String?
+
+    @Option(name: .customLong("domain-socket"), help: "DOMID:PATH — extra socket whose clients act as DOMID.")
+    var domainSockets: [String] = []
+
+    func validate() throws {
+        for d in domainSockets {
+            guard let (domid, path) = Self.parseDomainSocket(d), domid <= 65535, !path.isEmpty else {
+                throw ValidationError("--domain-socket expects DOMID:PATH, got \(d)")
+            }
+        }
+    }
+
+    static func parseDomainSocket(_ s: String) -> (UInt32, String)? {
+        guard let colon = s.firstIndex(of: ":"), let id = UInt32(s[..<colon]) else { return nil }
+        return (id, String(s[s.index(after: colon)...]))
+    }
+
+    func run() throws {
+        let path = socket ?? XenStoreDefaults.socketPath()
+        signal(SIGPIPE, SIG_IGN)
+        if !noFork { daemonize(path) }
+
+        // Signals are taken synchronously by this thread; the loop thread inherits the mask.
+        var set = sigset_t()
+        sigemptyset(&set)
+        for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, s) }
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+
+        let server = XenStoreServer()
+        do {
+            try server.listen(path: path, domid: 0)
+            for d in domainSockets {
+                let (domid, p) = Self.parseDomainSocket(d)!
+                try server.listen(path: p, domid: domid)
+            }
+        } catch {
+            fail("\(error)")
+        }
+        server.start()
+        if let pidFile { writePidFile(pidFile) }
+
+        while true {
+            var sig: Int32 = 0
+            if sigwait(&set, &sig) != 0 { continue }
+            if sig == SIGHUP { continue }
+            break
+        }
+        server.stop()
+        if let pidFile { unlink(pidFile) }
+    }
+
+    private func fail(_ message: String) -> Never {
+        var line = "xenstored: " + message + "\n"
+        line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+        Glibc.exit(1)
+    }
+
+    private func writePidFile(_ file: String) {
+        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { fail("\(file): cannot write pid file: \(String(cString: strerror(errno)))") }
+        var text = "\(getpid())\n"
+        text.withUTF8 { _ = Glibc.write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
+    /// Re-executes this program with -N in a new session with stdio on /dev/null, waits
+    /// until the socket accepts, then exits 0 (or 1 if the daemon died first).
+    private func daemonize(_ path: String) -> Never {
+        if XenStoreServer.isListening(path) {
+            fail("\(path): another xenstored is already listening on this socket")
+        }
+        var args = CommandLine.arguments
+        args.append("-N")
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        posix_spawnattr_setflags(&attr, 0x80 /* POSIX_SPAWN_SETSID (glibc), not imported */)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        for fd: Int32 in [0, 1, 2] {
+            posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
+        }
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        cargs.append(nil)
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
+        guard rc == 0 else { fail("cannot start daemon: \(String(cString: strerror(rc)))") }
+        for _ in 0..<400 {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                fail("daemon exited during startup (status \(status)); run with -N to see why")
+            }
+            if XenStoreServer.isListening(path) { Glibc.exit(0) }
+            usleep(25_000)
+        }
+        fail("\(path): daemon did not start listening within 10 s")
+    }
+}

@@ -1,1 +1,0 @@
-// XenStore: see Sources/README.md.
