@@ -136,4 +136,6 @@ uint64_t clinux_thread_cpu_ns(void);
 int clinux_pthread_kill(unsigned long thread, int sig);
 unsigned long clinux_pthread_self(void);
 
+#include "clinux_sandbox.h"
+
 #endif
