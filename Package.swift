@@ -64,6 +64,7 @@ let package = Package(
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
         .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM"], path: "integration"),
     ]
 )

@@ -162,4 +162,6 @@ int clinux_termination_signalfd(void);
 /// CPU time consumed so far by another thread, nanoseconds (0 on failure).
 uint64_t clinux_thread_cpu_ns_of(unsigned long thread);
 
+#include "clinux_sandbox.h"
+
 #endif
