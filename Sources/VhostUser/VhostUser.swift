@@ -1,1 +1,0 @@
-// VhostUser: see Sources/README.md.
