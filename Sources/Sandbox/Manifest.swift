@@ -26,7 +26,9 @@ public struct ManifestError: Error, Sendable, Equatable, CustomStringConvertible
 }
 
 /// One argument comparison of a syscall rule (libseccomp `struct scmp_arg_cmp`).
+/// Manifest syntax: `argN == v` (also `!=`, `<`, `<=`, `>`, `>=`) or `argN & mask == v`.
 public struct ArgumentFilter: Sendable, Equatable {
+    /// The comparison, as libseccomp's SCMP_CMP_* operators.
     public enum Comparison: Sendable, Equatable {
         case equal, notEqual, less, lessOrEqual, greater, greaterOrEqual
         /// `(arg & mask) == value`.
@@ -47,7 +49,7 @@ public enum RuleAction: Sendable, Equatable {
     case errno(Int32)
 }
 
-/// One syscall rule; every rule carries the reason it exists.
+/// One syscall rule (`allow …` or `errno …` line); every rule carries the reason it exists.
 public struct SyscallRule: Sendable, Equatable {
     /// The syscall name as written (e.g. "pread64").
     public var name: String
@@ -56,7 +58,9 @@ public struct SyscallRule: Sendable, Equatable {
     public var action: RuleAction
     /// All must hold (AND); several rules for one syscall are alternatives (OR).
     public var filters: [ArgumentFilter]
+    /// The text after `--`; never empty.
     public var reason: String
+    /// The line the rule came from (an included fragment's own file and line).
     public var location: SourceLocation
 }
 
@@ -95,6 +99,7 @@ public struct KeptCapability: Sendable, Equatable {
     public var name: String
     /// CAP_* number.
     public var value: Int32
+    /// The text after `--`; never empty.
     public var reason: String
 }
 
@@ -106,10 +111,13 @@ public struct Manifest: Sendable {
     public var path: String
     /// Syscall rules in file order (includes expanded in place).
     public var rules: [SyscallRule] = []
+    /// Capabilities kept after apply (empty: all dropped).
     public var capabilities: [KeptCapability] = []
     /// Namespaces to unshare, in manifest order without duplicates.
     public var namespaces: [Namespace] = []
+    /// Resource limits, one per name (a later line overrides an included one).
     public var rlimits: [ResourceLimit] = []
+    /// Descriptors the launcher hands over, in manifest order.
     public var fds: [HandedFd] = []
 
     /// Syscall names the filter lets run (with or without argument filters), sorted.

@@ -4,33 +4,11 @@
 //   sandbox-probe baseline              the "work" below without a sandbox (for strace)
 //   sandbox-probe work <manifest>       apply, do ordinary Swift work, exit 0
 //   sandbox-probe blocked <manifest>    apply, then call socket(2), which must kill it
+//   sandbox-probe blocked-thread <m>    apply, then call socket(2) from a second thread
+//   sandbox-probe fork <manifest>       apply, then fork(), which the clone filter must kill
 //   sandbox-probe inspect <manifest>    apply, then report what the process can see
 import Glibc
 import Sandbox
-
-func out(_ s: String) {
-    var s = s + "\n"
-    s.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
-}
-
-/// What any service does: allocate, hash, start and join a thread, sleep briefly.
-func work() {
-    var table: [String: Int] = [:]
-    for i in 0..<10_000 { table["key\(i)"] = i * i }
-    var sum = 0
-    for (_, v) in table { sum &+= v }
-    var thread = pthread_t()
-    let rc = pthread_create(&thread, nil, { _ in
-        var a = [UInt8](repeating: 1, count: 1 << 20)   // touches mmap'd memory
-        a[a.count - 1] = 2
-        return nil
-    }, nil)
-    precondition(rc == 0, "pthread_create: \(rc)")
-    pthread_join(thread, nil)
-    var ts = timespec(tv_sec: 0, tv_nsec: 1_000_000)
-    nanosleep(&ts, nil)
-    out("work done \(sum)")
-}
 
 let args = CommandLine.arguments
 guard args.count >= 2 else { out("usage: sandbox-probe baseline|work|blocked|inspect <manifest>"); exit(2) }
@@ -50,6 +28,16 @@ case "blocked":
     out("calling socket")
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     out("socket returned \(fd), still alive")   // must not be reached
+    exit(1)
+case "blocked-thread":
+    var thread = pthread_t()
+    _ = pthread_create(&thread, nil, socketOnThread, nil)
+    pthread_join(thread, nil)
+    exit(1)
+case "fork":
+    out("calling fork")
+    let pid = fork()
+    out("fork returned \(pid), still alive")
     exit(1)
 case "inspect":
     out("service=\(manifest.service)")

@@ -47,7 +47,16 @@ func runProbe(_ probe: String, _ args: [String], fds: [Int32: Int32] = [:]) -> P
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
     posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
-    for (target, source) in fds { posix_spawn_file_actions_adddup2(&actions, source, target) }
+    // Copy the sources above every target first, so that one mapping's target can never be
+    // another's source (dup2 order would matter then).
+    var copies: [Int32] = []
+    defer { copies.forEach { close($0) } }
+    for (target, source) in fds {
+        let copy = fcntl(source, F_DUPFD_CLOEXEC, 200)
+        precondition(copy >= 200, "F_DUPFD_CLOEXEC")
+        copies.append(copy)
+        posix_spawn_file_actions_adddup2(&actions, copy, target)
+    }
     let argv: [UnsafeMutablePointer<CChar>?] = ([probe] + args).map { strdup($0) } + [nil]
     let envp: [UnsafeMutablePointer<CChar>?] = [strdup("SWIFT_BACKTRACE=enable=no"), nil]
     defer { (argv + envp).forEach { free($0) } }
@@ -113,6 +122,43 @@ let commonInclude = "include \(manifestsDir)/common.manifest\n"
         #expect(r.stderr.contains("sandbox: probe: blocked syscall socket (41)\n"), "\(r.stderr)")
         #expect(Sandbox.describeDeath(service: "probe", status: r.status, stderr: r.stderr)
                 == "probe killed by SIGSYS: blocked syscall socket (41)")
+    }
+
+    @Test func blockedOnAThreadOrByFilterArgument() throws {
+        guard let probe = enforcementSetup(#function) else { return }
+        let dir = tempDirectory()
+        defer { removeTree(dir) }
+        writeFile("\(dir)/probe.manifest", "service probe\n\(commonInclude)namespaces mount pid net\n")
+        let threaded = runProbe(probe, ["blocked-thread", "\(dir)/probe.manifest"])
+        #expect(threaded.signal == SIGSYS, "status \(threaded.status) stderr \(threaded.stderr)")
+        #expect(threaded.stderr.contains("blocked syscall socket (41)"))
+        #expect(!threaded.stdout.contains("still alive"))
+        // clone is allowed only with CLONE_THREAD: glibc's fork() is a clone without it.
+        let forked = runProbe(probe, ["fork", "\(dir)/probe.manifest"])
+        #expect(forked.signal == SIGSYS, "status \(forked.status) stderr \(forked.stderr)")
+        #expect(forked.stderr.contains("sandbox: probe: blocked syscall clone (56)"), "\(forked.stderr)")
+        #expect(!forked.stdout.contains("still alive"))
+    }
+
+    @Test func userNamespaceVariant() throws {
+        guard let probe = enforcementSetup(#function) else { return }
+        let dir = tempDirectory()
+        defer { removeTree(dir) }
+        writeFile("\(dir)/probe.manifest", """
+            service probe
+            \(commonInclude)
+            allow openat -- probe: tries /proc and lists /
+            allow getdents64 -- probe: lists /
+            allow fcntl arg1 == F_GETFD -- probe: which fds are open
+            allow prlimit64 -- probe: reads rlimits
+            allow uname -- probe: hostname
+            namespaces user mount pid ipc net uts cgroup
+            """)
+        let r = runProbe(probe, ["inspect", "\(dir)/probe.manifest"])
+        #expect(r.exitCode == 0, "\(r.stderr)")
+        #expect(r.value("root") == "[]")
+        #expect(r.value("caps") == "0,0,0,0,0")
+        #expect(r.stderr.contains("namespaces [user, mount, pid, ipc, net, uts, cgroup], caps none"), "\(r.stderr)")
     }
 
     @Test func confinementAfterApply() throws {
