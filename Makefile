@@ -10,7 +10,7 @@ GUEST   ?= $(BUILD)/guest
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
 BINARIES := xenith-core xenstored blkback xenconsoled
 
-.PHONY: all release fixtures guest debian-image test unit integration bench install clean
+.PHONY: all release run fixtures guest debian-image test unit integration integration-images bench install clean
 
 all: release
 
@@ -18,6 +18,12 @@ release:
 	$(SWIFT) build $(RELEASE_FLAGS)
 
 include fixtures/Makefile.inc
+
+# The main job for now: boot the PVH test guest in the core, console on this terminal
+# (it ticks until you press Ctrl-C, which destroys the domain).
+RUN_ARGS ?= --kernel $(BUILD)/fixtures/pvh.elf --extra t --memory 32
+run: release fixtures
+	"$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)/xenith-core" $(RUN_ARGS)
 
 fixtures: $(FIXTURES)
 
