@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
-        .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"]),
+        .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
         .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM"], path: "integration"),

@@ -90,6 +90,8 @@ struct PyLexer {
     var pos = 0
     var line = 1
     var depth = 0
+    var openLines: [Int] = []
+    var openChars: [Character] = []
     var tokens: [PyToken] = []
 
     init(_ text: String, file: String) {
@@ -97,8 +99,18 @@ struct PyLexer {
         self.file = file
     }
 
+    /// The key of the statement being read: `NAME` when the tokens since the last
+    /// newline start with `NAME =`.
+    var currentKey: String? {
+        var start = tokens.count
+        while start > 0 && tokens[start - 1].kind != .newline { start -= 1 }
+        guard start + 1 < tokens.count, case .name(let n) = tokens[start].kind,
+              tokens[start + 1].kind == .op("=") else { return nil }
+        return n
+    }
+
     func fail(_ message: String, line: Int? = nil) -> ConfigError {
-        ConfigError(file: file, line: line ?? self.line, message: message)
+        ConfigError(file: file, line: line ?? self.line, key: currentKey, message: message)
     }
 
     static func isNameStart(_ c: UInt8) -> Bool {
@@ -155,8 +167,8 @@ struct PyLexer {
                 }
             }
         }
-        if depth > 0 {
-            throw fail("unexpected end of file: a bracket is never closed")
+        if let open = openLines.last {
+            throw fail("'\(openChars.last!)' opened at line \(open) is never closed", line: open)
         }
         emit(.newline)
         emit(.eof)
@@ -182,10 +194,16 @@ struct PyLexer {
         guard c < 0x80, single.utf8.contains(c) else {
             throw fail("unsupported Python: unexpected character '\(String(decoding: [c], as: UTF8.self))'")
         }
-        if c == UInt8(ascii: "(") || c == UInt8(ascii: "[") || c == UInt8(ascii: "{") { depth += 1 }
+        if c == UInt8(ascii: "(") || c == UInt8(ascii: "[") || c == UInt8(ascii: "{") {
+            depth += 1
+            openLines.append(line)
+            openChars.append(Character(Unicode.Scalar(c)))
+        }
         if c == UInt8(ascii: ")") || c == UInt8(ascii: "]") || c == UInt8(ascii: "}") {
             depth -= 1
             if depth < 0 { throw fail("unbalanced '\(String(decoding: [c], as: UTF8.self))'") }
+            openLines.removeLast()
+            openChars.removeLast()
         }
         emit(.op(String(decoding: [c], as: UTF8.self)))
         pos += 1

@@ -185,8 +185,10 @@ enum DiskSpecParser {
         }
 
         // Xen 3 style: TARGET,VDEV,MODE[,BACKEND] where MODE is an access mode.
+        let prefixed = positional.first.map { p in
+            ["phy:", "file:", "tap:", "tap2:", "tapdisk:", "aio:"].contains { p.hasPrefix($0) } } ?? false
         let xen3 = named.isEmpty && !isCdromFlag &&
-            ((positional.count == 3 && access(positional[2]) != nil) ||
+            ((positional.count == 3 && (access(positional[2]) != nil || prefixed)) ||
              (positional.count == 4 && access(positional[2]) != nil && access(positional[3]) == nil
               && !formats.contains(positional[1])))
         var kind: DiskSpec.Kind?
@@ -225,7 +227,10 @@ enum DiskSpecParser {
             }
             if let t = named["target"], !t.isEmpty { target = t }
             if let f = named["format"], !f.isEmpty { format = f }
-            guard let v = named["vdev"], !v.isEmpty else { throw DiskSpecError("no vdev in '\(spec)'") }
+            guard let v = named["vdev"], !v.isEmpty else {
+                let hint = named["target"].map { $0.contains("vdev=") ? " (target= takes the rest of the spec, so it must come last)" : "" } ?? ""
+                throw DiskSpecError("no vdev in '\(spec)'\(hint)")
+            }
             vdevField = v
             accessField = named["access"].flatMap { $0.isEmpty ? nil : $0 }
             backend = named["backend"].flatMap { $0.isEmpty ? nil : $0 }

@@ -169,11 +169,18 @@ extension DomainConfiguration {
             guard let d = dev.children.first else { continue }
             switch d.name {
             case "vbd":
-                var spec = "\(d.childText("uname") ?? ""),\(d.childText("dev") ?? ""),\(d.childText("mode") ?? "w")"
-                if let b = d.childText("backend") { spec += ",\(b)" }
+                // Built as a key=value spec so that a target may hold commas.
+                var kind: DiskSpec.Kind?, format: String?, script: String?
+                let target = DiskSpecParser.stripPrefixes(d.childText("uname") ?? "", kind: &kind,
+                                                          format: &format, script: &script)
+                var spec = "vdev=\(d.childText("dev") ?? ""), access=\(d.childText("mode") ?? "w")"
+                if let b = d.childText("backend") { spec += ", backend=\(b)" }
+                if let f = format { spec += ", format=\(f)" }
+                spec += ", target=\(target)"
                 do {
                     var disk = try DiskSpec(parsing: spec)
-                    disk.script = d.childText("script") ?? disk.script
+                    if let kind { disk.kind = kind }
+                    disk.script = d.childText("script") ?? script
                     disks.append(disk)
                 } catch { throw fail("disk", "bad vbd: \(error.message)") }
             case "vif":

@@ -1,0 +1,84 @@
+import Testing
+@testable import DomainConfig
+
+@Suite struct XendConfigTests {
+    @Test func defaultsMatchTheManual() {
+        let c = XendConfig()
+        #expect(c.unixServer && !c.httpServer && !c.relocationServer && !c.enableDump)
+        #expect(c.port == 8000 && c.relocationPort == 8002)
+        #expect(c.address == "" && c.relocationAddress == "" && c.relocationHostsAllow.isEmpty)
+        #expect(c.unixPath == "/var/lib/xend/xend-socket")
+        #expect(c.logfile == "/var/log/xen/xend.log" && c.loglevel == .debug)
+        #expect(c.vifScript == "vif-bridge" && c.networkScript == nil)
+        #expect(c.dom0MinMem == 0 && c.dom0CPUs == 0 && c.consoleLimit == 1024)
+        #expect(c.domainEngine == .auto)
+    }
+
+    @Test func readsEveryKey() throws {
+        let text = """
+        (logfile /tmp/x.log) (loglevel info)
+        (xend-unix-server no) (xend-unix-path /run/xend.sock)
+        (xend-http-server yes) (xend-port 8001) (xend-address localhost)
+        (xend-relocation-server on) (xend-relocation-port 9002) (xend-relocation-address '127.0.0.1')
+        (xend-relocation-hosts-allow '^localhost$ ^127\\\\.0\\\\.0\\\\.1$')
+        (network-script 'network-bridge netdev=eth1')
+        (vif-script vif-route) (dom0-min-mem 196) (dom0-cpus 1) (enable-dump true)
+        (console-limit 64) (domain-engine qemu)
+        """
+        let c = try XendConfig(parsing: text, file: "x.sxp")
+        #expect(c.logfile == "/tmp/x.log" && c.loglevel == .info)
+        #expect(!c.unixServer && c.unixPath == "/run/xend.sock")
+        #expect(c.httpServer && c.port == 8001 && c.address == "localhost")
+        #expect(c.relocationServer && c.relocationPort == 9002 && c.relocationAddress == "127.0.0.1")
+        #expect(c.relocationHostsAllow == ["^localhost$", "^127\\.0\\.0\\.1$"])
+        #expect(c.networkScript == "network-bridge netdev=eth1" && c.vifScript == "vif-route")
+        #expect(c.dom0MinMem == 196 && c.dom0CPUs == 1 && c.enableDump)
+        #expect(c.consoleLimit == 64 && c.domainEngine == .qemu)
+        #expect(c.warnings.isEmpty)
+        // toSXP reads back equal.
+        let again = try XendConfig(forms: c.toSXP().map { SXPForm(value: $0, line: 1) }, file: "y")
+        #expect(again == c)
+    }
+
+    @Test func unknownKeysWarnAndAreKept() throws {
+        let c = try XendConfig(parsing: "(xend-port 8000)\n(external-migration-tool /bin/true)\n(xend-port 9)", file: "x.sxp")
+        #expect(c.unknown["external-migration-tool"] == ["external-migration-tool", "/bin/true"])
+        #expect(c.warnings.map(\.description) == [
+            "x.sxp:2: warning: key 'external-migration-tool': unknown key, kept",
+            "x.sxp:3: warning: key 'xend-port': given again; the first value (line 1) is used",
+        ])
+        #expect(c.port == 8000)
+    }
+
+    @Test func badValuesNameFileLineAndKey() {
+        func err(_ s: String) -> String {
+            do { _ = try XendConfig(parsing: s, file: "xc.sxp"); return "no error" } catch { return error.description }
+        }
+        #expect(err("(logfile /x)\n(xend-port eighty)") == "xc.sxp:2: key 'xend-port': expected an integer (TCP port), found 'eighty'")
+        #expect(err("\n\n(xend-port 70000)") == "xc.sxp:3: key 'xend-port': 70000 out of range 1...65535 (TCP port)")
+        #expect(err("(xend-http-server maybe)") == "xc.sxp:1: key 'xend-http-server': expected yes or no, found 'maybe'")
+        #expect(err("(loglevel LOUD)") == "xc.sxp:1: key 'loglevel': expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, found 'LOUD'")
+        #expect(err("(domain-engine fast)") == "xc.sxp:1: key 'domain-engine': expected auto, core or qemu, found 'fast'")
+        #expect(err("(network-script network-bridge netdev=eth1)") == "xc.sxp:1: key 'network-script': expected one value, found 2 (quote a value holding spaces)")
+        #expect(err("(dom0-min-mem)") == "xc.sxp:1: key 'dom0-min-mem': missing value")
+        #expect(err("(dom0-cpus (1))") == "xc.sxp:1: key 'dom0-cpus': expected a value, found a list (1)")
+        #expect(err("stray") == "xc.sxp:1: expected a (key value) form, found stray")
+    }
+
+    @Test func shippedFileListsEveryKeyWithItsDefault() throws {
+        let path = Corpus.services + "/xend-config.sxp"
+        let text = try Corpus.read(path)
+        // As shipped, everything is commented out: the defaults apply.
+        let shipped = try XendConfig(parsing: text, file: path)
+        #expect(shipped == XendConfig())
+        // Uncommenting every "#(" line must give the same defaults, for every key.
+        let uncommented = text.split(separator: "\n", omittingEmptySubsequences: false)
+            .map { $0.hasPrefix("#(") ? String($0.dropFirst()) : String($0) }.joined(separator: "\n")
+        let c = try XendConfig(parsing: uncommented, file: path)
+        #expect(c == XendConfig())
+        #expect(c.warnings.isEmpty)
+        let keys = try SXP.parseForms(uncommented).compactMap(\.value.name)
+        #expect(Set(keys) == Set(XendConfig.knownKeys))
+        #expect(keys.count == XendConfig.knownKeys.count)
+    }
+}
