@@ -21,6 +21,16 @@ public enum GuestStop: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// One machine-readable line: `poweroff`, `reboot REASON`, `crash REASON` or `destroyed`.
+    public var statusLine: String {
+        switch self {
+        case .poweroff: return "poweroff"
+        case let .reboot(why): return "reboot \(why)"
+        case let .crash(why): return "crash \(why)"
+        case .destroyed: return "destroyed"
+        }
+    }
+
     /// The process exit status `xenith-core` uses for this outcome (README, "Exit status").
     public var exitStatus: Int32 {
         switch self {

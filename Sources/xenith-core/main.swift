@@ -27,6 +27,8 @@ struct XenithCore: ParsableCommand {
     @Option(help: "Control socket path (pause, unpause, shutdown, destroy, query).") var control: String?
     @Flag(help: "Leave out the in-core virtio-rng device.") var noRng = false
     @Flag(help: "Do not read the console from stdin.") var noInput = false
+    @Option(help: "On exit, write why the guest stopped to this file (one line: poweroff | reboot REASON | crash REASON | destroyed), for a supervisor that is not our parent.")
+    var statusFile: String?
 
     func validate() throws {
         if kernel == nil && firmware == nil { throw ValidationError("give --kernel or --firmware") }
@@ -62,6 +64,7 @@ struct XenithCore: ParsableCommand {
         control = nil
         _ = control
         eprint("xenith-core: domain \(name) stopped: \(outcome)")
+        if let path = statusFile { writeStatus(outcome, to: path) }
         throw ExitCode(outcome.exitStatus)
     }
 }
@@ -105,6 +108,17 @@ enum SignalStop {
             m?.stop(.destroyed)
         }
     }
+}
+
+/// Writes the stop reason atomically (temp file + rename).
+func writeStatus(_ outcome: GuestStop, to path: String) {
+    let tmp = path + ".tmp"
+    let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { eprint("xenith-core: cannot write \(path): \(String(cString: strerror(errno)))"); return }
+    let line = outcome.statusLine + "\n"
+    _ = line.withCString { write(fd, $0, strlen($0)) }
+    close(fd)
+    rename(tmp, path)
 }
 
 /// Writes one line to standard error (unbuffered, thread-safe at line granularity).
