@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"], swiftSettings: swiftSettings),
         .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "DomainConfig", dependencies: [], swiftSettings: swiftSettings),
-        .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio",
+        .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio", "ConsoleBackend",
                                             .product(name: "Logging", package: "swift-log"),
                                             .product(name: "SystemPackage", package: "swift-system")],
                 swiftSettings: swiftSettings),
@@ -64,7 +64,8 @@ let package = Package(
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
-        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM"], path: "integration"),
+        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend"], path: "integration"),
     ]
 )

@@ -29,12 +29,18 @@ struct XenithCore: ParsableCommand {
     @Flag(help: "Do not read the console from stdin.") var noInput = false
     @Option(help: "On exit, write why the guest stopped to this file (one line: poweroff | reboot REASON | crash REASON | destroyed), for a supervisor that is not our parent.")
     var statusFile: String?
+    @Option(help: "Console ring memfd (an inherited fd): COM1 goes to xenconsoled instead of stdio; give all three --console-*-fd.")
+    var consoleRingFd: Int32?
+    @Option(help: "Console outEvent eventfd (inherited): the core signals it.") var consoleOutFd: Int32?
+    @Option(help: "Console inEvent eventfd (inherited): xenconsoled signals it.") var consoleInFd: Int32?
+    var consoleRing: ConsoleRingFDs { ConsoleRingFDs(ring: consoleRingFd, out: consoleOutFd, input: consoleInFd) }
 
     func validate() throws {
         if kernel == nil && firmware == nil { throw ValidationError("give --kernel or --firmware") }
         if kernel != nil && firmware != nil { throw ValidationError("--kernel and --firmware exclude each other") }
         if memory < 2 { throw ValidationError("--memory must be at least 2 (MiB)") }
         if vcpus < 1 { throw ValidationError("--vcpus must be at least 1") }
+        if let p = consoleRing.problem { throw ValidationError(p) }
     }
 
     func run() throws {
@@ -43,11 +49,16 @@ struct XenithCore: ParsableCommand {
         let cfg = MachineConfiguration(memoryMiB: memory, vcpus: vcpus, kernelPath: kernel, firmwarePath: firmware,
                                        ramdiskPath: ramdisk, cmdline: extra, name: name, virtioRNG: !noRng)
         let machine: Machine
+        let ring: ConsoleRingPort?
         do {
-            machine = try Machine(config: cfg, consoleOutput: { b in
+            ring = try consoleRing.open(log: { msg in eprint("xenith-core: \(msg)") })
+            let stdoutConsole: @Sendable (UInt8) -> Void = { b in
                 var c = b
                 _ = write(1, &c, 1)
-            }, log: { msg in eprint("xenith-core: \(msg)") })
+            }
+            machine = try Machine(config: cfg, consoleOutput: ring?.output ?? stdoutConsole,
+                                  log: { msg in eprint("xenith-core: \(msg)") })
+            try ring?.connect(to: machine)
         } catch {
             eprint("xenith-core: \(error)")
             throw ExitCode(1)
@@ -57,7 +68,7 @@ struct XenithCore: ParsableCommand {
             do { control = try ControlServer(path: path, machine: machine) }
             catch { eprint("xenith-core: \(error)"); throw ExitCode(1) }
         }
-        let console = noInput ? nil : StdinConsole(machine: machine)
+        let console = noInput || ring != nil ? nil : StdinConsole(machine: machine)
         SignalStop.install(machine, fd: sigFD)
         let outcome = machine.run()
         console?.restore()
