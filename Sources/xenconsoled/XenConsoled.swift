@@ -50,6 +50,13 @@ struct XenConsoled: ParsableCommand {
         var dir = logDir ?? ConsolePaths.defaultLogDirectory
         if !dir.hasPrefix("/") { dir = currentDirectory() + "/" + dir }
         signal(SIGPIPE, SIG_IGN)
+        // Start from a clean signal mask: a launcher's blocked SIGTERM (Dispatch threads
+        // block it) would be inherited by the sandbox's reaper, which could then not
+        // forward it.
+        var termSignals = sigset_t()
+        sigemptyset(&termSignals)
+        for sig in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&termSignals, sig) }
+        pthread_sigmask(SIG_UNBLOCK, &termSignals, nil)
         if isListening(path) { fail("\(path): another xenconsoled is already listening on this socket") }
         let manifestPath = noSandbox ? nil : (manifest ?? defaultManifest())
         if !noFork { daemonize(path) }
