@@ -53,7 +53,7 @@ integration-images: guest
 	guest/test-images.sh $(GUEST)
 
 bench: release fixtures
-	bench/run.sh
+	python3 bench/core_boot.py
 
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/xenith/manifests

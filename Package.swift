@@ -38,16 +38,14 @@ let package = Package(
         .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "DomainConfig", dependencies: [], swiftSettings: swiftSettings),
         .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio",
-                                            .product(name: "Logging", package: "swift-log"),
                                             .product(name: "SystemPackage", package: "swift-system")],
                 swiftSettings: swiftSettings),
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
 
         // Thin executables.
-        .executableTarget(name: "xenith-core", dependencies: ["Core",
-                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                          .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
+        // No ArgumentParser or Logging here: they pull in FoundationEssentials (see main.swift).
+        .executableTarget(name: "xenith-core", dependencies: ["Core"], swiftSettings: swiftSettings),
         .executableTarget(name: "xenstored", dependencies: ["XenStore",
                           .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
         .executableTarget(name: "blkback", dependencies: ["BlockBackend", "Sandbox",
