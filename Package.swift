@@ -63,6 +63,6 @@ let package = Package(
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
-        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM"], path: "integration"),
+        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM"], path: "integration", exclude: ["README.md"]),
     ]
 )
