@@ -35,9 +35,9 @@ debian-image:
 
 # The whole suite: unit tests, then the integration tests (KVM, root, QEMU; each one
 # prints SKIP with its reason where the machine cannot run it).
-test: fixtures
+test: fixtures guest
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	XENITH_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz $(SWIFT) test --skip-build
 	$(MAKE) integration-images
 
 unit:
