@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"], swiftSettings: swiftSettings),
         .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "DomainConfig", dependencies: [], swiftSettings: swiftSettings),
-        .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio",
+        .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio", "VhostUser",
                                             .product(name: "SystemPackage", package: "swift-system")],
                 swiftSettings: swiftSettings),
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),

@@ -29,6 +29,8 @@ struct XenithCore {
       --control PATH       control socket (pause, unpause, shutdown, reboot, destroy, query)
       --status-file PATH   on exit, write why the guest stopped (one line: poweroff |
                            reboot REASON | crash REASON | destroyed)
+      --vhost-user-blk SOCK  add a virtio-blk disk served by the vhost-user back-end
+                           listening on SOCK (blkback); repeatable, one PCI slot each
       --no-rng             leave out the in-core virtio-rng device
       --no-input           do not read the console from stdin
       -h, --help           show this help
@@ -47,6 +49,7 @@ struct XenithCore {
     var statusFile: String?
     var noRng = false
     var noInput = false
+    var vhostUserBlk: [String] = []
 
     /// Parses `args` (without the program name).
     /// - Throws: ``UsageError`` naming the bad argument.
@@ -84,6 +87,7 @@ struct XenithCore {
             case "--name": name = try value(arg)
             case "--control": control = try value(arg)
             case "--status-file": statusFile = try value(arg)
+            case "--vhost-user-blk": vhostUserBlk.append(try value(arg))
             case "--no-rng": noRng = true
             case "--no-input": noInput = true
             case "-h", "--help": throw UsageError(nil)
@@ -112,6 +116,20 @@ struct XenithCore {
         } catch {
             eprint("xenith-core: \(error)")
             return 1
+        }
+        for sock in vhostUserBlk {
+            do {
+                // virtio-blk device features the core passes through (virtio 1.2 §5.2.3):
+                // SIZE_MAX 1, SEG_MAX 2, BLK_SIZE 6, FLUSH 9, TOPOLOGY 10, MQ 12,
+                // DISCARD 13, WRITE_ZEROES 14; RO 5.
+                let mask: UInt64 = (1 << 1) | (1 << 2) | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 12) | (1 << 13) | (1 << 14)
+                try machine.addVirtio(VhostUserDevice(socketPath: sock, memory: machine.memory, deviceType: 2,
+                                                      deviceFeatureMask: mask, configSize: 60, numQueues: vcpus,
+                                                      log: { eprint("xenith-core: \($0)") }))
+            } catch {
+                eprint("xenith-core: \(error)")
+                return 1
+            }
         }
         var control: ControlServer? = nil
         if let path = self.control {
