@@ -204,10 +204,11 @@ public final class XenStoreServer: @unchecked Sendable {
         }
     }
 
+    private var readBuffer = [UInt8](repeating: 0, count: 65536)
+
     private func readFrom(_ c: Connection) {
-        var buf = [UInt8](repeating: 0, count: 65536)
         while connections[c.fd] === c, c.pending < Self.outputLimit {
-            let n = buf.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+            let n = readBuffer.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
             if n < 0 {
                 if errno == EINTR { continue }
                 if errno == EAGAIN || errno == EWOULDBLOCK { return }
@@ -218,7 +219,7 @@ public final class XenStoreServer: @unchecked Sendable {
                 closeLocked(c)
                 return
             }
-            buf.withUnsafeBytes { c.decoder.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            readBuffer.withUnsafeBytes { c.decoder.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             while connections[c.fd] === c {
                 let message: XenStoreMessage?
                 do { message = try c.decoder.next() } catch {
