@@ -23,6 +23,12 @@ public enum XenStoreServerError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+/// The xenstore daemon's transport: Unix stream sockets served by one epoll loop thread.
+///
+/// `listen(path:domid:)` for each socket, then `start()`; `stop()` closes everything and
+/// removes the socket files. Messages follow xenstore.txt: a header whose `len` exceeds
+/// 4096 closes that client; any other malformed request gets an `XS_ERROR` reply.
+/// All state (the core and every connection) is behind one lock.
 public final class XenStoreServer: @unchecked Sendable {
     private struct Listener {
         var path: String
