@@ -37,23 +37,20 @@ let package = Package(
         .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"], swiftSettings: swiftSettings),
         .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "DomainConfig", dependencies: [], swiftSettings: swiftSettings),
-        .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio", "ConsoleBackend",
-                                            .product(name: "Logging", package: "swift-log"),
+        .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio", "VhostUser", "ConsoleBackend",
                                             .product(name: "SystemPackage", package: "swift-system")],
                 swiftSettings: swiftSettings),
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
 
         // Thin executables.
-        .executableTarget(name: "xenith-core", dependencies: ["Core",
-                          .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                          .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
+        // No ArgumentParser or Logging here: they pull in FoundationEssentials (see main.swift).
+        .executableTarget(name: "xenith-core", dependencies: ["Core"], swiftSettings: swiftSettings),
         .executableTarget(name: "xenstored", dependencies: ["XenStore",
                           .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
         .executableTarget(name: "blkback", dependencies: ["BlockBackend", "Sandbox",
                           .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
-        .executableTarget(name: "xenconsoled", dependencies: ["ConsoleBackend", "Sandbox",
-                          .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
+        .executableTarget(name: "xenconsoled", dependencies: ["ConsoleBackend", "Sandbox"], swiftSettings: swiftSettings),
 
         // Unit tests mirror the library targets; integration/ boots guests on /dev/kvm.
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
@@ -66,6 +63,6 @@ let package = Package(
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
-        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend"], path: "integration"),
+        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend"], path: "integration", exclude: ["README.md"]),
     ]
 )

@@ -27,6 +27,13 @@ public final class ConsoleRingPort: @unchecked Sendable {
         if timerFD < 0 { throw .system("timerfd_create", errno) }
     }
 
+    /// Maps a ring handed down by the launcher (inherited descriptors, owned from here on).
+    /// - Throws: ``ConsoleError`` for a bad ring or eventfd, ``CoreError`` for the timer.
+    public convenience init(ringFD: Int32, outEventFD: Int32, inEventFD: Int32,
+                            log: @escaping @Sendable (String) -> Void) throws {
+        try self.init(channel: ConsoleRingChannel(ringFD: ringFD, outEventFD: outEventFD, inEventFD: inEventFD, log: log))
+    }
+
     deinit { close(timerFD) }
 
     /// The UART's output sink: every byte the guest transmits (on vCPU threads).

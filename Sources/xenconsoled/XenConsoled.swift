@@ -6,46 +6,83 @@
 // Binds its socket, then applies manifests/xenconsoled.manifest (Sandbox) before serving
 // anything: from then on it opens nothing; rings, eventfds and log files arrive as
 // descriptors with each registration (ConsoleBackend/ConsoleProtocol.swift).
-import ArgumentParser
 import CLinux
 import ConsoleBackend
 import Glibc
 import Sandbox
 
+/// xenconsoled's command line, parsed by hand: swift-argument-parser pulls in
+/// FoundationEssentials, which has no place in a process running under seccomp.
 @main
-struct XenConsoled: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "xenconsoled",
-        abstract: "Keep each domain's console log and let xm console attach.",
-        discussion: """
-        Guest output of every registered domain is appended to DIR/guest-NAME.log (the \
-        registrant opens that file in the directory this daemon announces). On restart it has \
-        no registrations: xend registers every running domain again and logging continues.
-        """)
+struct XenConsoled {
+    static let usage = """
+    usage: xenconsoled [--no-fork|-N] [--socket PATH] [--log-dir DIR] [--pid-file FILE]
+                       [--manifest FILE | --no-sandbox]
 
-    @Flag(name: [.customShort("N"), .customLong("no-fork")], help: "Stay in the foreground.")
+    Keep each domain's console log and let xm console attach. Guest output of every
+    registered domain is appended to DIR/guest-NAME.log (the registrant opens that file in
+    the directory this daemon announces). On restart it has no registrations: xend
+    registers every running domain again and logging continues.
+
+    options:
+      -N, --no-fork      stay in the foreground
+      --socket PATH      socket (default $XENITH_ROOT/run/xenconsoled/socket)
+      --log-dir DIR      guest log directory (default $XENITH_ROOT/var/log/xen/console)
+      --pid-file FILE    write the daemon's pid to FILE
+      --manifest FILE    security manifest (default $XENITH_MANIFESTS/xenconsoled.manifest,
+                         else PREFIX/share/xenith/manifests/xenconsoled.manifest)
+      --no-sandbox       run without applying the manifest (debugging only)
+      -h, --help         show this help
+    """
+
     var noFork = false
-
-    @Option(name: .long, help: "Socket path (default $XENITH_ROOT/run/xenconsoled/socket).")
     var socket: String?
-
-    @Option(name: .customLong("log-dir"), help: "Guest log directory (default $XENITH_ROOT/var/log/xen/console).")
     var logDir: String?
-
-    @Option(name: .customLong("pid-file"), help: "Write the daemon's pid to this file.")
     var pidFile: String?
-
-    @Option(name: .long, help: "Security manifest (default $XENITH_MANIFESTS/xenconsoled.manifest or PREFIX/share/xenith/manifests/xenconsoled.manifest).")
     var manifest: String?
-
-    @Flag(name: .customLong("no-sandbox"), help: "Run without applying the manifest (debugging only).")
     var noSandbox = false
 
-    func validate() throws {
-        if manifest != nil && noSandbox { throw ValidationError("--manifest and --no-sandbox exclude each other") }
+    static func main() {
+        var args = Array(CommandLine.arguments.dropFirst())
+        var options = XenConsoled()
+        func usageError(_ text: String) -> Never {
+            log(text)
+            var u = usage + "\n"
+            u.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+            Glibc.exit(64)
+        }
+        // --flag=value is two arguments.
+        args = args.flatMap { a -> [String] in
+            if a.hasPrefix("--"), let eq = a.firstIndex(of: "=") { return [String(a[..<eq]), String(a[a.index(after: eq)...])] }
+            return [a]
+        }
+        var i = 0
+        func value(_ flag: String) -> String {
+            i += 1
+            guard i < args.count else { usageError("\(flag) needs a value") }
+            return args[i]
+        }
+        while i < args.count {
+            switch args[i] {
+            case "-N", "--no-fork": options.noFork = true
+            case "--socket": options.socket = value("--socket")
+            case "--log-dir": options.logDir = value("--log-dir")
+            case "--pid-file": options.pidFile = value("--pid-file")
+            case "--manifest": options.manifest = value("--manifest")
+            case "--no-sandbox": options.noSandbox = true
+            case "-h", "--help":
+                var u = usage + "\n"
+                u.withUTF8 { _ = Glibc.write(1, $0.baseAddress, $0.count) }
+                Glibc.exit(0)
+            default: usageError("unknown argument '\(args[i])'")
+            }
+            i += 1
+        }
+        if options.manifest != nil && options.noSandbox { usageError("--manifest and --no-sandbox exclude each other") }
+        options.run()
     }
 
-    func run() throws {
+    func run() {
         let path = socket ?? ConsolePaths.defaultSocket
         var dir = logDir ?? ConsolePaths.defaultLogDirectory
         if !dir.hasPrefix("/") { dir = currentDirectory() + "/" + dir }
