@@ -127,7 +127,9 @@ import Testing
         #expect(again.status == 1 && again.stderr.contains("already listening"))
         if let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) {
             kill(pid, SIGTERM)
-            #expect(waitUntil(10) { (try? listConsoles(socketPath: s.socket)) == nil })
+            let ended = waitUntil(10) { (try? listConsoles(socketPath: s.socket)) == nil }
+            #expect(ended, "SIGTERM ends the daemon")
+            if !ended { kill(pid, SIGKILL) }   // never leave a daemon behind
         } else {
             Issue.record("no pid file")
         }
