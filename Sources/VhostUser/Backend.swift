@@ -297,7 +297,10 @@ public final class VhostUserBackend: @unchecked Sendable {
                 let q = try vringIndex(UInt64(try r.u32())); vrings[q].base = UInt16(truncatingIfNeeded: try r.u32())
             case .getVringBase:
                 let q = try vringIndex(UInt64(try r.u32()))
+                let usedNow = vrings[q].queue?.publishedUsedIdx
                 stopVring(q)
+                // Requests are served synchronously, so after a stop nothing is in flight.
+                if let u = usedNow, let iq = inflight?.queue(q), iq.size == vrings[q].num { iq.clear(usedIdx: u) }
                 var w = PayloadWriter(); w.u32(UInt32(q)); w.u32(UInt32(vrings[q].base))
                 return try reply(m, w.bytes)
             case .setVringKick, .setVringCall, .setVringErr:
@@ -405,12 +408,16 @@ public final class VhostUserBackend: @unchecked Sendable {
         defer { if !batch.isEmpty { complete(q, queue, iq, &batch) } }
         while true {
             let chain: DescriptorChain
+            var failedHead: UInt16?
             do throws(VirtioError) {
                 if !replay.isEmpty {
-                    chain = try queue.chain(head: replay.removeFirst())
+                    let h = replay.removeFirst()
+                    failedHead = h
+                    chain = try queue.chain(head: h)
                 } else {
                     guard let c = try queue.pop() else { return }
                     chain = c
+                    failedHead = c.head
                     iq?.begin(head: c.head, counter: vrings[q].counter)
                     vrings[q].counter &+= 1
                 }
@@ -418,6 +425,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                 batch.append((chain.head, len))
             } catch {
                 if !batch.isEmpty { complete(q, queue, iq, &batch) }
+                if let h = failedHead { iq?.drop(head: h) }
                 markBroken(q, error.description)
                 return
             }
