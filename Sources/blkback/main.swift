@@ -82,6 +82,11 @@ while let a = args.popFirst() {
 guard (socketPath == nil) != (listenFdArg == nil) else { fail("give exactly one of --socket PATH or --listen-fd N") }
 guard (imageSpec == nil) != (imageFdArg == nil) else { fail("give exactly one of --image IMAGE or --image-fd N") }
 
+// A launcher running on a Dispatch or concurrency-pool thread hands us a mask with most
+// signals blocked; start from a clean one so SIGTERM/SIGINT work.
+var noSignals = sigset_t()
+sigemptyset(&noSignals)
+sigprocmask(SIG_SETMASK, &noSignals, nil)
 signal(SIGPIPE, SIG_IGN)
 
 // 1. The image (before the socket, so a bad image leaves nothing behind).

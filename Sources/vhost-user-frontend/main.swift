@@ -35,6 +35,11 @@ func fail(_ s: String) -> Never {
 }
 func now() -> Double { var t = timespec(); clock_gettime(CLOCK_MONOTONIC, &t); return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9 }
 
+// Start from an empty signal mask (a launcher's may block SIGTERM; children inherit it).
+var noSignals = sigset_t()
+sigemptyset(&noSignals)
+sigprocmask(SIG_SETMASK, &noSignals, nil)
+
 var args = Array(CommandLine.arguments.dropFirst())
 guard let mode = args.first else { print(usage); exit(2) }
 if mode == "--help" || mode == "-h" { print(usage); exit(0) }
@@ -353,6 +358,18 @@ enum Expect { case ioerr, unsupp, broken, errorOrBroken }
                     done += 1
                     if let k = killT { times.append(now() - k); killT = nil }
                     if killAt.contains(done) {
+                        // Refill, then kill at a random moment while the back-end works.
+                        for q2 in c.queues.indices {
+                            var n = 0
+                            while c.inflight(q2) < c.depth, let s = c.queues[q2].freeSlots.last, let b = it.next() {
+                                c.data(q2, s).copyBytes(from: pattern(b, gen))
+                                _ = try c.submit(q2, type: VirtioBlk.tOut, sector: b * 8, bytes: 4096)
+                                pending[q2, default: [:]][s] = b
+                                n += 1
+                            }
+                            if n > 0 { c.kick(q2) }
+                        }
+                        usleep(UInt32.random(in: 200...3000, using: &rng))
                         let inflight = c.queues.indices.reduce(0) { $0 + c.inflight($1) }
                         kill(pid, SIGKILL)
                         killT = now()
