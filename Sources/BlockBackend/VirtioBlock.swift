@@ -52,8 +52,11 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
     public let serial: [UInt8]
     /// Largest single segment, in bytes (config size_max).
     public let sizeMax: UInt32 = 1 << 20
-    /// Largest number of data segments per request (config seg_max).
-    public let segMax: UInt32 = 254
+    /// Largest number of data segments per request (config seg_max). A chain, indirect
+    /// table included, may not be longer than the queue (virtio 1.2 §2.7.5.3.1) and the
+    /// config is read before the queue size is known: 126 fits QEMU's default of 128
+    /// (header + data + status).
+    public let segMax: UInt32 = 126
     /// Limit of one discard / write-zeroes segment, in 512-byte sectors.
     public let maxDiscardSectors: UInt32 = 1 << 22
     private var negotiated: UInt64 = 0

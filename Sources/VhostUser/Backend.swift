@@ -87,6 +87,9 @@ public final class VhostUserBackend: @unchecked Sendable {
     public var completionOrder: CompletionOrder = .inOrder
     /// Largest number of requests completed together (one used->idx update, one call).
     public var batchLimit = 32
+    /// A batch is also completed once its requests moved this many bytes, so large
+    /// requests reach the driver at once and its pipeline stays full.
+    public var batchBytesLimit: UInt64 = 128 << 10
     /// Called with one line per notable event (connects, broken queues); default: nothing.
     public var log: (String) -> Void = { _ in }
     /// Called once the first request after a (re)connect has completed (for restart timing).
@@ -340,7 +343,8 @@ public final class VhostUserBackend: @unchecked Sendable {
                 let region = try InflightRegion.create(numQueues: nq, queueSize: qs)
                 for q in 0..<Int(nq) { region.queue(q)?.initializeIfFresh() }
                 inflight = region
-                var w = PayloadWriter(); w.u64(region.mmapSize); w.u64(0); w.u16(nq); w.u16(qs)
+                // struct VhostUserInflight is 24 bytes: 20 of fields + 4 of padding.
+                var w = PayloadWriter(); w.u64(region.mmapSize); w.u64(0); w.u16(nq); w.u16(qs); w.u32(0)
                 return try reply(m, w.bytes, fds: [region.fd])
             case .setInflightFd:
                 let size = try r.u64(), off = try r.u64(), nq = try r.u16(), qs = try r.u16()
@@ -405,6 +409,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         batch.reserveCapacity(batchLimit)
         var replay = vrings[q].replay
         vrings[q].replay = []
+        var batchBytes: UInt64 = 0
         defer { if !batch.isEmpty { complete(q, queue, iq, &batch) } }
         while true {
             let chain: DescriptorChain
@@ -423,13 +428,17 @@ public final class VhostUserBackend: @unchecked Sendable {
                 }
                 let len = try device.handle(chain, queue: q, memory: mem.memory)
                 batch.append((chain.head, len))
+                batchBytes &+= chain.readableLength &+ chain.writableLength
             } catch {
                 if !batch.isEmpty { complete(q, queue, iq, &batch) }
                 if let h = failedHead { iq?.drop(head: h) }
                 markBroken(q, error.description)
                 return
             }
-            if batch.count >= batchLimit { complete(q, queue, iq, &batch) }
+            if batch.count >= batchLimit || batchBytes >= batchBytesLimit {
+                complete(q, queue, iq, &batch)
+                batchBytes = 0
+            }
         }
     }
 

@@ -50,6 +50,7 @@ var numQueues = 1
 var serial = "xenith-blk"
 var quiet = false
 var testReorder = false
+var splitIO = false
 var testDelayUs: UInt32 = 0
 
 var args = CommandLine.arguments.dropFirst()
@@ -73,6 +74,7 @@ while let a = args.popFirst() {
     case "--num-queues": numQueues = intValue(a, 1...64)
     case "--serial": serial = value(a)
     case "--quiet": quiet = true
+    case "--split-io": splitIO = true                 // helper thread for requests >= 256 KiB (experimental)
     case "--test-reorder": testReorder = true          // complete each batch in reverse (tests)
     case "--test-delay-us": testDelayUs = UInt32(intValue(a, 0...1_000_000))  // slow each request (tests)
     case "--help", "-h": print(usage); exit(0)
@@ -127,6 +129,7 @@ final class DelayedDevice: VhostUserDevice {
     }
 }
 
+if splitIO { image.parallelThreshold = 256 << 10 }
 let blk = VirtioBlockDevice(image: image, numQueues: numQueues, serial: serial)
 let device: any VhostUserDevice = testDelayUs > 0 ? DelayedDevice(blk, testDelayUs) : blk
 let backend: VhostUserBackend
