@@ -129,7 +129,7 @@ func pattern(_ block: UInt64, _ gen: UInt64, bytes: Int = 4096) -> [UInt8] {
 }
 
 @MainActor func verify() throws {
-    let c = connectClient(queues: 1, depth: 8, maxBytes: 1 << 16)
+    let c = connectClient(queues: 1, depth: 8, maxBytes: 1 << 20)
     let ro = flags.contains("--read-only")
     var failures = 0
     func check(_ ok: Bool, _ what: String) { print("\(ok ? "ok" : "FAIL") \(what)"); if !ok { failures += 1 } }
@@ -143,6 +143,9 @@ func pattern(_ block: UInt64, _ gen: UInt64, bytes: Int = 4096) -> [UInt8] {
     } else {
         for b in 0..<16 as Range<UInt64> { check(try c.write(sector: b * 8, pattern(b, 7)) == VirtioBlk.sOK, "write block \(b)") }
         for b in 0..<16 as Range<UInt64> { check(try c.read(sector: b * 8, count: 4096) == pattern(b, 7), "read back block \(b)") }
+        let big = (0..<256).flatMap { pattern(UInt64(1000 + $0), 3) }   // 1 MiB
+        check(try c.write(sector: 2048, big) == VirtioBlk.sOK, "write 1 MiB")
+        check(try c.read(sector: 2048, count: big.count) == big, "read back 1 MiB")
         check(try c.run(type: VirtioBlk.tFlush, sector: 0, bytes: 0).status == VirtioBlk.sOK, "flush")
         check(try c.run(type: VirtioBlk.tWriteZeroes, sector: 8, bytes: 0, segment: (8, 8, 0)).status == VirtioBlk.sOK, "write-zeroes block 1")
         check(try c.read(sector: 8, count: 4096) == [UInt8](repeating: 0, count: 4096), "block 1 reads zeros")

@@ -78,6 +78,15 @@ func stop(_ p: Process) {
         #expect(again.status == 0)
     }
 
+    @Test func splitLargeRequestsStayCorrect() throws {
+        let s = try Scratch()
+        let b = try startBlkback(["--socket", s.socket, "--image", s.image, "--split-io"], socket: s.socket)
+        defer { stop(b) }
+        let r = try run(frontendTool, ["verify", "--socket", s.socket])
+        #expect(r.status == 0, "\(r.out)\(r.err)")
+        #expect(r.out.contains("ok read back 1 MiB"))
+    }
+
     @Test func readOnlyRefusesWrites() throws {
         let s = try Scratch()
         let b = try startBlkback(["--socket", s.socket, "--image", s.image, "--read-only"], socket: s.socket)
