@@ -124,45 +124,16 @@ public final class BlockImage: @unchecked Sendable {
         return nil
     }
 
-    /// Requests at least this large are split in two halves done in parallel (this thread
-    /// and one helper thread). Off by default (Int.max): on a 2-core host it measured slower.
-    public var parallelThreshold = Int.max
-    private lazy var helper = IOHelper()
-
     /// Reads into `iov` (`count` entries, `total` bytes) at byte `offset`; false on error
-    /// or short read. May rewrite the iovec entries.
+    /// or short read. May rewrite the iovec entries. Thread-safe.
     public func readv(_ iov: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64, total: Int) -> Bool {
-        transfer(iov, count: count, offset: offset, total: total, write: false)
+        Self.transferAll(fd: fd, iov, count: count, offset: offset, total: total, write: false)
     }
 
     /// Writes `iov` at byte `offset`; false on error, short write or a read-only image.
     public func writev(_ iov: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64, total: Int) -> Bool {
         guard !readOnly else { return false }
-        return transfer(iov, count: count, offset: offset, total: total, write: true)
-    }
-
-    private func transfer(_ iov: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64, total: Int, write: Bool) -> Bool {
-        guard total >= parallelThreshold, count <= 1024 else {
-            return Self.transferAll(fd: fd, iov, count: count, offset: offset, total: total, write: write)
-        }
-        // Split at the 4 KiB boundary nearest the middle.
-        let half = (total / 2) & ~4095
-        var acc = 0, i = 0
-        while i < count && acc + iov[i].iov_len <= half { acc += iov[i].iov_len; i += 1 }
-        let h = helper
-        var n2 = 0
-        if i < count {
-            let inner = half - acc
-            h.iov[0] = iovec(iov_base: iov[i].iov_base! + inner, iov_len: iov[i].iov_len - inner)
-            n2 = 1
-            for k in (i + 1)..<count { h.iov[n2] = iov[k]; n2 += 1 }
-            iov[i].iov_len = inner
-        }
-        let n1 = i < count && iov[i].iov_len > 0 ? i + 1 : i
-        h.start(fd: fd, count: n2, offset: offset + UInt64(half), total: total - half, write: write)
-        let ok1 = Self.transferAll(fd: fd, iov, count: n1, offset: offset, total: half, write: write)
-        let ok2 = h.wait()
-        return ok1 && ok2
+        return Self.transferAll(fd: fd, iov, count: count, offset: offset, total: total, write: true)
     }
 
     static func transferAll(fd: Int32, _ iov: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64, total: Int, write: Bool) -> Bool {
@@ -228,35 +199,3 @@ public final class BlockImage: @unchecked Sendable {
     }
 }
 
-/// One helper thread that performs half of a large transfer (see ``BlockImage/readv``).
-/// Handoff through two semaphores (futex): no allocation per request.
-final class IOHelper: @unchecked Sendable {
-    let iov = UnsafeMutablePointer<iovec>.allocate(capacity: 1024)
-    private var go = sem_t(), done = sem_t()
-    private var fd: Int32 = -1, count = 0, offset: UInt64 = 0, total = 0, isWrite = false, ok = false
-
-    init() {
-        sem_init(&go, 0, 0)
-        sem_init(&done, 0, 0)
-        var t = pthread_t()
-        let me = Unmanaged.passRetained(self).toOpaque()   // lives as long as the process
-        pthread_create(&t, nil, { p in
-            let h = Unmanaged<IOHelper>.fromOpaque(p!).takeUnretainedValue()
-            while true {
-                sem_wait(&h.go)
-                h.ok = BlockImage.transferAll(fd: h.fd, h.iov, count: h.count, offset: h.offset, total: h.total, write: h.isWrite)
-                sem_post(&h.done)
-            }
-        }, me)
-    }
-
-    func start(fd: Int32, count: Int, offset: UInt64, total: Int, write: Bool) {
-        self.fd = fd; self.count = count; self.offset = offset; self.total = total; self.isWrite = write
-        sem_post(&go)
-    }
-
-    func wait() -> Bool {
-        while sem_wait(&done) != 0 {}
-        return ok
-    }
-}

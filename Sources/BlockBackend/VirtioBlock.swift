@@ -45,6 +45,7 @@ public enum VirtioBlk {
 /// inside guest memory. A bad request gets VIRTIO_BLK_S_IOERR (or UNSUPP for unknown types
 /// and flags); only a request whose status byte cannot be written breaks the queue.
 /// Writes to a read-only device (VIRTIO_BLK_F_RO) get IOERR and write nothing (§5.2.6.2).
+/// ``handle(_:queue:memory:)`` is safe to call from several threads at once.
 public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
     public let image: BlockImage
     public let numQueues: Int
@@ -60,7 +61,6 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
     /// Limit of one discard / write-zeroes segment, in 512-byte sectors.
     public let maxDiscardSectors: UInt32 = 1 << 22
     private var negotiated: UInt64 = 0
-    private let iov: UnsafeMutablePointer<iovec>
     private let iovCapacity = 1024
 
     /// - Parameters:
@@ -70,9 +70,7 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
         self.image = image
         self.numQueues = max(1, min(numQueues, 64))
         self.serial = Array(serial.utf8.prefix(VirtioBlk.idBytes))
-        iov = .allocate(capacity: iovCapacity)
     }
-    deinit { iov.deallocate() }
 
     public var deviceFeatures: UInt64 {
         var f = VirtioFeature.version1 | VirtioFeature.ringIndirectDesc | VirtioFeature.ringEventIdx
@@ -126,14 +124,14 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
     }
 
     /// Fills `iov` with guest buffers `bufs`, skipping `skip` bytes and keeping `length`.
-    private func fillIOV(_ bufs: ArraySlice<ChainBuffer>, memory: GuestMemory, skip: Int, length: Int) throws(VirtioError) -> Int? {
+    private func fillIOV(_ iov: UnsafeMutablePointer<iovec>, _ bufs: ArraySlice<ChainBuffer>, memory: GuestMemory, skip: Int, length: Int) throws(VirtioError) -> Int? {
         var n = 0, skip = skip, left = length
         for b in bufs {
             if left == 0 { break }
             let s = try memory.slice(b)
             if skip >= s.count { skip -= s.count; continue }
             let take = min(s.count - skip, left)
-            guard n < iovCapacity, b.length <= sizeMax else { return nil }
+            guard n < min(iovCapacity, bufs.count), b.length <= sizeMax else { return nil }
             if take > 0 {
                 iov[n] = iovec(iov_base: s.baseAddress! + skip, iov_len: take)
                 n += 1
@@ -174,16 +172,22 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
         case VirtioBlk.tIn:
             guard dataOut == 0, writeLen % 512 == 0, writeLen <= maxBytes, inRange(sector, writeLen) else { return VirtioBlk.sIOErr }
             if writeLen == 0 { return VirtioBlk.sOK }
-            guard let n = try? fillIOV(chain.writable, memory: memory, skip: 0, length: Int(writeLen)),
-                  image.readv(iov, count: n, offset: sector * 512, total: Int(writeLen)) else { return VirtioBlk.sIOErr }
+            let ok = withUnsafeTemporaryAllocation(of: iovec.self, capacity: min(chain.buffers.count, iovCapacity)) { t in
+                guard let n = try? fillIOV(t.baseAddress!, chain.writable, memory: memory, skip: 0, length: Int(writeLen)) else { return false }
+                return image.readv(t.baseAddress!, count: n, offset: sector * 512, total: Int(writeLen))
+            }
+            guard ok else { return VirtioBlk.sIOErr }
             written = UInt32(writeLen)
             return VirtioBlk.sOK
         case VirtioBlk.tOut:
             guard !image.readOnly else { return VirtioBlk.sIOErr }
             guard writeLen == 0, dataOut % 512 == 0, dataOut <= maxBytes, inRange(sector, dataOut) else { return VirtioBlk.sIOErr }
             if dataOut == 0 { return VirtioBlk.sOK }
-            guard let n = try? fillIOV(chain.readable, memory: memory, skip: VirtioBlk.headerSize, length: Int(dataOut)),
-                  image.writev(iov, count: n, offset: sector * 512, total: Int(dataOut)) else { return VirtioBlk.sIOErr }
+            let ok = withUnsafeTemporaryAllocation(of: iovec.self, capacity: min(chain.buffers.count, iovCapacity)) { t in
+                guard let n = try? fillIOV(t.baseAddress!, chain.readable, memory: memory, skip: VirtioBlk.headerSize, length: Int(dataOut)) else { return false }
+                return image.writev(t.baseAddress!, count: n, offset: sector * 512, total: Int(dataOut))
+            }
+            guard ok else { return VirtioBlk.sIOErr }
             return VirtioBlk.sOK
         case VirtioBlk.tFlush:
             return image.readOnly || image.flush() ? VirtioBlk.sOK : VirtioBlk.sIOErr

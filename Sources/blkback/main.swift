@@ -30,6 +30,8 @@ at a time; keeps listening for a reconnect after the front-end goes away.
                       (by default an image already exported read-write, by this or another
                       blkback, is refused; so is a block device mounted read-write here)
   --num-queues N      request queues (VIRTIO_BLK_F_MQ when N > 1; default 1, max 64)
+  --io-threads N      threads serving requests of 256 KiB or more concurrently, so large
+                      transfers overlap (default 4; 0 serves everything on the event loop)
   --serial S          GET_ID serial (default xenith-blk, at most 20 bytes)
   --quiet             no log lines on stderr
   --help              this text
@@ -50,7 +52,7 @@ var numQueues = 1
 var serial = "xenith-blk"
 var quiet = false
 var testReorder = false
-var splitIO = false
+var ioThreads = 4
 var testDelayUs: UInt32 = 0
 
 var args = CommandLine.arguments.dropFirst()
@@ -74,7 +76,7 @@ while let a = args.popFirst() {
     case "--num-queues": numQueues = intValue(a, 1...64)
     case "--serial": serial = value(a)
     case "--quiet": quiet = true
-    case "--split-io": splitIO = true                 // helper thread for requests >= 256 KiB (experimental)
+    case "--io-threads": ioThreads = intValue(a, 0...16)
     case "--test-reorder": testReorder = true          // complete each batch in reverse (tests)
     case "--test-delay-us": testDelayUs = UInt32(intValue(a, 0...1_000_000))  // slow each request (tests)
     case "--help", "-h": print(usage); exit(0)
@@ -129,12 +131,12 @@ final class DelayedDevice: VhostUserDevice {
     }
 }
 
-if splitIO { image.parallelThreshold = 256 << 10 }
 let blk = VirtioBlockDevice(image: image, numQueues: numQueues, serial: serial)
 let device: any VhostUserDevice = testDelayUs > 0 ? DelayedDevice(blk, testDelayUs) : blk
 let backend: VhostUserBackend
 do { backend = try VhostUserBackend(device: device, listenFd: listenFd) } catch { fail("\(error)") }
 if testReorder { backend.completionOrder = .reversedBatches }
+backend.ioThreads = ioThreads
 if !quiet { backend.log = { eprint("blkback: \($0)\n") } }
 
 // ---------------------------------------------------------------------------------------

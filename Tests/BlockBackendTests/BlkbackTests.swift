@@ -78,9 +78,9 @@ func stop(_ p: Process) {
         #expect(again.status == 0)
     }
 
-    @Test func splitLargeRequestsStayCorrect() throws {
+    @Test func ioThreadsServeLargeRequests() throws {
         let s = try Scratch()
-        let b = try startBlkback(["--socket", s.socket, "--image", s.image, "--split-io"], socket: s.socket)
+        let b = try startBlkback(["--socket", s.socket, "--image", s.image, "--io-threads", "4"], socket: s.socket)
         defer { stop(b) }
         let r = try run(frontendTool, ["verify", "--socket", s.socket])
         #expect(r.status == 0, "\(r.out)\(r.err)")
