@@ -48,8 +48,12 @@ let package = Package(
         .executableTarget(name: "xenith-core", dependencies: ["Core"], swiftSettings: swiftSettings),
         .executableTarget(name: "xenstored", dependencies: ["XenStore",
                           .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
-        .executableTarget(name: "blkback", dependencies: ["BlockBackend", "Sandbox",
-                          .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
+        // blkback stays free of Foundation (and ArgumentParser) so it can run under seccomp.
+        .executableTarget(name: "blkback", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux"],
+                          swiftSettings: swiftSettings),
+        // Synthetic vhost-user-blk front-end: workloads, malformed chains, restart tests.
+        .executableTarget(name: "vhost-user-frontend", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"],
+                          swiftSettings: swiftSettings),
         .executableTarget(name: "xenconsoled", dependencies: ["ConsoleBackend", "Sandbox"], swiftSettings: swiftSettings),
 
         // Unit tests mirror the library targets; integration/ boots guests on /dev/kvm.
@@ -57,7 +61,8 @@ let package = Package(
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory"]),
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
-        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "GuestMemory"]),
+        .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
