@@ -106,11 +106,17 @@ public struct XendDaemon {
         let sock = paths.xenstoredSocket
         if !XenStoreServer.isListening(sock) {
             XenithPaths.makeDirectories((sock as NSString).deletingLastPathComponent)
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: binDir + "/xenstored")
-            p.arguments = ["--socket", sock, "--pid-file", paths.xenstoredPidFile]
-            do { try p.run(); p.waitUntilExit() } catch { log.error("cannot start xenstored: \(error)"); return nil }
-            if p.terminationStatus != 0 { log.error("xenstored exited with status \(p.terminationStatus)") }
+            let exe = binDir + "/xenstored"
+            let argv: [String] = [exe, "--socket", sock, "--pid-file", paths.xenstoredPidFile]
+            var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+            var pid: pid_t = 0
+            markDescriptorsCloseOnExec()
+            let rc = posix_spawn(&pid, exe, nil, nil, cargs, environ)
+            for a in cargs { free(a) }
+            guard rc == 0 else { log.error("cannot start xenstored: \(String(cString: strerror(rc)))"); return nil }
+            var st: Int32 = 0
+            while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+            if st != 0 { log.error("xenstored exited with status \(st >> 8)") }
             log.info("started xenstored on \(sock)")
         }
         do { return try XenStoreClient(path: sock) } catch { log.error("cannot connect to xenstored: \(error)"); return nil }

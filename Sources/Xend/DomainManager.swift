@@ -154,7 +154,7 @@ public final class DomainManager: @unchecked Sendable {
         if long, var vm = try? SXP.parse(r.config) {
             if case .list(var items) = vm {
                 items[0] = .atom("domain")
-                items.insert(contentsOf: [.pair("domid", .int(r.domid)), .pair("uuid", .atom(r.uuid)),
+                items.insert(contentsOf: [.pair("domid", .int(r.domid)),
                                           .pair("state", .atom(state)), .pair("cpu_time", .atom(String(format: "%.3f", cpu))),
                                           .pair("start_time", .atom(String(format: "%.2f", r.startTime))),
                                           .pair("restart_count", .int(r.restartCount))], at: 1)

@@ -77,6 +77,16 @@ public protocol DomainEngineDriver: Sendable {
     func stopReason(_ p: EngineProcess, waitStatus: Int32?) -> EngineStop
 }
 
+@_silgen_name("close_range")
+func closeRange(_ first: UInt32, _ last: UInt32, _ flags: Int32) -> Int32
+
+/// Marks every descriptor above stderr close-on-exec (CLOSE_RANGE_CLOEXEC), so a spawned
+/// engine process never holds xend's sockets (a held API socket would hang clients after
+/// xend dies).
+public func markDescriptorsCloseOnExec() {
+    _ = closeRange(3, UInt32.max, 4)
+}
+
 /// Process helpers shared by engines.
 public enum ProcessInfo2 {
     /// Start time (clock ticks since boot) of `pid`, nil when it does not exist.
@@ -156,6 +166,7 @@ public struct CoreEngine: DomainEngineDriver {
         cargs.append(nil)
         defer { for a in cargs { free(a) } }
         var pid: pid_t = 0
+        markDescriptorsCloseOnExec()
         let rc = posix_spawn(&pid, binary, &fa, &attr, cargs, environ)
         guard rc == 0 else { throw EngineError("\(binary): \(String(cString: strerror(rc)))") }
         // Wait until the control socket answers, or the core gives up.
@@ -163,6 +174,11 @@ public struct CoreEngine: DomainEngineDriver {
         while Date() < deadline {
             var st: Int32 = 0
             if waitpid(pid, &st, WNOHANG) == pid {
+                // The guest already stopped (e.g. panicked at once): a started domain whose
+                // supervisor will apply on_* from the status file.
+                if let s = try? String(contentsOfFile: l.statusFile, encoding: .utf8), !s.isEmpty {
+                    return EngineProcess(pid: pid, startTicks: 0, controlPath: l.controlPath, statusFile: l.statusFile)
+                }
                 unlink(l.controlPath); unlink(l.statusFile)
                 let text = (try? String(contentsOfFile: l.engineLog, encoding: .utf8)) ?? ""
                 let msg = text.split(separator: "\n").last(where: { !$0.contains("stopped:") }).map(String.init)
