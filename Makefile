@@ -35,9 +35,9 @@ debian-image:
 
 # The whole suite: unit tests, then the integration tests (KVM, root, QEMU; each one
 # prints SKIP with its reason where the machine cannot run it).
-test: fixtures
+test: fixtures guest
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	XENITH_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz $(SWIFT) test --skip-build
 	$(MAKE) integration-images
 
 unit:
@@ -53,7 +53,7 @@ integration-images: guest
 	guest/test-images.sh $(GUEST)
 
 bench: release fixtures
-	bench/run.sh
+	python3 bench/core_boot.py
 
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/xenith/manifests

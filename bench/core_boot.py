@@ -62,8 +62,8 @@ def main():
     rows = [measure("xenith-core", [core, "--kernel", guest, "--extra", "t", "--memory", str(MEM_MIB), "--no-input"])]
     qemu = shutil.which("qemu-system-x86_64")
     if qemu:
-        rows.append(measure("qemu -accel kvm (microvm)", [
-            qemu, "-accel", "kvm", "-M", "microvm", "-cpu", "host", "-m", "%dM" % MEM_MIB,
+        rows.append(measure("qemu -accel kvm -M microvm", [
+            qemu, "-accel", "kvm", "-M", "microvm", "-cpu", "host,-arch-capabilities", "-m", "%dM" % MEM_MIB,
             "-object", "memory-backend-memfd,id=mem,size=%dM" % MEM_MIB, "-machine", "memory-backend=mem",
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-display", "none",
             "-kernel", guest, "-append", "t"]))

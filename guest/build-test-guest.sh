@@ -47,9 +47,9 @@ if [ ! -d "$XENITH_CACHE/$KEY" ]; then
         mkdir -p "$R$(dirname "$rel")"
         cp "$ko" "$R$rel"
     done
-    cp "$B/x/lib/modules/$KVER/modules.order" "$B/x/lib/modules/$KVER/modules.builtin" \
-       "$R/lib/modules/$KVER/"
+    cp "$B/x/lib/modules/$KVER"/modules.{order,builtin,builtin.modinfo} "$R/lib/modules/$KVER/"
     depmod -b "$R" "$KVER"
+    rm "$R/lib/modules/$KVER/modules.builtin.modinfo"   # 400 kB only depmod reads
 
     # busybox and its applet links (mke2fs stays e2fsprogs' own, below).
     mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,run,tmp,mnt,root,usr/share/udhcpc}

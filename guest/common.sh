@@ -40,13 +40,32 @@ apt_fetch() {
         || die "apt-get download $* failed"
 }
 
+# remove_tree DIR: unmounts anything a killed build left mounted below DIR
+# (mmdebstrap mounts /proc, /sys, /dev/pts in its chroot), then deletes DIR
+# without crossing into any filesystem that is still mounted there.
+remove_tree() {
+    local m
+    [ -d "$1" ] || return 0
+    for m in $(awk -v d="$1/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r); do
+        umount -l "$m" 2>/dev/null || true
+    done
+    rm -rf --one-file-system "$1"
+}
+
 # cache_begin KEY: sets CACHE_DIR (final place) and BUILD_DIR (fresh temp dir on
-# the same filesystem, removed on exit unless published).
+# the same filesystem, removed on exit unless published).  Also removes the
+# temp dirs of earlier builds whose process is gone (killed, machine reset).
 cache_begin() {
+    local d pid
     CACHE_DIR=$XENITH_CACHE/$1
     mkdir -p "$XENITH_CACHE"
-    BUILD_DIR=$(mktemp -d "$XENITH_CACHE/.tmp.$1.XXXXXX")
-    trap 'rm -rf "$BUILD_DIR"' EXIT
+    for d in "$XENITH_CACHE"/.tmp.*; do
+        [ -d "$d" ] || continue
+        pid=${d##*/.tmp.}; pid=${pid%%.*}
+        kill -0 "$pid" 2>/dev/null || remove_tree "$d"
+    done
+    BUILD_DIR=$(mktemp -d "$XENITH_CACHE/.tmp.$$.$1.XXXXXX")
+    trap 'remove_tree "$BUILD_DIR"' EXIT
     trap 'exit 130' INT TERM HUP
 }
 
@@ -73,4 +92,41 @@ cache_export() {
 hash_files() {
     local f
     for f in "$@"; do printf '%s\n' "$f"; sha256sum < "$f"; done | sha256sum | cut -c1-64
+}
+
+# debian_sources SUITE: one "deb URI SUITE' COMPONENTS" line for each suite
+# SUITE, SUITE-updates and SUITE-security that this machine's own apt
+# configuration (deb822 *.sources and one-line *.list) already uses.
+debian_sources() {
+    debian_sources_all "$1" | awk '!seen[$0]++'
+}
+debian_sources_all() {
+    local suite=$1 f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] || continue
+        awk -v s="$suite" '
+            BEGIN { RS = ""; FS = "\n" }
+            {
+                delete v
+                for (i = 1; i <= NF; i++) {
+                    line = $i
+                    if (line ~ /^[ \t]*#/ || index(line, ":") == 0) continue
+                    k = tolower(substr(line, 1, index(line, ":") - 1))
+                    val = substr(line, index(line, ":") + 1)
+                    gsub(/^[ \t]+|[ \t]+$/, "", val)
+                    v[k] = val
+                }
+                if (v["enabled"] == "no" || (" " v["types"] " ") !~ / deb /) next
+                nu = split(v["uris"], u, /[ \t]+/); ns = split(v["suites"], su, /[ \t]+/)
+                for (a = 1; a <= nu; a++) for (b = 1; b <= ns; b++)
+                    if (su[b] == s || su[b] == s "-updates" || su[b] == s "-security")
+                        print "deb " u[a] " " su[b] " " v["components"]
+            }' "$f"
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] || continue
+        sed -e 's/#.*//' -e 's/\[[^]]*\]//' "$f" | awk -v s="$suite" '
+            $1 == "deb" && ($3 == s || $3 == s "-updates" || $3 == s "-security") {
+                $1 = $1; print }'
+    done
 }

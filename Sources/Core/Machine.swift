@@ -113,9 +113,18 @@ public final class Machine: @unchecked Sendable {
         do {
             vm = try VirtualMachine(system: system)
             vm.setRealModeSupportPages()
-            try vm.createIRQChip()
-            try vm.createPIT2()
-            try vm.map(memory)
+            // Creating the PIT and registering memory each wait for a KVM SRCU grace period
+            // (milliseconds of wall time, little CPU): do them concurrently.
+            let chip = Mutex<(any Error)?>(nil)
+            let vmRef = vm
+            let chipThread = DedicatedThread(name: "irqchip") {
+                do { try vmRef.createIRQChip(); try vmRef.createPIT2() } catch { chip.withLock { $0 = error } }
+            }
+            let memRef = memory
+            let mapped = Result { try vmRef.map(memRef) }
+            chipThread.join()
+            if let e = chip.withLock({ $0 }) { throw e }
+            try mapped.get()
         } catch { throw CoreError.kvm("\(error)") }
         loop = try EventLoop()
         stopFD = try makeEventFD()

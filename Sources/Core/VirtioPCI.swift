@@ -116,7 +116,6 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
         do {
             for _ in 0..<nq { kicks.append(try makeEventFD()); calls.append(try makeEventFD()) }
             irqFD = try makeEventFD()
-            try vm.irqfd(irqFD, gsi: gsi)
         } catch {
             for fd in kicks + calls { close(fd) }
             throw error
@@ -131,6 +130,25 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
                 _ = drainEventFD(fd)
                 self?.interrupt(queue: q)
             }
+        }
+        // The irqfd and the notify ioeventfds are registered when the driver first sets
+        // DRIVER_OK (``wire()``): each registration waits for a KVM SRCU grace period
+        // (milliseconds), which would otherwise delay every boot before its first byte.
+    }
+
+    private let wired = Mutex(false)
+
+    /// Registers the INTx irqfd (once) and the notify ioeventfds. Before this, a notify
+    /// takes the MMIO exit path and still reaches the kick eventfd.
+    private func wire() {
+        let first = wired.withLock { w -> Bool in
+            if w { return false }
+            w = true
+            return true
+        }
+        if first {
+            do { try vm.irqfd(irqFD, gsi: gsi) }
+            catch { log("virtio-pci: irqfd for GSI \(gsi) failed: \(error)") }
         }
         remapNotify()
     }
@@ -208,7 +226,7 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
             return
         }
         let remap = state.withLock { $0.config.write(offset: offset, size: size, value: value) }
-        if remap { remapNotify() }
+        if remap && wired.withLock({ $0 }) { remapNotify() }
     }
 
     public func mmioRanges() -> [ClosedRange<UInt64>] {
@@ -342,6 +360,7 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
         }
         if doReset { device.reset() }
         if let (features, queues) = activate {
+            wire()
             do {
                 try device.activate(features: features, queues: queues, kicks: kickFDs, calls: callFDs)
             } catch {

@@ -1,43 +1,104 @@
 // xenith-core: one domain's vCPUs and memory on KVM (the minimal hypervisor core).
 // Run by hand for debugging with the console on stdio; xend runs it per domain.
-import ArgumentParser
 import CLinux
 import Core
 #if canImport(Glibc)
 import Glibc
 #endif
 
-struct XenithCore: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "xenith-core",
-        abstract: "Run one domain on KVM with its console on stdio.",
-        discussion: """
-        Boots a Linux bzImage (64-bit boot protocol), an ELF kernel with a PVH entry note, or \
-        a real-mode firmware image. Prints why the guest stopped and exits with:
-          0 poweroff   2 reboot   3 crash   4 destroyed   1 error before or while running   64 usage
-        """)
+/// xenith-core's command line. The core parses it by hand: swift-argument-parser pulls in
+/// FoundationEssentials (~10 MB of code, ~6 MB resident at start), which alone would break
+/// the core's memory target (8 MiB without guest RAM) and its start-up time, and Foundation
+/// has no place in a process that may run under seccomp (PLATFORM.md).
+struct XenithCore {
+    static let usage = """
+    usage: xenith-core --kernel FILE [--ramdisk FILE] [--extra CMDLINE] [options]
+           xenith-core --firmware FILE [options]
 
-    @Option(help: "Kernel: bzImage or PVH ELF.") var kernel: String?
-    @Option(help: "Real-mode firmware image (flat binary, ends at 1 MiB).") var firmware: String?
-    @Option(help: "Initial ramdisk.") var ramdisk: String?
-    @Option(help: "Kernel command line.") var extra: String = ""
-    @Option(help: "Guest memory in MiB.") var memory: Int = 128
-    @Option(help: "Number of vCPUs.") var vcpus: Int = 1
-    @Option(help: "Domain name.") var name: String = "domain"
-    @Option(help: "Control socket path (pause, unpause, shutdown, destroy, query).") var control: String?
-    @Flag(help: "Leave out the in-core virtio-rng device.") var noRng = false
-    @Flag(help: "Do not read the console from stdin.") var noInput = false
-    @Option(help: "On exit, write why the guest stopped to this file (one line: poweroff | reboot REASON | crash REASON | destroyed), for a supervisor that is not our parent.")
+    Run one domain on KVM with its console on stdio. Boots a Linux bzImage (64-bit boot
+    protocol), an ELF kernel with a PVH entry note, or a real-mode firmware image.
+
+    options:
+      --kernel FILE        kernel: bzImage or PVH ELF
+      --firmware FILE      real-mode firmware image (flat binary, ends at 1 MiB)
+      --ramdisk FILE       initial ramdisk
+      --extra CMDLINE      kernel command line
+      --memory MIB         guest memory in MiB (default 128)
+      --vcpus N            number of vCPUs (default 1)
+      --name NAME          domain name (default "domain")
+      --control PATH       control socket (pause, unpause, shutdown, reboot, destroy, query)
+      --status-file PATH   on exit, write why the guest stopped (one line: poweroff |
+                           reboot REASON | crash REASON | destroyed)
+      --no-rng             leave out the in-core virtio-rng device
+      --no-input           do not read the console from stdin
+      -h, --help           show this help
+
+    exit status: 0 poweroff, 2 reboot, 3 crash, 4 destroyed, 1 error, 64 usage
+    """
+
+    var kernel: String?
+    var firmware: String?
+    var ramdisk: String?
+    var extra = ""
+    var memory = 128
+    var vcpus = 1
+    var name = "domain"
+    var control: String?
     var statusFile: String?
+    var noRng = false
+    var noInput = false
 
-    func validate() throws {
-        if kernel == nil && firmware == nil { throw ValidationError("give --kernel or --firmware") }
-        if kernel != nil && firmware != nil { throw ValidationError("--kernel and --firmware exclude each other") }
-        if memory < 2 { throw ValidationError("--memory must be at least 2 (MiB)") }
-        if vcpus < 1 { throw ValidationError("--vcpus must be at least 1") }
+    /// Parses `args` (without the program name).
+    /// - Throws: ``UsageError`` naming the bad argument.
+    init(arguments given: [String]) throws(UsageError) {
+        // Split --flag=value into two arguments first.
+        var args: [String] = []
+        for a in given {
+            if a.hasPrefix("--"), let eq = a.firstIndex(of: "=") {
+                args.append(String(a[..<eq]))
+                args.append(String(a[a.index(after: eq)...]))
+            } else {
+                args.append(a)
+            }
+        }
+        var i = 0
+        func value(_ flag: String) throws(UsageError) -> String {
+            i += 1
+            guard i < args.count else { throw UsageError("\(flag) needs a value") }
+            return args[i]
+        }
+        func number(_ flag: String) throws(UsageError) -> Int {
+            let v = try value(flag)
+            guard let n = Int(v) else { throw UsageError("\(flag) takes a whole number, not '\(v)'") }
+            return n
+        }
+        while i < args.count {
+            let arg = args[i]
+            switch arg {
+            case "--kernel": kernel = try value(arg)
+            case "--firmware": firmware = try value(arg)
+            case "--ramdisk": ramdisk = try value(arg)
+            case "--extra": extra = try value(arg)
+            case "--memory": memory = try number(arg)
+            case "--vcpus": vcpus = try number(arg)
+            case "--name": name = try value(arg)
+            case "--control": control = try value(arg)
+            case "--status-file": statusFile = try value(arg)
+            case "--no-rng": noRng = true
+            case "--no-input": noInput = true
+            case "-h", "--help": throw UsageError(nil)
+            default: throw UsageError("unknown argument '\(arg)'")
+            }
+            i += 1
+        }
+        if kernel == nil && firmware == nil { throw UsageError("give --kernel or --firmware") }
+        if kernel != nil && firmware != nil { throw UsageError("--kernel and --firmware exclude each other") }
+        if memory < 2 { throw UsageError("--memory must be at least 2 (MiB)") }
+        if vcpus < 1 { throw UsageError("--vcpus must be at least 1") }
     }
 
-    func run() throws {
+    /// Runs the domain to its end and returns the process exit status.
+    func run() -> Int32 {
         // Before any thread exists, so every thread inherits the blocked mask.
         let sigFD = clinux_termination_signalfd()
         let cfg = MachineConfiguration(memoryMiB: memory, vcpus: vcpus, kernelPath: kernel, firmwarePath: firmware,
@@ -50,12 +111,12 @@ struct XenithCore: ParsableCommand {
             }, log: { msg in eprint("xenith-core: \(msg)") })
         } catch {
             eprint("xenith-core: \(error)")
-            throw ExitCode(1)
+            return 1
         }
         var control: ControlServer? = nil
         if let path = self.control {
             do { control = try ControlServer(path: path, machine: machine) }
-            catch { eprint("xenith-core: \(error)"); throw ExitCode(1) }
+            catch { eprint("xenith-core: \(error)"); return 1 }
         }
         let console = noInput ? nil : StdinConsole(machine: machine)
         SignalStop.install(machine, fd: sigFD)
@@ -65,8 +126,14 @@ struct XenithCore: ParsableCommand {
         _ = control
         eprint("xenith-core: domain \(name) stopped: \(outcome)")
         if let path = statusFile { writeStatus(outcome, to: path) }
-        throw ExitCode(outcome.exitStatus)
+        return outcome.exitStatus
     }
+}
+
+/// A bad command line; `nil` message means "print the help".
+struct UsageError: Error {
+    let message: String?
+    init(_ m: String?) { message = m }
 }
 
 /// Feeds stdin to COM1 (raw mode when stdin is a terminal, restored on exit).
@@ -127,4 +194,15 @@ func eprint(_ line: String) {
     _ = s.withCString { write(2, $0, strlen($0)) }
 }
 
-XenithCore.main()
+do {
+    let cmd = try XenithCore(arguments: Array(CommandLine.arguments.dropFirst()))
+    exit(cmd.run())
+} catch {
+    if let m = error.message {
+        eprint("xenith-core: \(m)")
+        eprint("run 'xenith-core --help' for usage")
+        exit(64)
+    }
+    print(XenithCore.usage)
+    exit(0)
+}
