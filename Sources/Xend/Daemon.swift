@@ -147,6 +147,7 @@ public struct XendDaemon {
         let core = CoreEngine(binary: binDir + "/xenith-core")
         let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core], xenstore: xs, logger: log)
         manager.adopt()
+        manager.startStatusRefresher()
         let router = XendHTTP.router(manager, logPath: logPath)
         var services: [any Service] = []
         if cfg.unixServer {

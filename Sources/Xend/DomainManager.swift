@@ -58,6 +58,10 @@ public final class DomainManager: @unchecked Sendable {
     private var dmesgLines: [String] = []
     /// Pids xend spawned itself (it must reap them).
     private var children: Set<Int32> = []
+    /// Last engine status per domid, refreshed by a background thread once a second, so
+    /// `list` never waits on busy engine processes.
+    private var statusCache: [Int: EngineStatus] = [:]
+    private let cacheLock = NSLock()
 
     /// - Parameters:
     ///   - engines: by name (`core`, later `qemu`).
@@ -143,7 +147,9 @@ public final class DomainManager: @unchecked Sendable {
         var state = "------"
         var cpu = 0.0
         if let p = r.process, let e = engines[r.engine] {
-            if let st = try? e.query(p) {
+            cacheLock.lock(); let cached = statusCache[r.domid]; cacheLock.unlock()
+            if let st = cached ?? (try? e.query(p)) {
+                if cached == nil { cacheLock.lock(); statusCache[r.domid] = st; cacheLock.unlock() }
                 state = st.paused ? "--p---" : "r-----"
                 cpu = Double(st.cpuTimeNs) / 1e9
             } else {
@@ -180,6 +186,28 @@ public final class DomainManager: @unchecked Sendable {
         nonisolated(unsafe) let o = out
         DispatchQueue.concurrentPerform(iterations: rs.count) { i in o[i] = self.info(rs[i], long: long) }
         return [dom0Info()] + out.compactMap { $0 }
+    }
+
+    /// Starts the thread that refreshes `statusCache` every second.
+    public func startStatusRefresher() {
+        let t = Thread { [self] in
+            while true {
+                lock.lock()
+                let live = records.values.compactMap { r in r.process.map { (r.domid, $0, r.engine) } }
+                lock.unlock()
+                var fresh: [Int: EngineStatus] = [:]
+                for (id, p, en) in live { if let st = try? engines[en]?.query(p) { fresh[id] = st } }
+                cacheLock.lock(); statusCache = fresh; cacheLock.unlock()
+                sleep(1)
+            }
+        }
+        t.name = "status"
+        t.start()
+    }
+
+    func setCachedPaused(_ domid: Int, _ paused: Bool) {
+        cacheLock.lock(); defer { cacheLock.unlock() }
+        if var st = statusCache[domid] { st.paused = paused; statusCache[domid] = st }
     }
 
     /// One domain by name or id (0 / Domain-0 is the host).
@@ -362,6 +390,7 @@ public final class DomainManager: @unchecked Sendable {
     func cleanup(_ domid: Int) {
         lock.lock(); defer { lock.unlock() }
         guard let r = records.removeValue(forKey: domid) else { return }
+        cacheLock.lock(); statusCache[domid] = nil; cacheLock.unlock()
         if let p = r.process { unlink(p.controlPath); unlink(p.statusFile) }
         unpersist(domid)
         if let xs = xenstore { try? xs.removeDomain(UInt32(domid)) }
@@ -400,12 +429,14 @@ public final class DomainManager: @unchecked Sendable {
     public func pause(_ dom: String) throws(XendError) -> DomainInfo {
         let (r, p, e) = try live(dom)
         try engineCall { try e.pause(p) }
+        setCachedPaused(r.domid, true)
         return info(r, long: false)
     }
 
     public func unpause(_ dom: String) throws(XendError) -> DomainInfo {
         let (r, p, e) = try live(dom)
         try engineCall { try e.unpause(p) }
+        setCachedPaused(r.domid, false)
         return info(r, long: false)
     }
 
