@@ -70,6 +70,7 @@ public struct XendDaemon {
         let exe = binDir + "/xend"
         var cargs: [UnsafeMutablePointer<CChar>?] = [strdup(exe), strdup("run"), nil]
         var pid: pid_t = 0
+        markDescriptorsCloseOnExec()
         let rc = posix_spawn(&pid, exe, &fa, &attr, cargs, environ)
         for a in cargs { free(a) }
         guard rc == 0 else { eprint("Error: cannot start xend: \(String(cString: strerror(rc)))"); return 1 }
