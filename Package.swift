@@ -42,6 +42,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
+        .target(name: "QemuEngine", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
 
         // Thin executables.
         // No ArgumentParser or Logging here: they pull in FoundationEssentials (see main.swift).
@@ -62,7 +63,8 @@ let package = Package(
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "QemuEngineTests", dependencies: ["QemuEngine", "DomainConfig"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
-        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM"], path: "integration", exclude: ["README.md"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "QemuEngine", "DomainConfig"], path: "integration", exclude: ["README.md"]),
     ]
 )
