@@ -121,6 +121,13 @@ void clinux_sandbox_reap(pid_t child) {
         sigemptyset(&sa.sa_mask);
         sigaction(forwarded[i], &sa, NULL);
     }
+    /* The service may have had these blocked (a signalfd, or a mask inherited from a
+     * Dispatch thread): the reaper must receive them to forward them. Only the reaper's
+     * own mask changes; the child keeps what it had. */
+    sigset_t fwd;
+    sigemptyset(&fwd);
+    for (size_t i = 0; i < sizeof(forwarded) / sizeof(forwarded[0]); i++) sigaddset(&fwd, forwarded[i]);
+    sigprocmask(SIG_UNBLOCK, &fwd, NULL);
     int status = 0;
     for (;;) {
         pid_t r = waitpid(child, &status, 0);

@@ -113,6 +113,8 @@ public final class XenStoreClient: @unchecked Sendable {
             callbackThread = nil
         }
         Glibc.close(shared.fd)
+        // Handlers often capture the client; dropping them breaks that cycle.
+        shared.cond.withLock { shared.handlers.removeAll(); shared.callbackQueue.removeAll() }
     }
 
     private static func readLoop(_ s: Shared) {
@@ -256,7 +258,8 @@ public final class XenStoreClient: @unchecked Sendable {
     }
 
     /// WATCH with `handler` run on the client's callback thread for each event of `token`
-    /// (including the initial one). Handlers may call the client.
+    /// (including the initial one). Handlers may call the client; one that captures the
+    /// client keeps it alive until `close()` (which drops every handler).
     public func watch(_ path: String, token: String, handler: @escaping @Sendable (XenStoreWatchEvent) -> Void) throws(XenStoreError) {
         let s = shared
         s.cond.withLock { s.handlers[token] = handler }
@@ -339,8 +342,10 @@ public final class XenStoreClient: @unchecked Sendable {
     }
 
     /// Runs `body` in a transaction and commits, retrying the whole body on `EAGAIN` up to
-    /// `maxAttempts` times. A body that throws aborts the transaction and rethrows.
-    public func transaction<T>(maxAttempts: Int = 64, _ body: (XenStoreTransactionContext) throws -> T) throws -> T {
+    /// `maxAttempts` times with a short growing back-off. A body that throws aborts the
+    /// transaction and rethrows. - Throws: the body's error, or `.reply(.EAGAIN)` when
+    /// every attempt conflicted.
+    public func transaction<T>(maxAttempts: Int = 1000, _ body: (XenStoreTransactionContext) throws -> T) throws -> T {
         var attempt = 0
         while true {
             attempt += 1
@@ -356,8 +361,11 @@ public final class XenStoreClient: @unchecked Sendable {
                 try endTransaction(id, commit: true)
                 return result
             } catch {
-                if error == .reply(.EAGAIN) && attempt < maxAttempts { continue }
-                throw error
+                guard error == .reply(.EAGAIN) && attempt < maxAttempts else { throw error }
+                // Back off a little (growing, jittered) so that a fast competitor cannot
+                // starve this transaction.
+                let jitter = UInt32(truncatingIfNeeded: xsMonotonicNanoseconds() / 1000) % 200
+                usleep(UInt32(min(attempt, 100)) * 50 + jitter)
             }
         }
     }

@@ -23,6 +23,12 @@ public enum XenStoreServerError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+/// The xenstore daemon's transport: Unix stream sockets served by one epoll loop thread.
+///
+/// `listen(path:domid:)` for each socket, then `start()`; `stop()` closes everything and
+/// removes the socket files. Messages follow xenstore.txt: a header whose `len` exceeds
+/// 4096 closes that client; any other malformed request gets an `XS_ERROR` reply.
+/// All state (the core and every connection) is behind one lock.
 public final class XenStoreServer: @unchecked Sendable {
     private struct Listener {
         var path: String
@@ -204,10 +210,11 @@ public final class XenStoreServer: @unchecked Sendable {
         }
     }
 
+    private var readBuffer = [UInt8](repeating: 0, count: 65536)
+
     private func readFrom(_ c: Connection) {
-        var buf = [UInt8](repeating: 0, count: 65536)
         while connections[c.fd] === c, c.pending < Self.outputLimit {
-            let n = buf.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
+            let n = readBuffer.withUnsafeMutableBytes { recv(c.fd, $0.baseAddress, $0.count, 0) }
             if n < 0 {
                 if errno == EINTR { continue }
                 if errno == EAGAIN || errno == EWOULDBLOCK { return }
@@ -218,7 +225,7 @@ public final class XenStoreServer: @unchecked Sendable {
                 closeLocked(c)
                 return
             }
-            buf.withUnsafeBytes { c.decoder.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            readBuffer.withUnsafeBytes { c.decoder.feed(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             while connections[c.fd] === c {
                 let message: XenStoreMessage?
                 do { message = try c.decoder.next() } catch {

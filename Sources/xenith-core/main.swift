@@ -33,6 +33,9 @@ struct XenithCore {
                            listening on SOCK (blkback); repeatable, one PCI slot each
       --no-rng             leave out the in-core virtio-rng device
       --no-input           do not read the console from stdin
+      --console-ring-fd N --console-out-fd N --console-in-fd N
+                           COM1 on a console ring served by xenconsoled instead of
+                           stdio: inherited ring memfd, outEvent and inEvent eventfds
       -h, --help           show this help
 
     exit status: 0 poweroff, 2 reboot, 3 crash, 4 destroyed, 1 error, 64 usage
@@ -50,6 +53,7 @@ struct XenithCore {
     var noRng = false
     var noInput = false
     var vhostUserBlk: [String] = []
+    var consoleRing = ConsoleRingFDs()
 
     /// Parses `args` (without the program name).
     /// - Throws: ``UsageError`` naming the bad argument.
@@ -90,6 +94,9 @@ struct XenithCore {
             case "--vhost-user-blk": vhostUserBlk.append(try value(arg))
             case "--no-rng": noRng = true
             case "--no-input": noInput = true
+            case "--console-ring-fd": consoleRing.ring = Int32(exactly: try number(arg))
+            case "--console-out-fd": consoleRing.out = Int32(exactly: try number(arg))
+            case "--console-in-fd": consoleRing.input = Int32(exactly: try number(arg))
             case "-h", "--help": throw UsageError(nil)
             default: throw UsageError("unknown argument '\(arg)'")
             }
@@ -99,6 +106,7 @@ struct XenithCore {
         if kernel != nil && firmware != nil { throw UsageError("--kernel and --firmware exclude each other") }
         if memory < 2 { throw UsageError("--memory must be at least 2 (MiB)") }
         if vcpus < 1 { throw UsageError("--vcpus must be at least 1") }
+        if let p = consoleRing.problem { throw UsageError(p) }
     }
 
     /// Runs the domain to its end and returns the process exit status.
@@ -108,11 +116,16 @@ struct XenithCore {
         let cfg = MachineConfiguration(memoryMiB: memory, vcpus: vcpus, kernelPath: kernel, firmwarePath: firmware,
                                        ramdiskPath: ramdisk, cmdline: extra, name: name, virtioRNG: !noRng)
         let machine: Machine
+        let ring: ConsoleRingPort?
         do {
-            machine = try Machine(config: cfg, consoleOutput: { b in
+            ring = try consoleRing.open(log: { msg in eprint("xenith-core: \(msg)") })
+            let stdoutConsole: @Sendable (UInt8) -> Void = { b in
                 var c = b
                 _ = write(1, &c, 1)
-            }, log: { msg in eprint("xenith-core: \(msg)") })
+            }
+            machine = try Machine(config: cfg, consoleOutput: ring?.output ?? stdoutConsole,
+                                  log: { msg in eprint("xenith-core: \(msg)") })
+            try ring?.connect(to: machine)
         } catch {
             eprint("xenith-core: \(error)")
             return 1
@@ -136,7 +149,7 @@ struct XenithCore {
             do { control = try ControlServer(path: path, machine: machine) }
             catch { eprint("xenith-core: \(error)"); return 1 }
         }
-        let console = noInput ? nil : StdinConsole(machine: machine)
+        let console = noInput || ring != nil ? nil : StdinConsole(machine: machine)
         SignalStop.install(machine, fd: sigFD)
         let outcome = machine.run()
         console?.restore()

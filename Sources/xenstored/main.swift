@@ -95,6 +95,10 @@ struct XenStored: ParsableCommand {
         if XenStoreServer.isListening(path) {
             fail("\(path): another xenstored is already listening on this socket")
         }
+        // The daemon must not keep the caller's descriptors (pipes, sockets) open: mark
+        // everything above stderr close-on-exec before spawning it.
+        let maxFD = min(Int32(truncatingIfNeeded: sysconf(Int32(_SC_OPEN_MAX))), 65536)
+        for fd in 3..<max(maxFD, 3) { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var args = CommandLine.arguments
         args.append("-N")
         var attr = posix_spawnattr_t()

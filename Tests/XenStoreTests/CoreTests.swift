@@ -307,3 +307,51 @@ func events(_ outs: [XenStoreOutput], for id: XenStoreConnectionID) -> [[String]
         #expect(a.ask(.transactionStart, [""], tx: 5) == ["ERR", "EBUSY"])
     }
 }
+
+@Suite struct RobustnessTests {
+    /// Random requests (types, tx ids, payloads built from path-like fragments and raw
+    /// bytes) from privileged and unprivileged connections: every one gets exactly one reply.
+    @Test func randomRequestsNeverTrap() {
+        let core = XenStoreCore()
+        let ids = [core.connect(domid: 0), core.connect(domid: 3), core.connect(domid: 0)]
+        var rng = SystemRandomNumberGenerator()
+        let fragments = ["/", "//", "a", "/a", "/a/b", "local/domain", "/local/domain/3", "@introduceDomain", "T", "F",
+                         "r3", "b0", "n", "3", "65536", "-1", "", "tok", "x y", "data/k"]
+        for i in 0..<30_000 {
+            var payload: [UInt8] = []
+            for _ in 0..<Int.random(in: 0...4, using: &rng) {
+                if Bool.random(using: &rng) {
+                    payload += Array(fragments.randomElement(using: &rng)!.utf8)
+                } else {
+                    payload += (0..<Int.random(in: 0...6, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                }
+                if Int.random(in: 0..<4, using: &rng) != 0 { payload.append(0) }
+            }
+            let type = Int.random(in: 0..<10, using: &rng) == 0 ? UInt32.random(in: 0...0xffff, using: &rng)
+                                                                 : UInt32.random(in: 0...22, using: &rng)
+            let tx = Int.random(in: 0..<5, using: &rng) == 0 ? UInt32.random(in: 0...3, using: &rng) : 0
+            let id = ids.randomElement(using: &rng)!
+            let out = core.handle(XenStoreMessage(type: type, requestID: UInt32(i), transactionID: tx, payload: payload), from: id)
+            let replies = out.filter { $0.connection == id && $0.message.requestID == UInt32(i) && $0.message.type != XenStoreMessageType.watchEvent.rawValue }
+            #expect(replies.count == 1)
+            if replies.count != 1 { break }
+        }
+        // The tree still answers.
+        var s = Session(core)
+        #expect(s.ask(.read, ["/local/domain/0/domid"]).count == 1)
+    }
+
+    @Test func inProcessReadRate() {
+        let core = XenStoreCore()
+        var s = Session(core)
+        for i in 0..<10_000 { _ = s.write("/local/domain/\(i % 100)/device/vbd/\(i)/state", "4") }
+        let req = XenStoreMessage(.read, requestID: 1, strings: ["/local/domain/42/device/vbd/5042/state"])
+        let n = 200_000
+        let t0 = xsMonotonicNanoseconds()
+        var bytes = 0
+        for _ in 0..<n { bytes += core.handle(req, from: s.id)[0].message.payload.count }
+        let dt = Double(xsMonotonicNanoseconds() - t0) / 1e9
+        print("xenstore core READ with \(core.nodeCount) nodes: \(Int(Double(n) / dt))/s")
+        #expect(bytes == n)
+    }
+}

@@ -136,19 +136,24 @@ func haveUtils(_ test: String) -> Bool {
         let n = 200
         let done = XSCondition()
         nonisolated(unsafe) var finished = 0
+        nonisolated(unsafe) var failed = 0
         for _ in 0..<2 {
             let c = try d.client()
             _ = xsStartThread {
+                var failures = 0
                 for _ in 0..<n {
-                    try! c.transaction { t in
-                        let v = Int(try t.readString("/counter"))!
-                        try t.write("/counter", String(v + 1))
-                    }
+                    do {
+                        try c.transaction { t in
+                            let v = Int(try t.readString("/counter"))!
+                            try t.write("/counter", String(v + 1))
+                        }
+                    } catch { failures += 1 }
                 }
-                done.withLock { finished += 1; done.broadcast() }
+                done.withLock { finished += 1; failed += failures; done.broadcast() }
             }
         }
         done.withLock { while finished < 2 { done.wait(until: nil) } }
+        #expect(failed == 0)
         #expect(try a.readString("/counter") == String(21 + 2 * n))
     }
 
@@ -261,6 +266,50 @@ func haveUtils(_ test: String) -> Bool {
     }
 }
 
+@Suite(.serialized) struct DaemonTests {
+    /// The built `xenstored` next to the test bundle (swift test builds every product).
+    static var binary: String? {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        let path = URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent("xenstored").path
+        return FileManager.default.isExecutableFile(atPath: path) ? path : nil
+    }
+
+    @Test func daemonizesRefusesSecondAndCleansUp() throws {
+        guard let bin = Self.binary else { print("SKIP: xenstored binary not found next to the tests"); return }
+        var template = Array("/tmp/xenstored-test-XXXXXX".utf8CString)
+        let dir = String(cString: template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }!)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sock = dir + "/run/xenstored/socket", pidFile = dir + "/xenstored.pid"
+        func run(_ args: [String]) throws -> (Int32, String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: bin)
+            p.arguments = args
+            let err = Pipe()
+            p.standardError = err
+            try p.run()
+            p.waitUntilExit()
+            return (p.terminationStatus, String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        }
+        // Without -N it returns once the socket accepts.
+        #expect(try run(["--socket", sock, "--pid-file", pidFile]).0 == 0)
+        #expect(XenStoreServer.isListening(sock))
+        let pid = pid_t(try String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
+        #expect(try XenStoreClient(path: sock).readString("/local/domain/0/name") == "Domain-0")
+        // A second daemon is refused with one line naming the path.
+        for args in [["--socket", sock], ["-N", "--socket", sock]] {
+            let (status, err) = try run(args)
+            #expect(status == 1)
+            #expect(err.contains(sock) && err.split(separator: "\n").count == 1)
+        }
+        // SIGTERM: the daemon removes its socket and pid file.
+        kill(pid, SIGTERM)
+        var gone = false
+        for _ in 0..<200 where !gone { usleep(10_000); gone = !FileManager.default.fileExists(atPath: sock) }
+        #expect(gone)
+        #expect(!FileManager.default.fileExists(atPath: pidFile))
+    }
+}
+
 @Suite(.serialized) struct XenstoreUtilsTests {
     @Test func writeReadListRemove() throws {
         guard haveUtils("writeReadListRemove") else { return }
@@ -285,7 +334,7 @@ func haveUtils(_ test: String) -> Bool {
         let c = try d.client()
         try c.mkdir("/w")
         let outFile = d.dir + "/watch.out"
-        FileManager.default.createFile(atPath: outFile, contents: nil)
+        #expect(FileManager.default.createFile(atPath: outFile, contents: nil))
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/xenstore-watch")
         p.arguments = ["-n", "4", "/w"]

@@ -1,1 +1,0 @@
-// ConsoleBackend: see Sources/README.md.

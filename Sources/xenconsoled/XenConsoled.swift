@@ -1,0 +1,206 @@
+// xenconsoled: the console daemon of Domain-0 (the manual's console ring → xenconsoled).
+//
+//   xenconsoled [--no-fork|-N] [--socket PATH] [--log-dir DIR] [--pid-file F]
+//               [--manifest FILE | --no-sandbox]
+//
+// Binds its socket, then applies manifests/xenconsoled.manifest (Sandbox) before serving
+// anything: from then on it opens nothing; rings, eventfds and log files arrive as
+// descriptors with each registration (ConsoleBackend/ConsoleProtocol.swift).
+import CLinux
+import ConsoleBackend
+import Glibc
+import Sandbox
+
+/// xenconsoled's command line, parsed by hand: swift-argument-parser pulls in
+/// FoundationEssentials, which has no place in a process running under seccomp.
+@main
+struct XenConsoled {
+    static let usage = """
+    usage: xenconsoled [--no-fork|-N] [--socket PATH] [--log-dir DIR] [--pid-file FILE]
+                       [--manifest FILE | --no-sandbox]
+
+    Keep each domain's console log and let xm console attach. Guest output of every
+    registered domain is appended to DIR/guest-NAME.log (the registrant opens that file in
+    the directory this daemon announces). On restart it has no registrations: xend
+    registers every running domain again and logging continues.
+
+    options:
+      -N, --no-fork      stay in the foreground
+      --socket PATH      socket (default $XENITH_ROOT/run/xenconsoled/socket)
+      --log-dir DIR      guest log directory (default $XENITH_ROOT/var/log/xen/console)
+      --pid-file FILE    write the daemon's pid to FILE
+      --manifest FILE    security manifest (default $XENITH_MANIFESTS/xenconsoled.manifest,
+                         else PREFIX/share/xenith/manifests/xenconsoled.manifest)
+      --no-sandbox       run without applying the manifest (debugging only)
+      -h, --help         show this help
+    """
+
+    var noFork = false
+    var socket: String?
+    var logDir: String?
+    var pidFile: String?
+    var manifest: String?
+    var noSandbox = false
+
+    static func main() {
+        var args = Array(CommandLine.arguments.dropFirst())
+        var options = XenConsoled()
+        func usageError(_ text: String) -> Never {
+            log(text)
+            var u = usage + "\n"
+            u.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+            Glibc.exit(64)
+        }
+        // --flag=value is two arguments.
+        args = args.flatMap { a -> [String] in
+            if a.hasPrefix("--"), let eq = a.firstIndex(of: "=") { return [String(a[..<eq]), String(a[a.index(after: eq)...])] }
+            return [a]
+        }
+        var i = 0
+        func value(_ flag: String) -> String {
+            i += 1
+            guard i < args.count else { usageError("\(flag) needs a value") }
+            return args[i]
+        }
+        while i < args.count {
+            switch args[i] {
+            case "-N", "--no-fork": options.noFork = true
+            case "--socket": options.socket = value("--socket")
+            case "--log-dir": options.logDir = value("--log-dir")
+            case "--pid-file": options.pidFile = value("--pid-file")
+            case "--manifest": options.manifest = value("--manifest")
+            case "--no-sandbox": options.noSandbox = true
+            case "-h", "--help":
+                var u = usage + "\n"
+                u.withUTF8 { _ = Glibc.write(1, $0.baseAddress, $0.count) }
+                Glibc.exit(0)
+            default: usageError("unknown argument '\(args[i])'")
+            }
+            i += 1
+        }
+        if options.manifest != nil && options.noSandbox { usageError("--manifest and --no-sandbox exclude each other") }
+        options.run()
+    }
+
+    func run() {
+        let path = socket ?? ConsolePaths.defaultSocket
+        var dir = logDir ?? ConsolePaths.defaultLogDirectory
+        if !dir.hasPrefix("/") { dir = currentDirectory() + "/" + dir }
+        signal(SIGPIPE, SIG_IGN)
+        // Start from a clean signal mask: a launcher's blocked SIGTERM (Dispatch threads
+        // block it) would be inherited by the sandbox's reaper, which could then not
+        // forward it.
+        var termSignals = sigset_t()
+        sigemptyset(&termSignals)
+        for sig in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&termSignals, sig) }
+        pthread_sigmask(SIG_UNBLOCK, &termSignals, nil)
+        if isListening(path) { fail("\(path): another xenconsoled is already listening on this socket") }
+        let manifestPath = noSandbox ? nil : (manifest ?? defaultManifest())
+        if !noFork { daemonize(path) }
+
+        mkdirs(dir)
+        var listener: Int32
+        do { listener = try bindConsoleSocket(path: path) } catch { fail("\(error)") }
+        if listener != 3 {
+            // The manifest names the listener fd 3.
+            if dup2(listener, 3) < 0 { fail("dup2: \(String(cString: strerror(errno)))") }
+            close(listener)
+            listener = 3
+            _ = fcntl(3, F_SETFD, FD_CLOEXEC)
+        }
+        if let pidFile { writePidFile(pidFile) }
+        if let m = manifestPath {
+            _ = Sandbox.applyOrExit(manifestPath: m)
+        } else {
+            log("running without a sandbox (--no-sandbox)")
+        }
+        // After the sandbox (its PID-namespace reaper must keep receiving SIGTERM to forward
+        // it) and before any thread: SIGTERM/SIGINT/SIGHUP are read from a signalfd by the loop.
+        let sigFD = clinux_termination_signalfd()
+
+        let server: ConsoleServer
+        do { server = try ConsoleServer(listenFD: listener, logDirectory: dir, log: { log($0) }) }
+        catch { fail("\(error)") }
+        if sigFD >= 0 { server.stopWhenReadable(sigFD) }
+        log("listening on \(path), guest logs in \(dir)")
+        server.start()
+        server.wait()
+    }
+
+    private func defaultManifest() -> String {
+        if let env = getenv("XENITH_MANIFESTS") { return String(cString: env) + "/xenconsoled.manifest" }
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, 4095)
+        if n > 0 {
+            let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let bin = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+            let candidate = bin + "/../share/xenith/manifests/xenconsoled.manifest"
+            if access(candidate, R_OK) == 0 { return candidate }
+        }
+        fail("no manifest found: give --manifest FILE (or --no-sandbox for debugging)")
+    }
+
+    private func currentDirectory() -> String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        guard getcwd(&buf, 4096) != nil else { return "" }
+        return String(cString: buf)
+    }
+
+    private func mkdirs(_ path: String) {
+        var cur = ""
+        for part in path.split(separator: "/") { cur += "/" + part; _ = mkdir(cur, 0o755) }
+    }
+
+    private func writePidFile(_ file: String) {
+        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { fail("\(file): cannot write pid file: \(String(cString: strerror(errno)))") }
+        var text = "\(getpid())\n"
+        text.withUTF8 { _ = Glibc.write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
+    /// True when something accepts connections on `path` and answers `list`.
+    private func isListening(_ path: String) -> Bool {
+        (try? listConsoles(socketPath: path)) != nil
+    }
+
+    /// Re-executes this program with -N in a new session with stdio on /dev/null, waits
+    /// until it answers on the socket (sandbox applied), then exits 0 (1 if it died first).
+    private func daemonize(_ path: String) -> Never {
+        var args = CommandLine.arguments
+        args.append("-N")
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        posix_spawnattr_setflags(&attr, 0x80 /* POSIX_SPAWN_SETSID (glibc), not imported */)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        for fd: Int32 in [0, 1, 2] {
+            posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
+        }
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        cargs.append(nil)
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
+        guard rc == 0 else { fail("cannot start daemon: \(String(cString: strerror(rc)))") }
+        for _ in 0..<400 {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                fail("daemon exited during startup (status \(status)); run with -N to see why")
+            }
+            if isListening(path) { Glibc.exit(0) }
+            usleep(25_000)
+        }
+        fail("\(path): daemon did not answer within 10 s")
+    }
+}
+
+/// One line to standard error (the daemon's log).
+func log(_ message: String) {
+    var line = "xenconsoled: " + message + "\n"
+    line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+}
+
+func fail(_ message: String) -> Never {
+    log(message)
+    Glibc.exit(1)
+}
