@@ -37,6 +37,10 @@ public enum QemuDiskBackend: Sendable, Hashable {
     /// An image or device xend opened (read-only or read-write as the disk's access says)
     /// and hands to QEMU as inherited descriptor N (`-add-fd`, `/dev/fdset/SET`).
     case fd(Int32)
+    /// Several descriptors of the same image in one fdset: QEMU picks the one whose access
+    /// mode matches each open it makes (a writable raw image needs an O_RDWR one and an
+    /// O_RDONLY one: QEMU's file locking opens it read-only too).
+    case fds([Int32])
     /// QEMU opens this path itself (tests; outside a jail only).
     case path(String)
 }
@@ -333,6 +337,10 @@ public enum QemuCommandLine {
         case .fd(let fd):
             set += 1
             a += ["-add-fd", "fd=\(fd),set=\(set)"]
+            return "/dev/fdset/\(set)"
+        case .fds(let fds):
+            set += 1
+            for fd in fds { a += ["-add-fd", "fd=\(fd),set=\(set)"] }
             return "/dev/fdset/\(set)"
         case .path(let p):
             return p

@@ -315,7 +315,8 @@ public final class QemuDomain: @unchecked Sendable {
         switch ev.name {
         case "SHUTDOWN":
             switch ev.reason ?? "" {
-            case "guest-shutdown", "host-signal", "host-ui": finish("poweroff")
+            case "guest-shutdown", "host-ui": finish("poweroff")
+            case "host-signal": finish("crash qemu-system-x86_64 was terminated by a signal")
             case "host-qmp-quit": writeStatus("destroyed", overwrite: false)
             case "guest-panic": finish("crash guest panicked")
             case let r: finish(r.contains("reset") ? "reboot \(r)" : "poweroff")
