@@ -8,7 +8,7 @@ BUILD   ?= build
 GUEST   ?= $(BUILD)/guest
 # Release binaries link the Swift runtime statically: small, fast-starting processes.
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
-BINARIES := xenith-core xenstored blkback xenconsoled
+BINARIES := xenith-core xenstored blkback xenconsoled xend xm
 
 .PHONY: all release run fixtures guest debian-image test unit integration integration-images bench install clean
 
@@ -54,6 +54,7 @@ integration-images: guest
 
 bench: release fixtures
 	python3 bench/core_boot.py
+	python3 bench/control_plane.py
 
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/xenith/manifests

@@ -15,11 +15,14 @@ let package = Package(
         .executable(name: "xenstored", targets: ["xenstored"]),
         .executable(name: "blkback", targets: ["blkback"]),
         .executable(name: "xenconsoled", targets: ["xenconsoled"]),
+        .executable(name: "xend", targets: ["xend"]),
+        .executable(name: "xm", targets: ["xm"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
     ],
     targets: [
         // C shims: <linux/kvm.h>, ioctl numbers, memfd/eventfd/epoll, SCM_RIGHTS helpers.
@@ -43,27 +46,42 @@ let package = Package(
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "QemuEngine", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
+        // xm ↔ xend wire types and the xm command logic (no NIO: xm starts fast).
+        .target(name: "XM", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
+        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM",
+                                            .product(name: "Hummingbird", package: "hummingbird"),
+                                            .product(name: "Logging", package: "swift-log")],
+                swiftSettings: swiftSettings),
 
         // Thin executables.
         // No ArgumentParser or Logging here: they pull in FoundationEssentials (see main.swift).
         .executableTarget(name: "xenith-core", dependencies: ["Core"], swiftSettings: swiftSettings),
         .executableTarget(name: "xenstored", dependencies: ["XenStore",
                           .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
-        .executableTarget(name: "blkback", dependencies: ["BlockBackend", "Sandbox",
-                          .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
+        // blkback stays free of Foundation (and ArgumentParser) so it can run under seccomp.
+        .executableTarget(name: "blkback", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux"],
+                          swiftSettings: swiftSettings),
+        // Synthetic vhost-user-blk front-end: workloads, malformed chains, restart tests.
+        .executableTarget(name: "vhost-user-frontend", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"],
+                          swiftSettings: swiftSettings),
         .executableTarget(name: "xenconsoled", dependencies: ["ConsoleBackend", "Sandbox"], swiftSettings: swiftSettings),
+        .executableTarget(name: "xend", dependencies: ["Xend"], swiftSettings: swiftSettings),
+        .executableTarget(name: "xm", dependencies: ["XM"], swiftSettings: swiftSettings),
 
         // Unit tests mirror the library targets; integration/ boots guests on /dev/kvm.
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory"]),
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
-        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser"]),
+        .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "GuestMemory"]),
+        .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .testTarget(name: "QemuEngineTests", dependencies: ["QemuEngine", "DomainConfig"]),
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
+        .testTarget(name: "XendTests", dependencies: ["Xend", "XM"]),
+        .testTarget(name: "XMTests", dependencies: ["XM"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
         .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend", "QemuEngine", "DomainConfig"], path: "integration", exclude: ["README.md"]),
     ]

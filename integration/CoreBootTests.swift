@@ -181,6 +181,76 @@ import Testing
         _ = t.wait()
     }
 
+    /// A hostile guest (fixtures/pvh.S modes A D U L Q P M I X) abuses every emulated device;
+    /// the core survives each and stops normally.
+    @Test(arguments: ["A", "D", "U", "L", "Q", "P", "M", "I", "X"])
+    func hostileGuest(_ mode: String) throws {
+        if skip(Env.kvmUnavailable) { return }
+        let r = try boot("pvh.elf", mode, timeout: 90)
+        #expect(r.status == 0, "mode \(mode): \(r.stderr)")
+        #expect(r.stdout.contains("hostile:"), "mode \(mode) ran")
+        #expect(r.stderr.contains("stopped: poweroff"))
+    }
+
+    /// A guest flooding the UART in loopback mode cannot grow the core's memory.
+    @Test func uartFloodIsBounded() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let sock = "/tmp/xenith-core-flood-\(getpid()).sock"
+        let t = try Running(core, ["--kernel", Env.fixture("pvh.elf"), "--extra", "S", "--memory", "32", "--no-input", "--control", sock])
+        #expect(t.waitFor("xenith-fixture: pci 00:00.0"))  // the flood itself prints nothing: loopback
+        func rssKiB() -> Int {
+            let s = (try? String(contentsOfFile: "/proc/\(t.process.processIdentifier)/status", encoding: .utf8)) ?? ""
+            let line = s.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+            return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+        }
+        usleep(1_000_000)
+        let before = rssKiB()
+        usleep(3_000_000)
+        let after = rssKiB()
+        #expect(after - before < 1024, "RSS grew from \(before) to \(after) KiB")
+        #expect(try control(sock, "query").hasPrefix("ok state=running"))
+        _ = try control(sock, "destroy")
+        #expect(t.wait() == 4)
+    }
+
+    /// Control-socket abuse: NUL bytes, empty lines, more clients than it serves.
+    @Test func controlSocketAbuse() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let sock = "/tmp/xenith-core-abuse-\(getpid()).sock"
+        let t = try Running(core, ["--kernel", Env.fixture("pvh.elf"), "--extra", "t", "--memory", "32", "--no-input", "--control", sock])
+        #expect(t.waitFor("tick"))
+        #expect(try control(sock, "ab\u{0}cd").hasPrefix("error unknown command: ab?cd"))
+        #expect(try control(sock, "\nquery").hasPrefix("ok state=running"), "empty lines are skipped")
+        var held: [Int32] = []
+        for _ in 0..<40 {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in sock.utf8.enumerated() { p[i] = b } }
+            _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            held.append(fd)
+        }
+        usleep(200_000)
+        for fd in held { close(fd) }
+        usleep(200_000)
+        #expect(try control(sock, "query").hasPrefix("ok state=running"), "still serving after a connection storm")
+        _ = try control(sock, "destroy")
+        #expect(t.wait() == 4)
+    }
+
+    @Test func fifoAndHugeMemoryAreRefused() throws {
+        if skip(Env.kvmUnavailable) { return }
+        let fifo = "/tmp/xenith-fifo-\(getpid())"
+        mkfifo(fifo, 0o600)
+        defer { unlink(fifo) }
+        let r = try run(core, ["--kernel", fifo, "--no-input"], timeout: 10)
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("not a regular file"))
+        let m = try run(core, ["--kernel", Env.fixture("pvh.elf"), "--memory", "17592186044448", "--no-input"], timeout: 10)
+        #expect(m.status == 1)
+        #expect(m.stderr.contains("more than the host has"))
+    }
+
     /// Real Linux in the core: only where KVM is hardware-backed.
     @Test func debianKernelReachesReady() throws {
         if skip(Env.hardwareVirtUnavailable) { return }

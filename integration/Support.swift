@@ -143,8 +143,11 @@ func control(_ path: String, _ command: String) throws -> String {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
     }
     guard ok == 0 else { throw POSIXError(.ECONNREFUSED) }
-    let line = command + "\n"
-    _ = line.withCString { write(fd, $0, strlen($0)) }
+    let line = Array((command + "\n").utf8)
+    _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    // Never wait forever for a reply.
+    var tv = timeval(tv_sec: 10, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     var reply = [UInt8]()
     var c: UInt8 = 0
     while read(fd, &c, 1) == 1 { if c == 10 { break }; reply.append(c) }

@@ -127,6 +127,11 @@ enum LinuxBoot {
     static func prepare(_ bz: BzImage, memory: GuestMemory, map: MemoryMap, initrd: [UInt8]?,
                         cmdline: String, rsdpAddress: UInt64) throws(BootError) -> (InitialVCPUState, UInt64?) {
         let load = PlatformLayout.kernelLoadAddress
+        // A kernel that cannot relocate itself runs at pref_address; we always load at 1 MiB
+        // (boot.rst), so anything else would decompress over our boot structures or miss.
+        guard bz.relocatable || bz.prefAddress == load else {
+            throw .kernelDoesNotFit("bzImage is not relocatable and must run at \(hex(bz.prefAddress)), but kernels are loaded at \(hex(load))")
+        }
         let end = footprintEnd(bz)
         guard end <= map.lowRAMEnd else {
             throw .kernelDoesNotFit("bzImage needs guest memory up to \(hex(end)) (init_size \(bz.initSize)) but RAM below the MMIO hole ends at \(hex(map.lowRAMEnd))")

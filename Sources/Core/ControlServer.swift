@@ -15,6 +15,11 @@ public final class ControlServer: @unchecked Sendable {
     private let listenFD: Int32
     private unowned let machine: Machine
     private var buffers: [Int32: [UInt8]] = [:]
+    /// Held open so that, when the process runs out of descriptors, one can be freed to
+    /// accept and drop the waiting client instead of spinning on it (level-triggered).
+    private var reserveFD: Int32 = open("/dev/null", O_RDONLY | O_CLOEXEC)
+    /// Clients served at once; more are accepted and closed at once.
+    public static let maxConnections = 16
 
     /// Binds and listens at `path`, refusing a path that a live listener holds and
     /// replacing a stale socket file.
@@ -37,11 +42,26 @@ public final class ControlServer: @unchecked Sendable {
         close(listenFD)
         unlink(path)
         for fd in buffers.keys { close(fd) }
+        if reserveFD >= 0 { close(reserveFD) }
     }
 
     private func accept() {
         let c = clinux_accept_nonblock(listenFD)
-        guard c >= 0 else { return }
+        guard c >= 0 else {
+            if errno == EMFILE || errno == ENFILE, reserveFD >= 0 {
+                close(reserveFD)
+                let dropped = clinux_accept_nonblock(listenFD)
+                if dropped >= 0 { close(dropped) }
+                reserveFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            }
+            return
+        }
+        guard buffers.count < Self.maxConnections else {
+            let msg = "error too many control connections\n"
+            _ = msg.withCString { send(c, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            close(c)
+            return
+        }
         buffers[c] = []
         do {
             try machine.loop.add(c) { [weak self] _ in self?.readable(c) }
@@ -61,8 +81,11 @@ public final class ControlServer: @unchecked Sendable {
         while let nl = buf.firstIndex(of: 10) {
             let line = String(decoding: buf[..<nl], as: UTF8.self)
             buf.removeSubrange(...nl)
-            let reply = handle(line.trimmingCharacters(in: " \r\t")) + "\n"
-            _ = reply.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
+            let command = line.trimmingCharacters(in: " \r\t")
+            if command.isEmpty { continue }
+            // Replies are bytes, not C strings: a NUL in the command cannot cut them short.
+            let reply = Array((handle(command) + "\n").utf8)
+            _ = reply.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         }
         buffers[fd] = buf
     }
@@ -77,7 +100,12 @@ public final class ControlServer: @unchecked Sendable {
         case "query":
             let times = machine.vcpuTimes.map(String.init).joined(separator: ",")
             return "ok state=\(machine.state.rawValue) vcpus=\(machine.config.vcpus) vcpu_time_ns=\(times) uptime_ns=\(machine.uptimeNanoseconds) pid=\(getpid())"
-        default: return "error unknown command: \(command)"
+        default:
+            // Echo only printable ASCII, so replies stay one clean line.
+            let shown = String(String.UnicodeScalarView(command.unicodeScalars.prefix(64).map {
+                $0.value >= 0x20 && $0.value < 0x7F ? $0 : "?"
+            }))
+            return "error unknown command: \(shown)"
         }
     }
 }

@@ -79,11 +79,11 @@ public final class Machine: @unchecked Sendable {
         guard config.vcpus <= min(maxV, 254) else {
             throw CoreError.badArgument("vcpus \(config.vcpus) exceeds KVM's limit of \(min(maxV, 254))")
         }
-        let ramBytes = UInt64(config.memoryMiB) << 20
         let hostBytes = UInt64(sysconf(Int32(_SC_PHYS_PAGES))) * UInt64(sysconf(Int32(_SC_PAGESIZE)))
-        guard ramBytes <= hostBytes else {
+        guard UInt64(config.memoryMiB) <= hostBytes >> 20 else {
             throw CoreError.badArgument("memory \(config.memoryMiB) MiB is more than the host has (\(hostBytes >> 20) MiB)")
         }
+        let ramBytes = UInt64(config.memoryMiB) << 20
         // Read the boot files before allocating anything large.
         let kernel: BootTarget
         if let f = config.firmwarePath {
@@ -329,7 +329,8 @@ func clock_ns() -> UInt64 {
 /// Reads a whole file for booting.
 /// - Throws: ``CoreError/badArgument(_:)`` naming the file ("kernel F: No such file").
 func readFile(_ path: String, what: String) throws(CoreError) -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    // O_NONBLOCK: a FIFO or device must not hang us before the type check below.
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
     if fd < 0 { throw .badArgument("\(what) \(path): \(String(cString: strerror(errno)))") }
     defer { close(fd) }
     var st = stat()

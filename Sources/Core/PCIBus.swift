@@ -112,7 +112,9 @@ public final class PCIBus: PortIODevice, MMIODevice, @unchecked Sendable {
     public func attach(to bus: IOBus) {
         bus.register(ports: PlatformLayout.pciConfigAddressPort...PlatformLayout.pciConfigAddressPort, self)
         bus.register(ports: PlatformLayout.pciConfigDataPort...(PlatformLayout.pciConfigDataPort + 3), self)
-        bus.register(mmio: PlatformLayout.pciMMIOBase...(PlatformLayout.pciMMIOBase + PlatformLayout.pciMMIOSize - 1), self)
+        // The firmware window is pciMMIOBase..+pciMMIOSize, but a guest may move BARs
+        // anywhere in the 32-bit hole below the IOAPIC; route all of it.
+        bus.register(mmio: PlatformLayout.mmioHoleStart...(PlatformLayout.ioapicBase - 1), self)
     }
 
     private func target() -> (any PCIDevice, Int)? {

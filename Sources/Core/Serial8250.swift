@@ -35,7 +35,7 @@ public final class Serial8250: PortIODevice, @unchecked Sendable {
     @discardableResult
     public func receive<C: Collection>(_ bytes: C) -> Int where C.Element == UInt8 {
         let (n, level) = regs.withLock { r -> (Int, Bool?) in
-            if r.rxHead > 0 && r.rxHead == r.rx.count { r.rx.removeAll(keepingCapacity: true); r.rxHead = 0 }
+            Self.compact(&r)
             let room = Self.rxCapacity - (r.rx.count - r.rxHead)
             let take = Swift.min(room, bytes.count)
             r.rx.append(contentsOf: bytes.prefix(take))
@@ -47,6 +47,12 @@ public final class Serial8250: PortIODevice, @unchecked Sendable {
 
     /// Bytes waiting for the guest.
     public var pendingInput: Int { regs.withLock { $0.rx.count - $0.rxHead } }
+
+    /// Drops consumed bytes once they are half the buffer (amortised O(1) per byte).
+    private static func compact(_ r: inout Regs) {
+        if r.rxHead == r.rx.count { r.rx.removeAll(keepingCapacity: true); r.rxHead = 0 }
+        else if r.rxHead >= rxCapacity / 2 { r.rx.removeFirst(r.rxHead); r.rxHead = 0 }
+    }
 
     private static func interruptID(_ r: Regs) -> UInt8 {
         if r.ier & 0x04 != 0 { /* line status: never raised */ }
@@ -72,7 +78,11 @@ public final class Serial8250: PortIODevice, @unchecked Sendable {
             switch off {
             case 0:
                 if dlab { out = r.dll }
-                else if r.rxHead < r.rx.count { out = r.rx[r.rxHead]; r.rxHead += 1 }
+                else if r.rxHead < r.rx.count {
+                    out = r.rx[r.rxHead]
+                    r.rxHead += 1
+                    Self.compact(&r)
+                }
             case 1: out = dlab ? r.dlm : r.ier
             case 2:
                 let id = Self.interruptID(r)
@@ -109,7 +119,11 @@ public final class Serial8250: PortIODevice, @unchecked Sendable {
             case 0:
                 if dlab { r.dll = v }
                 else {
-                    if r.mcr & 0x10 != 0 { r.rx.append(v) } else { emit = v }
+                    if r.mcr & 0x10 != 0 {
+                        // Loopback: the byte comes back as input, within the same bound.
+                        Self.compact(&r)
+                        if r.rx.count - r.rxHead < Self.rxCapacity { r.rx.append(v) }
+                    } else { emit = v }
                     r.thrEmptyPending = true
                 }
             case 1:

@@ -236,14 +236,23 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
         }
     }
 
-    public func mmioRead(address: UInt64, data: UnsafeMutableRawBufferPointer) {
+    /// Offset of `[address, address+count)` inside BAR 0, or nil when it is not (the BAR may
+    /// have moved since the bus routed the access, on another vCPU).
+    private func barOffset(_ address: UInt64, _ count: Int) -> UInt64? {
         let base = state.withLock { $0.config.barAddress(0) }
-        barRead(offset: address - base, data: data)
+        guard base != 0, address >= base else { return nil }
+        let off = address - base
+        return off < Self.barSize && UInt64(count) <= Self.barSize - off ? off : nil
+    }
+
+    public func mmioRead(address: UInt64, data: UnsafeMutableRawBufferPointer) {
+        guard let off = barOffset(address, data.count) else { data.initializeMemory(as: UInt8.self, repeating: 0xFF); return }
+        barRead(offset: off, data: data)
     }
 
     public func mmioWrite(address: UInt64, data: UnsafeRawBufferPointer) {
-        let base = state.withLock { $0.config.barAddress(0) }
-        barWrite(offset: address - base, data: data)
+        guard let off = barOffset(address, data.count) else { return }
+        barWrite(offset: off, data: data)
     }
 
     // MARK: BAR 0 structures

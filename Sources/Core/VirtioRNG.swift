@@ -34,7 +34,20 @@ public final class VirtioRNG: VirtioDevice, @unchecked Sendable {
 
     public func activate(features: UInt64, queues: [VirtqueueConfig], kicks: [Int32], calls: [Int32]) throws {
         guard let q = queues.first, q.enabled else { return }
-        active.withLock { $0 = Active(queue: q, kick: kicks[0], call: calls[0]) }
+        // The rings must lie inside guest memory (virtio 1.2 §2.7: descriptor table 16*n,
+        // avail 6+2*n, used 6+8*n bytes). Checked once here, so later offsets within them
+        // cannot overflow or leave RAM.
+        let n = Int(q.size)
+        var broken = false
+        do {
+            _ = try memory.slice(at: q.descTable, count: 16 * n)
+            _ = try memory.slice(at: q.availRing, count: 6 + 2 * n)
+            _ = try memory.slice(at: q.usedRing, count: 6 + 8 * n)
+        } catch {
+            log("virtio-rng: rings outside guest memory (\(error)); queue broken")
+            broken = true
+        }
+        active.withLock { $0 = Active(queue: q, kick: kicks[0], call: calls[0], broken: broken) }
         let kick = kicks[0], stop = stopFD
         thread = DedicatedThread(name: "virtio-rng") { [self] in
             var fds = [pollfd(fd: kick, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
@@ -62,19 +75,19 @@ public final class VirtioRNG: VirtioDevice, @unchecked Sendable {
             defer { a = s }
             let q = s.queue
             do {
-                let availIdx: UInt16 = try memory.load(at: q.availRing + 2)
+                let availIdx: UInt16 = try memory.load(at: q.availRing &+ 2)
                 if UInt16(availIdx &- s.lastAvail) > q.size { s.broken = true; log("virtio-rng: avail index jumped; queue broken"); return }
                 while s.lastAvail != availIdx {
-                    let head: UInt16 = try memory.load(at: q.availRing + 4 + 2 * UInt64(s.lastAvail % q.size))
+                    let head: UInt16 = try memory.load(at: q.availRing &+ 4 &+ 2 &* UInt64(s.lastAvail % q.size))
                     var written: UInt32 = 0
                     var i = head, hops = 0
                     while true {
                         guard i < q.size, hops < Int(q.size) else { s.broken = true; log("virtio-rng: bad descriptor chain"); return }
-                        let d = q.descTable + 16 * UInt64(i)
+                        let d = q.descTable &+ 16 &* UInt64(i)
                         let addr: UInt64 = try memory.load(at: d)
-                        let len: UInt32 = try memory.load(at: d + 8)
-                        let flags: UInt16 = try memory.load(at: d + 12)
-                        let next: UInt16 = try memory.load(at: d + 14)
+                        let len: UInt32 = try memory.load(at: d &+ 8)
+                        let flags: UInt16 = try memory.load(at: d &+ 12)
+                        let next: UInt16 = try memory.load(at: d &+ 14)
                         if flags & 2 != 0 {
                             let buf = try memory.slice(at: addr, count: Int(min(len, 1 << 16)))
                             if buf.count > 0 { _ = getrandom(buf.baseAddress, buf.count, 0) }
@@ -84,12 +97,12 @@ public final class VirtioRNG: VirtioDevice, @unchecked Sendable {
                         if flags & 1 == 0 { break }
                         i = next
                     }
-                    let slot = q.usedRing + 4 + 8 * UInt64(s.usedIdx % q.size)
+                    let slot = q.usedRing &+ 4 &+ 8 &* UInt64(s.usedIdx % q.size)
                     try memory.store(UInt32(head), at: slot)
-                    try memory.store(written, at: slot + 4)
+                    try memory.store(written, at: slot &+ 4)
                     s.usedIdx &+= 1
                     s.lastAvail &+= 1
-                    try memory.store(s.usedIdx, at: q.usedRing + 2)
+                    try memory.store(s.usedIdx, at: q.usedRing &+ 2)
                     bytesServed.add(UInt64(written), ordering: .relaxed)
                     notify = true
                 }

@@ -7,6 +7,8 @@
 // True/False/None, names bound earlier or on the command line, lists `[...]`,
 // parenthesised tuples, unary `-`/`+`, binary `+ - * / // %` with Python precedence;
 // `%` on a string is printf-style formatting (Python's `str % args`).
+// As in Python, a statement may not be indented and `;` may not stand alone; a UTF-8
+// byte order mark at the start is skipped. Nesting is limited to `pyMaxNestingDepth`.
 // Anything else is refused as "unsupported Python: ...".
 
 /// A value computed by a configuration script.
@@ -77,6 +79,8 @@ struct PyToken: Equatable {
         case float(Double)
         case string(String)
         case op(String)
+        /// Blank space before a statement (Python's unexpected indent; the parser refuses it).
+        case indent
         case newline
         case eof
     }
@@ -94,9 +98,31 @@ struct PyLexer {
     var openChars: [Character] = []
     var tokens: [PyToken] = []
 
+    /// True at the start of a logical line, where Python allows no indentation.
+    var atLineStart = true
+
     init(_ text: String, file: String) {
-        s = Array(text.utf8)
+        var bytes = Array(text.utf8)
+        // A UTF-8 byte order mark at the very start is an encoding mark, not text.
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
+        s = bytes
         self.file = file
+    }
+
+    /// At the start of a logical line: emits `.indent` when blank space precedes a
+    /// statement (Python's IndentationError; blank and comment-only lines may be indented).
+    mutating func checkIndentation() {
+        atLineStart = false
+        var p = pos
+        var indented = false
+        while p < s.count, s[p] == UInt8(ascii: " ") || s[p] == UInt8(ascii: "\t") || s[p] == 0x0C {
+            if s[p] != 0x0C { indented = true }
+            p += 1
+        }
+        guard indented, p < s.count else { return }
+        let c = s[p]
+        if c == UInt8(ascii: "\n") || c == UInt8(ascii: "\r") || c == UInt8(ascii: "#") { return }
+        emit(.indent)
     }
 
     /// The key of the statement being read: `NAME` when the tokens since the last
@@ -125,6 +151,7 @@ struct PyLexer {
 
     mutating func run() throws(ConfigError) -> [PyToken] {
         while pos < s.count {
+            if atLineStart { checkIndentation() }
             let c = s[pos]
             switch c {
             case UInt8(ascii: " "), UInt8(ascii: "\t"), 0x0C, UInt8(ascii: "\r"):
@@ -132,7 +159,7 @@ struct PyLexer {
             case UInt8(ascii: "#"):
                 while pos < s.count && s[pos] != UInt8(ascii: "\n") { pos += 1 }
             case UInt8(ascii: "\n"):
-                if depth == 0 { emit(.newline) }
+                if depth == 0 { emit(.newline); atLineStart = true }
                 line += 1
                 pos += 1
             case UInt8(ascii: "\\"):

@@ -7,9 +7,18 @@ struct PyExpr {
         case list([PyExpr])
         case tuple([PyExpr])
         case unary(String, PyExpr)
-        case binary(String, PyExpr, PyExpr)
+        /// A left-associative chain of one precedence level, `first op1 x1 op2 x2 …`, kept
+        /// flat so a long `1+1+…+1` neither builds nor walks a tree as deep as it is long.
+        case chain(PyExpr, [PyOperation])
     }
     var kind: Kind
+    var line: Int
+}
+
+/// One `op operand` step of a `PyExpr.Kind.chain`; `line` is the operator's line.
+struct PyOperation {
+    var op: String
+    var operand: PyExpr
     var line: Int
 }
 
@@ -26,11 +35,18 @@ let pythonKeywords: Set<String> = [
     "not", "or", "pass", "print", "raise", "return", "try", "while", "with", "yield", "async", "await",
 ]
 
+/// Deepest nesting of brackets, parentheses and unary operators one expression may have.
+/// The parser recurses once per level, so the limit keeps hostile input from exhausting
+/// the stack (Python 2's own parser gives up at about the same depth).
+let pyMaxNestingDepth = 100
+
 struct PyParser {
     var tokens: [PyToken]
     let file: String
     var i = 0
     var currentKey: String?
+    /// Current nesting level of `(`, `[` and unary operators.
+    var depth = 0
 
     init(tokens: [PyToken], file: String) {
         self.tokens = tokens
@@ -51,9 +67,13 @@ struct PyParser {
     mutating func program() throws(ConfigError) -> [PyAssignment] {
         var out: [PyAssignment] = []
         while tok.kind != .eof {
-            if tok.kind == .newline || isOp(";") { i += 1; continue }
+            if tok.kind == .newline { i += 1; continue }
+            if tok.kind == .indent { throw fail("syntax error: unexpected indent (a statement must start in column 1)") }
+            // As Python: `;` ends a statement; it never stands alone (`;;`, a leading `;`).
+            if isOp(";") { throw fail("syntax error: ';' with no statement before it") }
             out.append(try statement())
             currentKey = nil
+            if isOp(";") { i += 1 }
         }
         return out
     }
@@ -98,32 +118,43 @@ struct PyParser {
         }
     }
 
+    /// Enters one more level of nesting; throws "nesting too deep" past `pyMaxNestingDepth`.
+    /// Every `enter()` is paired with a `depth -= 1` when the level is left.
+    mutating func enter() throws(ConfigError) {
+        depth += 1
+        if depth > pyMaxNestingDepth {
+            throw fail("nesting too deep (more than \(pyMaxNestingDepth) levels of brackets or unary operators)")
+        }
+    }
+
     mutating func expression() throws(ConfigError) -> PyExpr {
-        var lhs = try term()
+        let first = try term()
+        var rest: [PyOperation] = []
         while case .op(let o) = tok.kind, o == "+" || o == "-" {
             let line = tok.line
             i += 1
-            let rhs = try term()
-            lhs = PyExpr(kind: .binary(o, lhs, rhs), line: line)
+            rest.append(PyOperation(op: o, operand: try term(), line: line))
         }
-        return lhs
+        return rest.isEmpty ? first : PyExpr(kind: .chain(first, rest), line: first.line)
     }
 
     mutating func term() throws(ConfigError) -> PyExpr {
-        var lhs = try unary()
+        let first = try unary()
+        var rest: [PyOperation] = []
         while case .op(let o) = tok.kind, ["*", "/", "//", "%"].contains(o) {
             let line = tok.line
             i += 1
-            let rhs = try unary()
-            lhs = PyExpr(kind: .binary(o, lhs, rhs), line: line)
+            rest.append(PyOperation(op: o, operand: try unary(), line: line))
         }
-        return lhs
+        return rest.isEmpty ? first : PyExpr(kind: .chain(first, rest), line: first.line)
     }
 
     mutating func unary() throws(ConfigError) -> PyExpr {
         if case .op(let o) = tok.kind, o == "-" || o == "+" {
             let line = tok.line
             i += 1
+            try enter()
+            defer { depth -= 1 }
             return PyExpr(kind: .unary(o, try unary()), line: line)
         }
         if case .op("~") = tok.kind { throw unsupported("operator '~'") }
@@ -154,6 +185,8 @@ struct PyParser {
                 return PyExpr(kind: .name(n), line: t.line)
             }
         case .op("["):
+            try enter()
+            defer { depth -= 1 }
             i += 1
             var items: [PyExpr] = []
             while !isOp("]") {
@@ -166,6 +199,8 @@ struct PyParser {
             i += 1
             return PyExpr(kind: .list(items), line: t.line)
         case .op("("):
+            try enter()
+            defer { depth -= 1 }
             i += 1
             var items: [PyExpr] = []
             var sawComma = false
@@ -181,7 +216,7 @@ struct PyParser {
             return PyExpr(kind: .tuple(items), line: t.line)
         case .op("{"): throw unsupported("dictionary or set")
         case .op("`"): throw unsupported("backquote")
-        case .newline, .eof: throw fail("syntax error: missing value")
+        case .newline, .eof, .indent: throw fail("syntax error: missing value")
         case .op(let o): throw unsupported("operator '\(o)'")
         }
     }
@@ -193,11 +228,40 @@ struct PyEvaluator {
     var env: [String: PyValue] = [:]
     /// Names read by some expression (so they are variables, not unknown keys).
     var referenced: Set<String> = []
+    /// Upper bound of the list/tuple nesting of each bound name's value.
+    var nesting: [String: Int] = [:]
 
     init(file: String) { self.file = file }
 
     func fail(_ message: String, _ line: Int, _ key: String?) -> ConfigError {
         ConfigError(file: file, line: line, key: key, message: message)
+    }
+
+    /// An upper bound of how deeply the value of `e` nests lists and tuples, given the
+    /// bounds in `nesting`. `a = [a]` repeated would otherwise build a value deeper than the
+    /// parser's limit, one statement at a time.
+    func nestingBound(_ e: PyExpr) -> Int {
+        switch e.kind {
+        case .literal, .unary: return 0
+        case .name(let n): return nesting[n] ?? 0
+        case .list(let items), .tuple(let items): return 1 + (items.map(nestingBound).max() ?? 0)
+        case .chain(let first, let rest): return rest.map { nestingBound($0.operand) }.reduce(nestingBound(first), max)
+        }
+    }
+
+    /// Evaluates the statement `a` and binds its name.
+    ///
+    /// - Throws: `ConfigError` as `eval`, or "nesting too deep" when the value could nest
+    ///   lists/tuples more than `pyMaxNestingDepth` levels.
+    mutating func assign(_ a: PyAssignment) throws(ConfigError) -> PyValue {
+        let depth = nestingBound(a.value)
+        guard depth <= pyMaxNestingDepth else {
+            throw fail("nesting too deep (more than \(pyMaxNestingDepth) levels of lists or tuples)", a.line, a.name)
+        }
+        let v = try eval(a.value, key: a.name)
+        env[a.name] = v
+        nesting[a.name] = depth
+        return v
     }
 
     mutating func eval(_ e: PyExpr, key: String?) throws(ConfigError) -> PyValue {
@@ -228,10 +292,13 @@ struct PyEvaluator {
             case .bool(let b): return .int(op == "-" ? -(b ? 1 : 0) : (b ? 1 : 0))
             default: throw fail("bad operand type for unary \(op): '\(v.typeName)'", e.line, key)
             }
-        case .binary(let op, let l, let r):
-            let a = try eval(l, key: key)
-            let b = try eval(r, key: key)
-            return try binary(op, a, b, line: e.line, key: key)
+        case .chain(let first, let rest):
+            var a = try eval(first, key: key)
+            for step in rest {
+                let b = try eval(step.operand, key: key)
+                a = try binary(step.op, a, b, line: step.line, key: key)
+            }
+            return a
         }
     }
 
@@ -301,8 +368,13 @@ struct PyEvaluator {
 
 struct FormatError: Error { var message: String }
 
+/// Largest width or precision `pyFormat` accepts: enough for any real padding, small
+/// enough that `"%999999999d"` cannot make a gigabyte string.
+let pyFormatFieldMax = 4096
+
 /// Python's `fmt % args` for the conversions `d i u s r x X o c %`, with flags `-+ 0#`,
-/// a width and a precision.
+/// a width (digits, or `*` taking an int argument; negative means left-justified) and a
+/// precision, each at most `pyFormatFieldMax`.
 func pyFormat(_ fmt: String, _ args: [PyValue]) throws(FormatError) -> String {
     var out = ""
     var argIndex = 0
@@ -319,17 +391,27 @@ func pyFormat(_ fmt: String, _ args: [PyValue]) throws(FormatError) -> String {
         if c != "%" { out.append(c); continue }
         var flags = Set<Character>()
         while k < chars.count, "-+ 0#".contains(chars[k]) { flags.insert(chars[k]); k += 1 }
+        let tooWide = FormatError(message: "format width or precision larger than \(pyFormatFieldMax)")
         var width = 0
         if k < chars.count, chars[k] == "*" {
             guard case .int(let w) = try nextArg() else { throw FormatError(message: "* wants int") }
-            width = w; k += 1
+            guard w.magnitude <= UInt(pyFormatFieldMax) else { throw tooWide }
+            if w < 0 { flags.insert("-") }
+            width = abs(w); k += 1
         }
-        while k < chars.count, let d = chars[k].wholeNumberValue, chars[k].isASCII { width = width * 10 + d; k += 1 }
+        // Each step checks the bound first, so `width * 10 + d` stays far from overflow.
+        while k < chars.count, let d = chars[k].wholeNumberValue, chars[k].isASCII {
+            width = width * 10 + d; k += 1
+            guard width <= pyFormatFieldMax else { throw tooWide }
+        }
         var precision: Int?
         if k < chars.count, chars[k] == "." {
             k += 1
             var p = 0
-            while k < chars.count, let d = chars[k].wholeNumberValue, chars[k].isASCII { p = p * 10 + d; k += 1 }
+            while k < chars.count, let d = chars[k].wholeNumberValue, chars[k].isASCII {
+                p = p * 10 + d; k += 1
+                guard p <= pyFormatFieldMax else { throw tooWide }
+            }
             precision = p
         }
         while k < chars.count, "hlL".contains(chars[k]) { k += 1 }

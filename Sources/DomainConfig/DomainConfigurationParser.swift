@@ -41,7 +41,9 @@ extension DomainConfiguration {
     ///   - file: the name used in errors and warnings.
     ///   - rng: source of random MAC addresses for vifs that give none.
     /// - Throws: `ConfigError` naming file, line and key: syntax errors (unterminated
-    ///   string...), "unsupported Python: ..." for anything but assignments, undefined
+    ///   string, an indented statement, `;;`...), "nesting too deep" past 100 levels of
+    ///   brackets, unary operators or nested lists, a `%` format width or precision above
+    ///   4096, "unsupported Python: ..." for anything but assignments, undefined
     ///   names, type errors in expressions, unknown keys, bad values (memory as text, bad
     ///   disk or vif spec, duplicate vdev, bad MAC, vcpus < 1...), and missing `name` or
     ///   (for the linux builder without a bootloader) `kernel`.
@@ -113,8 +115,7 @@ struct DomainConfigReader {
         }
         for st in statements {
             if bindings[st.name]?.fromCommandLine == true { continue }
-            let v = try eval.eval(st.value, key: st.name)
-            eval.env[st.name] = v
+            let v = try eval.assign(st)
             var lines: [Int] = []
             if case .list(let items) = st.value.kind { lines = items.map(\.line) }
             bindings[st.name] = Binding(value: v, line: st.line, elementLines: lines, file: file, fromCommandLine: false)

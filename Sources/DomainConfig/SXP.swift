@@ -149,7 +149,8 @@ extension SXP {
     /// space allowed).
     ///
     /// - Throws: `ConfigError` (naming `file` and the line) for an unterminated string or
-    ///   list, an unexpected `)`, a control character, no value, or more than one value.
+    ///   list, an unexpected `)`, a control character, lists nested more than 100 deep
+    ///   (also naming the outermost list's name as the key), no value, or more than one value.
     public static func parse(_ text: String, file: String = "<sxp>") throws(ConfigError) -> SXP {
         let forms = try parseForms(text, file: file)
         guard let first = forms.first else {

@@ -1,6 +1,11 @@
 // Byte-level reader for SXP text (see `SXP.parseForms`).
 
 struct SXPParser {
+    /// Deepest list nesting accepted. Parsing is iterative, but an `SXP` value is a tree
+    /// that is compared, printed, converted and freed recursively, so a deeper one could
+    /// exhaust the stack. Real xend SXP nests under ten levels.
+    static let maxDepth = 100
+
     let bytes: [UInt8]
     let file: String
     var pos = 0
@@ -9,6 +14,8 @@ struct SXPParser {
     init(bytes: [UInt8], file: String) {
         self.bytes = bytes
         self.file = file
+        // A UTF-8 byte order mark at the very start is an encoding mark, not text.
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { pos = 3 }
     }
 
     func error(_ message: String, line: Int? = nil) -> ConfigError {
@@ -63,6 +70,13 @@ struct SXPParser {
             let c = bytes[pos]
             var value: SXP
             if c == UInt8(ascii: "(") {
+                guard stack.count < SXPParser.maxDepth else {
+                    // The key is the outermost list's name, as in `(xend-port ...)`.
+                    var key: String?
+                    if case .atom(let name)? = stack.first?.items.first { key = name }
+                    throw ConfigError(file: file, line: line, key: key,
+                                      message: "nesting too deep (more than \(SXPParser.maxDepth) levels of lists)")
+                }
                 stack.append(([], line))
                 pos += 1
                 continue

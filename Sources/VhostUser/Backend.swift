@@ -21,7 +21,8 @@ public protocol VhostUserDevice: AnyObject {
     /// Serves one request of queue `queue` and returns the bytes written into its
     /// device-writable buffers (the used length). Request-level failures are answered in
     /// the request itself (e.g. a status byte). Throw only when the queue must be marked
-    /// broken (DEVICE_NEEDS_RESET, virtio 1.2 §2.1.2).
+    /// broken (DEVICE_NEEDS_RESET, virtio 1.2 §2.1.2). Called from I/O threads too when
+    /// ``VhostUserBackend/ioThreads`` > 0, so it must be thread-safe.
     func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) throws(VirtioError) -> UInt32
 }
 
@@ -87,6 +88,15 @@ public final class VhostUserBackend: @unchecked Sendable {
     public var completionOrder: CompletionOrder = .inOrder
     /// Largest number of requests completed together (one used->idx update, one call).
     public var batchLimit = 32
+    /// A batch is also completed once its requests moved this many bytes, so large
+    /// requests reach the driver at once and its pipeline stays full.
+    public var batchBytesLimit: UInt64 = 128 << 10
+    /// Threads that serve requests moving ≥ ``offloadBytes`` concurrently (set before
+    /// ``run()``); 0 serves every request on the event-loop thread. Completions may then
+    /// come out of order; the in-flight region covers that.
+    public var ioThreads = 0
+    /// Request size (data bytes) from which requests go to the I/O threads.
+    public var offloadBytes: UInt64 = 256 << 10
     /// Called with one line per notable event (connects, broken queues); default: nothing.
     public var log: (String) -> Void = { _ in }
     /// Called once the first request after a (re)connect has completed (for restart timing).
@@ -118,7 +128,12 @@ public final class VhostUserBackend: @unchecked Sendable {
         var counter: UInt64 = 1
     }
 
-    static let tagListen: UInt64 = 1 << 40, tagConn: UInt64 = 1 << 41, tagStop: UInt64 = 1 << 42
+    static let tagListen: UInt64 = 1 << 40, tagConn: UInt64 = 1 << 41, tagStop: UInt64 = 1 << 42, tagDone: UInt64 = 1 << 43
+    var pool: IOPool?
+    /// Requests handed to the pool and not yet completed, per queue.
+    var outstanding: [Int] = []
+    /// Bumped whenever a ring stops, so late completions for an old ring are dropped.
+    var generation: [UInt64] = []
 
     /// Serves on an already listening Unix socket (for example one handed over by a
     /// supervisor). Takes ownership of `listenFd`.
@@ -130,6 +145,8 @@ public final class VhostUserBackend: @unchecked Sendable {
         stopFd = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
         if stopFd < 0 { throw .errno("eventfd") }
         vrings = Array(repeating: Vring(), count: max(device.numQueues, 1))
+        outstanding = Array(repeating: 0, count: vrings.count)
+        generation = Array(repeating: 0, count: vrings.count)
         _ = fcntl(listenFd, F_SETFL, fcntl(listenFd, F_GETFL) | O_NONBLOCK)
         try add(listenFd, Self.tagListen)
         try add(stopFd, Self.tagStop)
@@ -157,6 +174,11 @@ public final class VhostUserBackend: @unchecked Sendable {
     /// Runs the event loop until ``stop()``. Connection-level errors drop the connection
     /// and go back to listening; only a failing epoll itself throws.
     public func run() throws(VhostUserError) {
+        if ioThreads > 0 && pool == nil {
+            let p = try IOPool(device: device, threads: ioThreads)
+            try add(p.doneFd, Self.tagDone)
+            pool = p
+        }
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         while true {
             let n = epoll_wait(epfd, &events, Int32(events.count), -1)
@@ -166,6 +188,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                 switch tag {
                 case Self.tagStop: return
                 case Self.tagListen: acceptConnection()
+                case Self.tagDone: reapPool()
                 case Self.tagConn:
                     do throws(VhostUserError) {
                         let m = try readMessage(conn)
@@ -217,6 +240,8 @@ public final class VhostUserBackend: @unchecked Sendable {
     }
 
     func stopVring(_ q: Int) {
+        drain()
+        generation[q] &+= 1
         if vrings[q].kick >= 0 { remove(vrings[q].kick); close(vrings[q].kick); vrings[q].kick = -1 }
         if let queue = vrings[q].queue { vrings[q].base = queue.lastAvailIdx &- UInt16(vrings[q].replay.count) }
         vrings[q].queue = nil
@@ -275,6 +300,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                 for _ in 0..<n {
                     table.append(VhostUserMemoryRegion(guestPhysAddr: try r.u64(), size: try r.u64(), userAddr: try r.u64(), mmapOffset: try r.u64()))
                 }
+                drain()
                 let taken = fds; fds = []
                 let t: MappedMemoryTable
                 do { t = try MappedMemoryTable(table: table, fds: taken) } catch { for f in taken { close(f) }; throw error }
@@ -297,7 +323,10 @@ public final class VhostUserBackend: @unchecked Sendable {
                 let q = try vringIndex(UInt64(try r.u32())); vrings[q].base = UInt16(truncatingIfNeeded: try r.u32())
             case .getVringBase:
                 let q = try vringIndex(UInt64(try r.u32()))
+                let usedNow = vrings[q].queue?.publishedUsedIdx
                 stopVring(q)
+                // Requests are served synchronously, so after a stop nothing is in flight.
+                if let u = usedNow, let iq = inflight?.queue(q), iq.size == vrings[q].num { iq.clear(usedIdx: u) }
                 var w = PayloadWriter(); w.u32(UInt32(q)); w.u32(UInt32(vrings[q].base))
                 return try reply(m, w.bytes)
             case .setVringKick, .setVringCall, .setVringErr:
@@ -337,7 +366,8 @@ public final class VhostUserBackend: @unchecked Sendable {
                 let region = try InflightRegion.create(numQueues: nq, queueSize: qs)
                 for q in 0..<Int(nq) { region.queue(q)?.initializeIfFresh() }
                 inflight = region
-                var w = PayloadWriter(); w.u64(region.mmapSize); w.u64(0); w.u16(nq); w.u16(qs)
+                // struct VhostUserInflight is 24 bytes: 20 of fields + 4 of padding.
+                var w = PayloadWriter(); w.u64(region.mmapSize); w.u64(0); w.u16(nq); w.u16(qs); w.u32(0)
                 return try reply(m, w.bytes, fds: [region.fd])
             case .setInflightFd:
                 let size = try r.u64(), off = try r.u64(), nq = try r.u16(), qs = try r.u16()
@@ -402,26 +432,76 @@ public final class VhostUserBackend: @unchecked Sendable {
         batch.reserveCapacity(batchLimit)
         var replay = vrings[q].replay
         vrings[q].replay = []
+        var batchBytes: UInt64 = 0
         defer { if !batch.isEmpty { complete(q, queue, iq, &batch) } }
         while true {
             let chain: DescriptorChain
+            var failedHead: UInt16?
             do throws(VirtioError) {
                 if !replay.isEmpty {
-                    chain = try queue.chain(head: replay.removeFirst())
+                    let h = replay.removeFirst()
+                    failedHead = h
+                    chain = try queue.chain(head: h)
                 } else {
                     guard let c = try queue.pop() else { return }
                     chain = c
+                    failedHead = c.head
                     iq?.begin(head: c.head, counter: vrings[q].counter)
                     vrings[q].counter &+= 1
                 }
+                if let pool, chain.readableLength &+ chain.writableLength >= offloadBytes {
+                    outstanding[q] += 1
+                    pool.submit(IOPool.Job(queue: q, generation: generation[q], chain: chain, memory: mem.memory, mapping: mem))
+                    continue
+                }
                 let len = try device.handle(chain, queue: q, memory: mem.memory)
                 batch.append((chain.head, len))
+                batchBytes &+= chain.readableLength &+ chain.writableLength
             } catch {
                 if !batch.isEmpty { complete(q, queue, iq, &batch) }
+                if let h = failedHead { iq?.drop(head: h) }
                 markBroken(q, error.description)
                 return
             }
-            if batch.count >= batchLimit { complete(q, queue, iq, &batch) }
+            if batch.count >= batchLimit || batchBytes >= batchBytesLimit {
+                complete(q, queue, iq, &batch)
+                batchBytes = 0
+            }
+        }
+    }
+
+    /// Completes what the I/O threads finished.
+    func reapPool() {
+        guard let pool else { return }
+        var v: UInt64 = 0
+        _ = read(pool.doneFd, &v, 8)
+        var batches: [Int: [(UInt16, UInt32)]] = [:]
+        for d in pool.takeDone() {
+            outstanding[d.queue] -= 1
+            guard d.generation == generation[d.queue], let queue = vrings[d.queue].queue, !vrings[d.queue].broken else { continue }
+            switch d.result {
+            case .success(let len): batches[d.queue, default: []].append((d.head, len))
+            case .failure(let e):
+                inflight?.queue(d.queue)?.drop(head: d.head)
+                if var b = batches.removeValue(forKey: d.queue), !b.isEmpty {
+                    complete(d.queue, queue, inflight?.queue(d.queue).flatMap { $0.size == queue.size ? $0 : nil }, &b)
+                }
+                markBroken(d.queue, e.description)
+            }
+        }
+        for (q, var b) in batches {
+            guard let queue = vrings[q].queue else { continue }
+            complete(q, queue, inflight?.queue(q).flatMap { $0.size == queue.size ? $0 : nil }, &b)
+        }
+    }
+
+    /// Waits until the I/O threads finished every request handed to them, completing them.
+    func drain() {
+        guard let pool else { return }
+        while outstanding.contains(where: { $0 > 0 }) {
+            var p = pollfd(fd: pool.doneFd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 100)
+            reapPool()
         }
     }
 
@@ -441,6 +521,63 @@ public final class VhostUserBackend: @unchecked Sendable {
         if !completedSinceConnect {
             completedSinceConnect = true
             onFirstCompletion?()
+        }
+    }
+}
+
+/// I/O threads for large requests: jobs in, results out, an eventfd to wake the event loop.
+final class IOPool: @unchecked Sendable {
+    struct Job { let queue: Int; let generation: UInt64; let chain: DescriptorChain; let memory: GuestMemory; let mapping: AnyObject }
+    struct Done { let queue: Int; let generation: UInt64; let head: UInt16; let result: Result<UInt32, VirtioError> }
+    let device: any VhostUserDevice
+    let doneFd: Int32
+    private var lock = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var jobs: [Job] = []
+    private var done: [Done] = []
+
+    init(device: any VhostUserDevice, threads: Int) throws(VhostUserError) {
+        self.device = device
+        doneFd = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
+        if doneFd < 0 { throw .errno("eventfd") }
+        pthread_mutex_init(&lock, nil)
+        pthread_cond_init(&cond, nil)
+        for _ in 0..<threads {
+            let me = Unmanaged.passUnretained(self)   // the pool lives as long as its back-end's process
+            _ = me.retain()
+            spawnThread { me.takeUnretainedValue().work() }
+        }
+    }
+
+    func submit(_ j: Job) {
+        pthread_mutex_lock(&lock)
+        jobs.append(j)
+        pthread_cond_signal(&cond)
+        pthread_mutex_unlock(&lock)
+    }
+
+    func takeDone() -> [Done] {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        let d = done
+        done.removeAll(keepingCapacity: true)
+        return d
+    }
+
+    private func work() {
+        while true {
+            pthread_mutex_lock(&lock)
+            while jobs.isEmpty { pthread_cond_wait(&cond, &lock) }
+            let j = jobs.removeFirst()
+            pthread_mutex_unlock(&lock)
+            let r: Result<UInt32, VirtioError>
+            do { r = .success(try device.handle(j.chain, queue: j.queue, memory: j.memory)) }
+            catch { r = .failure(error) }
+            pthread_mutex_lock(&lock)
+            done.append(Done(queue: j.queue, generation: j.generation, head: j.chain.head, result: r))
+            pthread_mutex_unlock(&lock)
+            var one: UInt64 = 1
+            _ = write(doneFd, &one, 8)
         }
     }
 }

@@ -151,7 +151,7 @@ public final class VhostUserFrontend: @unchecked Sendable {
 
     func sendInflight() throws(VhostUserError) {
         var w = PayloadWriter()
-        w.u64(inflightSize); w.u64(0); w.u16(inflightShape.0); w.u16(inflightShape.1)
+        w.u64(inflightSize); w.u64(0); w.u16(inflightShape.0); w.u16(inflightShape.1); w.u32(0)  // 24-byte struct
         try send(.setInflightFd, w.bytes, fds: [inflightFd])
     }
 
@@ -161,7 +161,7 @@ public final class VhostUserFrontend: @unchecked Sendable {
     public func setupInflight(numQueues: UInt16, queueSize: UInt16) throws(VhostUserError) {
         guard protocolFeatures & VhostUserProtocolFeature.inflightShmfd != 0 else { return }
         if inflightFd < 0 {
-            var w = PayloadWriter(); w.u64(0); w.u64(0); w.u16(numQueues); w.u16(queueSize)
+            var w = PayloadWriter(); w.u64(0); w.u64(0); w.u16(numQueues); w.u16(queueSize); w.u32(0)
             let m = try call(.getInflightFd, w.bytes)
             var fds = m.fds
             var r = PayloadReader(m.payload)

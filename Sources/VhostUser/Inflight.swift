@@ -95,6 +95,19 @@ public struct InflightQueue {
         p.storeBytes(of: UInt8(1), toByteOffset: descOff(head), as: UInt8.self)
     }
 
+    /// Forgets `head` without completing it (a request that broke the queue).
+    public func drop(head: UInt16) {
+        guard head < size else { return }
+        p.storeBytes(of: UInt8(0), toByteOffset: descOff(head), as: UInt8.self)
+    }
+
+    /// Clears every record (the ring was stopped or reset; nothing is in flight).
+    public func clear(usedIdx: UInt16) {
+        for h in 0..<size { p.storeBytes(of: UInt8(0), toByteOffset: descOff(h), as: UInt8.self) }
+        set16(12, 0)
+        set16(14, usedIdx)
+    }
+
     /// Step "supplying used buffers" 1–3: link `head` into the last-batch list.
     public func linkUsed(head: UInt16) {
         guard head < size else { return }

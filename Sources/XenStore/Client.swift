@@ -252,7 +252,8 @@ public final class XenStoreClient: @unchecked Sendable {
     // MARK: watches
 
     /// WATCH with events queued for `waitForWatchEvent`. The daemon fires once at once.
-    /// - Throws: `.reply(.EEXIST)` for a duplicate (path, token).
+    /// - Throws: `.reply(.EEXIST)` for a duplicate (path, token); `.reply(.E2BIG)` for a
+    ///   token longer than `XenStoreCore.watchTokenMax` (1022) bytes.
     public func watch(_ path: String, token: String) throws(XenStoreError) {
         _ = try request(.watch, [path, token])
     }

@@ -307,12 +307,15 @@ public final class XenStoreCore {
             guard args.count >= 2 else { throw .EINVAL }
             let (given, token) = (args[0], args[1])
             let w = try makeWatch(given, token, conn)
+            // Every event of this watch must fit one message, whatever path it reports.
+            guard token.utf8.count <= Self.watchTokenMax else { throw .E2BIG }
             if !conn.privileged && conn.watches.count >= watchQuota { throw .E2BIG }
             if conn.watches.contains(where: { $0.path == w.path && $0.token == token }) { throw .EEXIST }
             conn.watches.append(w)
             // A new watch fires once straight away with its own path.
-            after.append(XenStoreOutput(connection: conn.id,
-                                        message: XenStoreMessage(.watchEvent, strings: [given, token])))
+            if let event = watchEvent(path: given, token: token) {
+                after.append(XenStoreOutput(connection: conn.id, message: event))
+            }
             return Self.ok
 
         case .unwatch:
@@ -596,6 +599,24 @@ public final class XenStoreCore {
 
     // MARK: watches
 
+    /// Longest watch token accepted, in bytes (1022): a `WATCH_EVENT` payload is
+    /// `<path>\0<token>\0` and a path may be `XENSTORE_ABS_PATH_MAX` bytes long, so a
+    /// longer token could make an event larger than `XENSTORE_PAYLOAD_MAX`. `WATCH` with
+    /// a longer token fails with `E2BIG`.
+    public static let watchTokenMax = XenStoreLimits.payloadMax - XenStoreLimits.absolutePathMax - 2
+
+    /// A `WATCH_EVENT` for `path` and `token`, or nil (and a log line) when its payload
+    /// would exceed `XENSTORE_PAYLOAD_MAX`: readers, ours and Linux xenbus alike, treat
+    /// such a message as a protocol violation, so it is dropped, as Xen's C xenstored does.
+    func watchEvent(path: String, token: String) -> XenStoreMessage? {
+        let m = XenStoreMessage(.watchEvent, strings: [path, token])
+        guard m.payload.count <= XenStoreLimits.payloadMax else {
+            log?("dropped a \(m.payload.count)-byte watch event (more than \(XenStoreLimits.payloadMax))")
+            return nil
+        }
+        return m
+    }
+
     private func fire(_ e: XenStoreEvent, into out: inout [XenStoreOutput]) {
         let special = e.path.hasPrefix("@")
         for conn in connections.values {
@@ -612,8 +633,9 @@ public final class XenStoreCore {
                 if let prefix = w.relativePrefix, epath.hasPrefix(prefix) {
                     epath = String(epath.dropFirst(prefix.count))
                 }
-                out.append(XenStoreOutput(connection: conn.id,
-                                          message: XenStoreMessage(.watchEvent, strings: [epath, w.token])))
+                if let event = watchEvent(path: epath, token: w.token) {
+                    out.append(XenStoreOutput(connection: conn.id, message: event))
+                }
             }
         }
     }

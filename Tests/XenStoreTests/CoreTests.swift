@@ -1,3 +1,4 @@
+import Synchronization
 import Testing
 @testable import XenStore
 
@@ -233,6 +234,39 @@ func events(_ outs: [XenStoreOutput], for id: XenStoreConnectionID) -> [[String]
         #expect(events(s.send(.release, ["3"]).all, for: s.id) == [["@releaseDomain", "r"]])
         #expect(s.ask(.release, ["3"]) == ["ERR", "ENOENT"])
         #expect(s.ask(.introduce, ["0", "0", "0"]) == ["ERR", "EINVAL"])
+    }
+
+    @Test func watchEventsNeverExceedThePayloadMaximum() {
+        let core = XenStoreCore()
+        var w = Session(core)
+        var c = Session(core)
+        func largest(_ outs: [XenStoreOutput]) -> Int { outs.map(\.message.payload.count).max() ?? 0 }
+        // A 4000-byte token with a 3000-byte path would make a 7003-byte event: refused.
+        let huge = w.send(.watch, ["/", String(repeating: "t", count: 4000)])
+        #expect(huge.reply.type == XenStoreMessageType.error.rawValue)
+        #expect(huge.reply.strings().strings == ["E2BIG"] && huge.all.count == 1)
+        let long = "/" + String(repeating: "p", count: 2999)
+        #expect(events(c.send(.write, [long]).all, for: w.id) == [])
+        // The longest token that fits with the longest path: 4096 - 3072 - 2 bytes.
+        #expect(XenStoreCore.watchTokenMax == 1022)
+        let tooLong = String(repeating: "u", count: 1023)
+        #expect(w.ask(.watch, ["/", tooLong]) == ["ERR", "E2BIG"])
+        let token = String(repeating: "k", count: 1022)
+        #expect(w.ask(.watch, ["/", token]) == ["OK"])
+        let longest = "/" + String(repeating: "q", count: 3071)
+        let out = c.send(.write, [longest]).all
+        #expect(events(out, for: w.id) == [[longest, token]])
+        #expect(largest(out) == XenStoreLimits.payloadMax)
+    }
+
+    @Test func oversizedEventIsDroppedAndLogged() {
+        final class Log: Sendable { let lines = Mutex<[String]>([]) }
+        let log = Log()
+        let core = XenStoreCore()
+        core.log = { line in log.lines.withLock { $0.append(line) } }
+        #expect(core.watchEvent(path: "/a", token: String(repeating: "t", count: 4093)) == nil)
+        #expect(log.lines.withLock { $0 } == ["dropped a 4097-byte watch event (more than 4096)"])
+        #expect(core.watchEvent(path: "/a", token: String(repeating: "t", count: 4092))?.payload.count == 4096)
     }
 
     @Test func resetWatches() {

@@ -1,1 +1,0 @@
-// BlockBackend: see Sources/README.md.

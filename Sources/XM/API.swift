@@ -1,0 +1,122 @@
+// The xm ↔ xend management API (HTTP/JSON, version 1): routes and wire types.
+// services/xend-api.json (OpenAPI 3.0) documents it; XendTests checks the two agree.
+
+/// One route of the API. `path` uses OpenAPI templating (`{domain}`).
+public struct XendRoute: Sendable, Hashable {
+    public var method: String
+    public var path: String
+    public init(_ method: String, _ path: String) { self.method = method; self.path = path }
+}
+
+/// The API's routes and constants.
+public enum XendAPI {
+    /// URL prefix of every route.
+    public static let prefix = "/api/v1"
+    /// Every route xend serves; the server registers exactly these.
+    public static let routes: [XendRoute] = [
+        XendRoute("GET", "/api/v1/info"),
+        XendRoute("GET", "/api/v1/domains"),
+        XendRoute("POST", "/api/v1/domains"),
+        XendRoute("GET", "/api/v1/domains/{domain}"),
+        XendRoute("POST", "/api/v1/domains/{domain}/pause"),
+        XendRoute("POST", "/api/v1/domains/{domain}/unpause"),
+        XendRoute("POST", "/api/v1/domains/{domain}/shutdown"),
+        XendRoute("POST", "/api/v1/domains/{domain}/destroy"),
+        XendRoute("GET", "/api/v1/dmesg"),
+        XendRoute("POST", "/api/v1/dmesg/clear"),
+        XendRoute("GET", "/api/v1/log"),
+    ]
+}
+
+/// A domain as `xm list` and the API show it (JSON keys are snake_case).
+public struct DomainInfo: Codable, Sendable, Equatable {
+    /// Domain id; 0 is Domain-0 (the host).
+    public var domid: Int
+    public var name: String
+    public var uuid: String
+    /// Current memory in MiB.
+    public var memory: Int
+    /// Maximum memory in MiB.
+    public var maxmem: Int
+    public var vcpus: Int
+    public var onlineVcpus: Int
+    /// Xen's six state letters `rbpscd` with `-` for each one off (e.g. `r-----`, `--p---`).
+    public var state: String
+    /// Total vCPU time in seconds.
+    public var cpuTime: Double
+    /// Start time, seconds since the Unix epoch.
+    public var startTime: Double
+    /// How many times xend restarted this domain (on_reboot/on_crash = restart).
+    public var restartCount: Int
+    /// `core` or `qemu`; empty for Domain-0.
+    public var engine: String
+    /// Process id of the engine process; nil for Domain-0 and stopped domains.
+    public var pid: Int?
+    /// The console log file (until xenconsoled serves consoles).
+    public var consoleLog: String?
+    /// The domain's configuration as SXP text (`xm list -l`); only when asked (`?long=1`).
+    public var sxp: String?
+
+    public init(domid: Int, name: String, uuid: String, memory: Int, maxmem: Int, vcpus: Int, onlineVcpus: Int,
+                state: String, cpuTime: Double, startTime: Double, restartCount: Int, engine: String,
+                pid: Int? = nil, consoleLog: String? = nil, sxp: String? = nil) {
+        self.domid = domid; self.name = name; self.uuid = uuid; self.memory = memory; self.maxmem = maxmem
+        self.vcpus = vcpus; self.onlineVcpus = onlineVcpus; self.state = state; self.cpuTime = cpuTime
+        self.startTime = startTime; self.restartCount = restartCount; self.engine = engine; self.pid = pid
+        self.consoleLog = consoleLog; self.sxp = sxp
+    }
+}
+
+/// `GET /api/v1/domains` reply.
+public struct DomainList: Codable, Sendable, Equatable {
+    /// Domain-0 first, then by domid.
+    public var domains: [DomainInfo]
+    public init(domains: [DomainInfo]) { self.domains = domains }
+}
+
+/// `POST /api/v1/domains` body: the domain configuration as SXP text (what `xm create -n`
+/// prints), paths already absolute.
+public struct CreateRequest: Codable, Sendable, Equatable {
+    public var config: String
+    /// Leave the domain paused (`xm create -p`).
+    public var paused: Bool
+    public init(config: String, paused: Bool = false) { self.config = config; self.paused = paused }
+}
+
+/// `POST /api/v1/domains/{domain}/shutdown` body.
+public struct ShutdownRequest: Codable, Sendable, Equatable {
+    /// `poweroff`, `halt` or `reboot`.
+    public var mode: String
+    public init(mode: String) { self.mode = mode }
+}
+
+/// `GET /api/v1/info` reply: `xm info`'s ordered key/value pairs.
+public struct HostInfo: Codable, Sendable, Equatable {
+    public var entries: [HostInfoEntry]
+    public init(entries: [HostInfoEntry]) { self.entries = entries }
+}
+
+public struct HostInfoEntry: Codable, Sendable, Equatable {
+    public var key: String
+    public var value: String
+    public init(_ key: String, _ value: String) { self.key = key; self.value = value }
+}
+
+/// Text replies (`dmesg`, `log`).
+public struct TextReply: Codable, Sendable, Equatable {
+    public var text: String
+    public init(text: String) { self.text = text }
+}
+
+/// Every non-2xx reply.
+public struct APIErrorReply: Codable, Sendable, Equatable, Error {
+    /// The message, in Xen's words where Xen had them (xm prints `Error: <error>`).
+    public var error: String
+    /// `no_such_domain` (404; `domain` names it), `bad_request` (400), `conflict` (409),
+    /// `unavailable` (503), `internal` (500).
+    public var kind: String
+    public var domain: String?
+    public init(error: String, kind: String, domain: String? = nil) {
+        self.error = error; self.kind = kind; self.domain = domain
+    }
+}

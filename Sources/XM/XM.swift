@@ -1,0 +1,493 @@
+// xm: the Xen 3.x domain management command (tools/python/xen/xm/main.py, create.py,
+// shutdown.py), talking to xend over its Unix socket.
+import DomainConfig
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Ends a command with an exit status (after its output).
+public struct XMExit: Error { public var status: Int32 }
+
+/// One run of `xm`. Output goes to `stdout`/`stderr` buffers that `main` flushes, so tests
+/// can run commands in-process.
+public final class XM {
+    public let paths: XenithPaths
+    public var stdout = ""
+    public var stderr = ""
+    /// Working directory for relative config and kernel paths.
+    public var cwd: String
+    private var clientCache: XendClient?
+
+    public init(paths: XenithPaths = XenithPaths(), cwd: String = FileManager.default.currentDirectoryPath) {
+        self.paths = paths
+        self.cwd = cwd
+    }
+
+    /// (args, description) per command, as xm's SUBCOMMAND_HELP.
+    static let help: [(String, String, String)] = [
+        ("console", "[-q|--quiet] <Domain>", "Attach to <Domain>'s console."),
+        ("create", "<ConfigFile> [options] [vars]", "Create a domain based on <ConfigFile>."),
+        ("destroy", "<Domain>", "Terminate a domain immediately."),
+        ("help", "[--long] [<Command>]", "Display this message."),
+        ("list", "[options] [Domain, ...]", "List information about all/some domains."),
+        ("pause", "<Domain>", "Pause execution of a domain."),
+        ("reboot", "<Domain> [-wa]", "Reboot a domain."),
+        ("shutdown", "<Domain> [-waRH]", "Shutdown a domain."),
+        ("unpause", "<Domain>", "Unpause a paused domain."),
+        ("uptime", "[-s] <Domain>", "Print uptime for a domain."),
+        ("dmesg", "[-c|--clear]", "Read and/or clear Xend's message buffer."),
+        ("domid", "<DomainName>", "Convert a domain name to domain id."),
+        ("domname", "<DomId>", "Convert a domain id to domain name."),
+        ("info", "", "Get information about Xen host."),
+        ("log", "", "Print Xend log"),
+    ]
+    static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
+    static let options: [String: [(String, String, String)]] = [
+        "list": [("-l", "--long", "Output all VM details in SXP"),
+                 ("", "--state=<state>", "Select only VMs with the specified state")],
+        "console": [("-q", "--quiet", "Do not print an error message if the domain does not exist")],
+        "dmesg": [("-c", "--clear", "Clear dmesg buffer as well as printing it")],
+        "uptime": [("-s", "--short", "Short output")],
+        "create": [("-c", "--console_autoconnect", "Connect to the console after the domain is created."),
+                   ("-n", "--dryrun", "Dry run - prints the resulting configuration in SXP but does not create the domain."),
+                   ("-p", "--paused", "Leave the domain paused after it is created."),
+                   ("-f FILE", "--defconfig=FILE", "Use the given Python configuration script."),
+                   ("-F FILE", "--config=FILE", "Domain configuration to use (SXP)."),
+                   ("-q", "--quiet", "Quiet."),
+                   ("", "--path=PATH", "Search path for configuration scripts.")],
+        "shutdown": [("-a", "--all", "Shutdown all domains."), ("-w", "--wait", "Wait for shutdown to complete."),
+                     ("-H", "--halt", "Shutdown without reboot."), ("-R", "--reboot", "Shutdown and reboot.")],
+        "reboot": [("-a", "--all", "Reboot all domains."), ("-w", "--wait", "Wait for reboot to complete.")],
+    ]
+    static let commandNames: [String] = help.map { $0.0 }
+
+    func out(_ s: String) { stdout += s + "\n" }
+    func err(_ s: String) { stderr += "Error: " + s + "\n" }
+
+    /// Runs `xm ARGS...` (without the program name) and returns the exit status.
+    public func run(_ argv: [String]) -> Int32 {
+        do {
+            try dispatch(argv)
+            return 0
+        } catch let e as XMExit {
+            return e.status
+        } catch let e as XendConnectionError {
+            err("Unable to connect to xend: \(e.reason). Is xend running?")
+        } catch let e as APIErrorReply {
+            if e.kind == "no_such_domain" { err("Domain '\(e.domain ?? "")' does not exist.") } else { err(e.error) }
+        } catch let e as GetOptError {
+            err(e.description)
+        } catch let e as ConfigError {
+            err(e.description)
+        } catch {
+            err("\(error)")
+        }
+        return 1
+    }
+
+    /// Flushes the buffered output to fds 1 and 2.
+    public func flush() {
+        for (fd, s) in [(Int32(1), stdout), (2, stderr)] where !s.isEmpty {
+            var t = s
+            t.withUTF8 { p in
+                var off = 0
+                while off < p.count {
+                    let n = write(fd, p.baseAddress! + off, p.count - off)
+                    if n <= 0 { break }
+                    off += n
+                }
+            }
+        }
+        stdout = ""; stderr = ""
+    }
+
+    /// The command `name` stands for: exact, or the one command it is a prefix of (len > 1).
+    public static func lookup(_ name: String) -> String? {
+        if commandNames.contains(name) { return name }
+        guard name.count > 1 else { return nil }
+        let m = commandNames.filter { $0.hasPrefix(name) }
+        return m.count == 1 ? m[0] : nil
+    }
+
+    func dispatch(_ argv: [String]) throws {
+        guard let first = argv.first else { shortHelp(); throw XMExit(status: 1) }
+        if first == "--help" || first == "-h" { longHelp(); return }
+        if argv.dropFirst().contains("--help") || argv.dropFirst().contains("-h") {
+            cmdHelp(first); throw XMExit(status: 1)
+        }
+        guard let cmd = XM.lookup(first) else {
+            err("Subcommand \(first) not found!")
+            shortHelp()
+            throw XMExit(status: 1)
+        }
+        let args = Array(argv.dropFirst())
+        switch cmd {
+        case "help": try xmHelp(args)
+        case "create": try xmCreate(args)
+        case "list": try xmList(args)
+        case "console": try xmConsole(args)
+        case "destroy": try argCheck(args, cmd, 1); try post(args[0], "destroy")
+        case "pause": try argCheck(args, cmd, 1); try post(args[0], "pause")
+        case "unpause": try argCheck(args, cmd, 1); try post(args[0], "unpause")
+        case "shutdown": try argCheck(args, cmd, 1, 4); try xmShutdown(args, reboot: false)
+        case "reboot": try argCheck(args, cmd, 1, 3); try xmShutdown(args, reboot: true)
+        case "domid": try argCheck(args, cmd, 1); out(String(try domain(args[0]).domid))
+        case "domname": try argCheck(args, cmd, 1); out(try domain(args[0]).name)
+        case "uptime": try xmUptime(args)
+        case "info": try argCheck(args, cmd, 0); try xmInfo()
+        case "dmesg": try xmDmesg(args)
+        case "log": try argCheck(args, cmd, 0); out(try client().call("GET", "/api/v1/log", as: TextReply.self).text)
+        default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)
+        }
+    }
+
+    // MARK: help
+
+    func shortHelp() {
+        out("Usage: xm <subcommand> [args]\n\nControl, list, and manipulate Xen guest instances.\n")
+        out("Common 'xm' commands:\n")
+        for c in XM.commonCommands { if let h = XM.help.first(where: { $0.0 == c }) { out(" " + pad(c, 20) + " " + h.2) } }
+        out("")
+        out(footer)
+        out("For a complete list of subcommands run 'xm help --long'.")
+    }
+
+    func longHelp() {
+        out("Usage: xm <subcommand> [args]\n\nControl, list, and manipulate Xen guest instances.\n")
+        out("xm full list of subcommands:\n")
+        for h in XM.help { out(" " + pad(h.0, 20) + " " + h.2) }
+        out("")
+        out(footer)
+    }
+
+    let footer = "<Domain> can either be the Domain Name or Id.\nFor more help on 'xm' see the xm(1) man page.\nFor more help on 'xm create' see the xmdomain.cfg(5)  man page.\n"
+
+    func cmdHelp(_ name: String) {
+        guard let c = XM.lookup(name), let h = XM.help.first(where: { $0.0 == c }) else { shortHelp(); return }
+        out("Usage: xm \(c) \(h.1)\n")
+        out(h.2)
+        if let opts = XM.options[c] {
+            for (s, l, d) in opts {
+                let o = s.isEmpty ? l : (l.isEmpty ? s : "\(s), \(l)")
+                out("  " + pad(o, 30) + " " + d)
+            }
+            out("")
+        }
+    }
+
+    func xmHelp(_ args: [String]) throws {
+        let (opts, params) = try gnuGetopt(args, short: "l", long: ["long"])
+        if let c = params.first { cmdHelp(c); return }
+        if opts.isEmpty { shortHelp() } else { longHelp() }
+    }
+
+    func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+    func lpad(_ s: String, _ n: Int) -> String { s.count >= n ? s : String(repeating: " ", count: n - s.count) + s }
+
+    func argCheck(_ args: [String], _ name: String, _ lo: Int, _ hi: Int = -1) throws {
+        let n = args.filter { $0 != "--" }.count
+        if hi == -1 {
+            if n != lo { err("'xm \(name)' requires \(lo) argument\(lo == 1 ? "" : "s")."); throw XMExit(status: 1) }
+        } else if n < lo || n > hi {
+            err("'xm \(name)' requires between \(lo) and \(hi) arguments."); throw XMExit(status: 1)
+        }
+    }
+
+    // MARK: xend access
+
+    func client() throws -> XendClient {
+        if let c = clientCache { return c }
+        let cfg = try paths.xendConfig()
+        let c = XendClient(socketPath: paths.resolve(cfg.unixPath))
+        clientCache = c
+        return c
+    }
+
+    func domain(_ dom: String, long: Bool = false) throws -> DomainInfo {
+        try client().call("GET", "/api/v1/domains/\(XendClient.escape(dom))" + (long ? "?long=1" : ""), as: DomainInfo.self)
+    }
+
+    func domains(long: Bool = false) throws -> [DomainInfo] {
+        try client().call("GET", "/api/v1/domains" + (long ? "?long=1" : ""), as: DomainList.self).domains
+    }
+
+    @discardableResult
+    func post(_ dom: String, _ action: String, _ body: (some Encodable)? = Optional<TextReply>.none) throws -> DomainInfo {
+        try client().call("POST", "/api/v1/domains/\(XendClient.escape(dom))/\(action)", body: body, as: DomainInfo.self)
+    }
+
+    // MARK: list
+
+    /// The `xm list` table (Xen 3.0.x xm_brief_list).
+    public static func brief(_ doms: [DomainInfo]) -> String {
+        var s = "Name" + String(repeating: " ", count: 36) + "  ID   Mem VCPUs      State   Time(s)\n"
+        for d in doms {
+            s += row(d) + "\n"
+        }
+        return s
+    }
+
+    static func row(_ d: DomainInfo) -> String {
+        func p(_ s: String, _ n: Int, left: Bool) -> String {
+            if s.count >= n { return s }
+            let sp = String(repeating: " ", count: n - s.count)
+            return left ? s + sp : sp + s
+        }
+        let t = (d.cpuTime * 10).rounded() / 10
+        return p(d.name, 40, left: true) + " " + p(String(d.domid), 3, left: false) + " " + p(String(d.memory), 5, left: false)
+            + " " + p(String(d.onlineVcpus), 5, left: false) + " " + p(d.state, 10, left: false) + " "
+            + p(String(format: "%.1f", t), 8, left: false)
+    }
+
+    func xmList(_ args: [String]) throws {
+        let (opts, params) = try gnuGetopt(args, short: "l", long: ["long", "state="])
+        var long = false
+        var state = "all"
+        for (k, v) in opts {
+            if k == "-l" || k == "--long" { long = true }
+            if k == "--state" { state = v }
+        }
+        if state != "all" && !params.isEmpty {
+            err("You may specify either a state or a particular VM, but not both"); throw XMExit(status: 1)
+        }
+        var doms = params.isEmpty ? try domains(long: long) : try params.map { try domain($0, long: long) }
+        if state != "all" {
+            let letter: Character? = ["running": "r", "blocked": "b", "paused": "p", "shutdown": "s", "crashed": "c", "dying": "d"][state]
+            guard let letter else { err("Invalid state: \(state)"); throw XMExit(status: 1) }
+            doms = doms.filter { $0.state.contains(letter) }
+        }
+        if long {
+            for d in doms { out(d.sxp ?? "(domain (domid \(d.domid)) (name \(d.name)))") }
+        } else {
+            stdout += XM.brief(doms)
+        }
+    }
+
+    // MARK: create
+
+    func xmCreate(_ args: [String]) throws {
+        let (opts, params) = try gnuGetopt(args, short: "hqf:F:npc",
+                                           long: ["help", "quiet", "defconfig=", "config=", "dryrun", "paused",
+                                                  "console_autoconnect", "path="])
+        var defconfig: String? = nil, sxpFile: String? = nil
+        var dry = false, paused = false, console = false, quiet = false
+        var path = ".:" + paths.etcXen
+        for (k, v) in opts {
+            switch k {
+            case "-f", "--defconfig": defconfig = v
+            case "-F", "--config": sxpFile = v
+            case "-n", "--dryrun": dry = true
+            case "-p", "--paused": paused = true
+            case "-c", "--console_autoconnect": console = true
+            case "-q", "--quiet": quiet = true
+            case "--path": path = v
+            case "-h", "--help": cmdHelp("create"); return
+            default: break
+            }
+        }
+        var vars: [String] = []
+        for p in params {
+            if p.contains("=") { vars.append(p) }
+            else if defconfig == nil && sxpFile == nil { defconfig = p }
+            else { err("Invalid argument: \(p)"); throw XMExit(status: 1) }
+        }
+        var config: DomainConfiguration
+        if let f = sxpFile {
+            let full = absolute(f)
+            guard let text = try? String(contentsOfFile: full, encoding: .utf8) else {
+                err("Cannot read file \(f): \(String(cString: strerror(errno)))"); throw XMExit(status: 1)
+            }
+            config = try DomainConfiguration(sxp: try SXP.parse(text, file: f), file: f)
+        } else {
+            let name = defconfig ?? "xmdefconfig"
+            var found: String? = nil
+            for dir in [""] + path.split(separator: ":").map(String.init) {
+                var p = dir.isEmpty ? name : (dir as NSString).appendingPathComponent(name)
+                if !p.hasPrefix("/") { p = "./" + p }
+                if access(absolute(p), R_OK) == 0 { found = p; break }
+            }
+            guard let file = found else { err("Unable to open config file: \(name)"); throw XMExit(status: 1) }
+            if !quiet { out("Using config file \"\(file)\".") }
+            let text: String
+            do { text = try String(contentsOfFile: absolute(file), encoding: .utf8) }
+            catch { err("Unable to open config file: \(name)"); throw XMExit(status: 1) }
+            config = try DomainConfiguration(parsing: text, file: file, arguments: vars)
+        }
+        // Relative paths in the config are relative to xm's working directory.
+        if let k = config.kernel { config.kernel = absolute(k) }
+        if let r = config.ramdisk { config.ramdisk = absolute(r) }
+        for w in config.warnings { stderr += "Warning: \(w.message)\n" }
+        let sxp = config.toSXP()
+        if dry { out(sxp.prettyPrinted()); return }
+        let info = try client().call("POST", "/api/v1/domains", body: CreateRequest(config: sxp.description, paused: paused),
+                                     as: DomainInfo.self)
+        out("Started domain \(info.name)")
+        if console {
+            flush()
+            try attachConsole(info, quiet: false)
+        }
+    }
+
+    func absolute(_ p: String) -> String {
+        p.hasPrefix("/") ? p : URL(fileURLWithPath: p, relativeTo: URL(fileURLWithPath: cwd, isDirectory: true)).standardizedFileURL.path
+    }
+
+    // MARK: shutdown / reboot
+
+    func xmShutdown(_ args: [String], reboot: Bool) throws {
+        let (opts, params) = try gnuGetopt(args, short: "hawHR", long: ["help", "all", "wait", "halt", "reboot"])
+        var all = false, wait = false, halt = false, rb = reboot
+        for (k, _) in opts {
+            switch k {
+            case "-a", "--all": all = true
+            case "-w", "--wait": wait = true
+            case "-H", "--halt": halt = true
+            case "-R", "--reboot": rb = true
+            case "-h", "--help": cmdHelp(reboot ? "reboot" : "shutdown"); return
+            default: break
+            }
+        }
+        if halt && rb { err("Can't specify halt and reboot"); throw XMExit(status: 1) }
+        let mode = halt ? "halt" : (rb ? "reboot" : "poweroff")
+        var targets: [String]
+        if all {
+            targets = try domains().filter { $0.domid != 0 }.map(\.name)
+        } else {
+            if params.isEmpty { err("No domain parameter given"); throw XMExit(status: 1) }
+            if params.count > 1 { err("No multiple domain parameters allowed"); throw XMExit(status: 1) }
+            targets = [try domain(params[0]).name]
+        }
+        var counts: [String: Int] = [:]
+        for d in targets {
+            let info = try post(d, "shutdown", ShutdownRequest(mode: mode))
+            counts[d] = info.restartCount
+        }
+        guard wait else { return }
+        var left = targets
+        while !left.isEmpty {
+            let alive = Dictionary(try domains().map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+            for d in left {
+                if mode == "reboot" {
+                    if let a = alive[d] {
+                        if a.restartCount != counts[d] { out("Domain \(d) rebooted"); left.removeAll { $0 == d } }
+                    } else {
+                        out("Domain \(d) destroyed for failed in rebooting"); left.removeAll { $0 == d }
+                    }
+                } else if alive[d] == nil || alive[d]!.state.contains("s") && alive[d]!.pid == nil {
+                    out("Domain \(d) terminated"); left.removeAll { $0 == d }
+                }
+            }
+            if !left.isEmpty { usleep(100_000) }
+        }
+        out(mode == "reboot" ? "All domains rebooted" : "All domains terminated")
+    }
+
+    // MARK: uptime, info, dmesg
+
+    func xmUptime(_ args: [String]) throws {
+        let (opts, params) = try gnuGetopt(args, short: "s", long: ["short"])
+        let short = !opts.isEmpty
+        let doms = params.isEmpty ? try domains() : try params.map { try domain($0) }
+        if !short { out("Name                              ID Uptime") }
+        let now = Date().timeIntervalSince1970
+        for d in doms {
+            var up: Int
+            if d.domid > 0 { up = Int((now - d.startTime).rounded()) }
+            else {
+                let t = (try? String(contentsOfFile: "/proc/uptime", encoding: .utf8)) ?? "0"
+                up = Int((Double(t.split(separator: " ").first ?? "0") ?? 0).rounded())
+            }
+            let days = up / 86400; up -= days * 86400
+            let hours = up / 3600; up -= hours * 3600
+            let minutes = up / 60; let seconds = up - minutes * 60
+            var s = ""
+            if days > 0 { s += "\(days) day" + (days > 1 ? "s" : "") + ", " }
+            s += lpad(String(hours), 2) + ":" + String(format: "%02d", minutes)
+            if short {
+                let f = DateFormatter(); f.dateFormat = " HH:mm:ss"
+                s = f.string(from: Date()) + " up " + s + ", " + d.name + " (\(d.domid))"
+            } else {
+                s += ":" + String(format: "%02d", seconds)
+                s = pad(d.name, 32) + " " + lpad(String(d.domid), 3) + " " + s
+            }
+            out(s)
+        }
+    }
+
+    func xmInfo() throws {
+        let info = try client().call("GET", "/api/v1/info", as: HostInfo.self)
+        for e in info.entries { out(pad(e.key, 23) + ": " + e.value) }
+    }
+
+    func xmDmesg(_ args: [String]) throws {
+        let (opts, params) = try gnuGetopt(args, short: "c", long: ["clear"])
+        if !params.isEmpty { err("No parameter required"); throw XMExit(status: 1) }
+        if opts.isEmpty {
+            out(try client().call("GET", "/api/v1/dmesg", as: TextReply.self).text)
+        } else {
+            _ = try client().call("POST", "/api/v1/dmesg/clear", as: TextReply.self)
+        }
+    }
+
+    // MARK: console
+
+    func xmConsole(_ args: [String]) throws {
+        try argCheck(args, "console", 1, 2)
+        let (opts, params) = try gnuGetopt(args, short: "q", long: ["quiet"])
+        let quiet = !opts.isEmpty
+        if params.count != 1 { err("No domain given"); throw XMExit(status: 1) }
+        let info: DomainInfo
+        do { info = try domain(params[0]) } catch { if quiet { throw XMExit(status: 1) }; throw error }
+        flush()
+        try attachConsole(info, quiet: quiet)
+    }
+
+    /// Follows the domain's console until it goes away (or Ctrl-] on a terminal).
+    func attachConsole(_ info: DomainInfo, quiet: Bool) throws {
+        guard info.domid != 0, let log = info.consoleLog else {
+            if quiet { throw XMExit(status: 1) }
+            err("Domain is not started"); throw XMExit(status: 1)
+        }
+        let fd = open(log, O_RDONLY)
+        guard fd >= 0 else { err("\(log): \(String(cString: strerror(errno)))"); throw XMExit(status: 1) }
+        defer { close(fd) }
+        let tty = isatty(0) != 0
+        var saved = termios()
+        if tty {
+            tcgetattr(0, &saved)
+            var raw = saved
+            cfmakeraw(&raw)
+            raw.c_oflag |= tcflag_t(OPOST | ONLCR)
+            tcsetattr(0, TCSANOW, &raw)
+        }
+        defer { if tty { tcsetattr(0, TCSANOW, &saved) } }
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var lastCheck = Date()
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n > 0 { _ = buf.withUnsafeBytes { write(1, $0.baseAddress, n) }; continue }
+            if tty {
+                var p = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
+                if poll(&p, 1, 100) > 0 {
+                    var c: UInt8 = 0
+                    if read(0, &c, 1) == 1 && c == 0x1d { return }
+                }
+            } else {
+                usleep(100_000)
+            }
+            if Date().timeIntervalSince(lastCheck) > 0.5 {
+                lastCheck = Date()
+                let still = try? domain(String(info.domid))
+                if still == nil || still!.pid == nil {
+                    while true {
+                        let m = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                        if m <= 0 { break }
+                        _ = buf.withUnsafeBytes { write(1, $0.baseAddress, m) }
+                    }
+                    return
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+// `xend start|stop|restart|status` (Xen 3.x tools/misc/xend, SrvDaemon: LSB exit codes)
+// and the daemon itself.
+import DomainConfig
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import XM
+import XenStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The xend daemon of one `$XENITH_ROOT`.
+public struct XendDaemon {
+    public let paths: XenithPaths
+    /// Directory holding xend, xenstored and xenith-core.
+    public let binDir: String
+
+    public init(paths: XenithPaths = XenithPaths(), binDir: String? = nil) {
+        self.paths = paths
+        self.binDir = binDir ?? (URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().path)
+    }
+
+    func eprint(_ s: String) { FileHandle.standardError.write(Data((s + "\n").utf8)) }
+
+    /// Pid of the running xend of this root, or 0.
+    public func runningPid() -> Int32 {
+        guard let t = try? String(contentsOfFile: paths.xendPidFile, encoding: .utf8),
+              let pid = Int32(t.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0,
+              let cmd = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8), cmd.contains("xend") else {
+            return 0
+        }
+        return pid
+    }
+
+    /// `xend ARG`: start (0, or 1 on failure), stop (0), restart, status (0 running, 3 not).
+    public func main(_ args: [String]) -> Int32 {
+        switch args.first {
+        case "start": return start()
+        case "stop": return stop()
+        case "restart": _ = stop(); return start()
+        case "status": return runningPid() > 0 ? 0 : 3
+        case "run": return runForeground()
+        case nil:
+            print("usage: xend {start|stop|restart|status}")
+            return 1
+        default:
+            print("not an option: \(args[0])")
+            return 1
+        }
+    }
+
+    /// Daemonizes (`xend run` in a new session) and waits until the API socket answers.
+    func start() -> Int32 {
+        if runningPid() > 0 { return 0 }
+        let cfg: XendConfig
+        do { cfg = try paths.xendConfig() } catch { eprint("Error: \(error)"); return 1 }
+        XenithPaths.makeDirectories(paths.resolve("/run"))
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        posix_spawnattr_setflags(&attr, 0x80)
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)
+        let errLog = paths.logDir + "/xend-debug.log"
+        XenithPaths.makeDirectories(paths.logDir)
+        posix_spawn_file_actions_addopen(&fa, 2, errLog, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        let exe = binDir + "/xend"
+        var cargs: [UnsafeMutablePointer<CChar>?] = [strdup(exe), strdup("run"), nil]
+        var pid: pid_t = 0
+        markDescriptorsCloseOnExec()
+        let rc = posix_spawn(&pid, exe, &fa, &attr, cargs, environ)
+        for a in cargs { free(a) }
+        guard rc == 0 else { eprint("Error: cannot start xend: \(String(cString: strerror(rc)))"); return 1 }
+        let client = XendClient(socketPath: paths.resolve(cfg.unixPath))
+        for _ in 0..<600 {
+            var st: Int32 = 0
+            if waitpid(pid, &st, WNOHANG) == pid {
+                let t = (try? String(contentsOfFile: errLog, encoding: .utf8)) ?? ""
+                eprint("Error: xend exited during start-up: " + (t.split(separator: "\n").last.map(String.init) ?? "see \(errLog)"))
+                return 1
+            }
+            if let r = try? client.send("GET", "/api/v1/info"), r.status == 200 { return 0 }
+            usleep(20_000)
+        }
+        eprint("Error: xend did not start within 12 s; see \(errLog)")
+        return 1
+    }
+
+    func stop() -> Int32 {
+        let pid = runningPid()
+        if pid == 0 { unlink(paths.xendPidFile); return 0 }
+        kill(pid, SIGTERM)
+        for _ in 0..<500 {
+            if kill(pid, 0) != 0 { return 0 }
+            usleep(10_000)
+        }
+        kill(pid, SIGKILL)
+        unlink(paths.xendPidFile)
+        return 0
+    }
+
+    /// Starts xenstored (beside xend) unless one answers on this root's socket.
+    func ensureXenstored(_ log: Logger) -> XenStoreClient? {
+        let sock = paths.xenstoredSocket
+        if !XenStoreServer.isListening(sock) {
+            XenithPaths.makeDirectories((sock as NSString).deletingLastPathComponent)
+            let exe = binDir + "/xenstored"
+            let argv: [String] = [exe, "--socket", sock, "--pid-file", paths.xenstoredPidFile]
+            var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+            var pid: pid_t = 0
+            markDescriptorsCloseOnExec()
+            let rc = posix_spawn(&pid, exe, nil, nil, cargs, environ)
+            for a in cargs { free(a) }
+            guard rc == 0 else { log.error("cannot start xenstored: \(String(cString: strerror(rc)))"); return nil }
+            var st: Int32 = 0
+            while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+            if st != 0 { log.error("xenstored exited with status \(st >> 8)") }
+            log.info("started xenstored on \(sock)")
+        }
+        do { return try XenStoreClient(path: sock) } catch { log.error("cannot connect to xenstored: \(error)"); return nil }
+    }
+
+    /// The daemon body (`xend run`): foreground, until SIGTERM/SIGINT.
+    func runForeground() -> Int32 {
+        signal(SIGPIPE, SIG_IGN)
+        let cfg: XendConfig
+        do { cfg = try paths.xendConfig() } catch { eprint("Error: \(error)"); return 1 }
+        let logPath = paths.resolve(cfg.logfile)
+        var handler = FileLogHandler(label: "xend", path: logPath)
+        handler.logLevel = { switch cfg.loglevel {
+            case .debug: return .debug
+            case .info: return .info
+            case .warning: return .warning
+            case .error: return .error
+            case .critical: return .critical
+        } }()
+        let h = handler
+        let log = Logger(label: "xend", factory: { h.with(label: $0) })
+        for w in cfg.warnings { log.warning("\(w)") }
+        log.info("Xend started, root \(paths.root.isEmpty ? "/" : paths.root)")
+        if runningPid() > 0 && runningPid() != getpid() { eprint("Error: xend is already running"); return 1 }
+        try? String(getpid()).write(toFile: paths.xendPidFile, atomically: true, encoding: .utf8)
+        defer { unlink(paths.xendPidFile) }
+        let xs = ensureXenstored(log)
+        let core = CoreEngine(binary: binDir + "/xenith-core")
+        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core], xenstore: xs, logger: log)
+        manager.adopt()
+        manager.startStatusRefresher()
+        let router = XendHTTP.router(manager, logPath: logPath)
+        var services: [any Service] = []
+        if cfg.unixServer {
+            let sock = paths.resolve(cfg.unixPath)
+            XenithPaths.makeDirectories((sock as NSString).deletingLastPathComponent)
+            unlink(sock)
+            services.append(Application(router: router, configuration: .init(address: .unixDomainSocket(path: sock), serverName: "xend"),
+                                        logger: log))
+        }
+        if cfg.httpServer {
+            let host = cfg.address.isEmpty ? "0.0.0.0" : (cfg.address == "localhost" ? "127.0.0.1" : cfg.address)
+            services.append(Application(router: router, configuration: .init(address: .hostname(host, port: cfg.port), serverName: "xend"),
+                                        logger: log))
+        }
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: log)
+        let done = DispatchSemaphore(value: 0)
+        let failed = LockedBox(false)
+        Task {
+            do { try await group.run() } catch { log.error("xend: \(error)"); failed.set(true) }
+            done.signal()
+        }
+        done.wait()
+        log.info("Xend stopped; domains keep running")
+        if cfg.unixServer { unlink(paths.resolve(cfg.unixPath)) }
+        return failed.get() ? 1 : 0
+    }
+}
+
+final class LockedBox<T>: @unchecked Sendable {
+    private var v: T
+    private let l = NSLock()
+    init(_ v: T) { self.v = v }
+    func get() -> T { l.lock(); defer { l.unlock() }; return v }
+    func set(_ n: T) { l.lock(); v = n; l.unlock() }
+}

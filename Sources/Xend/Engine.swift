@@ -1,0 +1,251 @@
+// Engines run domains (DESIGN.md "Two engines, one toolstack"). xend talks to them only
+// through `DomainEngineDriver`, so the qemu engine can plug in beside the core.
+import CLinux
+import DomainConfig
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What an engine needs to start one domain.
+public struct EngineLaunch: Sendable {
+    public var domid: Int
+    public var name: String
+    public var uuid: String
+    public var config: DomainConfiguration
+    /// The kernel command line (`DomainConfiguration.kernelCommandLine`).
+    public var commandLine: String
+    /// Control socket path, stop-status file path, console log, engine's own stderr log.
+    public var controlPath: String
+    public var statusFile: String
+    public var consoleLog: String
+    public var engineLog: String
+}
+
+/// A running engine process, as the registry keeps it (enough to re-adopt it).
+public struct EngineProcess: Codable, Sendable, Equatable {
+    public var pid: Int32
+    /// Field 22 of /proc/PID/stat (start time in clock ticks): tells a reused pid apart.
+    public var startTicks: UInt64
+    public var controlPath: String
+    public var statusFile: String
+}
+
+/// Why an engine process ended (the core's status file / exit status).
+public enum EngineStop: Sendable, Equatable {
+    case poweroff
+    case reboot(String)
+    case crash(String)
+    case destroyed
+}
+
+/// A live domain's run state and CPU use.
+public struct EngineStatus: Sendable, Equatable {
+    public var paused: Bool
+    /// Total vCPU time in nanoseconds.
+    public var cpuTimeNs: UInt64
+}
+
+/// Errors engines raise; `message` is shown to the user as is.
+public struct EngineError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ m: String) { message = m }
+    public var description: String { message }
+}
+
+/// One engine: starts domain processes and drives them. Implementations must be
+/// thread-safe; every call may block briefly (a control-socket round trip).
+public protocol DomainEngineDriver: Sendable {
+    /// `core` or `qemu`.
+    var name: String { get }
+    /// Starts the domain running (detached: own session and process group).
+    /// - Throws: `EngineError` with the engine's own message when it fails to start;
+    ///   nothing is left behind then.
+    func start(_ launch: EngineLaunch) throws -> EngineProcess
+    func pause(_ p: EngineProcess) throws
+    func unpause(_ p: EngineProcess) throws
+    /// Asks the guest to power off (ACPI power button).
+    func requestShutdown(_ p: EngineProcess) throws
+    func reboot(_ p: EngineProcess) throws
+    /// Stops the domain at once.
+    func destroy(_ p: EngineProcess) throws
+    func query(_ p: EngineProcess) throws -> EngineStatus
+    /// True when `p` is still the process xend started and answers its control socket.
+    func adopt(_ p: EngineProcess) -> Bool
+    /// Why `p` stopped, after it exited (`waitStatus` is the wait(2) status when xend
+    /// was its parent).
+    func stopReason(_ p: EngineProcess, waitStatus: Int32?) -> EngineStop
+}
+
+@_silgen_name("close_range")
+func closeRange(_ first: UInt32, _ last: UInt32, _ flags: Int32) -> Int32
+
+/// Marks every descriptor above stderr close-on-exec (CLOSE_RANGE_CLOEXEC), so a spawned
+/// engine process never holds xend's sockets (a held API socket would hang clients after
+/// xend dies).
+public func markDescriptorsCloseOnExec() {
+    _ = closeRange(3, UInt32.max, 4)
+}
+
+/// Process helpers shared by engines.
+public enum ProcessInfo2 {
+    /// Start time (clock ticks since boot) of `pid`, nil when it does not exist.
+    public static func startTicks(_ pid: Int32) -> UInt64? {
+        guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = s.lastIndex(of: ")") else { return nil }
+        let fields = s[s.index(after: close)...].split(separator: " ")
+        // fields[0] is field 3 (state); start time is field 22.
+        guard fields.count > 19, let t = UInt64(fields[19]) else { return nil }
+        if fields[0] == "Z" { return nil }
+        return t
+    }
+
+    /// Sends one line to a Unix-socket control server and returns the reply line.
+    public static func control(_ path: String, _ command: String, timeoutMs: Int32 = 2000) throws -> String {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw EngineError("socket: \(String(cString: strerror(errno)))") }
+        defer { Glibc.close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() where i < p.count - 1 { p[i] = b } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { throw EngineError("\(path): \(String(cString: strerror(errno)))") }
+        let line = command + "\n"
+        _ = line.withCString { write(fd, $0, strlen($0)) }
+        var reply: [UInt8] = []
+        var c: UInt8 = 0
+        while reply.count < 4096 {
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, timeoutMs) > 0 else { throw EngineError("\(path): no reply to \(command)") }
+            let n = read(fd, &c, 1)
+            if n <= 0 { break }
+            if c == 10 { break }
+            reply.append(c)
+        }
+        return String(decoding: reply, as: UTF8.self)
+    }
+}
+
+/// The core engine: one `xenith-core` process per domain.
+public struct CoreEngine: DomainEngineDriver {
+    public let name = "core"
+    /// Path of the xenith-core binary.
+    public let binary: String
+
+    public init(binary: String) { self.binary = binary }
+
+    public func start(_ l: EngineLaunch) throws -> EngineProcess {
+        guard let kernel = l.config.kernel else { throw EngineError("No kernel specified") }
+        guard access(kernel, R_OK) == 0 else { throw EngineError("Kernel image does not exist: \(kernel)") }
+        if let r = l.config.ramdisk, access(r, R_OK) != 0 { throw EngineError("Kernel ramdisk does not exist: \(r)") }
+        guard access(binary, X_OK) == 0 else { throw EngineError("\(binary): the core engine binary is missing") }
+        unlink(l.controlPath); unlink(l.statusFile)
+        var args = [binary, "--kernel", kernel]
+        if let r = l.config.ramdisk { args += ["--ramdisk", r] }
+        args += ["--extra", l.commandLine, "--memory", String(l.config.memory), "--vcpus", String(l.config.vcpus),
+                 "--name", l.name, "--control", l.controlPath, "--status-file", l.statusFile, "--no-input"]
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        // POSIX_SPAWN_SETSID (glibc 0x80): own session and process group, so the domain
+        // outlives xend; POSIX_SPAWN_SETSIGMASK|SETSIGDEF: a clean signal state.
+        var empty = sigset_t(); sigemptyset(&empty)
+        var all = sigset_t(); sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(0x80 | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&fa, 1, l.consoleLog, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_addopen(&fa, 2, l.engineLog, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        cargs.append(nil)
+        defer { for a in cargs { free(a) } }
+        var pid: pid_t = 0
+        markDescriptorsCloseOnExec()
+        let rc = posix_spawn(&pid, binary, &fa, &attr, cargs, environ)
+        guard rc == 0 else { throw EngineError("\(binary): \(String(cString: strerror(rc)))") }
+        // Wait until the control socket answers, or the core gives up.
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            var st: Int32 = 0
+            if waitpid(pid, &st, WNOHANG) == pid {
+                // The guest already stopped (e.g. panicked at once): a started domain whose
+                // supervisor will apply on_* from the status file.
+                if let s = try? String(contentsOfFile: l.statusFile, encoding: .utf8), !s.isEmpty {
+                    return EngineProcess(pid: pid, startTicks: 0, controlPath: l.controlPath, statusFile: l.statusFile)
+                }
+                unlink(l.controlPath); unlink(l.statusFile)
+                let text = (try? String(contentsOfFile: l.engineLog, encoding: .utf8)) ?? ""
+                let msg = text.split(separator: "\n").last(where: { !$0.contains("stopped:") }).map(String.init)
+                    ?? "the core exited during start-up (status \(st >> 8))"
+                throw EngineError(msg.hasPrefix("xenith-core: ") ? String(msg.dropFirst(13)) : msg)
+            }
+            if let r = try? ProcessInfo2.control(l.controlPath, "query", timeoutMs: 200), r.hasPrefix("ok") {
+                return EngineProcess(pid: pid, startTicks: ProcessInfo2.startTicks(pid) ?? 0,
+                                     controlPath: l.controlPath, statusFile: l.statusFile)
+            }
+            usleep(10_000)
+        }
+        kill(pid, SIGKILL)
+        var st: Int32 = 0
+        waitpid(pid, &st, 0)
+        unlink(l.controlPath); unlink(l.statusFile)
+        throw EngineError("the core did not answer on \(l.controlPath) within 10 s")
+    }
+
+    func command(_ p: EngineProcess, _ c: String) throws {
+        let r = try ProcessInfo2.control(p.controlPath, c)
+        guard r.hasPrefix("ok") else { throw EngineError("core: \(c): \(r)") }
+    }
+
+    public func pause(_ p: EngineProcess) throws { try command(p, "pause") }
+    public func unpause(_ p: EngineProcess) throws { try command(p, "unpause") }
+    public func requestShutdown(_ p: EngineProcess) throws { try command(p, "shutdown") }
+    public func reboot(_ p: EngineProcess) throws { try command(p, "reboot") }
+    public func destroy(_ p: EngineProcess) throws {
+        if (try? command(p, "destroy")) == nil { kill(p.pid, SIGTERM) }
+    }
+
+    public func query(_ p: EngineProcess) throws -> EngineStatus {
+        let r = try ProcessInfo2.control(p.controlPath, "query")
+        guard r.hasPrefix("ok") else { throw EngineError("core: query: \(r)") }
+        var st = EngineStatus(paused: false, cpuTimeNs: 0)
+        for w in r.split(separator: " ") {
+            if w == "state=paused" { st.paused = true }
+            if w.hasPrefix("vcpu_time_ns=") {
+                st.cpuTimeNs = w.dropFirst(13).split(separator: ",").compactMap { UInt64($0) }.reduce(0, +)
+            }
+        }
+        return st
+    }
+
+    public func adopt(_ p: EngineProcess) -> Bool {
+        guard let t = ProcessInfo2.startTicks(p.pid), t == p.startTicks else { return false }
+        return (try? ProcessInfo2.control(p.controlPath, "query", timeoutMs: 1000))?.hasPrefix("ok") == true
+    }
+
+    public func stopReason(_ p: EngineProcess, waitStatus: Int32?) -> EngineStop {
+        if let line = try? String(contentsOfFile: p.statusFile, encoding: .utf8) {
+            let t = line.trimmingCharacters(in: .whitespacesAndNewlines)
+            let rest = t.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+            if t == "poweroff" { return .poweroff }
+            if t.hasPrefix("reboot") { return .reboot(rest) }
+            if t.hasPrefix("crash") { return .crash(rest) }
+            if t == "destroyed" { return .destroyed }
+        }
+        if let s = waitStatus, s & 0x7f == 0 {
+            switch (s >> 8) & 0xff {
+            case 0: return .poweroff
+            case 2: return .reboot("exit status 2")
+            case 4: return .destroyed
+            default: return .crash("exit status \((s >> 8) & 0xff)")
+            }
+        }
+        return .crash("the core process died")
+    }
+}

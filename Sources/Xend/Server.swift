@@ -1,0 +1,105 @@
+// The management API over HTTP (Hummingbird 2): Unix socket always, TCP when
+// xend-http-server is on. Routes are XendAPI.routes; services/xend-api.json documents them.
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import XM
+
+/// Builds the Hummingbird router for `manager`.
+public enum XendHTTP {
+    static func json(_ v: some Encodable, status: HTTPResponse.Status = .ok) -> Response {
+        let data = (try? XendClient.encoder.encode(v)) ?? Data("{}".utf8)
+        return Response(status: status, headers: [.contentType: "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    static func error(_ e: XendError) -> Response {
+        let status: HTTPResponse.Status
+        switch e.kind {
+        case .noSuchDomain: status = .notFound
+        case .badRequest: status = .badRequest
+        case .conflict: status = .conflict
+        case .unavailable: status = .serviceUnavailable
+        case .internalError: status = .internalServerError
+        }
+        return json(APIErrorReply(error: e.message, kind: e.kind.rawValue, domain: e.domain), status: status)
+    }
+
+    /// Runs blocking manager work off the server's threads.
+    static func offload(_ f: @escaping @Sendable () throws -> Response) async -> Response {
+        await withCheckedContinuation { (c: CheckedContinuation<Response, Never>) in
+            DispatchQueue.global().async {
+                do { c.resume(returning: try f()) } catch { c.resume(returning: XendHTTP.error(anyError(error))) }
+            }
+        }
+    }
+
+    static func anyError(_ e: any Error) -> XendError {
+        (e as? XendError) ?? XendError(.internalError, "\(e)")
+    }
+
+    static func body<T: Decodable>(_ req: Request, _ t: T.Type) async throws -> T {
+        let buf: ByteBuffer
+        do { buf = try await req.body.collect(upTo: 1 << 20) } catch { throw XendError(.badRequest, "request body too large") }
+        do { return try XendClient.decoder.decode(T.self, from: Data(buf.readableBytesView)) }
+        catch { throw XendError(.badRequest, "malformed request body: \(error)") }
+    }
+
+    /// The router: exactly `XendAPI.routes`.
+    public static func router(_ m: DomainManager, logPath: String) -> Router<BasicRequestContext> {
+        let r = Router()
+        let long: @Sendable (Request) -> Bool = { req in
+            let v = req.uri.queryParameters.get("long") ?? "0"
+            return v == "1" || v == "true"
+        }
+        r.get("/api/v1/info") { _, _ in json(m.hostInfo()) }
+        r.get("/api/v1/domains") { req, _ in
+            let l = long(req)
+            return await offload { json(DomainList(domains: m.list(long: l))) }
+        }
+        r.post("/api/v1/domains") { req, _ in
+            do {
+                let c = try await body(req, CreateRequest.self)
+                return await offload { json(try m.create(sxpText: c.config, paused: c.paused), status: .created) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.get("/api/v1/domains/:domain") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            let l = long(req)
+            return await offload { json(try m.get(d, long: l)) }
+        }
+        r.post("/api/v1/domains/:domain/pause") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            return await offload { json(try m.pause(d)) }
+        }
+        r.post("/api/v1/domains/:domain/unpause") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            return await offload { json(try m.unpause(d)) }
+        }
+        r.post("/api/v1/domains/:domain/shutdown") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let s = try await body(req, ShutdownRequest.self)
+                return await offload { json(try m.shutdown(d, mode: s.mode)) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.post("/api/v1/domains/:domain/destroy") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            return await offload { json(try m.destroy(d)) }
+        }
+        r.get("/api/v1/dmesg") { _, _ in json(TextReply(text: m.dmesgText())) }
+        r.post("/api/v1/dmesg/clear") { _, _ in m.dmesgClear(); return json(TextReply(text: "")) }
+        r.get("/api/v1/log") { _, _ in
+            var text = ""
+            if let h = FileHandle(forReadingAtPath: logPath) {
+                let size = (try? h.seekToEnd()) ?? 0
+                try? h.seek(toOffset: size > 1 << 20 ? size - (1 << 20) : 0)
+                text = String(decoding: h.readDataToEndOfFile(), as: UTF8.self)
+                try? h.close()
+            }
+            return json(TextReply(text: text))
+        }
+        return r
+    }
+}

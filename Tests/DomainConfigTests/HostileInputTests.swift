@@ -1,0 +1,102 @@
+import Testing
+@testable import DomainConfig
+
+/// Input built to exhaust the stack, overflow an integer or allocate without bound must be
+/// refused with a `ConfigError` naming file, line and key — never crash or hang.
+@Suite struct HostileInputTests {
+    static let base = "name = 'd'\nkernel = '/k'\n"
+
+    /// The error text for `text` (after two lines of `base`), or "accepted".
+    func error(_ text: String) -> String {
+        do {
+            _ = try DomainConfiguration(parsing: Self.base + text, file: "h.cfg")
+            return "accepted"
+        } catch {
+            return error.description
+        }
+    }
+
+    func parse(_ text: String) throws -> DomainConfiguration {
+        try DomainConfiguration(parsing: Self.base + text, file: "h.cfg")
+    }
+
+    @Test func deepNestingIsRefusedNotACrash() throws {
+        let tooDeep = "h.cfg:3: key 'memory': nesting too deep"
+        let parens = String(repeating: "(", count: 1000) + "1" + String(repeating: ")", count: 1000)
+        #expect(error("memory = \(parens)\n").hasPrefix(tooDeep))
+        let brackets = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        #expect(error("memory = \(brackets)\n").hasPrefix(tooDeep))
+        #expect(error("memory = \(String(repeating: "-", count: 100_000))1\n").hasPrefix(tooDeep))
+        #expect(error("memory = \(String(repeating: "+(", count: 50_000))1\(String(repeating: ")", count: 50_000))\n")
+            .hasPrefix(tooDeep))
+        // The limit itself is still accepted.
+        let ok = String(repeating: "(", count: 100) + "64" + String(repeating: ")", count: 100)
+        #expect(try parse("memory = \(ok)\n").memory == 64)
+        #expect(try parse("memory = \(String(repeating: "-", count: 100))64\n").memory == 64)
+    }
+
+    @Test func longOperatorChainsAreIterative() throws {
+        let sum = "n = 1" + String(repeating: "+1", count: 99_999) + "\nmemory = n // 1000\n"
+        #expect(try parse(sum).memory == 100)
+        let product = "p = 1" + String(repeating: "*1", count: 100_000) + "\nmemory = 64 * p\n"
+        #expect(try parse(product).memory == 64)
+        let mixed = "memory = 0" + String(repeating: "+2*3-1*6", count: 50_000) + " + 32\n"
+        #expect(try parse(mixed).memory == 32)
+        // Errors still name the operator's line.
+        #expect(error("memory = 1 +\\\n 'x'\n") == "h.cfg:3: key 'memory': unsupported operand types for +: 'int' and 'str'")
+    }
+
+    @Test func valuesNestedOneStatementAtATimeAreBounded() {
+        let deep = "a = 1\n" + String(repeating: "a = [a]\n", count: 100_000) + "extra = '%s' % (a,)\n"
+        #expect(error(deep) == "h.cfg:104: key 'a': nesting too deep (more than 100 levels of lists or tuples)")
+    }
+
+    @Test func formatWidthAndPrecisionAreBounded() throws {
+        let tooWide = "h.cfg:3: key 'extra': format width or precision larger than 4096"
+        #expect(error("extra = '%99999999999999999999d' % (1,)\n") == tooWide)
+        #expect(error("extra = '%.99999999999999999999d' % (1,)\n") == tooWide)
+        #expect(error("extra = '%999999999d' % (1,)\n") == tooWide)
+        #expect(error("extra = '%.999999999s' % ('x',)\n") == tooWide)
+        #expect(error("extra = '%*d' % (999999999, 1)\n") == tooWide)
+        #expect(error("extra = '%*d' % (-9223372036854775807 - 1, 1)\n") == tooWide)
+        #expect(try parse("extra = '%4096d' % (1,)\n").extra?.count == 4096)
+        // A negative `*` width left-justifies, as in Python.
+        #expect(try parse("extra = '[%*d]' % (-4, 7)\n").extra == "[7   ]")
+        #expect(try parse("extra = '[%*d]' % (4, 7)\n").extra == "[   7]")
+    }
+
+    @Test func indentationAndStraySemicolonsAreRefusedLikePython() throws {
+        let indent = "h.cfg:3: syntax error: unexpected indent (a statement must start in column 1)"
+        #expect(error("\tmemory = 64\n") == indent)
+        #expect(error("  memory = 64\n") == indent)
+        #expect(error("memory = 64;;\n") == "h.cfg:3: syntax error: ';' with no statement before it")
+        #expect(error("; memory = 64\n") == "h.cfg:3: syntax error: ';' with no statement before it")
+        #expect(error("memory = 64; ; vcpus = 2\n") == "h.cfg:3: syntax error: ';' with no statement before it")
+        // Still fine: indented comments and blank lines, continuation lines, one `;`.
+        let c = try parse("   # note\n \t\nmemory = (64 +\n\t 0); vcpus = \\\n   2;\n")
+        #expect(c.memory == 64 && c.vcpus == 2)
+    }
+
+    @Test func byteOrderMarkIsSkipped() throws {
+        let c = try DomainConfiguration(parsing: "\u{FEFF}" + Self.base + "memory = 96\n", file: "bom.cfg")
+        #expect(c.name == "d" && c.memory == 96)
+        let x = try XendConfig(parsing: "\u{FEFF}(xend-port 8001)\n", file: "bom.sxp")
+        #expect(x.port == 8001 && x.warnings.isEmpty)
+    }
+
+    @Test func deepSXPIsRefusedNotACrash() throws {
+        let deep = "(xend-port " + String(repeating: "(", count: 100_000) + String(repeating: ")", count: 100_001)
+        do {
+            _ = try XendConfig(parsing: "(logfile /tmp/x.log)\n" + deep, file: "x.sxp")
+            Issue.record("accepted")
+        } catch {
+            #expect(error == ConfigError(file: "x.sxp", line: 2, key: "xend-port",
+                                         message: "nesting too deep (more than 100 levels of lists)"))
+        }
+        #expect(throws: ConfigError.self) {
+            _ = try SXP.parse(String(repeating: "(", count: 101) + String(repeating: ")", count: 101))
+        }
+        let ok = String(repeating: "(", count: 100) + "a" + String(repeating: ")", count: 100)
+        #expect(try SXP.parse(ok).description.count == 201)
+    }
+}

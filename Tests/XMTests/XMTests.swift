@@ -1,0 +1,65 @@
+import Foundation
+import Testing
+@testable import XM
+
+@Test func commandsMatchUniquePrefixes() {
+    #expect(XM.lookup("li") == "list")
+    #expect(XM.lookup("list") == "list")
+    #expect(XM.lookup("d") == nil)          // one letter never matches
+    #expect(XM.lookup("do") == nil)         // domid, domname: ambiguous
+    #expect(XM.lookup("domn") == "domname")
+    #expect(XM.lookup("cr") == "create")
+    #expect(XM.lookup("frobnicate") == nil)
+}
+
+@Test func getoptFollowsPythonGnuGetopt() throws {
+    let (o, p) = try gnuGetopt(["dom", "-wa", "--halt"], short: "hawHR", long: ["help", "all", "wait", "halt", "reboot"])
+    #expect(o.map(\.0) == ["-w", "-a", "--halt"])
+    #expect(p == ["dom"])
+    let (o2, p2) = try gnuGetopt(["-f", "x.cfg", "--conf=y", "vmid=1"], short: "f:F:", long: ["config=", "defconfig="])
+    #expect(o2.map { $0.0 + "=" + $0.1 } == ["-f=x.cfg", "--config=y"])
+    #expect(p2 == ["vmid=1"])
+    #expect(throws: GetOptError.self) { try gnuGetopt(["-x"], short: "l", long: []) }
+    do { _ = try gnuGetopt(["-x"], short: "l", long: []) } catch { #expect(error.description == "option -x not recognized") }
+}
+
+@Test func listUsesXen3Columns() {
+    let d = DomainInfo(domid: 7, name: "fixture", uuid: "u", memory: 32, maxmem: 32, vcpus: 1, onlineVcpus: 1,
+                       state: "--p---", cpuTime: 12.34, startTime: 0, restartCount: 0, engine: "core")
+    let lines = XM.brief([d]).split(separator: "\n")
+    #expect(lines[0] == "Name                                      ID   Mem VCPUs      State   Time(s)")
+    #expect(lines[1] == "fixture                                    7    32     1     --p---     12.3")
+}
+
+@Test func errorsUseXensWordsAndNoXendMeansOneLine() {
+    let root = NSTemporaryDirectory() + "xm-test-\(getpid())"
+    let xm = XM(paths: XenithPaths(root: root), cwd: "/")
+    #expect(xm.run(["list"]) == 1)
+    #expect(xm.stderr == "Error: Unable to connect to xend: No such file or directory. Is xend running?\n")
+    #expect(xm.stdout.isEmpty)
+    let xm2 = XM(paths: XenithPaths(root: root), cwd: "/")
+    #expect(xm2.run(["create", "/nonexistent.cfg"]) == 1)
+    #expect(xm2.stderr == "Error: Unable to open config file: /nonexistent.cfg\n")
+    let xm3 = XM(paths: XenithPaths(root: root), cwd: "/")
+    #expect(xm3.run(["frob"]) == 1)
+    #expect(xm3.stderr.hasPrefix("Error: Subcommand frob not found!"))
+    let xm4 = XM(paths: XenithPaths(root: root), cwd: "/")
+    #expect(xm4.run(["destroy"]) == 1)
+    #expect(xm4.stderr == "Error: 'xm destroy' requires 1 argument.\n")
+}
+
+@Test func dryRunPrintsSXPWithAbsolutePathsAndNeedsNoXend() throws {
+    let dir = NSTemporaryDirectory() + "xm-dry-\(getpid())"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try "kernel = 'k/vmlinuz'\nmemory = 64\nname = 'd1'\nextra = 'quiet'\nroot = '/dev/vda'\n"
+        .write(toFile: dir + "/d1.cfg", atomically: true, encoding: .utf8)
+    let xm = XM(paths: XenithPaths(root: dir + "/root"), cwd: dir)
+    #expect(xm.run(["create", "-n", "d1.cfg", "memory=48"]) == 0)
+    #expect(xm.stdout.hasPrefix("Using config file \"./d1.cfg\".\n(vm\n"))
+    #expect(xm.stdout.contains("(kernel \(dir)/k/vmlinuz)"))
+    #expect(xm.stdout.contains("(memory 48)"))
+    let bad = XM(paths: XenithPaths(root: dir + "/root"), cwd: dir)
+    try "kernel = 'k'\nname = 'x'\nmemory = 'lots'\n".write(toFile: dir + "/bad.cfg", atomically: true, encoding: .utf8)
+    #expect(bad.run(["create", "-n", "bad.cfg"]) == 1)
+    #expect(bad.stderr.hasPrefix("Error: ./bad.cfg:3: key 'memory':"))
+}

@@ -1,0 +1,85 @@
+import Foundation
+import Testing
+
+/// xend + xm + xenstored + xenith-core end to end, in a temporary XENITH_ROOT.
+@Suite(.serialized) struct ControlPlaneTests {
+    let root: String = {
+        var t = Array("/tmp/xenith-cp-XXXXXX".utf8CString)
+        return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }()
+
+    func xm(_ args: String...) throws -> RunResult {
+        setenv("XENITH_ROOT", root, 1)
+        return try run(Env.binary("xm"), args, timeout: 60)
+    }
+    func xend(_ arg: String) throws -> RunResult {
+        setenv("XENITH_ROOT", root, 1)
+        return try run(Env.binary("xend"), [arg], timeout: 60)
+    }
+    func teardown() {
+        _ = try? xend("stop")
+        if let p = try? String(contentsOfFile: root + "/run/xenstored/xenstored.pid", encoding: .utf8), let pid = Int32(p.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGTERM) }
+    }
+
+    @Test func lifecycleThroughXm() throws {
+        if skip(Env.kvmUnavailable) { return }
+        if getuid() != 0 { print("SKIP: lifecycleThroughXm: needs root"); return }
+        let kernel = Env.fixture("pvh.elf")
+        defer { teardown() }
+        #expect(try xm("list").stderr == "Error: Unable to connect to xend: No such file or directory. Is xend running?\n")
+        #expect(try xend("status").status == 3)
+        #expect(try xend("start").status == 0)
+        #expect(try xend("status").status == 0)
+        let cfg = root + "/f.cfg"
+        try "kernel = '\(kernel)'\nmemory = 32\nname = 'f1'\nextra = 't'\n".write(toFile: cfg, atomically: true, encoding: .utf8)
+        let c = try xm("create", cfg)
+        #expect(c.status == 0 && c.stdout.contains("Started domain f1"), "\(c.stderr)")
+        var l = try xm("list")
+        #expect(l.stdout.hasPrefix("Name                                      ID   Mem VCPUs      State   Time(s)\nDomain-0 "))
+        #expect(l.stdout.contains("\nf1                                         1    32     1     r-----"))
+        #expect(try xm("pause", "f1").status == 0)
+        #expect(try xm("list", "f1").stdout.contains("--p---"))
+        #expect(try xm("unpause", "1").status == 0)
+        #expect(try xm("list", "f1").stdout.contains("r-----"))
+        // Bad input.
+        for cmd in ["destroy", "pause", "unpause", "shutdown", "reboot", "domid", "list", "uptime", "console"] {
+            let r = try xm(cmd, "nosuch")
+            #expect(r.status != 0 && r.stderr == "Error: Domain 'nosuch' does not exist.\n", "\(cmd): \(r.stderr)")
+        }
+        #expect(try xm("create", cfg).stderr == "Error: VM name 'f1' already exists as domain 1\n")
+        let big = try xm("create", cfg, "name=big", "memory=4000000")
+        #expect(big.stderr.hasPrefix("Error: Not enough free memory"), "\(big.stderr)")
+        // SIGKILL xend: the domain keeps running and is re-adopted.
+        let pid = Int32(try String(contentsOfFile: root + "/run/xend.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
+        kill(pid, SIGKILL)
+        usleep(200_000)
+        #expect(try xm("list").stderr.hasPrefix("Error: Unable to connect to xend"))
+        #expect(try xend("start").status == 0)
+        #expect(try xm("list", "f1").stdout.contains("r-----"))
+        #expect(try xm("pause", "f1").status == 0)
+        #expect(try xm("unpause", "f1").status == 0)
+        // xend stop leaves the domain running.
+        #expect(try xend("stop").status == 0)
+        let corePid = Int32(try String(contentsOfFile: root + "/var/lib/xend/domains/1.json", encoding: .utf8)
+            .components(separatedBy: "\"pid\":")[1].prefix(while: { $0.isNumber }))!
+        #expect(kill(corePid, 0) == 0)
+        #expect(try xend("start").status == 0)
+        // Shutdown -w with a guest that waits for the power button.
+        #expect(try xm("create", cfg, "name=w1", "extra=w").status == 0)
+        let s = try xm("shutdown", "-w", "w1")
+        #expect(s.status == 0 && s.stdout.contains("Domain w1 terminated"))
+        // on_crash = restart: restarted once with a new domid, then refused (too fast).
+        #expect(try xm("create", cfg, "name=p1", "extra=p", "on_crash=restart").status == 0)
+        usleep(1_500_000)
+        #expect(try xm("dmesg").stdout.contains("Domain p1 (4) started"))
+        // Destroy leaves nothing behind.
+        #expect(try xm("destroy", "f1").status == 0)
+        // Gone, or a zombie waiting for its (non-xend) parent to reap it.
+        let st = (try? String(contentsOfFile: "/proc/\(corePid)/stat", encoding: .utf8)) ?? ""
+        #expect(st.isEmpty || st.contains(") Z "), "\(st)")
+        l = try xm("list")
+        #expect(!l.stdout.contains("f1"))
+        #expect(!FileManager.default.fileExists(atPath: root + "/run/xend/domains/1.control"))
+        #expect(!FileManager.default.fileExists(atPath: root + "/var/lib/xend/domains/1.json"))
+    }
+}
