@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "QemuEngine", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
         // xm ↔ xend wire types and the xm command logic (no NIO: xm starts fast).
         .target(name: "XM", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
-        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM",
+        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM", "QemuEngine",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),

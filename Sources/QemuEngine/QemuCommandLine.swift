@@ -24,7 +24,7 @@ public enum QemuSerial: Sendable, Hashable {
     /// A connected stream socket inherited by QEMU as descriptor N (one end of a
     /// socketpair whose other end xend bridges to xenconsoled).
     case socketFD(Int32)
-    /// Appended to a file (tests, or no xenconsoled).
+    /// Appended to a file (the domain's console log, as the core's stdout is).
     case file(String)
     /// No serial port.
     case none
@@ -200,7 +200,7 @@ public enum QemuCommandLine {
         case .socketFD(let fd):
             a += ["-chardev", "socket,id=serial0,fd=\(fd)", "-serial", "chardev:serial0"]
         case .file(let p):
-            a += ["-chardev", "file,id=serial0,path=\(escape(p))", "-serial", "chardev:serial0"]
+            a += ["-chardev", "file,id=serial0,path=\(escape(p)),append=on", "-serial", "chardev:serial0"]
         case .none:
             break
         }

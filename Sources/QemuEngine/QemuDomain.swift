@@ -244,13 +244,14 @@ public final class QemuDomain: @unchecked Sendable {
     }
 
     /// Stops the domain at once: records `destroyed`, QMP `quit`, SIGKILL after `timeout`
-    /// seconds if QEMU is still there, then waits for it.
-    public func destroy(timeout: Double = 5) {
+    /// seconds if QEMU is still there, then waits for it (reaping it when `reap` and this
+    /// process is its parent; pass false when another supervisor reaps it).
+    public func destroy(timeout: Double = 5, reap: Bool = true) {
         writeStatus("destroyed", overwrite: false)
         try? qmp.execute("quit", timeout: timeout)
-        if !wait(timeout: timeout) {
+        if !wait(timeout: timeout, reap: reap) {
             kill(pid, SIGKILL)
-            _ = wait(timeout: timeout)
+            _ = wait(timeout: timeout, reap: reap)
         }
     }
 
@@ -268,7 +269,7 @@ public final class QemuDomain: @unchecked Sendable {
     /// Whether QEMU has exited (non-blocking).
     public func hasExited(reap: Bool = true) -> Bool {
         if exitStatus.withLock({ $0 }) != nil { return true }
-        if isChild && reap {
+        if reap && isChild {
             var st: Int32 = 0
             let r = waitpid(pid, &st, WNOHANG)
             if r == pid { exitStatus.withLock { $0 = st }; return true }
