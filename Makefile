@@ -10,7 +10,7 @@ GUEST   ?= $(BUILD)/guest
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
 BINARIES := xenith-core xenstored blkback xenconsoled xend xm
 
-.PHONY: all release run fixtures guest debian-image test unit integration integration-images bench install clean
+.PHONY: all release run fixtures guest debian-image hvm-iso test unit integration integration-images bench install clean
 
 all: release
 
@@ -32,6 +32,10 @@ guest:
 
 debian-image:
 	guest/build-debian-image.sh $(GUEST)
+
+# CD-ROM for HVM domains (services/examples/hvm-cdrom.cfg).
+hvm-iso:
+	guest/build-hvm-iso.sh $(GUEST)
 
 # The whole suite: unit tests, then the integration tests (KVM, root, QEMU; each one
 # prints SKIP with its reason where the machine cannot run it).

@@ -96,15 +96,15 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         } else {
             unlink(vncFile)
         }
-        try? (l.engineLog + "\n").write(toFile: l.controlPath + ".log", atomically: true, encoding: .utf8)
         lock.lock(); sessions[d.pid] = d; lock.unlock()
         return EngineProcess(pid: d.pid, startTicks: d.startTicks, controlPath: l.controlPath, statusFile: l.statusFile)
     }
 
-    /// QEMU's stderr log of `p` (recorded next to its QMP socket at start).
+    /// QEMU's stderr log of a running `p`: what its descriptor 2 points at.
     static func logPath(_ p: EngineProcess) -> String {
-        (try? String(contentsOfFile: p.controlPath + ".log", encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines) ?? "/dev/null"
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/\(p.pid)/fd/2", &buf, buf.count - 1)
+        return n > 0 ? String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "/dev/null"
     }
 
     /// The VNC address of a running domain (`127.0.0.1:1`), nil without VNC.
@@ -130,8 +130,10 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     public func reboot(_ p: EngineProcess) throws { try call { try session(p).reset() } }
 
     public func destroy(_ p: EngineProcess) throws {
+        unlink(p.controlPath + ".vnc")
         if let d = try? session(p) {
             d.destroy(reap: false)
+            unlink(d.paths.pidfile)
         } else {
             try? "destroyed\n".write(toFile: p.statusFile, atomically: true, encoding: .utf8)
             kill(p.pid, SIGKILL)
@@ -156,7 +158,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         let paths = d?.paths ?? QemuEngineDriver.paths(p.controlPath, status: p.statusFile, log: QemuEngineDriver.logPath(p))
         d?.qmp.close()
         let why = QemuDomain.stopReason(paths: paths)
-        unlink(paths.pidfile); unlink(p.controlPath + ".vnc"); unlink(p.controlPath + ".log")
+        unlink(paths.pidfile); unlink(p.controlPath + ".vnc")
         switch why {
         case .poweroff: return .poweroff
         case .reboot(let r): return .reboot(r)
