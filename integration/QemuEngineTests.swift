@@ -304,4 +304,48 @@ func uptimes(_ s: String) -> [Double] {
         print("qemu engine: VNC screenshot grey levels: \(colours.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
         #expect((Int(colours.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) > 1)
     }
+
+    @Test func debianOnBlkbackOverVhostUser() throws {
+        if skip(QemuEnv.debianUnavailable) { return }
+        let blkback = Env.binary("blkback")
+        guard FileManager.default.isExecutableFile(atPath: blkback) else { print("SKIP: debianOnBlkbackOverVhostUser: blkback not built"); return }
+        let root = QemuEnv.scratch("blk")
+        let img = root + "/debian.img"
+        try FileManager.default.copyItem(atPath: QemuEnv.guestDir + "/debian.img", toPath: img)
+        let sock = root + "/vbd-xvda.sock"
+        let backend = Process()
+        backend.executableURL = URL(fileURLWithPath: blkback)
+        backend.arguments = ["--socket", sock, "--image", "file:" + img, "--quiet"]
+        try backend.run()
+        defer { backend.terminate(); backend.waitUntilExit() }
+        let c = try DomainConfiguration(parsing: """
+            name = "debian-blk"
+            kernel = "\(QemuEnv.guestDir)/debian-vmlinuz"
+            ramdisk = "\(QemuEnv.guestDir)/debian-initrd.img"
+            memory = 512
+            vcpus = 2
+            disk = ['file:\(img),xvda,w']
+            root = "/dev/vda"
+            extra = "quiet cryptomgr.notests"
+            """)
+        for _ in 0..<100 where !FileManager.default.fileExists(atPath: sock) { usleep(20_000) }
+        let paths = QemuDomainPaths.under(root: root, domid: 5, name: c.name)
+        let tap = SerialTap()
+        let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: paths.qmpSocket, pidfile: paths.pidfile,
+                                      serial: .socketFD(tap.theirs), disks: [.vhostUser(socket: sock)])
+        let t0 = Date()
+        let d = try QemuDomain.launch(binary: QemuDomain.findBinary(), arguments: QemuCommandLine.arguments(for: c, inputs),
+                                      passFDs: [tap.theirs], paths: paths)
+        tap.handedOver()
+        defer { d.destroy(); d.removeFiles() }
+        #expect(tap.waitFor("login:", timeout: 120), "console: \(tap.output.suffix(600)) qemu: \(d.stderrTail())")
+        print("qemu engine: Debian on blkback (vhost-user) launch → login: \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
+        tap.type("root\n")
+        #expect(tap.waitFor("root@xenith-debian", timeout: 30))
+        tap.type("dd if=/dev/urandom of=/root/f bs=1M count=8 2>/dev/null; sync; sha256sum /root/f | cut -c1-8; echo MARK-$((6*7))\n")
+        #expect(tap.waitFor("MARK-42", timeout: 60))
+        try d.powerdown()
+        #expect(d.wait(timeout: 60))
+        #expect(d.stopReason() == .poweroff)
+    }
 }

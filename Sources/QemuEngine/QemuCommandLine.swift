@@ -219,9 +219,10 @@ public enum QemuCommandLine {
             let id = "vbd\(n)"
             if case .vhostUser(let sock) = backend {
                 // Served by blkback; reconnect=1: QEMU reconnects within a second when
-                // blkback restarts (PLATFORM.md).
+                // blkback restarts (PLATFORM.md). num-queues=1: blkback's default queue
+                // count (QEMU's default, one per vCPU, exceeds it).
                 a += ["-chardev", "socket,id=\(id),path=\(escape(sock)),reconnect=1"]
-                a += ["-device", "vhost-user-blk-pci,chardev=\(id),id=\(disk.vdev)" + bootIndex(disk, c)]
+                a += ["-device", "vhost-user-blk-pci,chardev=\(id),num-queues=1,id=\(disk.vdev)" + bootIndex(disk, c)]
                 continue
             }
             let file = try driveFile(backend, set: &fdset, readOnly: !disk.writable || disk.deviceType == .cdrom, a: &a)

@@ -79,7 +79,7 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         #expect(pair(a, "-object", "memory-backend-memfd,id=ram0,size=1024M,share=on"))
         #expect(pair(a, "-m", "1024M"))
         #expect(pair(a, "-chardev", "socket,id=vbd0,path=/r/run/xenith/blkback-3-xvda.sock,reconnect=1"))
-        #expect(pair(a, "-device", "vhost-user-blk-pci,chardev=vbd0,id=xvda"))
+        #expect(pair(a, "-device", "vhost-user-blk-pci,chardev=vbd0,num-queues=1,id=xvda"))
         #expect(pair(a, "-drive", "file=/g/data.img,if=none,id=vbd1,format=raw,readonly=on"))
         #expect(pair(a, "-device", "virtio-blk-pci,drive=vbd1,id=xvdb"))
         #expect(pair(a, "-append", "root=/dev/vda console=ttyS0"))
@@ -153,6 +153,9 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         i.vncDisplay = 2
         let a = try QemuCommandLine.arguments(for: c, i)
         #expect(pair(a, "-vnc", "0.0.0.0:2") && pair(a, "-display", "sdl"))
+        i.serial = .file("/r/var/log/xen/console/guest-s.log")
+        let b = try QemuCommandLine.arguments(for: c, i)
+        #expect(pair(b, "-chardev", "file,id=serial0,path=/r/var/log/xen/console/guest-s.log,append=on"))
     }
 
     @Test func refusals() throws {
