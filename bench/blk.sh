@@ -65,6 +65,6 @@ done
 # restarted back-end came up (includes its start-up), three times.
 rm -f "$WORK/restart.sock"
 "$BIN/vhost-user-frontend" restart --socket "$WORK/restart.sock" --kills 3 \
-    --backend-cmd "$BIN/blkback --socket $WORK/restart.sock --image file:$IMG --quiet" >"$WORK/restart.out" 2>&1 || true
+    --backend-cmd "$BIN/blkback --socket $WORK/restart.sock --image file:$IMG --quiet --num-queues 2" >"$WORK/restart.out" 2>&1 || true
 printf 'blkback SIGKILL → first completion after restart: %s ms (%s)\n' \
     "$(grep '^restart_ms=' "$WORK/restart.out" | cut -d= -f2 | paste -sd' ')" "$(grep '^verified' "$WORK/restart.out")"
