@@ -58,6 +58,7 @@ integration-images: guest
 
 bench: release fixtures
 	python3 bench/core_boot.py
+	SCRATCH=.build bench/blk.sh
 	python3 bench/control_plane.py
 
 install: release
