@@ -225,7 +225,7 @@ public final class DomainManager: @unchecked Sendable {
     func resolveEngine(_ c: DomainConfiguration) throws(XendError) -> any DomainEngineDriver {
         var e = c.engine == .auto ? xendConfig.domainEngine : c.engine
         if c.builder == .hvm && e == .auto { e = .qemu }
-        if e == .auto { e = QemuEngineDriver.preferredForAuto ? .qemu : .core }
+        if e == .auto { e = QemuEngineDriver.preferredForAuto && engines["qemu"] != nil ? .qemu : .core }
         guard let d = engines[e.rawValue] else {
             throw XendError(.unavailable, "engine \(e.rawValue) is not available yet")
         }
