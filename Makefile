@@ -39,7 +39,8 @@ hvm-iso:
 
 # The whole suite: unit tests, then the integration tests (KVM, root, QEMU; each one
 # prints SKIP with its reason where the machine cannot run it).
-test: fixtures guest
+# Guest images first, so the tests that boot them run rather than skip.
+test: fixtures guest debian-image hvm-iso
 	$(SWIFT) build --build-tests
 	XENITH_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz $(SWIFT) test --skip-build
 	$(MAKE) integration-images
@@ -47,7 +48,7 @@ test: fixtures guest
 unit:
 	$(SWIFT) test --skip IntegrationTests
 
-integration: fixtures
+integration: fixtures guest debian-image hvm-iso
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --filter IntegrationTests
 	$(MAKE) integration-images
