@@ -146,7 +146,7 @@ public struct XendDaemon {
         defer { unlink(paths.xendPidFile) }
         let xs = ensureXenstored(log)
         let core = CoreEngine(binary: binDir + "/xenith-core")
-        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core], xenstore: xs, logger: log)
+        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core, "qemu": QemuEngineDriver()], xenstore: xs, logger: log)
         manager.adopt()
         manager.startStatusRefresher()
         let router = XendHTTP.router(manager, logPath: logPath)
