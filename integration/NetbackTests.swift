@@ -168,6 +168,26 @@ func startNetback(_ ns: NetbackNamespace, vif: String, sock: String, mac: String
         #expect(r.status == 0 && r.stdout.contains("net-restart: passed"), "\(r.stdout)\(r.stderr)")
         unlink(sock)
     }
+
+    /// The core takes netback as a virtio-net device (deviceType 1): it connects, reads the
+    /// config space and runs the guest; a socket nobody serves is refused in one line.
+    @Test func coreAttachesNetback() throws {
+        if skip(NetbackNamespace.unavailable ?? Env.kvmUnavailable) { return }
+        let ns = try NetbackNamespace("core")
+        try ns.addVif("vif5.0", mac: "00:16:3e:00:05:01")
+        let sock = "/tmp/xnb-core-\(getpid()).sock"
+        let b = try startNetback(ns, vif: "vif5.0", sock: sock, mac: "00:16:3e:00:05:01")
+        let core = Env.binary("xenith-core")
+        let r = try run(core, ["--kernel", Env.fixture("pvh.elf"), "--extra", "t", "--memory", "32", "--no-input",
+                               "--vhost-user-net", sock, "--control", sock + ".ctl"], timeout: 5)
+        #expect(r.stdout.contains("xenith-fixture: tick"), "guest ran with the NIC: \(r.stderr)")
+        #expect(!r.stderr.contains("vhost-user back-end"), "\(r.stderr)")
+        let log = b.stop()
+        #expect(log.contains("front-end connected"), "\(log)")
+        let bad = try run(core, ["--kernel", Env.fixture("pvh.elf"), "--no-input", "--vhost-user-net", "/nonexistent/net.sock"])
+        #expect(bad.status == 1 && bad.stderr.contains("/nonexistent/net.sock"), "\(bad.stderr)")
+        unlink(sock); unlink(sock + ".ctl")
+    }
 }
 
 /// Real Linux guests (Debian's kernel, virtio_net, the test initramfs of `make guest`) under

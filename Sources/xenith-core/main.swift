@@ -31,6 +31,8 @@ struct XenithCore {
                            reboot REASON | crash REASON | destroyed)
       --vhost-user-blk SOCK  add a virtio-blk disk served by the vhost-user back-end
                            listening on SOCK (blkback); repeatable, one PCI slot each
+      --vhost-user-net SOCK  add a virtio-net NIC served by the vhost-user back-end
+                           listening on SOCK (netback); repeatable, one PCI slot each
       --no-rng             leave out the in-core virtio-rng device
       --no-input           do not read the console from stdin
       --console-ring-fd N --console-out-fd N --console-in-fd N
@@ -53,6 +55,7 @@ struct XenithCore {
     var noRng = false
     var noInput = false
     var vhostUserBlk: [String] = []
+    var vhostUserNet: [String] = []
     var consoleRing = ConsoleRingFDs()
 
     /// Parses `args` (without the program name).
@@ -92,6 +95,7 @@ struct XenithCore {
             case "--control": control = try value(arg)
             case "--status-file": statusFile = try value(arg)
             case "--vhost-user-blk": vhostUserBlk.append(try value(arg))
+            case "--vhost-user-net": vhostUserNet.append(try value(arg))
             case "--no-rng": noRng = true
             case "--no-input": noInput = true
             case "--console-ring-fd": consoleRing.ring = Int32(exactly: try number(arg))
@@ -138,6 +142,21 @@ struct XenithCore {
                 let mask: UInt64 = (1 << 1) | (1 << 2) | (1 << 5) | (1 << 6) | (1 << 9) | (1 << 10) | (1 << 12) | (1 << 13) | (1 << 14)
                 try machine.addVirtio(VhostUserDevice(socketPath: sock, memory: machine.memory, deviceType: 2,
                                                       deviceFeatureMask: mask, configSize: 60, numQueues: vcpus,
+                                                      log: { eprint("xenith-core: \($0)") }))
+            } catch {
+                eprint("xenith-core: \(error)")
+                return 1
+            }
+        }
+        for sock in vhostUserNet {
+            do {
+                // virtio-net device features the core passes through (virtio 1.2 §5.1.3):
+                // CSUM 0, GUEST_CSUM 1, MAC 5, GUEST_TSO4/6/ECN 7-9, HOST_TSO4/6/ECN 11-13,
+                // MRG_RXBUF 15, STATUS 16. Config: mac, status, max_virtqueue_pairs, mtu.
+                let mask: UInt64 = (1 << 0) | (1 << 1) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9)
+                    | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 15) | (1 << 16)
+                try machine.addVirtio(VhostUserDevice(socketPath: sock, memory: machine.memory, deviceType: 1,
+                                                      deviceFeatureMask: mask, configSize: 12, numQueues: 2,
                                                       log: { eprint("xenith-core: \($0)") }))
             } catch {
                 eprint("xenith-core: \(error)")
