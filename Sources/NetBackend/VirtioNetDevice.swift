@@ -147,7 +147,9 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
         features = f & deviceFeatures
         headerLength = features & (VirtioFeature.version1 | VirtioNetFeature.mrgRxbuf) != 0 ? VirtioNetHeader.size : VirtioNetHeader.legacySize
         do { try tap.setVnetHeaderSize(headerLength) } catch { log("\(error)") }
-        do { try tap.setOffload(TapDevice.offloads(forGuestFeatures: features)) } catch { log("\(error)") }
+        let offloads = TapDevice.offloads(forGuestFeatures: features)
+        do { try tap.setOffload(offloads) } catch { log("\(error)") }
+        log("features 0x\(String(features, radix: 16)): \(headerLength)-byte header, mergeable receive buffers \(features & VirtioNetFeature.mrgRxbuf != 0 ? "on" : "off"), tap offloads 0x\(String(offloads, radix: 16))")
     }
 
     public func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) throws(VirtioError) -> UInt32 { 0 }
@@ -292,7 +294,13 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
         for _ in 0..<256 {
             if rxLen == 0 {
                 let n = read(tap.fd, rxBuf.baseAddress, rxBuf.count)
-                if n < 0 { setTapWatch(true); return }   // EAGAIN: empty
+                if n < 0 {
+                    // EAGAIN: the tap is empty. Anything else is the tap's fault: say so
+                    // (once or so); the loop calls again while the tap reports readable.
+                    if errno != EAGAIN && errno != EINTR { note("tap read error", String(cString: strerror(errno))) }
+                    setTapWatch(true)
+                    return
+                }
                 if n < hl + 14 { stats.rxDropped &+= 1; note("rx dropped", "short frame of \(n) bytes from the tap"); continue }
                 rxLen = n
             }
