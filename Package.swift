@@ -46,8 +46,8 @@ let package = Package(
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         // xm ↔ xend wire types and the xm command logic (no NIO: xm starts fast).
-        .target(name: "XM", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
-        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM",
+        .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend"], swiftSettings: swiftSettings),
+        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM", "ConsoleBackend", "Sandbox",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
