@@ -10,7 +10,7 @@ GUEST   ?= $(BUILD)/guest
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
 BINARIES := xenith-core xenstored blkback xenconsoled xend xm
 
-.PHONY: all release run fixtures guest debian-image test unit integration integration-images bench install clean
+.PHONY: all release run fixtures guest debian-image hvm-iso test unit integration integration-images bench install clean
 
 all: release
 
@@ -33,9 +33,14 @@ guest:
 debian-image:
 	guest/build-debian-image.sh $(GUEST)
 
+# CD-ROM for HVM domains (services/examples/hvm-cdrom.cfg).
+hvm-iso:
+	guest/build-hvm-iso.sh $(GUEST)
+
 # The whole suite: unit tests, then the integration tests (KVM, root, QEMU; each one
 # prints SKIP with its reason where the machine cannot run it).
-test: fixtures guest
+# Guest images first, so the tests that boot them run rather than skip.
+test: fixtures guest debian-image hvm-iso
 	$(SWIFT) build --build-tests
 	XENITH_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz $(SWIFT) test --skip-build
 	$(MAKE) integration-images
@@ -43,7 +48,7 @@ test: fixtures guest
 unit:
 	$(SWIFT) test --skip IntegrationTests
 
-integration: fixtures
+integration: fixtures guest debian-image hvm-iso
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --filter IntegrationTests
 	$(MAKE) integration-images
@@ -54,6 +59,7 @@ integration-images: guest
 
 bench: release fixtures
 	python3 bench/core_boot.py
+	SCRATCH=.build bench/blk.sh
 	python3 bench/control_plane.py
 
 install: release

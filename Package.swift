@@ -45,9 +45,10 @@ let package = Package(
                 swiftSettings: swiftSettings),
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
+        .target(name: "QemuEngine", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
         // xm ↔ xend wire types and the xm command logic (no NIO: xm starts fast).
         .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend"], swiftSettings: swiftSettings),
-        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM", "ConsoleBackend", "Sandbox",
+        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM", "QemuEngine", "ConsoleBackend", "Sandbox",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
@@ -77,10 +78,11 @@ let package = Package(
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "QemuEngineTests", dependencies: ["QemuEngine", "DomainConfig"]),
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
         .testTarget(name: "XendTests", dependencies: ["Xend", "XM"]),
         .testTarget(name: "XMTests", dependencies: ["XM"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
-        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend"], path: "integration", exclude: ["README.md"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend", "QemuEngine", "DomainConfig"], path: "integration", exclude: ["README.md"]),
     ]
 )

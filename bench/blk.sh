@@ -60,3 +60,11 @@ for n in blkback qsd; do
         "$(median <<<"${R[$n.randread_4k_qd32_iops]}")" "$(median <<<"${R[$n.seqread_1m_mbps]}")" \
         "$(median <<<"${R[$n.seqwrite_1m_mbps]}")" "$(median <<<"${R[$n.rss]}")" "$(median <<<"${R[$n.hwm]}")"
 done
+
+# Restart: SIGKILL of blkback with writes in flight → first completed request after the
+# restarted back-end came up (includes its start-up), three times.
+rm -f "$WORK/restart.sock"
+"$BIN/vhost-user-frontend" restart --socket "$WORK/restart.sock" --kills 3 \
+    --backend-cmd "$BIN/blkback --socket $WORK/restart.sock --image file:$IMG --quiet --num-queues 2" >"$WORK/restart.out" 2>&1 || true
+printf 'blkback SIGKILL → first completion after restart: %s ms (%s)\n' \
+    "$(grep '^restart_ms=' "$WORK/restart.out" | cut -d= -f2 | paste -sd' ')" "$(grep '^verified' "$WORK/restart.out")"

@@ -1,3 +1,4 @@
+import CLinux
 import ConsoleBackend
 import Foundation
 import Testing
@@ -150,6 +151,8 @@ import Testing
         posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         for (i, fd) in high.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, Int32(3 + i)) }
+        // Nothing else leaks into the child (tests run in parallel; see XendAPITests).
+        clinux_spawn_closefrom(&actions, Int32(3 + high.count))
         var argv: [UnsafeMutablePointer<CChar>?] = ([path] + args).map { strdup($0) }
         argv.append(nil)
         defer { argv.forEach { free($0) } }

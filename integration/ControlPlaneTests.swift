@@ -31,7 +31,7 @@ import Testing
         #expect(try xend("start").status == 0)
         #expect(try xend("status").status == 0)
         let cfg = root + "/f.cfg"
-        try "kernel = '\(kernel)'\nmemory = 32\nname = 'f1'\nextra = 't'\n".write(toFile: cfg, atomically: true, encoding: .utf8)
+        try "kernel = '\(kernel)'\nmemory = 32\nname = 'f1'\nextra = 't'\nengine = 'core'\n".write(toFile: cfg, atomically: true, encoding: .utf8)
         let c = try xm("create", cfg)
         #expect(c.status == 0 && c.stdout.contains("Started domain f1"), "\(c.stderr)")
         var l = try xm("list")

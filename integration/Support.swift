@@ -72,7 +72,8 @@ func run(_ path: String, _ args: [String], timeout: Double = 30, stdin: String? 
     while p.isRunning && Date() < deadline { usleep(10_000) }
     if p.isRunning { kill(p.processIdentifier, SIGKILL) }
     p.waitUntilExit()
-    g.wait()
+    // A daemon the program started may hold the pipes open: don't wait for EOF forever.
+    _ = g.wait(timeout: .now() + 10)
     return RunResult(status: p.terminationStatus,
                      stdout: String(decoding: outData.get(), as: UTF8.self),
                      stderr: String(decoding: errData.get(), as: UTF8.self))

@@ -121,3 +121,6 @@ int clinux_accept_nonblock(int fd) {
     do { r = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); } while (r < 0 && errno == EINTR);
     return r;
 }
+int clinux_spawn_closefrom(posix_spawn_file_actions_t *fa, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(fa, from);
+}

@@ -56,14 +56,16 @@ public struct DomainInfo: Codable, Sendable, Equatable {
     public var consoleLog: String?
     /// The domain's configuration as SXP text (`xm list -l`); only when asked (`?long=1`).
     public var sxp: String?
+    /// VNC server of a qemu-engine domain, `HOST:DISPLAY` (TCP port 5900 + DISPLAY); nil without one.
+    public var vnc: String?
 
     public init(domid: Int, name: String, uuid: String, memory: Int, maxmem: Int, vcpus: Int, onlineVcpus: Int,
                 state: String, cpuTime: Double, startTime: Double, restartCount: Int, engine: String,
-                pid: Int? = nil, consoleLog: String? = nil, sxp: String? = nil) {
+                pid: Int? = nil, consoleLog: String? = nil, sxp: String? = nil, vnc: String? = nil) {
         self.domid = domid; self.name = name; self.uuid = uuid; self.memory = memory; self.maxmem = maxmem
         self.vcpus = vcpus; self.onlineVcpus = onlineVcpus; self.state = state; self.cpuTime = cpuTime
         self.startTime = startTime; self.restartCount = restartCount; self.engine = engine; self.pid = pid
-        self.consoleLog = consoleLog; self.sxp = sxp
+        self.consoleLog = consoleLog; self.sxp = sxp; self.vnc = vnc
     }
 }
 

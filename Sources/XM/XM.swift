@@ -318,12 +318,17 @@ public final class XM {
         // Relative paths in the config are relative to xm's working directory.
         if let k = config.kernel { config.kernel = absolute(k) }
         if let r = config.ramdisk { config.ramdisk = absolute(r) }
+        for i in config.disks.indices where config.disks[i].kind == .file {
+            if let t = config.disks[i].target, !t.isEmpty { config.disks[i].target = absolute(t) }
+        }
+        if let cd = config.hvm.cdrom, !cd.isEmpty { config.hvm.cdrom = absolute(cd) }
         for w in config.warnings { stderr += "Warning: \(w.message)\n" }
         let sxp = config.toSXP()
         if dry { out(sxp.prettyPrinted()); return }
         let info = try client().call("POST", "/api/v1/domains", body: CreateRequest(config: sxp.description, paused: paused),
                                      as: DomainInfo.self)
         out("Started domain \(info.name)")
+        if let v = info.vnc { out("VNC display \(v) (vncviewer \(v))") }
         if console {
             flush()
             try attachConsole(info, quiet: false)

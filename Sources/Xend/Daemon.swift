@@ -155,7 +155,7 @@ public struct XendDaemon {
         consoles.start()
         let blocks = BlockSupervisor(paths: paths, binary: binDir + "/blkback",
                                      manifest: manifests.map { $0 + "/blkback.manifest" }, xenstore: xs, logger: log)
-        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core], xenstore: xs, logger: log,
+        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core, "qemu": QemuEngineDriver()], xenstore: xs, logger: log,
                                     consoles: consoles, blocks: blocks)
         manager.adopt()
         manager.startStatusRefresher()

@@ -212,7 +212,8 @@ public final class DomainManager: @unchecked Sendable {
                           maxmem: cfg?.maxmem ?? cfg?.memory ?? 0, vcpus: cfg?.vcpus ?? 1,
                           onlineVcpus: r.process == nil ? 0 : (cfg?.vcpus ?? 1), state: state, cpuTime: cpu,
                           startTime: r.startTime, restartCount: r.restartCount, engine: r.engine,
-                          pid: r.process.map { Int($0.pid) }, consoleLog: r.consoleLog, sxp: sxp)
+                          pid: r.process.map { Int($0.pid) }, consoleLog: r.consoleLog, sxp: sxp,
+                          vnc: r.process.flatMap { QemuEngineDriver.vncAddress($0) })
     }
 
     /// All domains, Domain-0 first, then by domid. Live domains are queried in parallel.
@@ -264,7 +265,7 @@ public final class DomainManager: @unchecked Sendable {
     func resolveEngine(_ c: DomainConfiguration) throws(XendError) -> any DomainEngineDriver {
         var e = c.engine == .auto ? xendConfig.domainEngine : c.engine
         if c.builder == .hvm && e == .auto { e = .qemu }
-        if e == .auto { e = .core }
+        if e == .auto { e = QemuEngineDriver.preferredForAuto && engines["qemu"] != nil ? .qemu : .core }
         guard let d = engines[e.rawValue] else {
             throw XendError(.unavailable, "engine \(e.rawValue) is not available yet")
         }

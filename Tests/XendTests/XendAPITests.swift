@@ -1,3 +1,4 @@
+import CLinux
 import DomainConfig
 import Foundation
 import Hummingbird
@@ -71,7 +72,13 @@ final class SleepEngine: DomainEngineDriver, @unchecked Sendable {
         let argv: [String] = ["/bin/sleep", "3600"]
         var args: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
         defer { for a in args { free(a) } }
-        guard posix_spawn(&pid, "/bin/sleep", nil, nil, &args, environ) == 0 else { throw EngineError("spawn failed") }
+        // Close everything above stderr in the child: tests run in parallel, and an inherited
+        // pipe end from another test would keep that test waiting for EOF for an hour.
+        var fa = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&fa)
+        defer { posix_spawn_file_actions_destroy(&fa) }
+        clinux_spawn_closefrom(&fa, 3)
+        guard posix_spawn(&pid, "/bin/sleep", &fa, nil, &args, environ) == 0 else { throw EngineError("spawn failed") }
         return EngineProcess(pid: pid, startTicks: ProcessInfo2.startTicks(pid) ?? 0, controlPath: l.controlPath, statusFile: l.statusFile)
     }
     func pause(_ p: EngineProcess) throws { lock.lock(); paused.insert(p.pid); lock.unlock() }

@@ -21,6 +21,7 @@
 #include <sys/uio.h>
 #include <sys/signalfd.h>
 #include <sys/random.h>
+#include <spawn.h>
 #include <linux/kvm.h>
 #include <linux/fs.h>
 #include <linux/if_tun.h>
@@ -115,6 +116,9 @@ static inline int clinux_open(const char *path, int flags, mode_t mode) { return
 int clinux_memfd_create(const char *name, unsigned int flags);
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK), retrying EINTR.
 int clinux_accept_nonblock(int fd);
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34): the child closes every
+/// descriptor >= `from`, so nothing of ours leaks into it.
+int clinux_spawn_closefrom(posix_spawn_file_actions_t *fa, int from);
 int clinux_pivot_root(const char *new_root, const char *put_old);
 long clinux_gettid(void);
 

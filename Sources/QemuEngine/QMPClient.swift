@@ -1,0 +1,241 @@
+// A QMP client: QEMU's JSON machine protocol over a Unix stream socket
+// (QEMU docs/interop/qmp-spec.rst): greeting, qmp_capabilities, then one command at a
+// time; asynchronous events are delivered to a callback from a reader thread.
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A QMP failure; `message` is QEMU's `error.desc` or what went wrong locally.
+public struct QMPError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public init(_ m: String) { message = m }
+    public var description: String { message }
+}
+
+/// One asynchronous QMP event (`{"event": NAME, "data": {...}, "timestamp": {...}}`).
+public struct QMPEvent: @unchecked Sendable {
+    /// Event name: `SHUTDOWN`, `RESET`, `STOP`, `RESUME`, `GUEST_PANICKED`, `POWERDOWN`...
+    public var name: String
+    /// The `data` member (JSON object as Foundation values), empty when absent.
+    public var data: [String: Any]
+    /// `SHUTDOWN`'s `reason`: `guest-shutdown`, `guest-reset`, `host-qmp-quit`, ...
+    public var reason: String? { data["reason"] as? String }
+}
+
+/// A guest vCPU as `query-cpus-fast` reports it.
+public struct QMPCPU: Sendable, Equatable {
+    /// vCPU index.
+    public var index: Int
+    /// Host thread id (TID) running it.
+    public var threadID: Int32
+}
+
+/// A connected, negotiated QMP session. Thread-safe: commands are serialized.
+public final class QMPClient: @unchecked Sendable {
+    private let fd: Int32
+    private let lock = NSCondition()
+    private var replies: [Int: Result<Any, QMPError>] = [:]
+    private var nextID = 1
+    private var closed = false
+    private let sendLock = NSLock()
+    private let onEvent: @Sendable (QMPEvent) -> Void
+    private let onClose: @Sendable () -> Void
+    /// The greeting's QEMU version, e.g. `7.2.22`.
+    public private(set) var version = ""
+
+    /// Connects to `path`, reads the greeting and negotiates capabilities.
+    /// - Parameters:
+    ///   - timeout: seconds to keep retrying the connection (QEMU may not listen yet).
+    ///   - onEvent: called on the reader thread for every event.
+    ///   - onClose: called once on the reader thread when QEMU closes the socket.
+    /// - Throws: `QMPError` when the socket does not answer in time or negotiation fails.
+    public init(path: String, timeout: Double = 10, onEvent: @escaping @Sendable (QMPEvent) -> Void = { _ in },
+                onClose: @escaping @Sendable () -> Void = {}) throws {
+        self.onEvent = onEvent
+        self.onClose = onClose
+        let deadline = Date().addingTimeInterval(timeout)
+        var fd: Int32 = -1
+        while true {
+            fd = QMPClient.connectUnix(path)
+            if fd >= 0 { break }
+            if Date() >= deadline { throw QMPError("\(path): \(String(cString: strerror(errno)))") }
+            usleep(20_000)
+        }
+        self.fd = fd
+        // Greeting: {"QMP": {"version": {...}, "capabilities": [...]}}
+        guard let greeting = try? readLineBlocking(timeout: max(1, deadline.timeIntervalSinceNow)),
+              let obj = (try? JSONSerialization.jsonObject(with: greeting)) as? [String: Any],
+              let qmp = obj["QMP"] as? [String: Any] else {
+            Glibc.close(fd)
+            throw QMPError("\(path): no QMP greeting")
+        }
+        if let v = (qmp["version"] as? [String: Any])?["qemu"] as? [String: Any] {
+            version = "\(v["major"] ?? 0).\(v["minor"] ?? 0).\(v["micro"] ?? 0)"
+        }
+        let t = Thread { self.readLoop() }   // holds self until the socket closes
+        t.name = "qmp-reader"
+        t.start()
+        do { _ = try execute("qmp_capabilities") } catch { close(); throw error }
+    }
+
+    deinit { close() }
+
+    /// Closes the session (QEMU keeps running).
+    public func close() {
+        lock.lock()
+        let was = closed
+        closed = true
+        lock.broadcast()
+        lock.unlock()
+        if !was { shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
+    /// Whether QEMU has closed the socket or `close()` was called.
+    public var isClosed: Bool { lock.lock(); defer { lock.unlock() }; return closed }
+
+    /// Runs one command and returns its `return` member.
+    /// - Throws: `QMPError` with QEMU's `error.desc`, on timeout (seconds), or when closed.
+    @discardableResult
+    public func execute(_ command: String, _ arguments: [String: Any]? = nil, timeout: Double = 10) throws -> Any {
+        sendLock.lock()
+        defer { sendLock.unlock() }
+        lock.lock()
+        let id = nextID
+        nextID += 1
+        let isClosed = closed
+        lock.unlock()
+        if isClosed { throw QMPError("QMP connection closed") }
+        var msg: [String: Any] = ["execute": command, "id": id]
+        if let arguments { msg["arguments"] = arguments }
+        var data = try JSONSerialization.data(withJSONObject: msg)
+        data.append(10)
+        let ok = data.withUnsafeBytes { p -> Bool in
+            var off = 0
+            while off < p.count {
+                let n = send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL))
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return false }
+                off += n
+            }
+            return true
+        }
+        if !ok { throw QMPError("QMP \(command): \(String(cString: strerror(errno)))") }
+        let deadline = Date().addingTimeInterval(timeout)
+        lock.lock()
+        defer { lock.unlock() }
+        while replies[id] == nil {
+            if closed {
+                // `quit` is answered and then the socket closes; either order is success.
+                if command == "quit" { return [String: Any]() }
+                throw QMPError("QMP \(command): connection closed")
+            }
+            if !lock.wait(until: deadline) { throw QMPError("QMP \(command): no reply within \(Int(timeout)) s") }
+        }
+        return try replies.removeValue(forKey: id)!.get()
+    }
+
+    // MARK: Typed commands (QEMU qapi schema names).
+
+    /// `stop`: pauses all vCPUs.
+    public func stop() throws { try execute("stop") }
+    /// `cont`: resumes all vCPUs.
+    public func cont() throws { try execute("cont") }
+    /// `system_powerdown`: presses the ACPI power button.
+    public func systemPowerdown() throws { try execute("system_powerdown") }
+    /// `system_reset`: resets the machine (with `-no-reboot` QEMU reports SHUTDOWN guest-reset
+    /// only for guest-initiated resets; a host reset restarts the guest in place).
+    public func systemReset() throws { try execute("system_reset") }
+    /// `quit`: QEMU exits at once.
+    public func quit() throws { try execute("quit") }
+    /// `query-status`: (`status`, `running`). Status values: `running`, `paused`,
+    /// `shutdown`, `guest-panicked`, `prelaunch`, `internal-error`, ...
+    public func queryStatus() throws -> (status: String, running: Bool) {
+        let r = try execute("query-status") as? [String: Any] ?? [:]
+        return (r["status"] as? String ?? "unknown", r["running"] as? Bool ?? false)
+    }
+    /// `query-cpus-fast`: vCPU indexes and host thread ids.
+    public func queryCPUs() throws -> [QMPCPU] {
+        let r = try execute("query-cpus-fast") as? [[String: Any]] ?? []
+        return r.map { QMPCPU(index: $0["cpu-index"] as? Int ?? 0, threadID: Int32($0["thread-id"] as? Int ?? 0)) }
+    }
+    /// `balloon`: sets the balloon target, bytes of guest RAM.
+    public func balloon(bytes: UInt64) throws { try execute("balloon", ["value": bytes]) }
+    /// `query-balloon`: the guest's current RAM as the balloon driver reports it, bytes.
+    public func queryBalloon() throws -> UInt64 {
+        let r = try execute("query-balloon") as? [String: Any] ?? [:]
+        return (r["actual"] as? NSNumber)?.uint64Value ?? 0
+    }
+
+    // MARK: Socket plumbing.
+
+    static func connectUnix(_ path: String) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return -1 }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { Glibc.close(fd); errno = ENAMETOOLONG; return -1 }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 { let e = errno; Glibc.close(fd); errno = e; return -1 }
+        return fd
+    }
+
+    private var buffer: [UInt8] = []
+
+    /// Reads one `\n`-terminated line (without it); nil at end of file.
+    private func readLine(timeoutMs: Int32) throws -> Data? {
+        while true {
+            if let nl = buffer.firstIndex(of: 10) {
+                let line = Data(buffer[..<nl])
+                buffer.removeSubrange(...nl)
+                return line
+            }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let r = poll(&p, 1, timeoutMs)
+            if r < 0 && errno == EINTR { continue }
+            if r == 0 { throw QMPError("timeout") }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let n = read(fd, &chunk, chunk.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return nil }
+            buffer += chunk[..<n]
+            if buffer.count > 16 << 20 { return nil }   // a runaway reply: treat as closed
+        }
+    }
+
+    private func readLineBlocking(timeout: Double) throws -> Data? {
+        try readLine(timeoutMs: Int32(timeout * 1000))
+    }
+
+    private func readLoop() {
+        while true {
+            guard let line = try? readLine(timeoutMs: -1) else { break }
+            guard let obj = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any] else { continue }
+            if let name = obj["event"] as? String {
+                onEvent(QMPEvent(name: name, data: obj["data"] as? [String: Any] ?? [:]))
+                continue
+            }
+            guard let id = obj["id"] as? Int else { continue }
+            let result: Result<Any, QMPError>
+            if let err = obj["error"] as? [String: Any] {
+                result = .failure(QMPError(err["desc"] as? String ?? "QMP error"))
+            } else {
+                result = .success(obj["return"] ?? [String: Any]())
+            }
+            lock.lock()
+            replies[id] = result
+            lock.broadcast()
+            lock.unlock()
+        }
+        lock.lock()
+        closed = true
+        lock.broadcast()
+        lock.unlock()
+        Glibc.close(fd)
+        onClose()
+    }
+}

@@ -1,0 +1,188 @@
+// The qemu engine behind xend's DomainEngineDriver (DESIGN.md "Two engines, one
+// toolstack"): xend opens the images, picks the VNC display, builds the command line with
+// QemuEngine and keeps one QMP session per domain.
+import CLinux
+import DomainConfig
+import Foundation
+import QemuEngine
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `qemu-system-x86_64` domains. `EngineProcess.controlPath` is the QMP socket; QEMU's
+/// pidfile is `controlPath + ".pid"`, the VNC address (`127.0.0.1:5901`) is written to
+/// `controlPath + ".vnc"` for xm to show.
+public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
+    public let name = "qemu"
+    /// Path or name (looked up on PATH) of the QEMU binary.
+    public let binary: String
+    public let accelerator: QemuAccelerator
+    private let lock = NSLock()
+    private var sessions: [Int32: QemuDomain] = [:]
+
+    /// - Parameter binary: `qemu-system-x86_64` by default.
+    public init(binary: String = "qemu-system-x86_64", accelerator: QemuAccelerator? = nil) {
+        self.binary = binary
+        self.accelerator = accelerator ?? QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    /// Whether xend-config's `(domain-engine auto)` means qemu on this host: KVM is not
+    /// hardware-backed (PLATFORM.md), so the core cannot boot real guests at speed.
+    public static var preferredForAuto: Bool {
+        QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) } == .tcg
+    }
+
+    static func paths(_ control: String, status: String, log: String) -> QemuDomainPaths {
+        QemuDomainPaths(qmpSocket: control, pidfile: control + ".pid", statusFile: status, stderrLog: log)
+    }
+
+    public func start(_ l: EngineLaunch) throws -> EngineProcess {
+        let qemu: String
+        do { qemu = try QemuDomain.findBinary(binary) } catch { throw EngineError("\(error)") }
+        let c = l.config
+        if let k = c.kernel, access(k, R_OK) != 0 { throw EngineError("Kernel image does not exist: \(k)") }
+        if let r = c.ramdisk, access(r, R_OK) != 0 { throw EngineError("Kernel ramdisk does not exist: \(r)") }
+        var fds: [Int32] = []
+        defer { for fd in fds { close(fd) } }
+        func open1(_ path: String, _ flags: Int32, _ what: String) throws -> Int32 {
+            let fd = open(path, flags | O_CLOEXEC)
+            guard fd >= 0 else { throw EngineError("\(what) \(path): \(String(cString: strerror(errno)))") }
+            fds.append(fd)
+            return fd
+        }
+        // Disks: xend opens every image (QEMU may be jailed); a writable one is handed as
+        // an O_RDWR and an O_RDONLY descriptor in one fdset (QEMU's lock probe opens it read-only).
+        var disks: [QemuDiskBackend?] = []
+        for d in c.disks {
+            guard let p = d.path else { disks.append(nil); continue }
+            if d.writable && d.deviceType == .disk {
+                disks.append(.fds([try open1(p, O_RDWR, "disk"), try open1(p, O_RDONLY, "disk")]))
+            } else {
+                disks.append(.fd(try open1(p, O_RDONLY, "disk")))
+            }
+        }
+        var cdrom: QemuDiskBackend?
+        if c.builder == .hvm, let iso = c.hvm.cdrom, !iso.isEmpty {
+            guard access(iso, R_OK) == 0 else { throw EngineError("CD-ROM image does not exist: \(iso)") }
+            cdrom = .fd(try open1(iso, O_RDONLY, "cdrom"))
+        }
+        // VNC: HVM with vnc=1 (the manual's default), on localhost unless vnclisten says.
+        var display: Int?
+        if c.builder == .hvm && c.hvm.vnc && !c.hvm.nographic {
+            let host = c.hvm.vnclisten ?? "127.0.0.1"
+            if let n = c.hvm.vncdisplay, !(c.hvm.vncunused && !QemuEngineDriver.portFree(host, 5900 + n)) {
+                guard QemuEngineDriver.portFree(host, 5900 + n) else {
+                    throw EngineError("VNC display \(n) (port \(5900 + n)) is already in use")
+                }
+                display = n
+            } else {
+                display = (0..<100).first { QemuEngineDriver.portFree(host, 5900 + $0) }
+                if display == nil { throw EngineError("no free VNC display (ports 5900-5999 are in use)") }
+            }
+        }
+        let paths = QemuEngineDriver.paths(l.controlPath, status: l.statusFile, log: l.engineLog)
+        let inputs = QemuLaunchInputs(accelerator: accelerator, qmpSocket: paths.qmpSocket, pidfile: paths.pidfile,
+                                      serial: .file(l.consoleLog), disks: disks, cdrom: cdrom,
+                                      vifs: c.vifs.map { _ in .unconnected }, vncDisplay: display,
+                                      kernelCommandLine: c.kernel != nil ? l.commandLine : nil)
+        let args: [String]
+        do { args = try QemuCommandLine.arguments(for: c, inputs) } catch { throw EngineError(error.message) }
+        let d: QemuDomain
+        do {
+            d = try QemuDomain.launch(binary: qemu, arguments: args, passFDs: fds, paths: paths)
+        } catch { throw EngineError("\(error)") }
+        let vncFile = l.controlPath + ".vnc"
+        if let display {
+            try? "\(c.hvm.vnclisten ?? "127.0.0.1"):\(display)\n".write(toFile: vncFile, atomically: true, encoding: .utf8)
+        } else {
+            unlink(vncFile)
+        }
+        lock.lock(); sessions[d.pid] = d; lock.unlock()
+        return EngineProcess(pid: d.pid, startTicks: d.startTicks, controlPath: l.controlPath, statusFile: l.statusFile)
+    }
+
+    /// QEMU's stderr log of a running `p`: what its descriptor 2 points at.
+    static func logPath(_ p: EngineProcess) -> String {
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/\(p.pid)/fd/2", &buf, buf.count - 1)
+        return n > 0 ? String(decoding: buf[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "/dev/null"
+    }
+
+    /// The VNC address of a running domain (`127.0.0.1:1`), nil without VNC.
+    public static func vncAddress(_ p: EngineProcess) -> String? {
+        (try? String(contentsOfFile: p.controlPath + ".vnc", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func session(_ p: EngineProcess) throws -> QemuDomain {
+        lock.lock(); defer { lock.unlock() }
+        if let d = sessions[p.pid], !d.qmp.isClosed { return d }
+        let log = QemuEngineDriver.logPath(p)
+        do {
+            let d = try QemuDomain.adopt(paths: QemuEngineDriver.paths(p.controlPath, status: p.statusFile, log: log),
+                                         startTicks: p.startTicks)
+            sessions[p.pid] = d
+            return d
+        } catch { throw EngineError("\(error)") }
+    }
+
+    public func pause(_ p: EngineProcess) throws { try call { try session(p).pause() } }
+    public func unpause(_ p: EngineProcess) throws { try call { try session(p).unpause() } }
+    public func requestShutdown(_ p: EngineProcess) throws { try call { try session(p).powerdown() } }
+    public func reboot(_ p: EngineProcess) throws { try call { try session(p).reset() } }
+
+    public func destroy(_ p: EngineProcess) throws {
+        unlink(p.controlPath + ".vnc")
+        if let d = try? session(p) {
+            d.destroy(reap: false)
+            unlink(d.paths.pidfile)
+        } else {
+            try? "destroyed\n".write(toFile: p.statusFile, atomically: true, encoding: .utf8)
+            kill(p.pid, SIGKILL)
+        }
+    }
+
+    public func query(_ p: EngineProcess) throws -> EngineStatus {
+        let d = try session(p)
+        let s: QemuRunState
+        do { s = try d.state() } catch { throw EngineError("\(error)") }
+        return EngineStatus(paused: s == .paused, cpuTimeNs: d.vcpuTimeNs())
+    }
+
+    public func adopt(_ p: EngineProcess) -> Bool {
+        (try? session(p)) != nil
+    }
+
+    public func stopReason(_ p: EngineProcess, waitStatus: Int32?) -> EngineStop {
+        lock.lock()
+        let d = sessions.removeValue(forKey: p.pid)
+        lock.unlock()
+        let paths = d?.paths ?? QemuEngineDriver.paths(p.controlPath, status: p.statusFile, log: QemuEngineDriver.logPath(p))
+        d?.qmp.close()
+        let why = QemuDomain.stopReason(paths: paths)
+        unlink(paths.pidfile); unlink(p.controlPath + ".vnc")
+        switch why {
+        case .poweroff: return .poweroff
+        case .reboot(let r): return .reboot(r)
+        case .crash(let r): return .crash(r)
+        case .destroyed: return .destroyed
+        }
+    }
+
+    private func call(_ f: () throws -> Void) throws {
+        do { try f() } catch let e as EngineError { throw e } catch { throw EngineError("qemu: \(error)") }
+    }
+
+    /// Whether nothing listens on `host:port` (TCP) — a bind probe.
+    static func portFree(_ host: String, _ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        guard inet_pton(AF_INET, host == "0.0.0.0" ? "0.0.0.0" : host, &addr.sin_addr) == 1 else { return false }
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+}
