@@ -8,7 +8,7 @@ BUILD   ?= build
 GUEST   ?= $(BUILD)/guest
 # Release binaries link the Swift runtime statically: small, fast-starting processes.
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
-BINARIES := xenith-core xenstored blkback xenconsoled xend xm
+BINARIES := xenith-core xenstored blkback netback xenconsoled xend xm
 
 .PHONY: all release run fixtures guest debian-image hvm-iso test unit integration integration-images bench install clean
 
@@ -63,6 +63,7 @@ bench: release fixtures
 	python3 bench/core_boot.py
 	SCRATCH=.build bench/blk.sh
 	python3 bench/control_plane.py
+	python3 bench/net.py
 
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/xenith/manifests

@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "xenith-core", targets: ["xenith-core"]),
         .executable(name: "xenstored", targets: ["xenstored"]),
         .executable(name: "blkback", targets: ["blkback"]),
+        .executable(name: "netback", targets: ["netback"]),
         .executable(name: "xenconsoled", targets: ["xenconsoled"]),
         .executable(name: "xend", targets: ["xend"]),
         .executable(name: "xm", targets: ["xm"]),
@@ -45,6 +46,7 @@ let package = Package(
                 swiftSettings: swiftSettings),
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
+        .target(name: "NetBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "QemuEngine", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
         // xm ↔ xend wire types and the xm command logic (no NIO: xm starts fast).
         .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend"], swiftSettings: swiftSettings),
@@ -61,8 +63,11 @@ let package = Package(
         // blkback stays free of Foundation (and ArgumentParser) so it can run under seccomp.
         .executableTarget(name: "blkback", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux"],
                           swiftSettings: swiftSettings),
-        // Synthetic vhost-user-blk front-end: workloads, malformed chains, restart tests.
-        .executableTarget(name: "vhost-user-frontend", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"],
+        // netback: same constraints as blkback.
+        .executableTarget(name: "netback", dependencies: ["NetBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux", "DomainConfig"],
+                          swiftSettings: swiftSettings),
+        // Synthetic vhost-user-blk/-net front-end: workloads, malformed chains, restart tests.
+        .executableTarget(name: "vhost-user-frontend", dependencies: ["BlockBackend", "NetBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"],
                           swiftSettings: swiftSettings),
         .executableTarget(name: "xenconsoled", dependencies: ["ConsoleBackend", "Sandbox"], swiftSettings: swiftSettings),
         .executableTarget(name: "xend", dependencies: ["Xend"], swiftSettings: swiftSettings),
@@ -75,6 +80,7 @@ let package = Package(
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "GuestMemory"]),
         .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory"]),
+        .testTarget(name: "NetBackendTests", dependencies: ["NetBackend", "VhostUser", "Virtio", "GuestMemory"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),

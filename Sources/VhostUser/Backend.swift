@@ -26,6 +26,44 @@ public protocol VhostUserDevice: AnyObject {
     func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) throws(VirtioError) -> UInt32
 }
 
+/// A device that drives its queues itself instead of answering each chain through
+/// ``VhostUserDevice/handle(_:queue:memory:)``: virtio-net, whose receive buffers wait for
+/// frames from a tap and whose transmit queue may be paced by a rate limit. The back-end
+/// hands it each ring once the ring is started, enabled and not broken, and takes it back
+/// (nil) when the ring stops, is disabled, breaks or the front-end goes away. In-flight
+/// tracking does not apply to such queues (a restarted ring resumes at the base the
+/// front-end gives, normally its used index). Everything runs on the event-loop thread.
+public protocol VhostUserDrivenDevice: VhostUserDevice {
+    /// Ring `queue` became usable (`ring` non-nil) or stopped being usable (nil).
+    func queueReady(_ queue: Int, ring: VhostUserRing?)
+    /// The driver kicked ring `queue` (or the ring just became usable).
+    /// - Throws: ``VirtioError`` when the ring can no longer be trusted: the back-end marks it
+    ///   broken (DEVICE_NEEDS_RESET) and calls ``queueReady(_:ring:)`` with nil.
+    func kicked(_ queue: Int) throws(VirtioError)
+}
+
+/// One usable ring of a ``VhostUserDrivenDevice``: the device view of the split virtqueue
+/// and a way to send the used-buffer notification (call eventfd, virtio 1.2 §2.7.7).
+public final class VhostUserRing: @unchecked Sendable {
+    /// The device side of the ring in guest memory.
+    public let queue: Virtqueue
+    unowned let backend: VhostUserBackend
+    let index: Int
+    init(queue: Virtqueue, backend: VhostUserBackend, index: Int) { self.queue = queue; self.backend = backend; self.index = index }
+    /// Writes the call eventfd when the driver wants a notification for what was
+    /// published with ``Virtqueue/publishUsed()`` since the last call.
+    public func notifyIfNeeded() {
+        if queue.needsNotification() { notify() }
+    }
+    /// Writes the call eventfd unconditionally (a spurious notification is harmless).
+    public func notify() {
+        let c = backend.vrings[index].call
+        if c >= 0 { var one: UInt64 = 1; _ = write(c, &one, 8) }
+    }
+    /// Marks the ring broken (DEVICE_NEEDS_RESET) with a reason for the log.
+    public func fail(_ why: String) { backend.markBroken(index, why) }
+}
+
 /// Guest memory mapped from the fds of SET_MEM_TABLE; unmapped and closed on release.
 final class MappedMemoryTable: @unchecked Sendable {
     let memory: GuestMemory
@@ -134,6 +172,12 @@ public final class VhostUserBackend: @unchecked Sendable {
     var outstanding: [Int] = []
     /// Bumped whenever a ring stops, so late completions for an old ring are dropped.
     var generation: [UInt64] = []
+    /// Rings handed to a ``VhostUserDrivenDevice`` (nil: not usable).
+    var drivenRings: [VhostUserRing?] = []
+    var driven: (any VhostUserDrivenDevice)? { device as? any VhostUserDrivenDevice }
+    /// Extra descriptors watched by the loop (``watch(fd:_:)``), by tag offset.
+    var watched: [(fd: Int32, handler: () -> Void)] = []
+    static let tagWatched: UInt64 = 1 << 44
 
     /// Serves on an already listening Unix socket (for example one handed over by a
     /// supervisor). Takes ownership of `listenFd`.
@@ -147,6 +191,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         vrings = Array(repeating: Vring(), count: max(device.numQueues, 1))
         outstanding = Array(repeating: 0, count: vrings.count)
         generation = Array(repeating: 0, count: vrings.count)
+        drivenRings = Array(repeating: nil, count: vrings.count)
         _ = fcntl(listenFd, F_SETFL, fcntl(listenFd, F_GETFL) | O_NONBLOCK)
         try add(listenFd, Self.tagListen)
         try add(stopFd, Self.tagStop)
@@ -171,6 +216,40 @@ public final class VhostUserBackend: @unchecked Sendable {
     }
     func remove(_ fd: Int32) { _ = epoll_ctl(epfd, EPOLL_CTL_DEL, fd, nil) }
 
+    /// Watches `fd` for readability in the event loop and calls `handler` on the loop's
+    /// thread while it is readable and the watch is not paused (level-triggered). For a
+    /// device's own descriptors (a tap, a timerfd, a signalfd). Call before or during ``run()``.
+    /// - Throws: ``VhostUserError/system(_:_:)`` when epoll refuses the descriptor.
+    public func watch(fd: Int32, _ handler: @escaping () -> Void) throws(VhostUserError) {
+        try add(fd, Self.tagWatched + UInt64(watched.count))
+        watched.append((fd, handler))
+    }
+
+    /// Pauses (`false`) or resumes (`true`) a watch set up with ``watch(fd:_:)``: a paused
+    /// descriptor stays registered but reports nothing, so a device can leave data queued
+    /// (a tap while no receive buffer is posted) without the loop spinning.
+    public func setWatch(fd: Int32, enabled: Bool) {
+        guard let i = watched.firstIndex(where: { $0.fd == fd }) else { return }
+        var ev = epoll_event()
+        ev.events = enabled ? EPOLLIN.rawValue : 0
+        ev.data.u64 = Self.tagWatched + UInt64(i)
+        _ = epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev)
+    }
+
+    /// Offers ring `q` to a driven device when it became usable, or takes it back.
+    func syncDriven(_ q: Int) {
+        guard let d = driven else { return }
+        let v = vrings[q]
+        let live = v.started && v.enabled && !v.broken ? v.queue : nil
+        if live === drivenRings[q]?.queue { return }
+        let ring = live.map { VhostUserRing(queue: $0, backend: self, index: q) }
+        drivenRings[q] = ring
+        d.queueReady(q, ring: ring)
+        // A notification lost while the back-end was away (restart) would leave the
+        // driver waiting: one spurious call on every (re)start costs nothing.
+        ring?.notify()
+    }
+
     /// Runs the event loop until ``stop()``. Connection-level errors drop the connection
     /// and go back to listening; only a failing epoll itself throws.
     public func run() throws(VhostUserError) {
@@ -189,6 +268,8 @@ public final class VhostUserBackend: @unchecked Sendable {
                 case Self.tagStop: return
                 case Self.tagListen: acceptConnection()
                 case Self.tagDone: reapPool()
+                case Self.tagWatched..<(Self.tagWatched + UInt64(watched.count)):
+                    watched[Int(tag - Self.tagWatched)].handler()
                 case Self.tagConn:
                     do throws(VhostUserError) {
                         let m = try readMessage(conn)
@@ -247,6 +328,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         vrings[q].queue = nil
         vrings[q].started = false
         vrings[q].replay = []
+        syncDriven(q)
     }
 
     // MARK: messages
@@ -350,6 +432,7 @@ public final class VhostUserBackend: @unchecked Sendable {
             case .setVringEnable:
                 let q = try vringIndex(UInt64(try r.u32()))
                 vrings[q].enabled = try r.u32() != 0
+                syncDriven(q)
                 process(q)
             case .getConfig:
                 let off = try r.u32(), size = try r.u32(), flags = try r.u32()
@@ -407,6 +490,7 @@ public final class VhostUserBackend: @unchecked Sendable {
         vrings[q].started = true
         vrings[q].queue = queue
         vrings[q].replay = []
+        if driven != nil { return syncDriven(q) }
         if let iq = inflight?.queue(q), iq.size == vrings[q].num {
             iq.initializeIfFresh()
             let (heads, maxC) = iq.recover(usedRingIdx: queue.publishedUsedIdx)
@@ -422,10 +506,16 @@ public final class VhostUserBackend: @unchecked Sendable {
         vrings[q].broken = true
         log("vhost-user: queue \(q) broken (DEVICE_NEEDS_RESET): \(why)")
         if vrings[q].err >= 0 { var one: UInt64 = 1; _ = write(vrings[q].err, &one, 8) }
+        syncDriven(q)
     }
 
     /// Serves every available request of ring `q`.
     func process(_ q: Int) {
+        if let d = driven {
+            guard drivenRings[q] != nil else { return }
+            do { try d.kicked(q) } catch { markBroken(q, error.description) }
+            return
+        }
         guard vrings[q].started, vrings[q].enabled, !vrings[q].broken, let queue = vrings[q].queue, let mem else { return }
         let iq = inflight?.queue(q).flatMap { $0.size == queue.size ? $0 : nil }
         var batch: [(UInt16, UInt32)] = []

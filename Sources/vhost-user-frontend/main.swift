@@ -41,8 +41,8 @@ sigemptyset(&noSignals)
 sigprocmask(SIG_SETMASK, &noSignals, nil)
 
 var args = Array(CommandLine.arguments.dropFirst())
-guard let mode = args.first else { print(usage); exit(2) }
-if mode == "--help" || mode == "-h" { print(usage); exit(0) }
+guard let mode = args.first else { print(usage); print(netUsage); exit(2) }
+if mode == "--help" || mode == "-h" { print(usage); print(netUsage); exit(0) }
 args.removeFirst()
 var opts: [String: String] = [:]
 var flags: Set<String> = []
@@ -415,6 +415,10 @@ do {
     case "verify": try verify()
     case "malformed": try malformed()
     case "restart": try restart()
+    case "net-ping": try netPing()
+    case "net-malformed": try netMalformed()
+    case "net-bench": try netBench()
+    case "net-restart": try netRestart()
     default: fail("unknown mode \(mode)\n\(usage)")
     }
 } catch { fail("\(error)") }

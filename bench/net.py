@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Network back-end benchmark (make bench): netback side by side with its peers.
+
+1. 64-byte frames per second from a synthetic virtio-net driver (vhost-user-frontend
+   net-bench) through netback into a tap on a bridge, next to the kernel's vhost-net
+   where /dev/vhost-net exists (it does not on every machine; then it says so).
+2. Guest-to-guest TCP throughput (busybox nc, 32 MiB, timed in the sender guest) between
+   two test guests (make guest) under QEMU TCG, once with netback as both guests'
+   vhost-user-net back-end and once with QEMU's own virtio-net on the same taps
+   (-netdev tap,vhost=off). Both use INTx (vectors=0): QEMU 7.2 crashes with vhost-user
+   virtio-net and MSI-X under TCG.
+
+Everything runs in a network namespace this script creates and removes.
+Environment: BIN (directory with netback and vhost-user-frontend; default .build/release),
+BENCH_SECONDS (pps run length, 3), BENCH_RUNS (alternating runs, medians; 3), BENCH_MIB (32).
+Needs root, iproute2, qemu-system-x86_64 and build/guest; prints SKIP otherwise.
+"""
+import os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("BIN", os.path.join(ROOT, ".build", "release"))
+SECS = int(os.environ.get("BENCH_SECONDS", "3"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+MIB = int(os.environ.get("BENCH_MIB", "32"))
+NS = "xnb-bench-%d" % os.getpid()
+GUEST = os.path.join(ROOT, "build", "guest")
+MANIFEST = os.path.join(ROOT, "manifests", "netback.manifest")
+
+
+def sh(cmd, check=True):
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True)
+
+
+def nsx(cmd, check=True):
+    return sh("ip netns exec %s %s" % (NS, cmd), check)
+
+
+def setup():
+    sh("ip netns add " + NS)
+    nsx("ip link set lo up")
+    nsx(os.path.join(ROOT, "services/scripts/network-bridge") + " start bridge=xenbr0 netdev=none")
+    nsx("ip addr add 10.77.0.1/24 dev xenbr0")
+    for vif in ("vif1.0", "vif2.0"):
+        nsx("ip tuntap add dev %s mode tap vnet_hdr" % vif)
+        nsx(os.path.join(ROOT, "services/scripts/vif-bridge") + " online vif=" + vif)
+
+
+def netback(vif, sock, mac):
+    if os.path.exists(sock):
+        os.unlink(sock)
+    p = subprocess.Popen(["ip", "netns", "exec", NS, os.path.join(BIN, "netback"), "--socket", sock, "--tap", vif,
+                          "--mac", mac, "--manifest", MANIFEST, "--quiet"], stderr=subprocess.PIPE, text=True)
+    for _ in range(500):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.01)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def pps(work):
+    sock = os.path.join(work, "pps.sock")
+    nb = netback("vif1.0", sock, "02:16:3e:00:00:02")
+    try:
+        out = subprocess.run([os.path.join(BIN, "vhost-user-frontend"), "net-bench", "--socket", sock,
+                              "--seconds", str(SECS)], capture_output=True, text=True, timeout=60).stdout
+        m = re.search(r"tx_64b_pps=(\d+)", out)
+        return int(m.group(1)) if m else None
+    finally:
+        stop(nb)
+
+
+def qemu_args(nic, mac, ip, script):
+    run = urllib.parse.quote(script, safe="")
+    return ["qemu-system-x86_64", "-accel", "tcg,thread=multi", "-M", "q35", "-smp", "1", "-m", "256M",
+            "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio",
+            "-no-reboot", "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-numa", "node,memdev=mem"] + nic + [
+            "-device", "virtio-net-pci,netdev=net0,mac=%s,vectors=0" % mac,
+            "-kernel", os.path.join(GUEST, "vmlinuz"), "-initrd", os.path.join(GUEST, "initrd.img"),
+            "-append", "console=ttyS0 quiet cryptomgr.notests panic=-1 ip=%s::10.77.0.1:255.255.255.0:g:eth0:off xenith.run=%s" % (ip, run)]
+
+
+def throughput(work, mode):
+    """MB/s guest 1 → guest 2, or None."""
+    n = MIB * 1024 * 1024
+    recv = "nc -l -p 5001 | head -c %d > /dev/null; echo XENITH-RECEIVED; sleep 5; poweroff -f" % n
+    send = ("i=0; until ping -c 1 -W 1 10.77.0.12 >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 60 ] && break; done; sleep 1; "
+            "t0=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero bs=64k count=%d 2>/dev/null | nc 10.77.0.12 5001; "
+            "t1=$(cut -d' ' -f1 /proc/uptime); echo XENITH-TIME $t0 $t1; poweroff -f") % (n // 65536)
+    procs, backends = [], []
+    try:
+        guests = []
+        for vif, mac, ip, script in (("vif2.0", "00:16:3e:00:02:01", "10.77.0.12", recv),
+                                     ("vif1.0", "00:16:3e:00:01:01", "10.77.0.11", send)):
+            if mode == "netback":
+                sock = os.path.join(work, vif + ".sock")
+                backends.append(netback(vif, sock, mac))
+                nic = ["-chardev", "socket,id=n0,path=%s,reconnect=1" % sock, "-netdev", "vhost-user,id=net0,chardev=n0"]
+                cmd = qemu_args(nic, mac, ip, script)
+            else:
+                nic = ["-netdev", "tap,id=net0,ifname=%s,script=no,downscript=no,vhost=off" % vif]
+                cmd = ["ip", "netns", "exec", NS] + qemu_args(nic, mac, ip, script)
+            guests.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+            procs.append(guests[-1])
+            time.sleep(0.5)
+        out, _ = guests[1].communicate(timeout=300)
+        m = re.search(r"XENITH-TIME ([\d.]+) ([\d.]+)", out)
+        if not m:
+            sys.stderr.write("%s: no timing from the sender guest:\n%s\n" % (mode, out[-1500:]))
+            return None
+        t = float(m.group(2)) - float(m.group(1))
+        return n / 1e6 / t if t > 0 else None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        for b in backends:
+            stop(b)
+
+
+def fmt(v, unit):
+    return "n/a" if v is None else ("%d %s" % (v, unit) if v >= 100 else "%.1f %s" % (v, unit))
+
+
+def main():
+    if os.getuid() != 0:
+        print("SKIP: bench/net.py needs root (network namespaces, taps)"); return
+    for b in ("netback", "vhost-user-frontend"):
+        if not os.access(os.path.join(BIN, b), os.X_OK):
+            print("SKIP: %s missing (BIN=%s; make release or swift build -c release)" % (b, BIN)); return
+    work = tempfile.mkdtemp(prefix="net-bench.")
+    try:
+        setup()
+        rates = [r for r in (pps(work) for _ in range(RUNS)) if r]
+        print("64-byte frames, synthetic driver → tap (%d s, median of %d):" % (SECS, len(rates)))
+        print("  netback (vhost-user)      %s" % fmt(statistics.median(rates) if rates else None, "frames/s"))
+        if os.path.exists("/dev/vhost-net"):
+            print("  kernel vhost-net          not measured (needs a vhost-kernel driver in the synthetic front-end)")
+        else:
+            print("  kernel vhost-net          unavailable (/dev/vhost-net does not exist here)")
+        if not shutil.which("qemu-system-x86_64") or not os.path.exists(os.path.join(GUEST, "vmlinuz")):
+            print("SKIP: guest-to-guest TCP (needs qemu-system-x86_64 and make guest)"); return
+        res = {"netback": [], "qemu": []}
+        for _ in range(RUNS):
+            for mode in ("netback", "qemu"):
+                v = throughput(work, mode)
+                if v:
+                    res[mode].append(v)
+        print("guest → guest TCP, %d MiB, busybox nc, QEMU TCG guests (median of %d):" % (MIB, RUNS))
+        print("  netback (vhost-user)      %s" % fmt(statistics.median(res["netback"]) if res["netback"] else None, "MB/s"))
+        print("  QEMU virtio-net on tap    %s" % fmt(statistics.median(res["qemu"]) if res["qemu"] else None, "MB/s"))
+    finally:
+        sh("ip netns del " + NS, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
