@@ -18,7 +18,10 @@ import Testing
     }
     func teardown() {
         _ = try? xend("stop")
-        if let p = try? String(contentsOfFile: root + "/run/xenstored/xenstored.pid", encoding: .utf8), let pid = Int32(p.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGTERM) }
+        // xenconsoled outlives xend (it holds the consoles of running domains): stop it too.
+        for f in ["/run/xenstored/xenstored.pid", "/run/xenconsoled/xenconsoled.pid"] {
+            if let p = try? String(contentsOfFile: root + f, encoding: .utf8), let pid = Int32(p.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGTERM) }
+        }
     }
 
     @Test func lifecycleThroughXm() throws {

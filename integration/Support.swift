@@ -33,7 +33,7 @@ enum Env {
         if let k = kvmUnavailable { return k }
         let fm = FileManager.default
         if fm.fileExists(atPath: "/sys/module/kvm_intel") || fm.fileExists(atPath: "/sys/module/kvm_amd") { return nil }
-        return "KVM here is not hardware-backed (no kvm_intel/kvm_amd; PLATFORM.md): real Linux cannot boot in the core"
+        return "KVM here is not hardware-backed (kvm_pvm, no kvm_intel/kvm_amd): real Linux cannot boot in the core"
     }
 }
 

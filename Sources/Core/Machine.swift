@@ -87,7 +87,12 @@ public final class Machine: @unchecked Sendable {
         // Read the boot files before allocating anything large.
         let kernel: BootTarget
         if let f = config.firmwarePath {
-            kernel = .firmware(try readFile(f, what: "firmware"))
+            let bytes = try readFile(f, what: "firmware")
+            // A kernel given as firmware would run as garbage real-mode code and hang.
+            if bytes.starts(with: [0x7F, 0x45, 0x4C, 0x46]) || (bytes.count > 0x206 && Array(bytes[0x202..<0x206]) == Array("HdrS".utf8)) {
+                throw CoreError.badArgument("firmware \(f) is a kernel image (ELF or bzImage); use --kernel")
+            }
+            kernel = .firmware(bytes)
         } else if let k = config.kernelPath {
             let bytes = try readFile(k, what: "kernel")
             do { kernel = .kernel(try Kernel.load(bytes: bytes)) }

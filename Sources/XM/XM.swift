@@ -1,5 +1,6 @@
 // xm: the Xen 3.x domain management command (tools/python/xen/xm/main.py, create.py,
 // shutdown.py), talking to xend over its Unix socket.
+import ConsoleBackend
 import DomainConfig
 import Foundation
 #if canImport(Glibc)
@@ -448,51 +449,15 @@ public final class XM {
         try attachConsole(info, quiet: quiet)
     }
 
-    /// Follows the domain's console until it goes away (or Ctrl-] on a terminal).
+    /// Attaches the terminal to the domain's console through xenconsoled
+    /// (ConsoleBackend.attachConsole): guest output to stdout, keystrokes to the guest,
+    /// Ctrl-] detaches. Returns when detached or when the console goes away.
     func attachConsole(_ info: DomainInfo, quiet: Bool) throws {
-        guard info.domid != 0, let log = info.consoleLog else {
+        guard info.domid != 0, info.pid != nil else {
             if quiet { throw XMExit(status: 1) }
             err("Domain is not started"); throw XMExit(status: 1)
         }
-        let fd = open(log, O_RDONLY)
-        guard fd >= 0 else { err("\(log): \(String(cString: strerror(errno)))"); throw XMExit(status: 1) }
-        defer { close(fd) }
-        let tty = isatty(0) != 0
-        var saved = termios()
-        if tty {
-            tcgetattr(0, &saved)
-            var raw = saved
-            cfmakeraw(&raw)
-            raw.c_oflag |= tcflag_t(OPOST | ONLCR)
-            tcsetattr(0, TCSANOW, &raw)
-        }
-        defer { if tty { tcsetattr(0, TCSANOW, &saved) } }
-        var buf = [UInt8](repeating: 0, count: 65536)
-        var lastCheck = Date()
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n > 0 { _ = buf.withUnsafeBytes { write(1, $0.baseAddress, n) }; continue }
-            if tty {
-                var p = pollfd(fd: 0, events: Int16(POLLIN), revents: 0)
-                if poll(&p, 1, 100) > 0 {
-                    var c: UInt8 = 0
-                    if read(0, &c, 1) == 1 && c == 0x1d { return }
-                }
-            } else {
-                usleep(100_000)
-            }
-            if Date().timeIntervalSince(lastCheck) > 0.5 {
-                lastCheck = Date()
-                let still = try? domain(String(info.domid))
-                if still == nil || still!.pid == nil {
-                    while true {
-                        let m = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                        if m <= 0 { break }
-                        _ = buf.withUnsafeBytes { write(1, $0.baseAddress, m) }
-                    }
-                    return
-                }
-            }
-        }
+        let status = ConsoleBackend.attachConsole(socketPath: paths.xenconsoledSocket, domid: info.domid, quiet: quiet)
+        if status != 0 { throw XMExit(status: status) }
     }
 }

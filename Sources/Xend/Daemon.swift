@@ -146,7 +146,17 @@ public struct XendDaemon {
         defer { unlink(paths.xendPidFile) }
         let xs = ensureXenstored(log)
         let core = CoreEngine(binary: binDir + "/xenith-core")
-        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core, "qemu": QemuEngineDriver()], xenstore: xs, logger: log)
+        // Manifests: $XENITH_MANIFESTS, BINDIR/../share/xenith/manifests, the source tree.
+        let manifests = resolveManifestDirectory(binDir: binDir)
+        if let m = manifests { log.info("security manifests from \(m)") }
+        else { log.error("no security manifests found (set XENITH_MANIFESTS): blkback and xenconsoled run without a sandbox") }
+        let consoleManifest: String? = manifests.map { $0 + "/xenconsoled.manifest" }.flatMap { access($0, R_OK) == 0 ? $0 : nil }
+        let consoles = ConsoleSupervisor(paths: paths, binary: binDir + "/xenconsoled", manifest: consoleManifest, logger: log)
+        consoles.start()
+        let blocks = BlockSupervisor(paths: paths, binary: binDir + "/blkback",
+                                     manifest: manifests.map { $0 + "/blkback.manifest" }, xenstore: xs, logger: log)
+        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core, "qemu": QemuEngineDriver()], xenstore: xs, logger: log,
+                                    consoles: consoles, blocks: blocks)
         manager.adopt()
         manager.startStatusRefresher()
         let router = XendHTTP.router(manager, logPath: logPath)

@@ -2,6 +2,7 @@
 import CLinux
 import DomainConfig
 import Foundation
+import ConsoleBackend
 import Logging
 import XM
 import XenStore
@@ -37,6 +38,8 @@ public struct DomainRecord: Codable, Sendable {
     /// For a stopped, preserved domain: `s` (shut down) or `c` (crashed).
     public var stoppedState: String?
     public var consoleLog: String
+    /// The domain's vbd back-ends (core engine; nil in records of older xends).
+    public var disks: [DiskRecord]? = nil
 }
 
 /// glibc's pidfd_open(2) wrapper (glibc ≥ 2.36): an fd readable once the process exits.
@@ -53,6 +56,10 @@ public final class DomainManager: @unchecked Sendable {
     let engines: [String: any DomainEngineDriver]
     let xenstore: XenStoreClient?
     let log: Logger
+    /// Console rings and xenconsoled (nil: the core's console goes to the log file).
+    let consoles: ConsoleSupervisor?
+    /// blkback processes (nil: disks are not served; tests without blkback).
+    let blocks: BlockSupervisor?
     private let lock = NSRecursiveLock()
     private var records: [Int: DomainRecord] = [:]
     private var dmesgLines: [String] = []
@@ -66,8 +73,13 @@ public final class DomainManager: @unchecked Sendable {
     /// - Parameters:
     ///   - engines: by name (`core`, later `qemu`).
     ///   - xenstore: nil runs without xenstore entries (tests).
+    ///   - consoles: xenconsoled's supervisor; nil puts core consoles in the log file directly.
+    ///   - blocks: blkback's supervisor; nil refuses domains with disks on the core engine.
     public init(paths: XenithPaths, xendConfig: XendConfig, engines: [String: any DomainEngineDriver],
-                xenstore: XenStoreClient?, logger: Logger) {
+                xenstore: XenStoreClient?, logger: Logger, consoles: ConsoleSupervisor? = nil,
+                blocks: BlockSupervisor? = nil) {
+        self.consoles = consoles
+        self.blocks = blocks
         self.paths = paths
         self.xendConfig = xendConfig
         self.engines = engines
@@ -77,6 +89,34 @@ public final class DomainManager: @unchecked Sendable {
         if let xs = xenstore {
             try? xs.write([XenStoreEntry("/local/domain/0/name", "Domain-0"), XenStoreEntry("/local/domain/0/domid", "0")])
         }
+        blocks?.onChange = { [weak self] domid, disks in self?.updateDisks(domid, disks) }
+    }
+
+    /// Stores a domain's changed vbd records (a blkback restarted or broke).
+    func updateDisks(_ domid: Int, _ disks: [DiskRecord]) {
+        lock.lock(); defer { lock.unlock() }
+        guard var r = records[domid], r.process != nil else { return }
+        r.disks = disks
+        records[domid] = r
+        persist(r)
+    }
+
+    /// Stops a domain's back-ends and drops its console (its engine process is gone).
+    func releaseDevices(_ domid: Int) {
+        blocks?.stop(domid: domid)
+        consoles?.remove(domid: domid)
+    }
+
+    /// The disks of the running domains other than `domid`, by domain name.
+    func disksInUse(except domid: Int) -> [(domain: String, disk: DiskSpec)] {
+        lock.lock(); defer { lock.unlock() }
+        var out: [(domain: String, disk: DiskSpec)] = []
+        for r in records.values where r.domid != domid && r.process != nil {
+            guard let cfg = try? DomainConfiguration(sxp: SXP.parse(r.config)) else { continue }
+            let served = Set((r.disks ?? []).filter { !$0.broken }.map(\.vdev))
+            for d in cfg.disks where r.disks == nil || served.contains(d.vdev) { out.append((r.name, d)) }
+        }
+        return out
     }
 
     func dmesg(_ s: String) {
@@ -282,7 +322,7 @@ public final class DomainManager: @unchecked Sendable {
         r.domid = allocateDomid()
         r.stoppedState = nil
         let run = paths.domainRunDir
-        let launch = EngineLaunch(domid: r.domid, name: r.name, uuid: r.uuid, config: cfg,
+        var launch = EngineLaunch(domid: r.domid, name: r.name, uuid: r.uuid, config: cfg,
                                   commandLine: cfg.kernelCommandLine, controlPath: run + "/\(r.domid).control",
                                   statusFile: run + "/\(r.domid).status", consoleLog: r.consoleLog,
                                   engineLog: paths.logDir + "/\(engine.name)-\(r.name).log")
@@ -297,9 +337,30 @@ public final class DomainManager: @unchecked Sendable {
                 throw XendError(.internalError, "xenstore: \(error)")
             }
         }
+        if engine.name == "core" {
+            do throws(XendError) {
+                if !cfg.disks.isEmpty {
+                    guard let blocks else { throw XendError(.unavailable, "disks are not available without blkback") }
+                    launch.blockSockets = try blocks.start(domid: r.domid, name: r.name, disks: cfg.disks, vcpus: cfg.vcpus,
+                                                           inUse: disksInUse(except: r.domid))
+                    r.disks = blocks.records(r.domid)
+                }
+                if let consoles {
+                    let ch: ConsoleRingChannel
+                    do { ch = try consoles.create(domid: r.domid, name: r.name) }
+                    catch { throw XendError(.internalError, "console ring: \(error)") }
+                    launch.consoleFDs = [ch.ringFD, ch.outEventFD, ch.inEventFD]
+                }
+            } catch {
+                releaseDevices(r.domid)
+                if let xs = xenstore { try? xs.removeDomain(UInt32(r.domid)) }
+                throw error
+            }
+        }
         do {
             r.process = try engine.start(launch)
         } catch {
+            releaseDevices(r.domid)
             if let xs = xenstore { try? xs.removeDomain(UInt32(r.domid)) }
             throw XendError(.internalError, "\(error)")
         }
@@ -343,6 +404,7 @@ public final class DomainManager: @unchecked Sendable {
         guard var r = records[domid], r.process == p, let engine = engines[r.engine] else { return }
         let why = engine.stopReason(p, waitStatus: waitStatus)
         unlink(p.controlPath); unlink(p.statusFile)
+        releaseDevices(domid)
         let cfg = try? DomainConfiguration(sxp: SXP.parse(r.config))
         let action: LifecycleAction
         switch why {
@@ -391,6 +453,7 @@ public final class DomainManager: @unchecked Sendable {
     func cleanup(_ domid: Int) {
         lock.lock(); defer { lock.unlock() }
         guard let r = records.removeValue(forKey: domid) else { return }
+        releaseDevices(domid)
         cacheLock.lock(); statusCache[domid] = nil; cacheLock.unlock()
         if let p = r.process { unlink(p.controlPath); unlink(p.statusFile) }
         unpersist(domid)
@@ -401,15 +464,29 @@ public final class DomainManager: @unchecked Sendable {
     public func adopt() {
         lock.lock(); defer { lock.unlock() }
         let files = (try? FileManager.default.contentsOfDirectory(atPath: paths.registryDir)) ?? []
+        let listed = consoles?.listed() ?? []
         for f in files where f.hasSuffix(".json") {
             guard let data = FileManager.default.contents(atPath: paths.registryDir + "/" + f),
                   let r = try? XendClient.decoder.decode(DomainRecord.self, from: data) else { continue }
             records[r.domid] = r
             guard let p = r.process else { continue }
+            let cfg = try? DomainConfiguration(sxp: SXP.parse(r.config))
             if let e = engines[r.engine], e.adopt(p) {
                 dmesg("Domain \(r.name) (\(r.domid)) re-adopted, pid \(p.pid)")
+                if r.engine == "core" {
+                    consoles?.adopt(domid: r.domid, name: r.name, pid: p.pid, listed: listed)
+                    if let disks = r.disks, let cfg {
+                        blocks?.adopt(domid: r.domid, name: r.name, disks: cfg.disks, records: disks, vcpus: cfg.vcpus)
+                    }
+                }
                 watch(r.domid, p)
             } else {
+                // The core ended while xend was away: its back-ends go too.
+                for d in r.disks ?? [] where d.pid > 0 && ProcessInfo2.startTicks(d.pid) == d.startTicks {
+                    kill(d.pid, SIGKILL)
+                }
+                for d in r.disks ?? [] { unlink(d.socket) }
+                if listed.contains(r.domid), let c = consoles { try? unregisterConsole(socketPath: c.socketPath, domid: r.domid) }
                 exited(r.domid, p, waitStatus: nil)
             }
         }
@@ -464,6 +541,7 @@ public final class DomainManager: @unchecked Sendable {
             while ProcessInfo2.startTicks(p.pid) == p.startTicks && Date() < deadline { usleep(10_000) }
             if ProcessInfo2.startTicks(p.pid) == p.startTicks { kill(p.pid, SIGKILL) }
             unlink(p.controlPath); unlink(p.statusFile)
+            releaseDevices(r.domid)
             dmesg("Domain \(r.name) (\(r.domid)) destroyed")
         }
         cleanup(r.domid)

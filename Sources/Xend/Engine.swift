@@ -20,6 +20,11 @@ public struct EngineLaunch: Sendable {
     public var statusFile: String
     public var consoleLog: String
     public var engineLog: String
+    /// The console ring the engine puts the guest's serial console on (ring memfd,
+    /// outEvent, inEvent; see ConsoleBackend.ConsoleRingChannel), nil for none.
+    public var consoleFDs: [Int32]? = nil
+    /// vhost-user-blk sockets (one blkback each), in the order of the config's disks.
+    public var blockSockets: [String] = []
 }
 
 /// A running engine process, as the registry keeps it (enough to re-adopt it).
@@ -146,6 +151,11 @@ public struct CoreEngine: DomainEngineDriver {
         if let r = l.config.ramdisk { args += ["--ramdisk", r] }
         args += ["--extra", l.commandLine, "--memory", String(l.config.memory), "--vcpus", String(l.config.vcpus),
                  "--name", l.name, "--control", l.controlPath, "--status-file", l.statusFile, "--no-input"]
+        for sock in l.blockSockets { args += ["--vhost-user-blk", sock] }
+        if l.consoleFDs != nil {
+            args += ["--console-ring-fd", String(coreConsoleFDs.ring), "--console-out-fd", String(coreConsoleFDs.out),
+                     "--console-in-fd", String(coreConsoleFDs.input)]
+        }
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
         defer { posix_spawnattr_destroy(&attr) }
@@ -160,8 +170,24 @@ public struct CoreEngine: DomainEngineDriver {
         posix_spawn_file_actions_init(&fa)
         defer { posix_spawn_file_actions_destroy(&fa) }
         posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&fa, 1, l.consoleLog, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        if l.consoleFDs == nil {
+            posix_spawn_file_actions_addopen(&fa, 1, l.consoleLog, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        } else {
+            posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)
+        }
         posix_spawn_file_actions_addopen(&fa, 2, l.engineLog, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        // The ring at fixed numbers (coreConsoleFDs), moved above them first so no dup2
+        // clobbers a later source.
+        var high: [Int32] = []
+        defer { for h in high { close(h) } }
+        if let fds = l.consoleFDs {
+            for (i, src) in fds.prefix(3).enumerated() {
+                let h = fcntl(src, F_DUPFD_CLOEXEC, 100)
+                guard h >= 0 else { throw EngineError("console fd \(src): \(String(cString: strerror(errno)))") }
+                high.append(h)
+                posix_spawn_file_actions_adddup2(&fa, h, [coreConsoleFDs.ring, coreConsoleFDs.out, coreConsoleFDs.input][i])
+            }
+        }
         var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
         cargs.append(nil)
         defer { for a in cargs { free(a) } }

@@ -1,6 +1,7 @@
 // The qemu engine behind xend's DomainEngineDriver (DESIGN.md "Two engines, one
 // toolstack"): xend opens the images, picks the VNC display, builds the command line with
 // QemuEngine and keeps one QMP session per domain.
+import CLinux
 import DomainConfig
 import Foundation
 import QemuEngine

@@ -5,6 +5,7 @@ import CLinux
 import VhostUser
 import Virtio
 import GuestMemory
+import Sandbox
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,8 +34,15 @@ at a time; keeps listening for a reconnect after the front-end goes away.
   --io-threads N      threads serving requests of 256 KiB or more concurrently, so large
                       transfers overlap (default 4; 0 serves everything on the event loop)
   --serial S          GET_ID serial (default xenith-blk, at most 20 bytes)
+  --manifest FILE     security manifest (default $XENITH_MANIFESTS/blkback.manifest, else
+                      BINDIR/../share/xenith/manifests/blkback.manifest, else the source
+                      tree's manifests/); applied once the image and socket are open
+  --no-sandbox        run without the manifest (debugging only)
   --quiet             no log lines on stderr
   --help              this text
+
+With the sandbox the listener ends up at fd 3 and the image at fd 4 (the manifest's fd
+lines); a supervisor best hands them there (--listen-fd 3 --image-fd 4).
 """
 
 func fail(_ msg: String) -> Never {
@@ -54,6 +62,9 @@ var quiet = false
 var testReorder = false
 var ioThreads = 4
 var testDelayUs: UInt32 = 0
+var manifestArg: String?
+var noSandbox = false
+var testForbiddenSyscall = false
 
 var args = CommandLine.arguments.dropFirst()
 @MainActor func value(_ flag: String) -> String {
@@ -79,12 +90,65 @@ while let a = args.popFirst() {
     case "--io-threads": ioThreads = intValue(a, 0...16)
     case "--test-reorder": testReorder = true          // complete each batch in reverse (tests)
     case "--test-delay-us": testDelayUs = UInt32(intValue(a, 0...1_000_000))  // slow each request (tests)
+    case "--manifest": manifestArg = value(a)
+    case "--no-sandbox": noSandbox = true
+    // Tests only: once sandboxed, make one syscall outside the manifest (the supervisor
+    // must see a death by SIGSYS naming it). Also XENITH_BLKBACK_TEST_FORBIDDEN=1.
+    case "--test-forbidden-syscall": testForbiddenSyscall = true
     case "--help", "-h": print(usage); exit(0)
     default: fail("unknown argument \(a) (see --help)")
     }
 }
 guard (socketPath == nil) != (listenFdArg == nil) else { fail("give exactly one of --socket PATH or --listen-fd N") }
 guard (imageSpec == nil) != (imageFdArg == nil) else { fail("give exactly one of --image IMAGE or --image-fd N") }
+if manifestArg != nil && noSandbox { fail("--manifest and --no-sandbox exclude each other") }
+// Tests only: XENITH_BLKBACK_TEST_FORBIDDEN=1 arms --test-forbidden-syscall; =PATH arms it
+// once, when PATH exists (it is removed), so a supervisor's restart then runs normally.
+if let v = getenv("XENITH_BLKBACK_TEST_FORBIDDEN").map({ String(cString: $0) }) {
+    if v == "1" { testForbiddenSyscall = true }
+    else if v.hasPrefix("/") && unlink(v) == 0 { testForbiddenSyscall = true }
+}
+
+/// The manifest to apply: --manifest, $XENITH_MANIFESTS, BINDIR/../share/xenith/manifests,
+/// then a `manifests/` directory in a parent of BINDIR (a build tree inside the sources).
+func defaultManifest() -> String {
+    if let env = getenv("XENITH_MANIFESTS") { return String(cString: env) + "/blkback.manifest" }
+    var buf = [CChar](repeating: 0, count: 4096)
+    let n = readlink("/proc/self/exe", &buf, 4095)
+    if n > 0 {
+        var dir = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.endIndex)])
+        let installed = dir + "/../share/xenith/manifests/blkback.manifest"
+        if access(installed, R_OK) == 0 { return installed }
+        while let slash = dir.lastIndex(of: "/"), !dir.isEmpty {
+            let candidate = dir + "/manifests/blkback.manifest"
+            if access(candidate, R_OK) == 0 { return candidate }
+            dir = String(dir[..<slash])
+        }
+    }
+    fail("no manifest found: give --manifest FILE (or --no-sandbox for debugging)")
+}
+let manifestPath: String? = noSandbox ? nil : (manifestArg ?? defaultManifest())
+
+/// Moves descriptor `fd` to number `target` (the manifest's fd line), close-on-exec.
+func moveFd(_ fd: Int32, to target: Int32) -> Int32 {
+    if fd == target { _ = fcntl(fd, F_SETFD, FD_CLOEXEC); return fd }
+    guard dup2(fd, target) == target else { fail("dup2 to fd \(target): \(String(cString: strerror(errno)))") }
+    _ = fcntl(target, F_SETFD, FD_CLOEXEC)
+    close(fd)
+    return target
+}
+if manifestPath != nil {
+    // Handed fds go out of the way first, so moving one never clobbers the other; then
+    // 3 and 4 are held by placeholders until the listener and image take them.
+    if let f = imageFdArg { let hi = fcntl(f, F_DUPFD_CLOEXEC, 64); guard hi >= 0 else { fail("image fd \(f): \(String(cString: strerror(errno)))") }; close(f); imageFdArg = hi }
+    if let f = listenFdArg { let hi = fcntl(f, F_DUPFD_CLOEXEC, 64); guard hi >= 0 else { fail("listen fd \(f): \(String(cString: strerror(errno)))") }; close(f); listenFdArg = hi }
+    while true {
+        let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        if fd < 0 { fail("/dev/null: \(String(cString: strerror(errno)))") }
+        if fd > 4 { close(fd); break }
+    }
+}
 
 // A launcher running on a Dispatch or concurrency-pool thread hands us a mask with most
 // signals blocked; start from a clean one so SIGTERM/SIGINT work.
@@ -94,19 +158,27 @@ sigprocmask(SIG_SETMASK, &noSignals, nil)
 signal(SIGPIPE, SIG_IGN)
 
 // 1. The image (before the socket, so a bad image leaves nothing behind).
-let image: BlockImage
+var image: BlockImage
 do {
     if let spec = imageSpec { image = try BlockImage.open(spec, readOnly: readOnly, sharedWrite: sharedWrite) }
     else { image = try BlockImage(fd: imageFdArg!, readOnly: readOnly) }
+    if manifestPath != nil && image.fd != 4 {
+        // The manifest filters image syscalls on fd 4. The lock (flock) belongs to the open
+        // file description, so it carries over; the old BlockImage closes its own fd.
+        guard dup2(image.fd, 4) == 4 else { fail("dup2 to fd 4: \(String(cString: strerror(errno)))") }
+        _ = fcntl(4, F_SETFD, FD_CLOEXEC)
+        image = try BlockImage(fd: 4, readOnly: readOnly)
+    }
 } catch { fail(error.description) }
 
 // 2. The listening socket.
-let listenFd: Int32
+var listenFd: Int32
 if let p = socketPath {
     do { listenFd = try vhostUserListen(path: p) } catch { fail("socket \(p): \(error)") }
 } else {
     listenFd = listenFdArg!
 }
+if manifestPath != nil { listenFd = moveFd(listenFd, to: 3) }
 
 // Remove our socket file on SIGTERM/SIGINT.
 nonisolated(unsafe) var socketPathC: UnsafeMutablePointer<CChar>? = socketPath.map { strdup($0) }
@@ -131,6 +203,26 @@ final class DelayedDevice: VhostUserDevice {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// SANDBOX: after the image and socket are open, before the back-end's epoll/eventfds exist
+// (apply closes every fd it does not know) and before the first front-end message or guest
+// byte is read. From here on blkback opens nothing (memory and eventfds arrive over the
+// socket): the listener is fd 3, the image fd 4 (manifests/blkback.manifest).
+// ---------------------------------------------------------------------------------------
+if let m = manifestPath {
+    _ = Sandbox.applyOrExit(manifestPath: m)
+    // unlink is outside the manifest (and the root is empty now): whoever bound the socket
+    // removes its file.
+    socketPathC = nil
+    if testForbiddenSyscall {
+        // A syscall no manifest allows: the filter traps, the reporter names it, and the
+        // process dies by SIGSYS (manifests/README.md).
+        _ = getppid()
+    }
+} else if !quiet {
+    eprint("blkback: running without a sandbox (--no-sandbox)\n")
+}
+
 let blk = VirtioBlockDevice(image: image, numQueues: numQueues, serial: serial)
 let device: any VhostUserDevice = testDelayUs > 0 ? DelayedDevice(blk, testDelayUs) : blk
 let backend: VhostUserBackend
@@ -139,13 +231,7 @@ if testReorder { backend.completionOrder = .reversedBatches }
 backend.ioThreads = ioThreads
 if !quiet { backend.log = { eprint("blkback: \($0)\n") } }
 
-// ---------------------------------------------------------------------------------------
-// SANDBOX: `Sandbox.apply(<blkback manifest>)` goes HERE — after the image and socket are
-// open, before the first front-end message or guest byte is read. After this point blkback
-// opens nothing (memory and eventfds arrive over the socket).
-// ---------------------------------------------------------------------------------------
-
 if !quiet {
-    eprint("blkback: serving \(imageSpec ?? "fd \(imageFdArg!)") (\(image.size) bytes\(readOnly ? ", read-only" : ""), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(socketPath ?? "fd \(listenFd)")\n")
+    eprint("blkback: serving \(imageSpec ?? "fd \(image.fd)") (\(image.size) bytes\(readOnly ? ", read-only" : ""), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(socketPath ?? "fd \(listenFd)")\n")
 }
 do { try backend.run() } catch { fail("\(error)") }

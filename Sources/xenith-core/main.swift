@@ -174,7 +174,7 @@ struct XenithCore {
         console?.restore()
         control = nil
         _ = control
-        eprint("xenith-core: domain \(name) stopped: \(outcome)")
+        eprint("xenith-core: domain '\(name)' stopped: \(outcome)")
         if let path = statusFile { writeStatus(outcome, to: path) }
         return outcome.exitStatus
     }

@@ -10,6 +10,11 @@ let binDir: URL = URL(fileURLWithPath: (try? FileManager.default.destinationOfSy
     .deletingLastPathComponent()
 let blkback = binDir.appendingPathComponent("blkback").path
 let frontendTool = binDir.appendingPathComponent("vhost-user-frontend").path
+/// These tests exercise the device logic with blkback started by Foundation's Process,
+/// whose child monitor blocks in wait4 on a sandboxed blkback (its PID-namespace reaper)
+/// and then never notices other children exit; the sandboxed blkback is tested through
+/// xend in integration/BackendSupervisionTests.swift.
+let noSandbox = ["--no-sandbox"]
 
 /// A scratch directory with a 64 MiB sparse image, removed at the end.
 final class Scratch {
@@ -48,7 +53,7 @@ func run(_ path: String, _ args: [String], timeout: Double = 120) throws -> Run 
 func startBlkback(_ args: [String], socket: String) throws -> Process {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: blkback)
-    p.arguments = args
+    p.arguments = noSandbox + args
     p.standardError = FileHandle.nullDevice
     try p.run()
     for _ in 0..<500 where !unixSocketIsLive(path: socket) {
@@ -107,7 +112,7 @@ func stop(_ p: Process) {
 
     @Test func sigkillAndRestartMidIOReplaysEveryRequest() throws {
         let s = try Scratch()
-        let cmd = "\(blkback) --socket \(s.socket) --image \(s.image) --quiet --num-queues 2 --test-reorder --test-delay-us 50"
+        let cmd = "\(blkback) --no-sandbox --socket \(s.socket) --image \(s.image) --quiet --num-queues 2 --test-reorder --test-delay-us 50"
         let r = try run(frontendTool, ["restart", "--socket", s.socket, "--backend-cmd", cmd, "--kills", "3", "--queues", "2", "--blocks", "2048"])
         #expect(r.status == 0, "\(r.out)\(r.err)")
         #expect(r.out.contains("verified 2048 blocks after 3 SIGKILL+restart: 0 bad"))
@@ -115,18 +120,18 @@ func stop(_ p: Process) {
 
     @Test func badInputIsOneLineAndLeavesNothing() throws {
         let s = try Scratch()
-        let missing = try run(blkback, ["--socket", s.socket, "--image", s.dir + "/nope.img"])
+        let missing = try run(blkback, noSandbox + ["--socket", s.socket, "--image", s.dir + "/nope.img"])
         #expect(missing.status != 0)
         #expect(missing.err.contains("nope.img") && missing.err.split(separator: "\n").count == 1)
         #expect(!FileManager.default.fileExists(atPath: s.socket))
 
-        let dir = try run(blkback, ["--socket", s.socket, "--image", s.dir])
+        let dir = try run(blkback, noSandbox + ["--socket", s.socket, "--image", s.dir])
         #expect(dir.status != 0 && dir.err.contains("directory"))
         #expect(!FileManager.default.fileExists(atPath: s.socket))
 
         // A live listener keeps its socket; a stale socket file is replaced.
         let b = try startBlkback(["--socket", s.socket, "--image", s.image, "--shared-write"], socket: s.socket)
-        let taken = try run(blkback, ["--socket", s.socket, "--image", s.image, "--shared-write"])
+        let taken = try run(blkback, noSandbox + ["--socket", s.socket, "--image", s.image, "--shared-write"])
         #expect(taken.status != 0 && taken.err.contains(s.socket) && taken.err.contains("live listener"))
         #expect(unixSocketIsLive(path: s.socket))
         b.interrupt()
@@ -145,9 +150,9 @@ func stop(_ p: Process) {
         let s = try Scratch()
         let b = try startBlkback(["--socket", s.socket, "--image", s.image], socket: s.socket)
         defer { stop(b) }
-        let second = try run(blkback, ["--socket", s.dir + "/b.sock", "--image", s.image])
+        let second = try run(blkback, noSandbox + ["--socket", s.dir + "/b.sock", "--image", s.image])
         #expect(second.status != 0 && second.err.contains("in use"))
-        let ro = try run(blkback, ["--socket", s.dir + "/c.sock", "--image", s.image, "--read-only"])
+        let ro = try run(blkback, noSandbox + ["--socket", s.dir + "/c.sock", "--image", s.image, "--read-only"])
         #expect(ro.status != 0)
         #expect(!FileManager.default.fileExists(atPath: s.dir + "/b.sock"))
         // w! (shared write) skips the lock.

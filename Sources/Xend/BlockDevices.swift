@@ -1,0 +1,431 @@
+// Virtual block devices of core-engine domains: one sandboxed blkback per disk, served to the
+// core over vhost-user (DESIGN.md "Processes", "Supervision").
+//
+// xend checks and opens the image itself (exists, not a directory, not in use read-write by
+// another domain unless `w!`, a `phy:` device not mounted read-write here; the flock on
+// xend's open file description is the lock), binds the listening socket
+// `$ROOT/run/xenith/blkback-DOMID-VDEV.sock`, and hands both to blkback at the numbers
+// manifests/blkback.manifest names (listener 3, image 4). xend keeps both descriptors while
+// the domain runs, so a restarted blkback gets the very same socket (the core reconnects by
+// itself, the back-end replays in-flight requests) and the lock never lapses. After an xend
+// restart the running blkbacks are re-adopted (pid + start time from the registry); if one
+// of them dies later, xend opens the image and binds the socket again.
+import DomainConfig
+import Foundation
+import Logging
+import Sandbox
+import XM
+import XenStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One vbd's back-end as the registry stores it (`DomainRecord.disks`).
+public struct DiskRecord: Codable, Sendable, Equatable {
+    /// Guest device name (`xvda`) and Xen's `uname` (`file:/img`, `phy:/dev/x`).
+    public var vdev: String
+    public var uname: String
+    /// `r`, `w` or `w!`.
+    public var mode: String
+    /// The vhost-user socket the core connects to.
+    public var socket: String
+    /// The blkback process (its sandbox reaper) and its start time in clock ticks; pid 0
+    /// when none runs.
+    public var pid: Int32
+    public var startTicks: UInt64
+    /// blkback's stderr log.
+    public var log: String
+    /// Set when blkback kept dying and xend gave up on it (the domain runs on without it).
+    public var broken: Bool
+}
+
+/// Starts, supervises and stops blkback processes.
+public final class BlockSupervisor: @unchecked Sendable {
+    /// Deaths within `burstWindow` seconds after which a vbd is marked broken.
+    public static let burstDeaths = 5
+    public static let burstWindow = 30.0
+
+    final class Backend: @unchecked Sendable {
+        let domid: Int
+        let domainName: String
+        let spec: DiskSpec
+        let socket: String
+        let logPath: String
+        let numQueues: Int
+        var imageFD: Int32 = -1
+        var listenFD: Int32 = -1
+        var pid: pid_t = 0
+        var startTicks: UInt64 = 0
+        var isChild = false
+        var logOffset: UInt64 = 0
+        var deaths: [Double] = []
+        var broken = false
+        var stopping = false
+        init(domid: Int, domainName: String, spec: DiskSpec, socket: String, logPath: String, numQueues: Int) {
+            self.domid = domid; self.domainName = domainName; self.spec = spec; self.socket = socket
+            self.logPath = logPath; self.numQueues = numQueues
+        }
+        var mode: String { spec.access.rawValue }
+        var record: DiskRecord {
+            DiskRecord(vdev: spec.vdev, uname: spec.uname, mode: mode, socket: socket, pid: pid, startTicks: startTicks,
+                       log: logPath, broken: broken)
+        }
+        var label: String { "domain \(domainName) (\(domid)) vbd \(spec.vdev)" }
+    }
+
+    let paths: XenithPaths
+    let binary: String
+    let manifest: String?
+    let xenstore: XenStoreClient?
+    let log: Logger
+    private let lock = NSRecursiveLock()
+    private var backends: [Int: [Backend]] = [:]
+    /// Called (without locks held) when a domain's disk records change: persist them.
+    var onChange: (@Sendable (Int, [DiskRecord]) -> Void)?
+
+    /// - Parameters:
+    ///   - binary: the blkback executable (beside xend's).
+    ///   - manifest: `blkback.manifest`; nil runs blkback with `--no-sandbox` (logged).
+    public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?, logger: Logger) {
+        self.paths = paths
+        self.binary = binary
+        self.manifest = manifest
+        self.xenstore = xenstore
+        self.log = logger
+    }
+
+    /// `$ROOT/run/xenith`: blkback sockets.
+    var runDir: String { paths.resolve("/run/xenith") }
+
+    /// The socket path of domain `domid`'s disk `vdev`.
+    public func socketPath(domid: Int, vdev: String) -> String { runDir + "/blkback-\(domid)-\(vdev).sock" }
+
+    /// The records of a domain's disks (for the registry).
+    func records(_ domid: Int) -> [DiskRecord] {
+        lock.lock(); defer { lock.unlock() }
+        return (backends[domid] ?? []).map(\.record)
+    }
+
+    func changed(_ domid: Int) {
+        let r = records(domid)
+        onChange?(domid, r)
+    }
+
+    // MARK: start
+
+    /// Why a disk cannot be connected, in Xen's words, naming the disk.
+    static func refuse(_ d: DiskSpec, _ why: String) -> XendError {
+        XendError(.badRequest, "Device \(d.vdev) (vbd) could not be connected. \(why) (disk '\(d.uname),\(d.dev),\(d.access.rawValue)')")
+    }
+
+    /// Checks every disk of a new domain, opens the images, binds the sockets and starts one
+    /// blkback per disk; writes the vbd entries (backend state Connected).
+    /// - Parameter inUse: the disks of the other live domains, by domain name.
+    /// - Returns: the vhost-user sockets in disk order, for the core's `--vhost-user-blk`.
+    /// - Throws: `XendError` (400) naming the disk spec when a disk is refused, 500 when a
+    ///   blkback does not come up; nothing is left behind then.
+    public func start(domid: Int, name: String, disks: [DiskSpec], vcpus: Int,
+                      inUse: [(domain: String, disk: DiskSpec)]) throws(XendError) -> [String] {
+        var started: [Backend] = []
+        do throws(XendError) {
+            for d in disks {
+                guard let path = d.path, d.deviceType == .disk || d.target != nil else { continue }   // empty CD-ROM
+                if d.format != "raw" { throw Self.refuse(d, "Image format \(d.format) is not supported (raw images only).") }
+                if started.contains(where: { $0.spec.vdev == d.vdev }) { throw Self.refuse(d, "Device name \(d.vdev) is used twice.") }
+                let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+                if d.access != .readWriteShared {
+                    for (other, od) in inUse {
+                        guard let op = od.path, URL(fileURLWithPath: op).resolvingSymlinksInPath().path == real else { continue }
+                        if od.writable || d.writable {
+                            throw Self.refuse(d, "\(path) is already in use by domain \(other) (\(od.writable ? "read-write" : "read-only")); use mode w! to share it read-write.")
+                        }
+                    }
+                }
+                let b = Backend(domid: domid, domainName: name, spec: d, socket: socketPath(domid: domid, vdev: d.vdev),
+                                logPath: paths.logDir + "/blkback-\(domid)-\(d.vdev).log", numQueues: max(1, min(vcpus, 64)))
+                try open(b)
+                started.append(b)
+                do { try spawn(b) } catch { throw XendError(.internalError, "Device \(d.vdev) (vbd) could not be connected. \(error)") }
+                try waitReady(b)
+                writeXenstore(b)
+            }
+        } catch {
+            for b in started { halt(b) }
+            throw error
+        }
+        lock.lock(); backends[domid] = started; lock.unlock()
+        for b in started { watch(b) }
+        return started.map(\.socket)
+    }
+
+    /// Opens, checks and locks the image and binds the socket (into `b.imageFD`, `b.listenFD`).
+    private func open(_ b: Backend) throws(XendError) {
+        let d = b.spec
+        guard let path = d.path else { throw Self.refuse(d, "No image given.") }
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw Self.refuse(d, "\(path): \(String(cString: strerror(errno))).") }
+        let kind = st.st_mode & S_IFMT
+        if kind == S_IFDIR { throw Self.refuse(d, "\(path) is a directory.") }
+        guard kind == S_IFREG || kind == S_IFBLK else { throw Self.refuse(d, "\(path) is neither a regular file nor a block device.") }
+        if d.kind == .phy && kind != S_IFBLK { throw Self.refuse(d, "\(path) is not a block device.") }
+        if kind == S_IFBLK, d.writable, let m = Self.mountedReadWrite(rdev: st.st_rdev) {
+            throw Self.refuse(d, "\(path) is mounted read-write on this host at \(m).")
+        }
+        let fd = Glibc.open(path, (d.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
+        guard fd >= 0 else { throw Self.refuse(d, "\(path): \(String(cString: strerror(errno))).") }
+        if d.access != .readWriteShared && flock(fd, (d.writable ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
+            close(fd)
+            throw Self.refuse(d, "\(path) is already in use by another back-end\(d.writable ? "" : " read-write"); use mode w! to share it read-write.")
+        }
+        XenithPaths.makeDirectories(runDir)
+        let l: Int32
+        do { l = try Self.listen(b.socket) } catch { close(fd); throw XendError(.internalError, "\(b.socket): \(error)") }
+        b.imageFD = fd
+        b.listenFD = l
+    }
+
+    /// Binds and listens on a Unix socket (a stale file is replaced), mode 0600, close-on-exec.
+    static func listen(_ path: String) throws -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw EngineError(String(cString: strerror(errno))) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { close(fd); throw EngineError("socket path too long") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, c) in bytes.enumerated() { p[i] = c } }
+        unlink(path)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { let e = errno; close(fd); throw EngineError("bind: \(String(cString: strerror(e)))") }
+        chmod(path, 0o600)
+        guard Glibc.listen(fd, 8) == 0 else { let e = errno; close(fd); throw EngineError("listen: \(String(cString: strerror(e)))") }
+        return fd
+    }
+
+    /// The mount point where block device `rdev` is mounted read-write, if any
+    /// (/proc/self/mountinfo: field 3 major:minor, field 6 mount options).
+    static func mountedReadWrite(rdev: dev_t) -> String? {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+        let dev = UInt64(rdev)
+        let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & ~0xfff)
+        let minor = (dev & 0xff) | ((dev >> 12) & ~0xff)
+        let want = "\(major):\(minor)"
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count > 5, f[2] == want else { continue }
+            if f[5].split(separator: ",").contains("rw") { return String(f[4]) }
+        }
+        return nil
+    }
+
+    /// Starts blkback on the descriptors of `b` (listener at 3, image at 4).
+    private func spawn(_ b: Backend) throws {
+        var argv = [binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues)]
+        if !b.spec.writable { argv.append("--read-only") }
+        if let m = manifest { argv += ["--manifest", m] } else { argv.append("--no-sandbox") }
+        var st = stat()
+        b.logOffset = stat(b.logPath, &st) == 0 ? UInt64(st.st_size) : 0
+        let pid = try spawnDetached(argv, log: b.logPath, fds: [(b.listenFD, 3), (b.imageFD, 4)])
+        b.pid = pid
+        b.isChild = true
+        b.startTicks = ProcessInfo2.startTicks(pid) ?? 0
+    }
+
+    /// blkback's log since its last start.
+    private func recentLog(_ b: Backend) -> String {
+        guard let h = FileHandle(forReadingAtPath: b.logPath) else { return "" }
+        defer { try? h.close() }
+        try? h.seek(toOffset: b.logOffset)
+        return String(decoding: h.readDataToEndOfFile().suffix(16384), as: UTF8.self)
+    }
+
+    /// Waits (up to 10 s) until blkback reports it is serving (after its sandbox).
+    private func waitReady(_ b: Backend) throws(XendError) {
+        for _ in 0..<1000 {
+            if recentLog(b).contains("blkback: serving") { return }
+            var status: Int32 = 0
+            if waitpid(b.pid, &status, WNOHANG) == b.pid {
+                b.pid = 0
+                let text = recentLog(b)
+                let last = text.split(separator: "\n").last(where: { !$0.isEmpty }).map(String.init)
+                    ?? Sandbox.describeDeath(service: "blkback", status: status, stderr: text)
+                throw Self.refuse(b.spec, last.hasPrefix("blkback: ") ? String(last.dropFirst(9)) : last)
+            }
+            usleep(10_000)
+        }
+        throw XendError(.internalError, "Device \(b.spec.vdev) (vbd) could not be connected. blkback did not start within 10 s; see \(b.logPath)")
+    }
+
+    private func writeXenstore(_ b: Backend) {
+        guard let xs = xenstore, let path = b.spec.path,
+              let dev = XenStoreDevice.vbd(domid: UInt32(b.domid), dev: b.spec.vdev, params: path, mode: b.mode,
+                                           backendType: b.spec.kind.rawValue, deviceType: b.spec.deviceType.rawValue) else { return }
+        do {
+            try xs.writeDevice(dev)
+            try xs.setState(dev.backendPath, .connected)
+        } catch { log.error("\(b.label): xenstore: \(error)") }
+    }
+
+    private func device(_ b: Backend) -> XenStoreDevice? {
+        XenStoreDevice.vbd(domid: UInt32(b.domid), dev: b.spec.vdev, params: b.spec.path ?? "", mode: b.mode,
+                           backendType: b.spec.kind.rawValue)
+    }
+
+    // MARK: supervision
+
+    /// Watches `b`'s process; restarts it with backoff when it dies, or marks the vbd
+    /// broken after `burstDeaths` deaths within `burstWindow` seconds.
+    private func watch(_ b: Backend) {
+        let t = Thread { [self] in supervise(b) }
+        t.name = "blkback-\(b.domid)-\(b.spec.vdev)"
+        t.start()
+    }
+
+    private func supervise(_ b: Backend) {
+        while true {
+            lock.lock(); let pid = b.pid, child = b.isChild; lock.unlock()
+            guard pid > 0 else { return }
+            let fd = pidfdOpen(pid, 0)
+            if fd >= 0 {
+                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                while poll(&pfd, 1, -1) < 0 && errno == EINTR {}
+                close(fd)
+            } else {
+                while ProcessInfo2.startTicks(pid) == b.startTicks { usleep(100_000) }
+            }
+            var status: Int32 = 0
+            let reaped = child && waitpid(pid, &status, 0) == pid
+            lock.lock()
+            if b.stopping { lock.unlock(); return }
+            b.pid = 0
+            let how = reaped ? Sandbox.describeDeath(service: "blkback", status: status, stderr: recentLog(b))
+                             : "blkback (pid \(pid), re-adopted) ended"
+            let now = Date().timeIntervalSince1970
+            b.deaths = b.deaths.filter { now - $0 < Self.burstWindow } + [now]
+            let n = b.deaths.count
+            lock.unlock()
+            if n >= Self.burstDeaths {
+                log.error("\(b.label): \(how); it died \(n) times in \(Int(Self.burstWindow)) s: vbd marked broken, not restarted (the domain keeps running)")
+                markBroken(b, "blkback died \(n) times in \(Int(Self.burstWindow)) s; last: \(how)")
+                return
+            }
+            let delay = min(0.1 * pow(2, Double(n - 1)), 5)
+            log.error("\(b.label): \(how); restarting it in \(String(format: "%.1f", delay)) s")
+            usleep(UInt32(delay * 1_000_000))
+            lock.lock()
+            if b.stopping { lock.unlock(); return }
+            do {
+                if b.imageFD < 0 || b.listenFD < 0 {
+                    // Re-adopted after an xend restart: this xend holds no descriptors yet.
+                    if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+                    if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
+                    do { try open(b) } catch { throw EngineError(error.message) }
+                }
+                try spawn(b)
+                lock.unlock()
+                log.info("\(b.label): blkback restarted, pid \(b.pid)")
+                changed(b.domid)
+            } catch {
+                lock.unlock()
+                log.error("\(b.label): cannot restart blkback: \(error); vbd marked broken")
+                markBroken(b, "cannot restart blkback: \(error)")
+                return
+            }
+        }
+    }
+
+    private func markBroken(_ b: Backend, _ why: String) {
+        lock.lock(); b.broken = true; b.pid = 0; lock.unlock()
+        if let xs = xenstore, let dev = device(b) {
+            do {
+                try xs.write([XenStoreEntry(dev.backendPath + "/hotplug-status", "error"),
+                              XenStoreEntry(dev.backendPath + "/hotplug-error", why)])
+                try xs.setState(dev.backendPath, .closed)
+            } catch { log.error("\(b.label): xenstore: \(error)") }
+        }
+        changed(b.domid)
+    }
+
+    // MARK: stop and adopt
+
+    /// Stops one back-end: SIGTERM, SIGKILL after 2 s; closes its descriptors, removes its
+    /// socket file.
+    private func halt(_ b: Backend) {
+        lock.lock(); b.stopping = true; let pid = b.pid, child = b.isChild, ticks = b.startTicks; lock.unlock()
+        if pid > 0 && ProcessInfo2.startTicks(pid) == ticks {
+            kill(pid, SIGTERM)
+            var status: Int32 = 0
+            var gone = false
+            for _ in 0..<200 {
+                if child { if waitpid(pid, &status, WNOHANG) == pid { gone = true; break } }
+                else if ProcessInfo2.startTicks(pid) != ticks { gone = true; break }
+                usleep(10_000)
+            }
+            if !gone {
+                kill(pid, SIGKILL)
+                if child { waitpid(pid, &status, 0) }
+            }
+        }
+        lock.lock()
+        if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+        if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
+        b.pid = 0
+        lock.unlock()
+        unlink(b.socket)
+    }
+
+    /// Stops every blkback of `domid` and removes its vbd entries from xenstore.
+    public func stop(domid: Int) {
+        lock.lock(); let bs = backends.removeValue(forKey: domid) ?? []; lock.unlock()
+        for b in bs {
+            halt(b)
+            if let xs = xenstore, let dev = device(b) { try? xs.removeDevice(dev) }
+        }
+        // No empty `backend/vbd/DOMID` or `backend/vbd` directories left behind.
+        if !bs.isEmpty, let xs = xenstore {
+            let base = "/local/domain/0/backend/vbd"
+            if (try? xs.directory(base + "/\(domid)"))?.isEmpty == true { try? xs.rm(base + "/\(domid)") }
+            if (try? xs.directory(base))?.isEmpty == true { try? xs.rm(base) }
+            if (try? xs.directory("/local/domain/0/backend"))?.isEmpty == true { try? xs.rm("/local/domain/0/backend") }
+        }
+    }
+
+    /// After an xend restart: takes over a domain's blkbacks from its registry records.
+    /// A live one (same pid and start time) is watched; a dead one is started again; a
+    /// broken one stays broken.
+    public func adopt(domid: Int, name: String, disks: [DiskSpec], records: [DiskRecord], vcpus: Int) {
+        var bs: [Backend] = []
+        for r in records {
+            guard let spec = disks.first(where: { $0.vdev == r.vdev }) else { continue }
+            let b = Backend(domid: domid, domainName: name, spec: spec, socket: r.socket, logPath: r.log,
+                            numQueues: max(1, min(vcpus, 64)))
+            b.broken = r.broken
+            if !r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
+                b.pid = r.pid; b.startTicks = r.startTicks; b.isChild = false
+                var st = stat()
+                b.logOffset = stat(b.logPath, &st) == 0 ? UInt64(st.st_size) : 0
+                log.info("\(b.label): re-adopted blkback, pid \(r.pid)")
+            } else if !r.broken {
+                do {
+                    try open(b)
+                    try spawn(b)
+                    log.info("\(b.label): blkback was gone; started a new one, pid \(b.pid)")
+                } catch {
+                    log.error("\(b.label): cannot restart blkback: \(error)")
+                    b.broken = true
+                }
+            }
+            bs.append(b)
+        }
+        lock.lock(); backends[domid] = bs; lock.unlock()
+        for b in bs where b.pid > 0 { watch(b) }
+        changed(domid)
+    }
+
+    /// The pids of a domain's running blkbacks (tests, diagnostics).
+    public func pids(domid: Int) -> [Int32] {
+        lock.lock(); defer { lock.unlock() }
+        return (backends[domid] ?? []).map(\.pid).filter { $0 > 0 }
+    }
+}

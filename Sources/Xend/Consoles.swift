@@ -1,0 +1,276 @@
+// Consoles through xenconsoled (DESIGN.md "Processes": core ──console ring──▶ xenconsoled).
+//
+// Who holds a domain's console ring (ConsoleBackend.ConsoleRingChannel: a sealed memfd and
+// two eventfds):
+//   - the core, at fixed descriptor numbers 3, 4, 5 (`--console-ring-fd 3 --console-out-fd 4
+//     --console-in-fd 5`) for as long as the domain runs: it is the canonical holder;
+//   - xenconsoled, which received copies with each registration;
+//   - xend, which keeps a copy per running domain to register it again whenever
+//     xenconsoled restarts (it comes back with no registrations).
+// xenconsoled runs in its own session, so it outlives xend. When xend itself restarts, its
+// copies are gone: it re-adopts the running xenconsoled (pid file + `list`), takes fresh
+// copies of each re-adopted core's ring straight from the core with pidfd_getfd(2) (fds
+// 3, 4, 5), and registers every domain xenconsoled does not list. So neither an xend
+// restart nor an xenconsoled restart, nor both, loses a console; the ring's indices carry
+// over, so no output is lost either.
+import CLinux
+import ConsoleBackend
+import Foundation
+import Logging
+import Sandbox
+import XM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// glibc's pidfd_getfd(2) wrapper (glibc ≥ 2.36): a copy of descriptor `targetfd` of the
+/// process behind `pidfd` (needs ptrace access, i.e. root here).
+@_silgen_name("pidfd_getfd")
+func pidfdGetfd(_ pidfd: Int32, _ targetfd: Int32, _ flags: UInt32) -> Int32
+
+/// The descriptor numbers a core inherits its console ring at (ring memfd, outEvent, inEvent).
+public let coreConsoleFDs: (ring: Int32, out: Int32, input: Int32) = (3, 4, 5)
+
+/// Where the security manifests are: `$XENITH_MANIFESTS`, then `BINDIR/../share/xenith/manifests`
+/// (an installed tree), then a `manifests/` directory in a parent of BINDIR (a build inside
+/// the sources), then the sources this xend was built from. Nil when none has `file`.
+public func resolveManifestDirectory(binDir: String, file: String = "blkback.manifest",
+                                     sourceFile: String = #filePath) -> String? {
+    var candidates: [String] = []
+    if let env = getenv("XENITH_MANIFESTS") { candidates.append(String(cString: env)) }
+    candidates.append(binDir + "/../share/xenith/manifests")
+    var dir = binDir
+    while dir.count > 1 {
+        candidates.append(dir + "/manifests")
+        dir = (dir as NSString).deletingLastPathComponent
+    }
+    // Sources/Xend/Consoles.swift → the repository's manifests/.
+    let repo = ((sourceFile as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
+    candidates.append((repo as NSString).deletingLastPathComponent + "/manifests")
+    for c in candidates where access(c + "/" + file, R_OK) == 0 {
+        return URL(fileURLWithPath: c).standardizedFileURL.path
+    }
+    return nil
+}
+
+/// The last `limit` bytes of a file as text ("" when unreadable).
+func fileTail(_ path: String, limit: Int = 8192) -> String {
+    guard let h = FileHandle(forReadingAtPath: path) else { return "" }
+    defer { try? h.close() }
+    let size = (try? h.seekToEnd()) ?? 0
+    try? h.seek(toOffset: size > UInt64(limit) ? size - UInt64(limit) : 0)
+    return String(decoding: h.readDataToEndOfFile(), as: UTF8.self)
+}
+
+/// Spawns `argv` detached (own session), stdin and stdout on /dev/null, stderr appended to
+/// `log`, with `fds` (source → target number) inherited and every other descriptor closed
+/// on exec. Sets `SWIFT_BACKTRACE=enable=no` (the backtracer cannot run sandboxed).
+/// - Returns: the pid.
+/// - Throws: `EngineError` with strerror text.
+func spawnDetached(_ argv: [String], log: String, fds: [(Int32, Int32)] = []) throws -> pid_t {
+    var attr = posix_spawnattr_t()
+    posix_spawnattr_init(&attr)
+    defer { posix_spawnattr_destroy(&attr) }
+    var empty = sigset_t(); sigemptyset(&empty)
+    var all = sigset_t(); sigfillset(&all)
+    posix_spawnattr_setsigmask(&attr, &empty)
+    posix_spawnattr_setsigdefault(&attr, &all)
+    posix_spawnattr_setflags(&attr, Int16(0x80 /* POSIX_SPAWN_SETSID */ | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    var fa = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&fa)
+    defer { posix_spawn_file_actions_destroy(&fa) }
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+    // Sources first moved above every target, so no dup2 clobbers a later source.
+    var high: [Int32] = []
+    defer { for h in high { close(h) } }
+    for (src, _) in fds {
+        let h = fcntl(src, F_DUPFD_CLOEXEC, 100)
+        guard h >= 0 else { throw EngineError("fd \(src): \(String(cString: strerror(errno)))") }
+        high.append(h)
+    }
+    for (i, (_, target)) in fds.enumerated() { posix_spawn_file_actions_adddup2(&fa, high[i], target) }
+    var env = ProcessInfo.processInfo.environment
+    env["SWIFT_BACKTRACE"] = "enable=no"
+    var cenv: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+    defer { for a in cargs { free(a) }; for e in cenv { free(e) } }
+    var pid: pid_t = 0
+    markDescriptorsCloseOnExec()
+    let rc = posix_spawn(&pid, argv[0], &fa, &attr, &cargs, &cenv)
+    guard rc == 0 else { throw EngineError("\(argv[0]): \(String(cString: strerror(rc)))") }
+    return pid
+}
+
+/// Runs xenconsoled for one `$XENITH_ROOT`, restarts it with backoff when it dies, and
+/// keeps every running domain's console registered with it.
+public final class ConsoleSupervisor: @unchecked Sendable {
+    let paths: XenithPaths
+    let binary: String
+    let manifest: String?
+    let log: Logger
+    private let lock = NSLock()
+    private var channels: [Int: (name: String, channel: ConsoleRingChannel)] = [:]
+    private var pid: pid_t = 0
+    private var isChild = false
+    private var stopping = false
+
+    /// The daemon's socket.
+    public var socketPath: String { paths.xenconsoledSocket }
+    var pidFile: String { paths.resolve("/run/xenconsoled/xenconsoled.pid") }
+    var logPath: String { paths.logDir + "/xenconsoled.log" }
+
+    /// - Parameters:
+    ///   - binary: the xenconsoled executable (beside xend's).
+    ///   - manifest: `xenconsoled.manifest`, nil to run it without a sandbox (logged).
+    public init(paths: XenithPaths, binary: String, manifest: String?, logger: Logger) {
+        self.paths = paths
+        self.binary = binary
+        self.manifest = manifest
+        self.log = logger
+    }
+
+    /// The running daemon's pid (0 when none).
+    public var daemonPid: pid_t { lock.lock(); defer { lock.unlock() }; return pid }
+
+    /// Adopts a running xenconsoled of this root (pid file, answering `list`) or starts one,
+    /// then watches it on a thread.
+    public func start() {
+        if let t = try? String(contentsOfFile: pidFile, encoding: .utf8),
+           let p = Int32(t.trimmingCharacters(in: .whitespacesAndNewlines)), p > 0, kill(p, 0) == 0,
+           (try? listConsoles(socketPath: socketPath)) != nil {
+            lock.lock(); pid = p; isChild = false; lock.unlock()
+            log.info("re-adopted xenconsoled, pid \(p)")
+        } else if !spawn() {
+            log.error("xenconsoled could not be started; retrying in the background")
+        }
+        let t = Thread { [self] in supervise() }
+        t.name = "xenconsoled"
+        t.start()
+    }
+
+    /// Starts a new daemon and waits (up to 10 s) until it answers. False on failure.
+    private func spawn() -> Bool {
+        XenithPaths.makeDirectories(paths.consoleLogDir)
+        XenithPaths.makeDirectories((socketPath as NSString).deletingLastPathComponent)
+        var argv = [binary, "-N", "--socket", socketPath, "--log-dir", paths.consoleLogDir, "--pid-file", pidFile]
+        if let m = manifest { argv += ["--manifest", m] } else {
+            argv.append("--no-sandbox")
+            log.warning("no xenconsoled.manifest found (set XENITH_MANIFESTS): xenconsoled runs without a sandbox")
+        }
+        let p: pid_t
+        do { p = try spawnDetached(argv, log: logPath) } catch {
+            log.error("cannot start xenconsoled: \(error)")
+            return false
+        }
+        lock.lock(); pid = p; isChild = true; lock.unlock()
+        for _ in 0..<1000 {
+            if (try? listConsoles(socketPath: socketPath)) != nil {
+                log.info("started xenconsoled, pid \(p), socket \(socketPath)")
+                return true
+            }
+            if ProcessInfo2.startTicks(p) == nil { return false }   // died (a zombie counts as dead)
+            usleep(10_000)
+        }
+        log.error("xenconsoled did not answer on \(socketPath) within 10 s")
+        return false
+    }
+
+    /// Waits for the daemon to die; restarts it with backoff (0.1 s doubling to 5 s, reset
+    /// after 30 s of good health) and registers every console again.
+    private func supervise() {
+        var backoff = 0.1
+        while true {
+            lock.lock(); let p = pid; let child = isChild; lock.unlock()
+            if p > 0 {
+                let up = Date()
+                let fd = pidfdOpen(p, 0)
+                if fd >= 0 {
+                    var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                    while poll(&pfd, 1, -1) < 0 && errno == EINTR {}
+                    close(fd)
+                } else {
+                    while ProcessInfo2.startTicks(p) != nil { usleep(200_000) }
+                }
+                var status: Int32 = 0
+                let how: String
+                if child && waitpid(p, &status, 0) == p {
+                    how = Sandbox.describeDeath(service: "xenconsoled", status: status, stderr: fileTail(logPath))
+                } else {
+                    how = "xenconsoled (pid \(p)) exited"
+                }
+                lock.lock(); let quitting = stopping; lock.unlock()
+                if quitting { return }
+                log.error("\(how); restarting it")
+                if Date().timeIntervalSince(up) > 30 { backoff = 0.1 }
+            }
+            lock.lock(); pid = 0; lock.unlock()
+            usleep(UInt32(backoff * 1_000_000))
+            backoff = min(backoff * 2, 5)
+            if spawn() { registerAll() }
+        }
+    }
+
+    /// Registers every console xenconsoled does not list (all of them after a restart).
+    func registerAll() {
+        let listed = Set(((try? listConsoles(socketPath: socketPath)) ?? []).map(\.domid))
+        lock.lock(); let all = channels; lock.unlock()
+        for (domid, c) in all.sorted(by: { $0.key < $1.key }) where !listed.contains(domid) {
+            do {
+                try registerConsole(socketPath: socketPath, domid: domid, name: c.name, channel: c.channel)
+                log.info("registered the console of domain \(c.name) (\(domid)) with xenconsoled")
+            } catch {
+                log.error("cannot register the console of domain \(c.name) (\(domid)): \(error)")
+            }
+        }
+    }
+
+    /// A new console ring for a domain about to start; kept (and registered) until
+    /// ``remove(domid:)``.
+    /// - Throws: `ConsoleError` when the memfd or eventfds cannot be created.
+    public func create(domid: Int, name: String) throws -> ConsoleRingChannel {
+        let ch = try ConsoleRingChannel.create(name: "console-\(name)")
+        add(domid: domid, name: name, channel: ch)
+        return ch
+    }
+
+    /// Keeps `channel` for `domid` and registers it (a failure is logged: the supervisor
+    /// registers it again once xenconsoled is back).
+    public func add(domid: Int, name: String, channel: ConsoleRingChannel) {
+        lock.lock(); channels[domid] = (name, channel); lock.unlock()
+        do { try registerConsole(socketPath: socketPath, domid: domid, name: name, channel: channel) }
+        catch { log.error("cannot register the console of domain \(name) (\(domid)): \(error)") }
+    }
+
+    /// After an xend restart: takes copies of a re-adopted core's ring (fds 3, 4, 5 of
+    /// `pid`) and keeps them; registers the console only if xenconsoled does not list it.
+    /// - Returns: false when the core holds no console ring there.
+    @discardableResult
+    public func adopt(domid: Int, name: String, pid: pid_t, listed: Set<Int>) -> Bool {
+        let pfd = pidfdOpen(pid, 0)
+        guard pfd >= 0 else { return false }
+        defer { close(pfd) }
+        let fds = [coreConsoleFDs.ring, coreConsoleFDs.out, coreConsoleFDs.input].map { pidfdGetfd(pfd, $0, 0) }
+        guard fds.allSatisfy({ $0 >= 0 }), let ch = try? ConsoleRingChannel(ringFD: fds[0], outEventFD: fds[1], inEventFD: fds[2]) else {
+            for f in fds where f >= 0 { close(f) }
+            log.error("domain \(name) (\(domid)): no console ring in its core (pidfd_getfd: \(String(cString: strerror(errno))))")
+            return false
+        }
+        lock.lock(); channels[domid] = (name, ch); lock.unlock()
+        if !listed.contains(domid) {
+            do { try registerConsole(socketPath: socketPath, domid: domid, name: name, channel: ch) }
+            catch { log.error("cannot register the console of domain \(name) (\(domid)): \(error)") }
+        }
+        return true
+    }
+
+    /// The domids xenconsoled has registered (empty when it does not answer).
+    public func listed() -> Set<Int> { Set(((try? listConsoles(socketPath: socketPath)) ?? []).map(\.domid)) }
+
+    /// Unregisters a domain's console (attached `xm console`s see EOF) and drops the ring.
+    public func remove(domid: Int) {
+        lock.lock(); let had = channels.removeValue(forKey: domid) != nil; lock.unlock()
+        if had { try? unregisterConsole(socketPath: socketPath, domid: domid) }
+    }
+}
