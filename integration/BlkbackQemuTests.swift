@@ -39,8 +39,11 @@ import Testing
         ])
     }
 
+    /// `--no-sandbox`: Foundation's Process cannot wait for a sandboxed service (the sandbox
+    /// forks a PID-namespace child and closes the descriptor Process watches). The sandboxed
+    /// path is covered by BackendSupervisionTests, where xend spawns blkback itself.
     func startBlkback(_ sock: String, _ image: String) throws -> Running {
-        let b = try Running(blkback, ["--socket", sock, "--image", image, "--num-queues", "2"])
+        let b = try Running(blkback, ["--socket", sock, "--image", image, "--num-queues", "2", "--no-sandbox"])
         let deadline = Date().addingTimeInterval(10)
         while access(sock, F_OK) != 0 && Date() < deadline { usleep(10_000) }
         return b

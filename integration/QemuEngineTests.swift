@@ -315,7 +315,7 @@ func uptimes(_ s: String) -> [Double] {
         let sock = root + "/vbd-xvda.sock"
         let backend = Process()
         backend.executableURL = URL(fileURLWithPath: blkback)
-        backend.arguments = ["--socket", sock, "--image", "file:" + img, "--quiet"]
+        backend.arguments = ["--socket", sock, "--image", "file:" + img, "--quiet", "--no-sandbox"]  // Process cannot wait for a sandboxed service
         try backend.run()
         defer { backend.terminate(); backend.waitUntilExit() }
         let c = try DomainConfiguration(parsing: """
