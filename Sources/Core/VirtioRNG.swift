@@ -1,5 +1,6 @@
 import CLinux
 import GuestMemory
+import Virtio
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +15,7 @@ public final class VirtioRNG: VirtioDevice, @unchecked Sendable {
     public let queueMaxSizes: [UInt16] = [256]
     private let memory: GuestMemory
     private let log: @Sendable (String) -> Void
-    private struct Active { var queue: VirtqueueConfig; var kick: Int32; var call: Int32; var lastAvail: UInt16 = 0; var usedIdx: UInt16 = 0; var broken = false }
+    private struct Active { var queue: Virtqueue?; var call: Int32 }
     private let active = Mutex<Active?>(nil)
     private var thread: DedicatedThread?
     private let stopFD: Int32
@@ -34,20 +35,16 @@ public final class VirtioRNG: VirtioDevice, @unchecked Sendable {
 
     public func activate(features: UInt64, queues: [VirtqueueConfig], kicks: [Int32], calls: [Int32]) throws {
         guard let q = queues.first, q.enabled else { return }
-        // The rings must lie inside guest memory (virtio 1.2 §2.7: descriptor table 16*n,
-        // avail 6+2*n, used 6+8*n bytes). Checked once here, so later offsets within them
-        // cannot overflow or leave RAM.
-        let n = Int(q.size)
-        var broken = false
+        // Virtqueue checks that the rings lie inside guest memory (virtio 1.2 §2.7); a queue
+        // that does not is broken and ignored until the driver resets the device.
+        var vq: Virtqueue? = nil
         do {
-            _ = try memory.slice(at: q.descTable, count: 16 * n)
-            _ = try memory.slice(at: q.availRing, count: 6 + 2 * n)
-            _ = try memory.slice(at: q.usedRing, count: 6 + 8 * n)
+            vq = try Virtqueue(memory: memory, size: q.size, descTable: q.descTable, availRing: q.availRing,
+                               usedRing: q.usedRing, features: features)
         } catch {
-            log("virtio-rng: rings outside guest memory (\(error)); queue broken")
-            broken = true
+            log("virtio-rng: \(error); queue broken")
         }
-        active.withLock { $0 = Active(queue: q, kick: kicks[0], call: calls[0], broken: broken) }
+        active.withLock { $0 = Active(queue: vq, call: calls[0]) }
         let kick = kicks[0], stop = stopFD
         thread = DedicatedThread(name: "virtio-rng") { [self] in
             var fds = [pollfd(fd: kick, events: Int16(POLLIN), revents: 0), pollfd(fd: stop, events: Int16(POLLIN), revents: 0)]
@@ -70,47 +67,28 @@ public final class VirtioRNG: VirtioDevice, @unchecked Sendable {
     /// ignored until the driver resets the device).
     private func process() {
         var notify = false
+        var call: Int32 = -1
         active.withLock { a in
-            guard var s = a, !s.broken else { return }
-            defer { a = s }
-            let q = s.queue
+            guard let s = a, let q = s.queue else { return }
+            call = s.call
             do {
-                let availIdx: UInt16 = try memory.load(at: q.availRing &+ 2)
-                if UInt16(availIdx &- s.lastAvail) > q.size { s.broken = true; log("virtio-rng: avail index jumped; queue broken"); return }
-                while s.lastAvail != availIdx {
-                    let head: UInt16 = try memory.load(at: q.availRing &+ 4 &+ 2 &* UInt64(s.lastAvail % q.size))
+                while let chain = try q.pop() {
                     var written: UInt32 = 0
-                    var i = head, hops = 0
-                    while true {
-                        guard i < q.size, hops < Int(q.size) else { s.broken = true; log("virtio-rng: bad descriptor chain"); return }
-                        let d = q.descTable &+ 16 &* UInt64(i)
-                        let addr: UInt64 = try memory.load(at: d)
-                        let len: UInt32 = try memory.load(at: d &+ 8)
-                        let flags: UInt16 = try memory.load(at: d &+ 12)
-                        let next: UInt16 = try memory.load(at: d &+ 14)
-                        if flags & 2 != 0 {
-                            let buf = try memory.slice(at: addr, count: Int(min(len, 1 << 16)))
-                            if buf.count > 0 { _ = getrandom(buf.baseAddress, buf.count, 0) }
-                            written &+= UInt32(buf.count)
-                        }
-                        hops += 1
-                        if flags & 1 == 0 { break }
-                        i = next
+                    for b in chain.buffers where b.writable {
+                        let buf = try memory.slice(ChainBuffer(address: b.address, length: min(b.length, 1 << 16), writable: true))
+                        if buf.count > 0 { _ = getrandom(buf.baseAddress, buf.count, 0) }
+                        written &+= UInt32(buf.count)
                     }
-                    let slot = q.usedRing &+ 4 &+ 8 &* UInt64(s.usedIdx % q.size)
-                    try memory.store(UInt32(head), at: slot)
-                    try memory.store(written, at: slot &+ 4)
-                    s.usedIdx &+= 1
-                    s.lastAvail &+= 1
-                    try memory.store(s.usedIdx, at: q.usedRing &+ 2)
+                    q.addUsed(head: chain.head, length: written)
                     bytesServed.add(UInt64(written), ordering: .relaxed)
-                    notify = true
                 }
+                q.publishUsed()
+                notify = q.needsNotification()
             } catch {
-                s.broken = true
                 log("virtio-rng: \(error); queue broken")
+                a = Active(queue: nil, call: s.call)
             }
         }
-        if notify, let call = active.withLock({ $0?.call }) { signalEventFD(call) }
+        if notify { signalEventFD(call) }
     }
 }
