@@ -59,11 +59,12 @@ integration: fixtures guest debian-image hvm-iso
 integration-images: guest
 	guest/test-images.sh $(GUEST)
 
-bench: release fixtures
+bench: release fixtures guest
 	python3 bench/core_boot.py
 	SCRATCH=.build bench/blk.sh
 	python3 bench/control_plane.py
 	python3 bench/net.py
+	python3 bench/qemu_overhead.py
 
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/xenith/manifests
