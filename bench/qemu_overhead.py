@@ -112,6 +112,34 @@ def ours(bins, xroot):
     return found
 
 
+def parents():
+    """{pid: parent pid} of every process."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                s = open("/proc/%s/stat" % d).read()
+                out[int(d)] = int(s[s.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def tree_mem(pid):
+    """Memory of `pid` and its descendants (a sandboxed daemon is a waiter plus its child in a
+    PID namespace), None when `pid` is gone."""
+    pp = parents()
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += [c for c, q in pp.items() if q == p]
+    ms = [m for m in map(mem_kib, tree) if m]
+    if not ms:
+        return None
+    return {"Pss": sum(m["Pss"] for m in ms), "Rss": sum(m["Rss"] for m in ms), "pids": set(tree)}
+
+
 def pidfile(path):
     try:
         return int(open(path).read().strip())
@@ -235,6 +263,18 @@ class Host:
         return subprocess.run(list(args), env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, check=check)
 
+    def daemon_mem(self):
+        """Memory of the shared daemons: xend alone (its children are the domains' processes),
+        xenstored and xenconsoled with their sandboxed children."""
+        out = {}
+        for k, p in self.daemons().items():
+            if p:
+                m = mem_kib(p) if k == "xend" else tree_mem(p)
+                if m:
+                    m.setdefault("pids", {p})
+                    out[k] = m
+        return out
+
     def daemons(self):
         return {"xend": pidfile(self.xroot + "/run/xend.pid"),
                 "xenstored": pidfile(self.xroot + "/run/xenstored/xenstored.pid"),
@@ -275,7 +315,7 @@ def one_xm(h, cfg, name, baseline):
     log = h.xroot + "/var/log/xen/console/guest-%s.log" % name
     if os.path.exists(log):
         raise RuntimeError("%s exists already: the ready line must be this boot's" % log)
-    before_daemons = {k: mem_kib(p) for k, p in h.daemons().items() if p}
+    before_daemons = h.daemon_mem()
     t0 = time.perf_counter()
     r = h.run(h.xm, "create", "-q", cfg, "name=" + name, check=False)
     if r.returncode != 0:
@@ -288,7 +328,8 @@ def one_xm(h, cfg, name, baseline):
     for d in rec.get("disks") or []:
         if d.get("pid"):
             per[(d["pid"], start_ticks(d["pid"]))] = "blkback %s" % d.get("vdev", "")
-    daemon_pids = set(p for p in h.daemons().values() if p)
+    after_daemons = h.daemon_mem()
+    daemon_pids = set().union(*[m["pids"] for m in after_daemons.values()]) if after_daemons else set()
     for key, nm in ours(h.bins, h.xroot).items():
         if key in baseline or key[0] == qpid or key[0] in daemon_pids or key in per:
             continue
@@ -299,8 +340,8 @@ def one_xm(h, cfg, name, baseline):
         if m:
             label = "%s" % nm
             mem["per"][label] = mem["per"].get(label, 0) + m["Pss"]
-    for k, p in h.daemons().items():
-        a, b = before_daemons.get(k), mem_kib(p) if p else None
+    for k in after_daemons:
+        a, b = before_daemons.get(k), after_daemons.get(k)
         if a and b:
             mem["growth"][k] = b["Pss"] - a["Pss"]
     return secs, mem

@@ -286,17 +286,26 @@ public final class QemuDomain: @unchecked Sendable {
     }
 
     /// `stopReason` from the files alone (a domain nobody holds a `QemuDomain` for).
-    public static func stopReason(paths: QemuDomainPaths, tailLines: Int = 3) -> QemuStop {
+    ///
+    /// A crash of QEMU itself (no status file, or QEMU ended by a signal) carries QEMU's
+    /// last `tailLines` log lines after byte `logOffset` (the log's size when this QEMU
+    /// started, so lines of an earlier QEMU of the same domain name are not blamed),
+    /// joined with ` | `; a guest panic carries none.
+    public static func stopReason(paths: QemuDomainPaths, tailLines: Int = 3, logOffset: Int = 0) -> QemuStop {
+        let tail = { stderrLines(paths.stderrLog, from: logOffset, last: tailLines).map(stripTimestamp) }
         if let line = try? String(contentsOfFile: paths.statusFile, encoding: .utf8) {
             let t = line.trimmingCharacters(in: .whitespacesAndNewlines)
             let rest = t.split(separator: " ", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
             if t == "poweroff" { return .poweroff }
             if t.hasPrefix("reboot") { return .reboot(rest) }
-            if t.hasPrefix("crash") { return .crash(rest) }
+            if t.hasPrefix("crash") {
+                let lines = rest == "guest panicked" ? [] : tail()
+                return .crash(lines.isEmpty ? rest : rest + ": " + lines.joined(separator: " | "))
+            }
             if t == "destroyed" { return .destroyed }
         }
-        let tail = stderrLines(paths.stderrLog, from: 0, last: tailLines).map(stripTimestamp)
-        return .crash(tail.isEmpty ? "qemu-system-x86_64 died" : "qemu-system-x86_64 died: " + tail.joined(separator: " | "))
+        let lines = tail()
+        return .crash(lines.isEmpty ? "qemu-system-x86_64 died" : "qemu-system-x86_64 died: " + lines.joined(separator: " | "))
     }
 
     /// The last `n` lines of QEMU's log.

@@ -410,7 +410,10 @@ public final class DomainManager: @unchecked Sendable {
         switch why {
         case .poweroff: action = cfg?.onPoweroff ?? .destroy; dmesg("Domain \(r.name) (\(domid)) has shut down (poweroff)")
         case .reboot(let s): action = cfg?.onReboot ?? .restart; dmesg("Domain \(r.name) (\(domid)) has shut down (reboot: \(s))")
-        case .crash(let s): action = cfg?.onCrash ?? .restart; dmesg("Domain \(r.name) (\(domid)) has crashed: \(s)")
+        case .crash(let s):
+            action = cfg?.onCrash ?? .restart
+            // One line with where to look: the console log outlives the domain.
+            dmesg("Domain \(r.name) (\(domid)) has crashed: \(s); console log: \(r.consoleLog)")
         case .destroyed: action = .destroy; dmesg("Domain \(r.name) (\(domid)) destroyed")
         }
         r.process = nil
@@ -426,7 +429,7 @@ public final class DomainManager: @unchecked Sendable {
             let now = Date().timeIntervalSince1970
             if let prev = r.previousRestartTime, now - prev < minimumRestartTime {
                 log.error("VM \(r.name) restarting too fast (\(String(format: "%f", now - prev)) seconds since the last restart).  Refusing to restart to avoid loops.")
-                dmesg("Domain \(r.name): restarting too fast; not restarted")
+                dmesg("Domain \(r.name): restarting too fast; not restarted; console log: \(r.consoleLog)")
                 cleanup(domid)
                 return
             }

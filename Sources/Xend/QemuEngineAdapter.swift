@@ -19,6 +19,8 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     public let accelerator: QemuAccelerator
     private let lock = NSLock()
     private var sessions: [Int32: QemuDomain] = [:]
+    /// Size of each running QEMU's log when it started (its own lines start there).
+    private var logStarts: [Int32: Int] = [:]
 
     /// - Parameter binary: `qemu-system-x86_64` by default.
     public init(binary: String = "qemu-system-x86_64", accelerator: QemuAccelerator? = nil) {
@@ -87,6 +89,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
                                       kernelCommandLine: c.kernel != nil ? l.commandLine : nil)
         let args: [String]
         do { args = try QemuCommandLine.arguments(for: c, inputs) } catch { throw EngineError(error.message) }
+        let logStart = (try? FileManager.default.attributesOfItem(atPath: paths.stderrLog)[.size] as? Int) ?? 0
         let d: QemuDomain
         do {
             d = try QemuDomain.launch(binary: qemu, arguments: args, passFDs: fds, paths: paths)
@@ -97,7 +100,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         } else {
             unlink(vncFile)
         }
-        lock.lock(); sessions[d.pid] = d; lock.unlock()
+        lock.lock(); sessions[d.pid] = d; logStarts[d.pid] = logStart; lock.unlock()
         return EngineProcess(pid: d.pid, startTicks: d.startTicks, controlPath: l.controlPath, statusFile: l.statusFile)
     }
 
@@ -155,17 +158,31 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     public func stopReason(_ p: EngineProcess, waitStatus: Int32?) -> EngineStop {
         lock.lock()
         let d = sessions.removeValue(forKey: p.pid)
+        let logStart = logStarts.removeValue(forKey: p.pid) ?? 0
         lock.unlock()
         let paths = d?.paths ?? QemuEngineDriver.paths(p.controlPath, status: p.statusFile, log: QemuEngineDriver.logPath(p))
         d?.qmp.close()
-        let why = QemuDomain.stopReason(paths: paths)
+        let why = QemuDomain.stopReason(paths: paths, logOffset: logStart)
         unlink(paths.pidfile); unlink(p.controlPath + ".vnc")
         switch why {
         case .poweroff: return .poweroff
         case .reboot(let r): return .reboot(r)
-        case .crash(let r): return .crash(r)
+        case .crash(let r): return .crash(QemuEngineDriver.describeDeath(r, waitStatus: waitStatus))
         case .destroyed: return .destroyed
         }
+    }
+
+    /// `qemu-system-x86_64 died…` → `qemu-system-x86_64 killed by signal 11 (Segmentation
+    /// fault)…` or `… exited with status 1…` when xend reaped QEMU (`waitStatus` from wait(2));
+    /// any other reason is returned as is.
+    static func describeDeath(_ reason: String, waitStatus: Int32?) -> String {
+        let died = "qemu-system-x86_64 died"
+        guard reason.hasPrefix(died), let ws = waitStatus else { return reason }
+        let sig = ws & 0x7f
+        let how = sig != 0 && sig != 0x7f
+            ? "killed by signal \(sig) (\(strsignal(sig).map { String(cString: $0) } ?? "?"))"
+            : "exited with status \((ws >> 8) & 0xff)"
+        return "qemu-system-x86_64 " + how + reason.dropFirst(died.count)
     }
 
     private func call(_ f: () throws -> Void) throws {

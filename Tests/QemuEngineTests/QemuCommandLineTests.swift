@@ -215,6 +215,16 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
             try (text + "\n").write(toFile: p.statusFile, atomically: true, encoding: .utf8)
             #expect(QemuDomain.stopReason(paths: p) == want)
         }
+        // QEMU ended by a signal: its own last lines come along; lines before logOffset
+        // (an earlier QEMU of the same domain name) do not.
+        try "crash qemu-system-x86_64 was terminated by a signal\n".write(toFile: p.statusFile, atomically: true, encoding: .utf8)
+        let old = try String(contentsOfFile: p.stderrLog, encoding: .utf8)
+        try (old + "2026-11-30T03:00:01.000001Z qemu-system-x86_64: terminating on signal 15 from pid 7 (xend)\n")
+            .write(toFile: p.stderrLog, atomically: true, encoding: .utf8)
+        #expect(QemuDomain.stopReason(paths: p, logOffset: old.utf8.count)
+                == .crash("qemu-system-x86_64 was terminated by a signal: terminating on signal 15 from pid 7 (xend)"))
+        unlink(p.statusFile)
+        #expect(QemuDomain.stopReason(paths: p, logOffset: old.utf8.count + 1000) == .crash("qemu-system-x86_64 died"))
     }
 
     @Test func missingBinary() {
