@@ -271,5 +271,16 @@ private func toolPath(_ name: String) -> String { name.hasPrefix("/") ? name : E
         #expect(h.xendLog.contains("signal 9"))
         #expect(try h.xm("destroy", "qr").status == 0)
         try h.expectNothingLeft()
+
+        // SIGTERM: QEMU says why on its stderr; that line comes along (on_crash = destroy).
+        let tcfg = try h.config("qt", BadInputHost.testGuest() + "name = 'qt'\non_crash = 'destroy'\n")
+        #expect(try h.xm("create", tcfg).status == 0)
+        guard let p2 = h.pid("qt") else { Issue.record("no pid for qt"); return }
+        kill(p2, SIGTERM)
+        #expect(try h.waitUntil(20) { try !h.xm("list").stdout.contains("qt ") })
+        let tline = h.xendLog.split(separator: "\n").first { $0.contains("qt (") && $0.contains("has crashed") } ?? ""
+        print("QEMU SIGTERM → xend.log: \(tline)")
+        #expect(tline.contains("terminating on signal 15"), "\(h.xendLog.suffix(600))")
+        try h.expectNothingLeft()
     }
 }
