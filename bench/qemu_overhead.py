@@ -335,11 +335,21 @@ def one_xm(h, cfg, name, baseline):
             continue
         per[key] = nm
     mem = {"qemu": mem_kib(qpid), "per": {}, "growth": {}, "argv": cmdline(qpid), "qpid": qpid}
+    # A process found by the scan whose ancestor xend registered (a sandboxed back-end's child
+    # in its PID namespace) is counted under that back-end's name.
+    pp = parents()
+    known = {pid: nm for (pid, _), nm in per.items()}
+    counts = {}
     for (pid, _), nm in per.items():
+        a = pp.get(pid)
+        while a and a not in known and a > 1:
+            a = pp.get(a)
+        label = known[a] if a in known else nm
         m = mem_kib(pid)
         if m:
-            label = "%s" % nm
             mem["per"][label] = mem["per"].get(label, 0) + m["Pss"]
+            counts[label] = counts.get(label, 0) + 1
+    mem["counts"] = counts
     for k in after_daemons:
         a, b = before_daemons.get(k), after_daemons.get(k)
         if a and b:
@@ -401,7 +411,11 @@ def report(res):
     print("%-44s %9s %9s %9s" % ("start -> 'xenith-guest: ready'", "median s", "min s", "max s"))
     print("%-44s %9.3f %9.3f %9.3f" % ("raw qemu-system-x86_64 (xend's argv)", raw, min(res["raw"]), max(res["raw"])))
     print("%-44s %9.3f %9.3f %9.3f" % ("xm create (xend + services)", xm, min(res["xm"]), max(res["xm"])))
-    print("%-44s %+9.3f  (%+.1f %%)" % ("overhead", over, pct))
+    print("%-44s %+9.3f  (%+.1f %%)" % ("overhead (of the medians)", over, pct))
+    # Under a shared host's noise, two more views: the interleaved pairs, and the best runs.
+    pairs = [100.0 * (x - r) / r for r, x in zip(res["raw"], res["xm"])]
+    print("%-44s %+8.1f %%" % ("overhead, median of the interleaved pairs", med(pairs)))
+    print("%-44s %+8.1f %%" % ("overhead of the fastest runs (min vs min)", 100.0 * (min(res["xm"]) - min(res["raw"])) / min(res["raw"])))
     # Memory, medians over the runs (KiB).
     per_names = sorted({k for m in res["xm_m"] for k in m["per"]})
     growth_names = sorted({k for m in res["xm_m"] for k in m["growth"]})
@@ -412,8 +426,9 @@ def report(res):
     total = 0
     for n in per_names:
         v = med([m["per"].get(n, 0) for m in res["xm_m"]])
+        k = max(m.get("counts", {}).get(n, 0) for m in res["xm_m"])
         total += v
-        print("%-44s %9d" % ("ours, per-domain process: " + n, v))
+        print("%-44s %9d" % ("ours, per domain: %s (%d process%s)" % (n, k, "" if k == 1 else "es"), v))
     if not per_names:
         print("%-44s %9s" % ("ours, per-domain processes", "none"))
     for n in growth_names:
@@ -421,9 +436,12 @@ def report(res):
         total += max(0, v)
         print("%-44s %+9d" % ("ours, shared daemon growth: " + n, v))
     print("%-44s %9d  (%.1f MiB)" % ("ours per domain, total", total, total / 1024.0))
-    ok_t, ok_m = pct <= 10.0, total <= 10 * 1024
-    print("targets: overhead <= 10 %% of boot time: %s (%+.1f %%); ours <= 10 MiB per domain: %s (%.1f MiB)" % (
-        "PASS" if ok_t else "FAIL", pct, "PASS" if ok_m else "FAIL", total / 1024.0))
+    # The verdict uses the interleaved pairs: each pair ran back to back, so a host whose
+    # load drifts (other jobs on these 2 shared cores) moves both of its runs alike.
+    paired = med(pairs)
+    ok_t, ok_m = paired <= 10.0, total <= 10 * 1024
+    print("targets: overhead <= 10 %% of boot time (paired): %s (%+.1f %%); ours <= 10 MiB per domain: %s (%.1f MiB)" % (
+        "PASS" if ok_t else "FAIL", paired, "PASS" if ok_m else "FAIL", total / 1024.0))
 
 
 def main():

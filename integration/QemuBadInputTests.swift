@@ -87,16 +87,27 @@ final class BadInputHost: @unchecked Sendable {
 
     /// Processes (other than xend's own daemons) whose command line names this root.
     func strayProcesses() -> [String] {
-        let daemons = Set(["/run/xend.pid", "/run/xenstored/xenstored.pid", "/run/xenconsoled/xenconsoled.pid"].compactMap {
+        let services = Set(["/run/xenstored/xenstored.pid", "/run/xenconsoled/xenconsoled.pid"].compactMap {
             Int32(read($0).trimmingCharacters(in: .whitespacesAndNewlines))
         })
+        // xend's children are the domains' processes: only xend itself is excluded.
+        let daemons = services.union([Int32(read("/run/xend.pid").trimmingCharacters(in: .whitespacesAndNewlines))].compactMap { $0 })
         var out: [String] = []
         for e in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
             // A sandboxed daemon is a waiter plus its child in a PID namespace: both are the daemon.
-            guard let pid = Int32(e), pid != getpid(), !daemons.contains(pid), !daemons.contains(Self.parent(pid) ?? -1),
+            guard let pid = Int32(e), pid != getpid(), !daemons.contains(pid), !services.contains(Self.parent(pid) ?? -1),
                   let d = FileManager.default.contents(atPath: "/proc/\(e)/cmdline") else { continue }
             let argv = String(decoding: d, as: UTF8.self).replacingOccurrences(of: "\0", with: " ")
-            if argv.contains(root + "/") && !argv.contains("xend") && QemuDomain.startTicks(pid) != nil { out.append("\(pid): \(argv.prefix(160))") }
+            // Named in its command line, or holding a file of this root open (a back-end
+            // handed its image and socket as descriptors).
+            let fdDir = "/proc/\(e)/fd"
+            let holds = ((try? FileManager.default.contentsOfDirectory(atPath: fdDir)) ?? []).contains {
+                ((try? FileManager.default.destinationOfSymbolicLink(atPath: fdDir + "/" + $0)) ?? "").hasPrefix(root + "/")
+            }
+            let isXend = argv.split(separator: " ").first.map { ($0 as Substring).hasSuffix("/xend") || $0 == "xend" } ?? false
+            if (argv.contains(root + "/") || holds) && !isXend && QemuDomain.startTicks(pid) != nil {
+                out.append("\(pid): \(argv.prefix(160))")
+            }
         }
         return out
     }
@@ -248,11 +259,18 @@ private func toolPath(_ name: String) -> String { name.hasPrefix("/") ? name : E
         defer { h.stop() }
         guard try h.start() else { return }
         let consoleLog = h.root + "/var/log/xen/console/guest-qc.log"
-        let cfg = try h.config("qc", BadInputHost.testGuest() + "name = 'qc'\non_crash = 'preserve'\n")
+        // With a disk, so that its back-end (blkback where xend serves qemu disks) must go too.
+        let img = h.root + "/qc.img"
+        #expect(FileManager.default.createFile(atPath: img, contents: Data(count: 1 << 20)))
+        let cfg = try h.config("qc", BadInputHost.testGuest() + "name = 'qc'\non_crash = 'preserve'\ndisk = ['file:\(img),xvda,w']\n")
         let c = try h.xm("create", cfg)
         #expect(c.status == 0, "\(c.stderr)")
         #expect(h.waitUntil(120) { h.read("/var/log/xen/console/guest-qc.log").contains("xenith-guest: ready") })
         guard let pid = h.pid("qc") else { Issue.record("no pid in the registry"); return }
+        // The leftover check sees a live domain's processes (QEMU, and blkback when xend serves the disk).
+        let live = try h.leftovers()
+        #expect(live.contains { $0.contains("qemu-system-x86_64") }, "\(live)")
+        if !((h.record("qc")?["disks"] as? [Any]) ?? []).isEmpty { #expect(live.contains { $0.contains("blkback") }, "\(live)") }
         kill(pid, SIGSEGV)
         #expect(try h.waitUntil(20) { try h.xm("list", "qc").stdout.contains("----c-") }, "\(h.xendLog.suffix(600))")
         let line = h.xendLog.split(separator: "\n").first { $0.contains("qc") && $0.contains("has crashed") } ?? ""
