@@ -30,7 +30,7 @@ struct XenConsoled {
       --log-dir DIR      guest log directory (default $XENITH_ROOT/var/log/xen/console)
       --pid-file FILE    write the daemon's pid to FILE
       --manifest FILE    security manifest (default $XENITH_MANIFESTS/xenconsoled.manifest,
-                         else PREFIX/share/xenith/manifests/xenconsoled.manifest)
+                         else PREFIX/share/xenith/manifests/xenconsoled.manifest, else the source tree's)
       --no-sandbox       run without applying the manifest (debugging only)
       -h, --help         show this help
     """
@@ -95,7 +95,7 @@ struct XenConsoled {
         for sig in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&termSignals, sig) }
         pthread_sigmask(SIG_UNBLOCK, &termSignals, nil)
         if isListening(path) { fail("\(path): another xenconsoled is already listening on this socket") }
-        let manifestPath = noSandbox ? nil : (manifest ?? defaultManifest())
+        let manifestPath = noSandbox ? nil : (manifest ?? ServiceManifest.locateOrExit("xenconsoled.manifest", program: "xenconsoled"))
         if !noFork { daemonize(path) }
 
         mkdirs(dir)
@@ -125,19 +125,6 @@ struct XenConsoled {
         log("listening on \(path), guest logs in \(dir)")
         server.start()
         server.wait()
-    }
-
-    private func defaultManifest() -> String {
-        if let env = getenv("XENITH_MANIFESTS") { return String(cString: env) + "/xenconsoled.manifest" }
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buf, 4095)
-        if n > 0 {
-            let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            let bin = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-            let candidate = bin + "/../share/xenith/manifests/xenconsoled.manifest"
-            if access(candidate, R_OK) == 0 { return candidate }
-        }
-        fail("no manifest found: give --manifest FILE (or --no-sandbox for debugging)")
     }
 
     private func currentDirectory() -> String {
