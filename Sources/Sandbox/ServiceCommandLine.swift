@@ -85,3 +85,44 @@ public enum ServiceManifest {
         return p
     }
 }
+
+/// Running a service in the background the way `xenstored` and `xenconsoled` do without
+/// `-N`: the program re-executes itself as a daemon and the caller returns once the
+/// daemon is ready, so a script that starts it can use it on the next line.
+public enum ServiceDaemon {
+    /// Re-executes this program (/proc/self/exe) with its arguments plus `foregroundFlag`
+    /// in a new session (setsid), stdio on /dev/null and none of the caller's other
+    /// descriptors (all above stderr are marked close-on-exec first), then polls `ready`
+    /// every 25 ms and exits 0 when it returns true. Exits 1 with `PROGRAM: …` on stderr
+    /// when the spawn fails, the daemon exits during start-up, or it is not ready within
+    /// `timeoutSeconds`.
+    public static func detachAndExit(program: String, foregroundFlag: String = "-N", timeoutSeconds: Int = 10,
+                                     ready: () -> Bool) -> Never {
+        let maxFD = min(Int32(truncatingIfNeeded: sysconf(Int32(_SC_OPEN_MAX))), 65536)
+        for fd in 3..<max(maxFD, 3) { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var args = CommandLine.arguments
+        args.append(foregroundFlag)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        posix_spawnattr_setflags(&attr, 0x80 /* POSIX_SPAWN_SETSID (glibc), not imported */)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        for fd: Int32 in [0, 1, 2] {
+            posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
+        }
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        cargs.append(nil)
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
+        guard rc == 0 else { ServiceArguments.fail(program: program, "cannot start daemon: \(String(cString: strerror(rc)))") }
+        for _ in 0..<(timeoutSeconds * 40) {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                ServiceArguments.fail(program: program, "daemon exited during startup (status \(status)); run with \(foregroundFlag) to see why")
+            }
+            if ready() { exit(0) }
+            usleep(25_000)
+        }
+        ServiceArguments.fail(program: program, "daemon did not answer within \(timeoutSeconds) s")
+    }
+}

@@ -151,33 +151,10 @@ struct XenConsoled {
         (try? listConsoles(socketPath: path)) != nil
     }
 
-    /// Re-executes this program with -N in a new session with stdio on /dev/null, waits
-    /// until it answers on the socket (sandbox applied), then exits 0 (1 if it died first).
+    /// Starts the daemon (this program with -N) and exits 0 once it answers on `path`
+    /// with its sandbox applied (ServiceDaemon).
     private func daemonize(_ path: String) -> Never {
-        var args = CommandLine.arguments
-        args.append("-N")
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        posix_spawnattr_setflags(&attr, 0x80 /* POSIX_SPAWN_SETSID (glibc), not imported */)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        for fd: Int32 in [0, 1, 2] {
-            posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
-        }
-        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
-        cargs.append(nil)
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
-        guard rc == 0 else { fail("cannot start daemon: \(String(cString: strerror(rc)))") }
-        for _ in 0..<400 {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid {
-                fail("daemon exited during startup (status \(status)); run with -N to see why")
-            }
-            if isListening(path) { Glibc.exit(0) }
-            usleep(25_000)
-        }
-        fail("\(path): daemon did not answer within 10 s")
+        ServiceDaemon.detachAndExit(program: "xenconsoled") { isListening(path) }
     }
 }
 
