@@ -126,3 +126,22 @@ public enum ServiceDaemon {
         ServiceArguments.fail(program: program, "daemon did not answer within \(timeoutSeconds) s")
     }
 }
+
+/// The test hook that proves a service's seccomp filter and its supervisor: once armed, the
+/// service makes one system call no manifest allows (getppid) right after its sandbox is
+/// applied, so it dies by SIGSYS and the supervisor must name the call and restart it.
+public enum ServiceSyscallProbe {
+    /// Whether the hook is armed for `service` by `$XENITH_<SERVICE>_TEST_FORBIDDEN`
+    /// (service upper-cased): `1` arms it always; an absolute PATH arms it once, when PATH
+    /// exists (it is removed, so the supervisor's next restart runs normally). Call it
+    /// before the sandbox is applied (the sandbox's file system is empty).
+    public static func isArmed(service: String) -> Bool {
+        guard let v = getenv("XENITH_\(service.uppercased())_TEST_FORBIDDEN").map({ String(cString: $0) }) else { return false }
+        if v == "1" { return true }
+        return v.hasPrefix("/") && unlink(v) == 0
+    }
+
+    /// Makes the forbidden call (getppid). Under the sandbox's filter the process dies by
+    /// SIGSYS and the reporter names `getppid` on stderr; without a filter it returns.
+    public static func trip() { _ = getppid() }
+}

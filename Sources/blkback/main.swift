@@ -90,12 +90,8 @@ while let a = args.next() {
 guard (socketPath == nil) != (listenFdArg == nil) else { fail("give exactly one of --socket PATH or --listen-fd N") }
 guard (imageSpec == nil) != (imageFdArg == nil) else { fail("give exactly one of --image IMAGE or --image-fd N") }
 if manifestArg != nil && noSandbox { fail("--manifest and --no-sandbox exclude each other") }
-// Tests only: XENITH_BLKBACK_TEST_FORBIDDEN=1 arms --test-forbidden-syscall; =PATH arms it
-// once, when PATH exists (it is removed), so a supervisor's restart then runs normally.
-if let v = getenv("XENITH_BLKBACK_TEST_FORBIDDEN").map({ String(cString: $0) }) {
-    if v == "1" { testForbiddenSyscall = true }
-    else if v.hasPrefix("/") && unlink(v) == 0 { testForbiddenSyscall = true }
-}
+// Tests only: XENITH_BLKBACK_TEST_FORBIDDEN=1 or =PATH (once) arms --test-forbidden-syscall.
+if ServiceSyscallProbe.isArmed(service: "blkback") { testForbiddenSyscall = true }
 
 // --manifest, else $XENITH_MANIFESTS, BINDIR/../share/xenith/manifests, or the source tree's.
 let manifestPath: String? = noSandbox ? nil : (manifestArg ?? ServiceManifest.locateOrExit("blkback.manifest", program: "blkback"))
@@ -187,7 +183,7 @@ if let m = manifestPath {
     if testForbiddenSyscall {
         // A syscall no manifest allows: the filter traps, the reporter names it, and the
         // process dies by SIGSYS (manifests/README.md).
-        _ = getppid()
+        ServiceSyscallProbe.trip()
     }
 } else if !quiet {
     eprint("blkback: running without a sandbox (--no-sandbox)\n")

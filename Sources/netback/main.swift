@@ -139,8 +139,12 @@ if listenFd != 3 || tapFd != 4 {
 }
 
 // 4. The sandbox: before the first front-end message or guest byte.
+// Tests only: XENITH_NETBACK_TEST_FORBIDDEN=1 or =PATH (once) makes one forbidden syscall
+// once sandboxed, so the supervisor sees a death by SIGSYS naming it.
+let tripProbe = ServiceSyscallProbe.isArmed(service: "netback")
 if let m = manifest {
     _ = Sandbox.applyOrExit(manifestPath: m)
+    if tripProbe { ServiceSyscallProbe.trip() }
 } else if !quiet {
     eprint("netback: running without a sandbox (--no-sandbox)\n")
 }

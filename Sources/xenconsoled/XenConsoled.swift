@@ -109,8 +109,12 @@ struct XenConsoled {
             _ = fcntl(3, F_SETFD, FD_CLOEXEC)
         }
         if let pidFile { writePidFile(pidFile) }
+        // Tests only: XENITH_XENCONSOLED_TEST_FORBIDDEN=1 or =PATH (once) makes one forbidden
+        // syscall once sandboxed (a death by SIGSYS for xend to name and restart).
+        let tripProbe = ServiceSyscallProbe.isArmed(service: "xenconsoled")
         if let m = manifestPath {
             _ = Sandbox.applyOrExit(manifestPath: m)
+            if tripProbe { ServiceSyscallProbe.trip() }
         } else {
             log("running without a sandbox (--no-sandbox)")
         }
