@@ -181,6 +181,13 @@ final class NamespacedXend {
                     "netback restarted: \(x.netbackPids())")
         }
 
+        // xend restarts: the running netbacks are re-adopted (same pids) and still cleaned up.
+        let before = Set(x.netbackPids())
+        _ = try run("/usr/bin/env", ["XENITH_ROOT=\(x.root)", Env.binary("xend"), "stop"])
+        try ns.exec("env XENITH_ROOT=\(x.root) \(Env.binary("xend")) start", timeout: 60)
+        #expect(Set(x.netbackPids()) == before, "re-adopted, not restarted")
+        #expect(try x.xm(["network-list", "a"]).stdout.split(separator: "\n").count == 3)
+
         // Destroy: script offline, taps gone, xenstore entries gone, netbacks stopped.
         #expect(try x.xm(["destroy", "a"]).status == 0)
         #expect(!x.linkExists("vif\(domid).0") && !x.linkExists("vif\(domid).1"))
