@@ -228,7 +228,11 @@ final class NamespacedXend {
         // 6 MiB from the namespace to guest 1 in 64 KiB pieces 50 ms apart (~5 s).
         let peer = try NetbackQemuTests().peer(ns, URL(fileURLWithPath: x.root), ["send", "5003", "\(6 << 20)", "65536", "0.05"])
         defer { if peer.process.isRunning { kill(peer.process.processIdentifier, SIGKILL) }; _ = peer.wait(timeout: 2) }
+        // g2 also waits for a hot-plugged eth1 (xm network-attach) and pings the bridge through it.
         let server = """
+        (until [ -e /sys/class/net/eth1 ]; do sleep 0.5; done; ip addr add 10.77.0.32/24 dev eth1; ip link set eth1 up; \
+        echo XENITH-ETH1 $(cat /sys/class/net/eth1/address); \
+        for i in 1 2 3 4 5 6 7 8 9 10; do ping -c 1 -W 1 -I eth1 10.77.0.1 >/dev/null 2>&1 && echo XENITH-ETH1-PING-OK && break; done) & \
         mkdir -p /tmp/www && dd if=/dev/urandom of=/tmp/www/f bs=1k count=512 2>/dev/null && \
         echo XENITH-MD5 $(md5sum < /tmp/www/f) && httpd -p 80 -h /tmp/www && echo XENITH-SERVING; sleep 600
         """
@@ -268,6 +272,21 @@ final class NamespacedXend {
         #expect(streamSent != nil && streamSent == streamGot, "stream across the SIGKILL: sent \(streamSent ?? "-") got \(streamGot ?? "-")")
         let after = try x.xm(["network-list", "-l", "g1"]).stdout
         #expect(!after.contains("(netback-pid \(pid ?? 0))") && after.contains("(netback-pid"), "restarted: \(after)")
+
+        // Hot-plug on the qemu engine: a second NIC for g2, used, then removed.
+        let att = try x.xm(["network-attach", "g2", "mac=00:16:3e:0c:00:12", "bridge=xenbr0"])
+        #expect(att.status == 0, "\(att.stderr)")
+        let g2id = try x.xm(["domid", "g2"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(NamespacedXend.waitUntil(60) { x.consoleLog("g2").contains("XENITH-ETH1-PING-OK") }, "\(x.consoleLog("g2").suffix(1500))")
+        #expect(x.consoleLog("g2").contains("XENITH-ETH1 00:16:3e:0c:00:12"))
+        #expect(x.bridgePorts().contains("vif\(g2id).1"))
+        #expect(try x.xm(["network-list", "g2"]).stdout.split(separator: "\n").count == 3)
+        let cold = try x.xm(["network-detach", "g2", "0"])
+        #expect(cold.status != 0 && cold.stderr.contains("hotplug"), "a NIC on the root complex stays: \(cold.stderr)")
+        let det = try x.xm(["network-detach", "g2", "1"], timeout: 60)
+        #expect(det.status == 0, "\(det.stderr)")
+        #expect(!x.linkExists("vif\(g2id).1") && x.xsRead("/local/domain/0/backend/vif/\(g2id)/1") == nil)
+        #expect(try x.xm(["network-list", "g2"]).stdout.split(separator: "\n").count == 2)
 
         #expect(try x.xm(["destroy", "g1"]).status == 0)
         #expect(try x.xm(["destroy", "g2"]).status == 0)
