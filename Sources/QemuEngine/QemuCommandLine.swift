@@ -79,6 +79,9 @@ public struct QemuLaunchInputs: Sendable, Hashable {
     /// Resolved kernel/ramdisk paths (default: the configuration's).
     public var kernel: String?
     public var ramdisk: String?
+    /// Empty PCIe root ports (`hpnet0`...) for NICs added later over QMP (`device_add`),
+    /// on q35 only; any value above 0 also makes guest RAM a shared memfd (vhost-user).
+    public var netHotplugSlots: Int = 0
 
     public init(accelerator: QemuAccelerator, qmpSocket: String, pidfile: String, serial: QemuSerial,
                 disks: [QemuDiskBackend?] = [], cdrom: QemuDiskBackend? = nil, vifs: [QemuNetBackend] = [],
@@ -126,7 +129,7 @@ public enum QemuCommandLine {
             throw QemuConfigError("internal: \(i.disks.count) disk backends for \(c.disks.count) disks")
         }
         let vhostUser = i.disks.contains { if case .vhostUser = $0 { return true } else { return false } }
-            || i.vifs.contains { if case .vhostUser = $0 { return true } else { return false } }
+            || i.vifs.contains { if case .vhostUser = $0 { return true } else { return false } } || i.netHotplugSlots > 0
 
         // Identity: the name shows in `ps` and QEMU's messages; debug-threads names vCPU
         // threads "CPU n/TCG" or "CPU n/KVM" (query-cpus-fast gives their thread ids).
@@ -283,6 +286,10 @@ public enum QemuCommandLine {
                 break
             }
             a += ["-device", device]
+        }
+        // q35's root complex cannot take hot-plugged devices: empty root ports can.
+        if !hvm {
+            for n in 0..<i.netHotplugSlots { a += ["-device", "pcie-root-port,id=hpnet\(n),chassis=\(n + 1)"] }
         }
 
         // Display. VNC (on by default in the manual) is bound to vnclisten, else localhost;

@@ -42,6 +42,10 @@ public final class XM {
         ("domname", "<DomId>", "Convert a domain id to domain name."),
         ("info", "", "Get information about Xen host."),
         ("log", "", "Print Xend log"),
+        ("network-attach", "<Domain> [script=<script>] [ip=<ip>] [mac=<mac>] [bridge=<bridge>] [vifname=<name>] [rate=<rate>]",
+         "Create a new virtual network device."),
+        ("network-detach", "<Domain> <DevId>", "Destroy a domain's virtual network device."),
+        ("network-list", "<Domain> [--long]", "List virtual network interfaces for a domain."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -60,6 +64,7 @@ public final class XM {
         "shutdown": [("-a", "--all", "Shutdown all domains."), ("-w", "--wait", "Wait for shutdown to complete."),
                      ("-H", "--halt", "Shutdown without reboot."), ("-R", "--reboot", "Shutdown and reboot.")],
         "reboot": [("-a", "--all", "Reboot all domains."), ("-w", "--wait", "Wait for reboot to complete.")],
+        "network-list": [("-l", "--long", "List resources as SXP")],
     ]
     static let commandNames: [String] = help.map { $0.0 }
 
@@ -139,6 +144,9 @@ public final class XM {
         case "info": try argCheck(args, cmd, 0); try xmInfo()
         case "dmesg": try xmDmesg(args)
         case "log": try argCheck(args, cmd, 0); out(try client().call("GET", "/api/v1/log", as: TextReply.self).text)
+        case "network-attach": try xmNetworkAttach(args)
+        case "network-detach": try xmNetworkDetach(args)
+        case "network-list": try xmNetworkList(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)
         }
     }

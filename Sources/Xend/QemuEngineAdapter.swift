@@ -81,10 +81,11 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
             }
         }
         let paths = QemuEngineDriver.paths(l.controlPath, status: l.statusFile, log: l.engineLog)
-        let inputs = QemuLaunchInputs(accelerator: accelerator, qmpSocket: paths.qmpSocket, pidfile: paths.pidfile,
+        var inputs = QemuLaunchInputs(accelerator: accelerator, qmpSocket: paths.qmpSocket, pidfile: paths.pidfile,
                                       serial: .file(l.consoleLog), disks: disks, cdrom: cdrom,
-                                      vifs: c.vifs.map { _ in .unconnected }, vncDisplay: display,
+                                      vifs: c.vifs.indices.map { $0 < l.netSockets.count ? .vhostUser(socket: l.netSockets[$0]) : .unconnected }, vncDisplay: display,
                                       kernelCommandLine: c.kernel != nil ? l.commandLine : nil)
+        inputs.netHotplugSlots = QemuEngineDriver.netHotplugSlots
         let args: [String]
         do { args = try QemuCommandLine.arguments(for: c, inputs) } catch { throw EngineError(error.message) }
         let d: QemuDomain
