@@ -21,6 +21,7 @@ public enum XendAPI {
         XendRoute("POST", "/api/v1/domains/{domain}/pause"),
         XendRoute("POST", "/api/v1/domains/{domain}/unpause"),
         XendRoute("POST", "/api/v1/domains/{domain}/shutdown"),
+        XendRoute("POST", "/api/v1/domains/{domain}/memory"),
         XendRoute("POST", "/api/v1/domains/{domain}/destroy"),
         XendRoute("GET", "/api/v1/domains/{domain}/vifs"),
         XendRoute("POST", "/api/v1/domains/{domain}/vifs"),
@@ -93,6 +94,15 @@ public struct ShutdownRequest: Codable, Sendable, Equatable {
     /// `poweroff`, `halt` or `reboot`.
     public var mode: String
     public init(mode: String) { self.mode = mode }
+}
+
+/// `POST /api/v1/domains/{domain}/memory` body (`xm mem-set`, `xm mem-max`): one of the two.
+public struct MemoryRequest: Codable, Sendable, Equatable {
+    /// New memory target (balloon), MiB.
+    public var target: Int?
+    /// New maximum memory, MiB.
+    public var max: Int?
+    public init(target: Int? = nil, max: Int? = nil) { self.target = target; self.max = max }
 }
 
 /// `GET /api/v1/info` reply: `xm info`'s ordered key/value pairs.

@@ -42,6 +42,9 @@ public struct DomainRecord: Codable, Sendable {
     public var disks: [DiskRecord]? = nil
     /// The domain's vifs (taps + netbacks; nil in records of older xends).
     public var vifs: [VifRecord]? = nil
+    /// MiB of RAM the running engine was given (max of memory and maxmem at start): the
+    /// ceiling of `xm mem-set` until the next start. nil in records of older xends.
+    public var bootMemory: Int? = nil
 }
 
 /// glibc's pidfd_open(2) wrapper (glibc ≥ 2.36): an fd readable once the process exits.
@@ -403,6 +406,7 @@ public final class DomainManager: @unchecked Sendable {
             throw XendError(.internalError, "\(error)")
         }
         r.startTime = Date().timeIntervalSince1970
+        r.bootMemory = max(cfg.memory, cfg.maxmem ?? 0)
         records[r.domid] = r
         children.insert(r.process!.pid)
         persist(r)
@@ -556,6 +560,69 @@ public final class DomainManager: @unchecked Sendable {
         try engineCall { try e.unpause(p) }
         setCachedPaused(r.domid, false)
         return info(r, long: false)
+    }
+
+    /// `xm mem-set`: sets a running domain's memory target to `mib` MiB (balloon), keeps it
+    /// in the domain's configuration (a restart boots with it, and with the RAM it has now as
+    /// maxmem) and in xenstore (`memory/target`).
+    /// - Throws: `XendError` 400 below 16 MiB or above what the domain was started with
+    ///   (or its maxmem), 503 when its engine has no balloon device, 404 no such domain.
+    public func memSet(_ dom: String, mib: Int) throws(XendError) -> DomainInfo {
+        let (r, p, e) = try live(dom)
+        guard var cfg = try? DomainConfiguration(sxp: SXP.parse(r.config)) else {
+            throw XendError(.internalError, "domain \(r.name): stored configuration does not parse")
+        }
+        let booted = r.bootMemory ?? max(cfg.memory, cfg.maxmem ?? 0)
+        let ceiling = min(booted, cfg.maxmem ?? booted)
+        guard mib >= 16 else { throw XendError(.badRequest, "Invalid memory target \(mib) MiB for domain \(r.name): at least 16 MiB") }
+        guard mib <= ceiling else {
+            throw XendError(.badRequest, "Invalid memory target \(mib) MiB for domain \(r.name): its maximum is \(ceiling) MiB"
+                            + (ceiling == booted ? " (the RAM it was started with; raise maxmem and restart it for more)" : " (maxmem; see xm mem-max)"))
+        }
+        do { try e.setMemoryTarget(p, mib: mib) } catch {
+            throw XendError(e is QemuEngineDriver ? .internalError : .unavailable, "Cannot set the memory of domain \(r.name): \(error)")
+        }
+        cfg.maxmem = cfg.maxmem ?? booted
+        cfg.memory = mib
+        updateStoredConfig(r.domid, cfg)
+        try? xenstore?.write("/local/domain/\(r.domid)/memory/target", String(mib * 1024))
+        dmesg("Domain \(r.name) (\(r.domid)): memory target set to \(mib) MiB")
+        return try get(String(r.domid), long: false)
+    }
+
+    /// `xm mem-max`: sets a domain's maximum memory to `mib` MiB: the ceiling of
+    /// `mem-set` now (never above the RAM the engine was started with) and the RAM the
+    /// next start gives it.
+    /// - Throws: `XendError` 400 below the current target, 404 no such domain.
+    public func memMax(_ dom: String, mib: Int) throws(XendError) -> DomainInfo {
+        guard let r = find(dom) else { throw XendError.noDomain(dom) }
+        guard var cfg = try? DomainConfiguration(sxp: SXP.parse(r.config)) else {
+            throw XendError(.internalError, "domain \(r.name): stored configuration does not parse")
+        }
+        guard mib >= cfg.memory else {
+            throw XendError(.badRequest, "Invalid maximum memory \(mib) MiB for domain \(r.name): below its current target of \(cfg.memory) MiB")
+        }
+        if r.process != nil && r.bootMemory == nil { setBootMemory(r.domid, max(cfg.memory, cfg.maxmem ?? 0)) }
+        cfg.maxmem = mib
+        updateStoredConfig(r.domid, cfg)
+        try? xenstore?.write("/local/domain/\(r.domid)/memory/static-max", String(mib * 1024))
+        return try get(String(r.domid), long: false)
+    }
+
+    func updateStoredConfig(_ domid: Int, _ cfg: DomainConfiguration) {
+        lock.lock(); defer { lock.unlock() }
+        guard var r = records[domid] else { return }
+        r.config = cfg.toSXP().description
+        records[domid] = r
+        persist(r)
+    }
+
+    func setBootMemory(_ domid: Int, _ mib: Int) {
+        lock.lock(); defer { lock.unlock() }
+        guard var r = records[domid] else { return }
+        r.bootMemory = mib
+        records[domid] = r
+        persist(r)
     }
 
     /// `mode`: poweroff or halt (ACPI power button), reboot.

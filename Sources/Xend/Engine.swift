@@ -83,6 +83,16 @@ public protocol DomainEngineDriver: Sendable {
     /// Why `p` stopped, after it exited (`waitStatus` is the wait(2) status when xend
     /// was its parent).
     func stopReason(_ p: EngineProcess, waitStatus: Int32?) -> EngineStop
+    /// Sets the guest's memory target (`xm mem-set`): the balloon driver in the guest gives
+    /// back or takes up RAM until it has `mib` MiB.
+    /// - Throws: `EngineError` when the engine has no balloon device (the default).
+    func setMemoryTarget(_ p: EngineProcess, mib: Int) throws
+}
+
+extension DomainEngineDriver {
+    public func setMemoryTarget(_ p: EngineProcess, mib: Int) throws {
+        throw EngineError("the \(name) engine has no balloon device: a domain's memory is set when it is created")
+    }
 }
 
 /// An engine that can add and remove a vhost-user NIC in a running domain.

@@ -98,6 +98,9 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         } else {
             unlink(vncFile)
         }
+        // RAM is max(memory, maxmem); the balloon takes the guest down to `memory` (the
+        // target holds until the guest's virtio_balloon driver loads).
+        if let mx = c.maxmem, mx > c.memory { try? d.setMemory(mib: c.memory) }
         lock.lock(); sessions[d.pid] = d; lock.unlock()
         return EngineProcess(pid: d.pid, startTicks: d.startTicks, controlPath: l.controlPath, statusFile: l.statusFile)
     }
@@ -130,6 +133,8 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     public func unpause(_ p: EngineProcess) throws { try call { try session(p).unpause() } }
     public func requestShutdown(_ p: EngineProcess) throws { try call { try session(p).powerdown() } }
     public func reboot(_ p: EngineProcess) throws { try call { try session(p).reset() } }
+    /// QMP `balloon` (virtio-balloon-pci `balloon0`, which every qemu domain has).
+    public func setMemoryTarget(_ p: EngineProcess, mib: Int) throws { try call { try session(p).setMemory(mib: mib) } }
 
     public func destroy(_ p: EngineProcess) throws {
         unlink(p.controlPath + ".vnc")

@@ -84,6 +84,19 @@ public enum XendHTTP {
                 return await offload { json(try m.shutdown(d, mode: s.mode)) }
             } catch { return XendHTTP.error(anyError(error)) }
         }
+        r.post("/api/v1/domains/:domain/memory") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let m2 = try await body(req, MemoryRequest.self)
+                return await offload {
+                    switch (m2.target, m2.max) {
+                    case (let t?, nil): return json(try m.memSet(d, mib: t))
+                    case (nil, let x?): return json(try m.memMax(d, mib: x))
+                    default: throw XendError(.badRequest, "give exactly one of target and max (MiB)")
+                    }
+                }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
         r.post("/api/v1/domains/:domain/destroy") { _, ctx in
             let d = ctx.parameters.get("domain") ?? ""
             return await offload { json(try m.destroy(d)) }
