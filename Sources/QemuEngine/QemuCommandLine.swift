@@ -267,9 +267,7 @@ public enum QemuCommandLine {
         for (n, vif) in c.vifs.enumerated() {
             let id = "vif\(n)"
             let backend = n < i.vifs.count ? i.vifs[n] : .unconnected
-            var model = vif.model ?? (hvm ? (c.hvm.ne2000 ? "ne2k_pci" : "rtl8139") : "virtio-net-pci")
-            if model == "virtio" || model == "virtio-net" { model = "virtio-net-pci" }
-            if model == "ne2000" { model = "ne2k_pci" }
+            let model = nicModel(vif, in: c)
             var device = "\(model),mac=\(vif.mac),id=\(id)"
             switch backend {
             case .tapFD(let fd):
@@ -343,6 +341,17 @@ public enum QemuCommandLine {
     }
 
     /// The `-drive file=` of a backend: `/dev/fdset/N` after an `-add-fd` for a descriptor.
+    /// The QEMU NIC device of `vif` in domain `c`: the vif's `model=` (`virtio`/`virtio-net`
+    /// → `virtio-net-pci`, `ne2000` → `ne2k_pci`), else the manual's HVM default `rtl8139`
+    /// (`ne2k_pci` with `ne2000=1`), else `virtio-net-pci` (direct-kernel domains). Every model
+    /// but `virtio-net-pci` is emulated by QEMU on a tap (no netback: vhost-user is virtio only).
+    public static func nicModel(_ vif: VifSpec, in c: DomainConfiguration) -> String {
+        var model = vif.model ?? (c.builder == .hvm ? (c.hvm.ne2000 ? "ne2k_pci" : "rtl8139") : "virtio-net-pci")
+        if model == "virtio" || model == "virtio-net" { model = "virtio-net-pci" }
+        if model == "ne2000" { model = "ne2k_pci" }
+        return model
+    }
+
     static func driveFile(_ b: QemuDiskBackend, set: inout Int, readOnly: Bool, a: inout [String]) throws(QemuConfigError) -> String {
         switch b {
         case .fd(let fd):

@@ -2,6 +2,7 @@
 import CLinux
 import DomainConfig
 import Foundation
+import QemuEngine
 import ConsoleBackend
 import Logging
 import XM
@@ -369,8 +370,13 @@ public final class DomainManager: @unchecked Sendable {
         if !cfg.vifs.isEmpty {
             do throws(XendError) {
                 guard let nets else { throw XendError(.unavailable, "network interfaces are not available without netback") }
+                // On the qemu engine a NIC model other than virtio-net (HVM's rtl8139 or ne2000,
+                // or model=) is QEMU's own on the tap: vhost-user serves virtio only.
+                let emulated = engine.name == "qemu"
+                    ? Set(cfg.vifs.indices.filter { QemuCommandLine.nicModel(cfg.vifs[$0], in: cfg) != "virtio-net-pci" }) : []
                 launch.netSockets = try nets.start(domid: r.domid, name: r.name, vifs: cfg.vifs.enumerated().map { ($0.offset, $0.element) },
-                                                   inUse: vifsInUse(except: r.domid))
+                                                   inUse: vifsInUse(except: r.domid), emulated: emulated)
+                launch.netTapFDs = cfg.vifs.indices.map { emulated.contains($0) ? nets.tapDescriptor(domid: r.domid, devid: $0) : nil }
                 r.vifs = nets.records(r.domid)
             } catch {
                 releaseDevices(r.domid)

@@ -28,6 +28,9 @@ public struct EngineLaunch: Sendable {
     /// vhost-user-net sockets (one netback each), in the order of the config's vifs; the
     /// MAC is in netback's config space (and on QEMU's device line from the config).
     public var netSockets: [String] = []
+    /// Per vif, xend's tap descriptor when the engine emulates the NIC on the tap itself
+    /// (qemu: rtl8139, ne2k_pci, …; the socket is "" then), nil for a netback vif.
+    public var netTapFDs: [Int32?] = []
 }
 
 /// A running engine process, as the registry keeps it (enough to re-adopt it).
@@ -173,7 +176,7 @@ public struct CoreEngine: DomainEngineDriver {
         args += ["--extra", l.commandLine, "--memory", String(l.config.memory), "--vcpus", String(l.config.vcpus),
                  "--name", l.name, "--control", l.controlPath, "--status-file", l.statusFile, "--no-input"]
         for sock in l.blockSockets { args += ["--vhost-user-blk", sock] }
-        for sock in l.netSockets { args += ["--vhost-user-net", sock] }
+        for sock in l.netSockets where !sock.isEmpty { args += ["--vhost-user-net", sock] }
         if l.consoleFDs != nil {
             args += ["--console-ring-fd", String(coreConsoleFDs.ring), "--console-out-fd", String(coreConsoleFDs.out),
                      "--console-in-fd", String(coreConsoleFDs.input)]

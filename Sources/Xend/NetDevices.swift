@@ -57,6 +57,9 @@ public struct VifRecord: Codable, Sendable, Equatable {
     public var log: String
     /// Set when netback kept dying and xend gave up on it (the domain runs on without link).
     public var broken: Bool
+    /// A NIC QEMU emulates itself (rtl8139, ne2k_pci, e1000, …) on the tap: no netback, no
+    /// socket; the engine holds the tap. nil (false) in records of older xends.
+    public var emulated: Bool? = nil
 }
 
 /// A checked vif, ready to be made (`NetSupervisor.plan`).
@@ -71,6 +74,9 @@ public struct VifPlan: Sendable, Equatable {
     public var script: String
     public var scriptPath: String
     public var rate: VifRate?
+    /// QEMU emulates the NIC on the tap itself (see `VifRecord.emulated`); `rate=` is then
+    /// not enforced (netback enforces it).
+    public var emulated: Bool = false
 }
 
 /// Persistent taps through /dev/net/tun (linux/if_tun.h).
@@ -333,15 +339,19 @@ public final class NetSupervisor: @unchecked Sendable {
     // MARK: start
 
     /// Checks, then makes every vif of a new domain (tap, script, xenstore, netback).
-    /// - Parameter inUse: the vifs of the other running domains, by domain name.
-    /// - Returns: the vhost-user sockets in vif order, for the engine.
+    /// - Parameters:
+    ///   - inUse: the vifs of the other running domains, by domain name.
+    ///   - emulated: devids whose NIC the engine emulates on the tap (no netback); their
+    ///     taps are `tapDescriptor(domid:devid:)`.
+    /// - Returns: the vhost-user sockets in vif order, for the engine ("" for emulated NICs).
     /// - Throws: `XendError` (400) when a vif is refused or its script fails (the script's
     ///   stderr in the message), 500 when netback does not come up; nothing is left behind.
     public func start(domid: Int, name: String, vifs: [(devid: Int, spec: VifSpec)],
-                      inUse: [(domain: String, vif: VifRecord)]) throws(XendError) -> [String] {
-        let plans = try Self.plan(domid: domid, vifs: vifs, defaultScript: defaultScript, inUse: inUse,
+                      inUse: [(domain: String, vif: VifRecord)], emulated: Set<Int> = []) throws(XendError) -> [String] {
+        var plans = try Self.plan(domid: domid, vifs: vifs, defaultScript: defaultScript, inUse: inUse,
                                   interfaceExists: interfaceExists, isBridge: isBridge,
                                   resolve: { resolveScript($0, paths: paths, binDir: binDir) })
+        for i in plans.indices where emulated.contains(plans[i].devid) { plans[i].emulated = true }
         var made: [Backend] = []
         do throws(XendError) {
             for p in plans { made.append(try make(domid: domid, name: name, p)) }
@@ -357,8 +367,9 @@ public final class NetSupervisor: @unchecked Sendable {
     /// Makes one vif; on failure undoes what it made and throws.
     private func make(domid: Int, name: String, _ p: VifPlan) throws(XendError) -> Backend {
         let rec = VifRecord(devid: p.devid, vifname: p.vifname, mac: p.mac, bridge: p.bridge, ip: p.ip, script: p.script,
-                            scriptPath: p.scriptPath, rate: p.rate?.text, socket: socketPath(domid: domid, devid: p.devid),
-                            pid: 0, startTicks: 0, log: paths.logDir + "/netback-\(domid)-\(p.devid).log", broken: false)
+                            scriptPath: p.scriptPath, rate: p.rate?.text, socket: p.emulated ? "" : socketPath(domid: domid, devid: p.devid),
+                            pid: 0, startTicks: 0, log: paths.logDir + "/netback-\(domid)-\(p.devid).log", broken: false,
+                            emulated: p.emulated ? true : nil)
         let b = Backend(domid: domid, domainName: name, record: rec)
         var online = false
         do throws(XendError) {
@@ -379,6 +390,11 @@ public final class NetSupervisor: @unchecked Sendable {
             } else if let xs = xenstore {
                 // A site script that does not write hotplug-status: exit 0 is its answer.
                 try? xs.write(backendPath(b) + "/hotplug-status", "connected")
+            }
+            if p.emulated {
+                connectXenstore(b)
+                log.info("\(b.label): online\(p.bridge.map { " on \($0)" } ?? ""), NIC emulated by the engine on the tap")
+                return b
             }
             XenithPaths.makeDirectories(runDir)
             do { b.listenFD = try BlockSupervisor.listen(rec.socket) }
@@ -581,7 +597,7 @@ public final class NetSupervisor: @unchecked Sendable {
         let tap = b.tapFD; b.tapFD = -1
         lock.unlock()
         Tap.remove(b.rec.vifname, fd: tap)
-        unlink(b.rec.socket)
+        if !b.rec.socket.isEmpty { unlink(b.rec.socket) }
         if let xs = xenstore {
             let d = device(b)
             try? xs.rm(d.frontendPath)
@@ -651,6 +667,8 @@ public final class NetSupervisor: @unchecked Sendable {
                 var st = stat()
                 b.logOffset = stat(r.log, &st) == 0 ? UInt64(st.st_size) : 0
                 log.info("\(b.label): re-adopted netback, pid \(r.pid)")
+            } else if r.emulated == true {
+                log.info("\(b.label): re-adopted (NIC emulated by the engine on the tap)")
             } else if !r.broken {
                 b.rec.pid = 0
                 do {
@@ -679,6 +697,13 @@ public final class NetSupervisor: @unchecked Sendable {
             teardown(b)
         }
         if !records.isEmpty { pruneXenstore(domid) }
+    }
+
+    /// xend's descriptor of the tap of vif `devid` (made by `start`), for an engine that
+    /// emulates the NIC on it; nil when there is none. The caller dups it to hand it over.
+    public func tapDescriptor(domid: Int, devid: Int) -> Int32? {
+        lock.lock(); defer { lock.unlock() }
+        return backends[domid]?.first { $0.rec.devid == devid }.map(\.tapFD).flatMap { $0 >= 0 ? $0 : nil }
     }
 
     /// The pids of a domain's running netbacks (tests, diagnostics).

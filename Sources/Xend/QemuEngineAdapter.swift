@@ -80,10 +80,24 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
                 if display == nil { throw EngineError("no free VNC display (ports 5900-5999 are in use)") }
             }
         }
+        // NICs: netback over vhost-user, or (an emulated model) the tap itself, dup'd for QEMU.
+        var vifs: [QemuNetBackend] = []
+        for i in c.vifs.indices {
+            if i < l.netTapFDs.count, let tap = l.netTapFDs[i] {
+                let fd = fcntl(tap, F_DUPFD_CLOEXEC, 3)
+                guard fd >= 0 else { throw EngineError("vif \(i): tap: \(String(cString: strerror(errno)))") }
+                fds.append(fd)
+                vifs.append(.tapFD(fd))
+            } else if i < l.netSockets.count, !l.netSockets[i].isEmpty {
+                vifs.append(.vhostUser(socket: l.netSockets[i]))
+            } else {
+                vifs.append(.unconnected)
+            }
+        }
         let paths = QemuEngineDriver.paths(l.controlPath, status: l.statusFile, log: l.engineLog)
         var inputs = QemuLaunchInputs(accelerator: accelerator, qmpSocket: paths.qmpSocket, pidfile: paths.pidfile,
                                       serial: .file(l.consoleLog), disks: disks, cdrom: cdrom,
-                                      vifs: c.vifs.indices.map { $0 < l.netSockets.count ? .vhostUser(socket: l.netSockets[$0]) : .unconnected }, vncDisplay: display,
+                                      vifs: vifs, vncDisplay: display,
                                       kernelCommandLine: c.kernel != nil ? l.commandLine : nil)
         inputs.netHotplugSlots = QemuEngineDriver.netHotplugSlots
         let args: [String]
