@@ -70,6 +70,7 @@ install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/xenith/manifests
 	for b in $(BINARIES); do install -m 0755 "$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)/$$b" $(DESTDIR)$(PREFIX)/bin/; done
 	[ ! -d manifests ] || cp -r manifests/. $(DESTDIR)$(PREFIX)/share/xenith/manifests/
+	install -d $(DESTDIR)$(PREFIX)/share/xenith/scripts && cp services/scripts/* $(DESTDIR)$(PREFIX)/share/xenith/scripts/
 
 clean:
 	rm -rf $(BUILD)

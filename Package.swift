@@ -58,7 +58,7 @@ let package = Package(
         // Thin executables.
         // No ArgumentParser or Logging here: they pull in FoundationEssentials (see main.swift).
         .executableTarget(name: "xenith-core", dependencies: ["Core"], swiftSettings: swiftSettings),
-        .executableTarget(name: "xenstored", dependencies: ["XenStore",
+        .executableTarget(name: "xenstored", dependencies: ["XenStore", "Sandbox",
                           .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: swiftSettings),
         // blkback stays free of Foundation (and ArgumentParser) so it can run under seccomp.
         .executableTarget(name: "blkback", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux"],

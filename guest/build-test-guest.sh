@@ -11,7 +11,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 need apt-get apt-cache dpkg-deb depmod modprobe cpio gzip ldd sha256sum
 
 MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-virtio_blk failover net_failover virtio_net virtio_console virtio_balloon button evdev pvpanic_mmio pvpanic_pci"
+virtio_blk failover net_failover virtio_net virtio_console virtio_balloon vmxnet3 button evdev pvpanic_mmio pvpanic_pci"
 
 MKE2FS=$(command -v mke2fs || true)
 [ -x "$MKE2FS" ] || MKE2FS=/sbin/mke2fs

@@ -3,7 +3,7 @@ import Testing
 
 /// xend supervising the back-ends of a core domain: a sandboxed blkback per disk and
 /// xenconsoled, in a temporary XENITH_ROOT (xm create with a disk, xm console, SIGKILL and
-/// SIGSYS deaths of blkback, SIGKILL of xenconsoled, xm destroy leaves nothing).
+/// SIGSYS deaths of blkback, SIGKILL and SIGSYS deaths of xenconsoled, xm destroy leaves nothing).
 @Suite(.serialized) struct BackendSupervisionTests {
     let root: String = {
         var t = Array("/tmp/xenith-bs-XXXXXX".utf8CString)
@@ -14,6 +14,7 @@ import Testing
         setenv("XENITH_ROOT", root, 1)
         // One-shot: a blkback started while this file exists makes one forbidden syscall.
         setenv("XENITH_BLKBACK_TEST_FORBIDDEN", root + "/sigsys-once", 1)
+        setenv("XENITH_XENCONSOLED_TEST_FORBIDDEN", root + "/sigsys-console-once", 1)
     }
     func xm(_ args: String...) throws -> RunResult { env(); return try run(Env.binary("xm"), args, timeout: 60) }
     func xend(_ arg: String) throws -> RunResult { env(); return try run(Env.binary("xend"), [arg], timeout: 60) }
@@ -24,6 +25,7 @@ import Testing
         _ = try? xend("stop")
         for f in ["/run/xenconsoled/xenconsoled.pid", "/run/xenstored/xenstored.pid"] { if let p = pidFile(f) { kill(p, SIGTERM) } }
         unsetenv("XENITH_BLKBACK_TEST_FORBIDDEN")
+        unsetenv("XENITH_XENCONSOLED_TEST_FORBIDDEN")
     }
     func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
     func pgrep(_ pattern: String) -> [Int32] {
@@ -143,6 +145,18 @@ import Testing
         #expect(read("/var/log/xen/xend.log").contains("xenconsoled killed by SIGKILL"))
         let con2 = try console("d1", seconds: 1.5)
         #expect(con2.output.contains("blk round ok"), "\(con2.output.suffix(300))")
+
+        // SIGSYS of xenconsoled: the next daemon makes a syscall outside its manifest right
+        // after its sandbox is applied; xend names it, starts another, and the log continues.
+        FileManager.default.createFile(atPath: root + "/sigsys-console-once", contents: nil)
+        if let p = pidFile("/run/xenconsoled/xenconsoled.pid") { kill(p, SIGKILL) }
+        #expect(waitUntil(15) { read("/var/log/xen/xend.log").contains("xenconsoled killed by SIGSYS: blocked syscall getppid") },
+                "\(read("/var/log/xen/xend.log").suffix(1500))")
+        #expect(!FileManager.default.fileExists(atPath: root + "/sigsys-console-once"))
+        let r1 = lastRound(read(log))
+        #expect(waitUntil(15) { lastRound(read(log)) > r1 + 5 }, "console log after the SIGSYS restart: \(read(log).suffix(200))")
+        let con3 = try console("d1", seconds: 1.5)
+        #expect(con3.output.contains("blk round ok"), "\(con3.output.suffix(300))")
 
         // xm destroy leaves no process, socket or xenstore entry.
         #expect(try xm("destroy", "d1").status == 0)

@@ -79,6 +79,9 @@ public struct QemuLaunchInputs: Sendable, Hashable {
     /// Resolved kernel/ramdisk paths (default: the configuration's).
     public var kernel: String?
     public var ramdisk: String?
+    /// Empty PCIe root ports (`hpnet0`...) for NICs added later over QMP (`device_add`),
+    /// on q35 only; any value above 0 also makes guest RAM a shared memfd (vhost-user).
+    public var netHotplugSlots: Int = 0
 
     public init(accelerator: QemuAccelerator, qmpSocket: String, pidfile: String, serial: QemuSerial,
                 disks: [QemuDiskBackend?] = [], cdrom: QemuDiskBackend? = nil, vifs: [QemuNetBackend] = [],
@@ -126,7 +129,7 @@ public enum QemuCommandLine {
             throw QemuConfigError("internal: \(i.disks.count) disk backends for \(c.disks.count) disks")
         }
         let vhostUser = i.disks.contains { if case .vhostUser = $0 { return true } else { return false } }
-            || i.vifs.contains { if case .vhostUser = $0 { return true } else { return false } }
+            || i.vifs.contains { if case .vhostUser = $0 { return true } else { return false } } || i.netHotplugSlots > 0
 
         // Identity: the name shows in `ps` and QEMU's messages; debug-threads names vCPU
         // threads "CPU n/TCG" or "CPU n/KVM" (query-cpus-fast gives their thread ids).
@@ -264,9 +267,7 @@ public enum QemuCommandLine {
         for (n, vif) in c.vifs.enumerated() {
             let id = "vif\(n)"
             let backend = n < i.vifs.count ? i.vifs[n] : .unconnected
-            var model = vif.model ?? (hvm ? (c.hvm.ne2000 ? "ne2k_pci" : "rtl8139") : "virtio-net-pci")
-            if model == "virtio" || model == "virtio-net" { model = "virtio-net-pci" }
-            if model == "ne2000" { model = "ne2k_pci" }
+            let model = nicModel(vif, in: c)
             var device = "\(model),mac=\(vif.mac),id=\(id)"
             switch backend {
             case .tapFD(let fd):
@@ -283,6 +284,10 @@ public enum QemuCommandLine {
                 break
             }
             a += ["-device", device]
+        }
+        // q35's root complex cannot take hot-plugged devices: empty root ports can.
+        if !hvm {
+            for n in 0..<i.netHotplugSlots { a += ["-device", "pcie-root-port,id=hpnet\(n),chassis=\(n + 1)"] }
         }
 
         // Display. VNC (on by default in the manual) is bound to vnclisten, else localhost;
@@ -336,6 +341,17 @@ public enum QemuCommandLine {
     }
 
     /// The `-drive file=` of a backend: `/dev/fdset/N` after an `-add-fd` for a descriptor.
+    /// The QEMU NIC device of `vif` in domain `c`: the vif's `model=` (`virtio`/`virtio-net`
+    /// → `virtio-net-pci`, `ne2000` → `ne2k_pci`), else the manual's HVM default `rtl8139`
+    /// (`ne2k_pci` with `ne2000=1`), else `virtio-net-pci` (direct-kernel domains). Every model
+    /// but `virtio-net-pci` is emulated by QEMU on a tap (no netback: vhost-user is virtio only).
+    public static func nicModel(_ vif: VifSpec, in c: DomainConfiguration) -> String {
+        var model = vif.model ?? (c.builder == .hvm ? (c.hvm.ne2000 ? "ne2k_pci" : "rtl8139") : "virtio-net-pci")
+        if model == "virtio" || model == "virtio-net" { model = "virtio-net-pci" }
+        if model == "ne2000" { model = "ne2k_pci" }
+        return model
+    }
+
     static func driveFile(_ b: QemuDiskBackend, set: inout Int, readOnly: Bool, a: inout [String]) throws(QemuConfigError) -> String {
         switch b {
         case .fd(let fd):

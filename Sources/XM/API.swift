@@ -21,7 +21,11 @@ public enum XendAPI {
         XendRoute("POST", "/api/v1/domains/{domain}/pause"),
         XendRoute("POST", "/api/v1/domains/{domain}/unpause"),
         XendRoute("POST", "/api/v1/domains/{domain}/shutdown"),
+        XendRoute("POST", "/api/v1/domains/{domain}/memory"),
         XendRoute("POST", "/api/v1/domains/{domain}/destroy"),
+        XendRoute("GET", "/api/v1/domains/{domain}/vifs"),
+        XendRoute("POST", "/api/v1/domains/{domain}/vifs"),
+        XendRoute("DELETE", "/api/v1/domains/{domain}/vifs/{devid}"),
         XendRoute("GET", "/api/v1/dmesg"),
         XendRoute("POST", "/api/v1/dmesg/clear"),
         XendRoute("GET", "/api/v1/log"),
@@ -92,6 +96,15 @@ public struct ShutdownRequest: Codable, Sendable, Equatable {
     public init(mode: String) { self.mode = mode }
 }
 
+/// `POST /api/v1/domains/{domain}/memory` body (`xm mem-set`, `xm mem-max`): one of the two.
+public struct MemoryRequest: Codable, Sendable, Equatable {
+    /// New memory target (balloon), MiB.
+    public var target: Int?
+    /// New maximum memory, MiB.
+    public var max: Int?
+    public init(target: Int? = nil, max: Int? = nil) { self.target = target; self.max = max }
+}
+
 /// `GET /api/v1/info` reply: `xm info`'s ordered key/value pairs.
 public struct HostInfo: Codable, Sendable, Equatable {
     public var entries: [HostInfoEntry]
@@ -102,6 +115,59 @@ public struct HostInfoEntry: Codable, Sendable, Equatable {
     public var key: String
     public var value: String
     public init(_ key: String, _ value: String) { self.key = key; self.value = value }
+}
+
+/// A domain's virtual network interface (`xm network-list`; Xen 3.x getDeviceSxprs 'vif').
+public struct VifInfo: Codable, Sendable, Equatable {
+    /// Device id (`Idx`), the same as `handle`.
+    public var idx: Int
+    /// Backend domain id (0: the host).
+    public var backendId: Int
+    /// Guest MAC, `xx:xx:xx:xx:xx:xx`.
+    public var mac: String
+    public var handle: Int
+    /// Backend xenbus state (4 = Connected, 6 = Closed).
+    public var state: Int
+    /// Xen's event channel and ring grant references: -1 here (virtqueues over vhost-user).
+    public var eventChannel: Int
+    public var txRingRef: Int
+    public var rxRingRef: Int
+    /// Backend xenstore directory (`/local/domain/0/backend/vif/DOMID/DEVID`).
+    public var bePath: String
+    /// Host-side interface (`vifDOMID.DEVID`).
+    public var vifname: String
+    public var bridge: String?
+    public var ip: String?
+    public var script: String
+    public var rate: String?
+    /// netback's vhost-user socket and pid (nil when none runs).
+    public var socket: String
+    public var pid: Int?
+    /// netback kept dying and was given up.
+    public var broken: Bool
+
+    public init(idx: Int, backendId: Int, mac: String, handle: Int, state: Int, eventChannel: Int = -1, txRingRef: Int = -1,
+                rxRingRef: Int = -1, bePath: String, vifname: String, bridge: String?, ip: String?, script: String,
+                rate: String?, socket: String, pid: Int?, broken: Bool) {
+        self.idx = idx; self.backendId = backendId; self.mac = mac; self.handle = handle; self.state = state
+        self.eventChannel = eventChannel; self.txRingRef = txRingRef; self.rxRingRef = rxRingRef; self.bePath = bePath
+        self.vifname = vifname; self.bridge = bridge; self.ip = ip; self.script = script; self.rate = rate
+        self.socket = socket; self.pid = pid; self.broken = broken
+    }
+}
+
+/// `GET /api/v1/domains/{domain}/vifs` and `DELETE .../vifs/{devid}` reply.
+public struct VifList: Codable, Sendable, Equatable {
+    /// By devid.
+    public var vifs: [VifInfo]
+    public init(vifs: [VifInfo]) { self.vifs = vifs }
+}
+
+/// `POST /api/v1/domains/{domain}/vifs` body (`xm network-attach`).
+public struct NetworkAttachRequest: Codable, Sendable, Equatable {
+    /// A vif spec as in a config's `vif = [...]` entry: `mac=..,bridge=..,ip=..,script=..,vifname=..,rate=..`.
+    public var spec: String
+    public init(spec: String) { self.spec = spec }
 }
 
 /// Text replies (`dmesg`, `log`).

@@ -42,6 +42,12 @@ public final class XM {
         ("domname", "<DomId>", "Convert a domain id to domain name."),
         ("info", "", "Get information about Xen host."),
         ("log", "", "Print Xend log"),
+        ("mem-max", "<Domain> <Mem>", "Set the maximum amount reservation for a domain."),
+        ("mem-set", "<Domain> <Mem>", "Set the current memory usage for a domain."),
+        ("network-attach", "<Domain> [script=<script>] [ip=<ip>] [mac=<mac>] [bridge=<bridge>] [vifname=<name>] [rate=<rate>]",
+         "Create a new virtual network device."),
+        ("network-detach", "<Domain> <DevId>", "Destroy a domain's virtual network device."),
+        ("network-list", "<Domain> [--long]", "List virtual network interfaces for a domain."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -60,6 +66,7 @@ public final class XM {
         "shutdown": [("-a", "--all", "Shutdown all domains."), ("-w", "--wait", "Wait for shutdown to complete."),
                      ("-H", "--halt", "Shutdown without reboot."), ("-R", "--reboot", "Shutdown and reboot.")],
         "reboot": [("-a", "--all", "Reboot all domains."), ("-w", "--wait", "Wait for reboot to complete.")],
+        "network-list": [("-l", "--long", "List resources as SXP")],
     ]
     static let commandNames: [String] = help.map { $0.0 }
 
@@ -136,9 +143,18 @@ public final class XM {
         case "domid": try argCheck(args, cmd, 1); out(String(try domain(args[0]).domid))
         case "domname": try argCheck(args, cmd, 1); out(try domain(args[0]).name)
         case "uptime": try xmUptime(args)
+        case "mem-set", "mem-max":
+            try argCheck(args, cmd, 2)
+            guard let mib = XM.memorySize(args[1]) else {
+                err("Invalid memory size '\(args[1])': expected MiB, or a number followed by m or g"); throw XMExit(status: 1)
+            }
+            _ = try post(args[0], "memory", cmd == "mem-set" ? MemoryRequest(target: mib) : MemoryRequest(max: mib))
         case "info": try argCheck(args, cmd, 0); try xmInfo()
         case "dmesg": try xmDmesg(args)
         case "log": try argCheck(args, cmd, 0); out(try client().call("GET", "/api/v1/log", as: TextReply.self).text)
+        case "network-attach": try xmNetworkAttach(args)
+        case "network-detach": try xmNetworkDetach(args)
+        case "network-list": try xmNetworkList(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)
         }
     }
@@ -214,6 +230,16 @@ public final class XM {
     }
 
     @discardableResult
+    /// A memory size argument in MiB: `256`, `256m`, `1g` (as xm's int_unit).
+    /// - Returns: nil when `arg` is not such a size.
+    static func memorySize(_ arg: String) -> Int? {
+        var t = arg.lowercased()
+        var unit = 1
+        if t.hasSuffix("g") { unit = 1024; t.removeLast() } else if t.hasSuffix("m") { t.removeLast() }
+        guard let n = Int(t), n > 0, n <= Int(Int32.max) / unit else { return nil }
+        return n * unit
+    }
+
     func post(_ dom: String, _ action: String, _ body: (some Encodable)? = Optional<TextReply>.none) throws -> DomainInfo {
         try client().call("POST", "/api/v1/domains/\(XendClient.escape(dom))/\(action)", body: body, as: DomainInfo.self)
     }

@@ -155,8 +155,15 @@ public struct XendDaemon {
         consoles.start()
         let blocks = BlockSupervisor(paths: paths, binary: binDir + "/blkback",
                                      manifest: manifests.map { $0 + "/blkback.manifest" }, xenstore: xs, logger: log)
+        let nets = NetSupervisor(paths: paths, binary: binDir + "/netback",
+                                 manifest: manifests.map { $0 + "/netback.manifest" }, xenstore: xs,
+                                 defaultScript: cfg.vifScript, logger: log)
+        if let ns = cfg.networkScript {
+            if let e = NetSupervisor.runNetworkScript(ns, paths: paths, binDir: binDir) { log.error("\(e)") }
+            else { log.info("network-script \(ns) start: done") }
+        }
         let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core, "qemu": QemuEngineDriver()], xenstore: xs, logger: log,
-                                    consoles: consoles, blocks: blocks)
+                                    consoles: consoles, blocks: blocks, nets: nets)
         manager.adopt()
         manager.startStatusRefresher()
         let router = XendHTTP.router(manager, logPath: logPath)

@@ -2,6 +2,7 @@
 import CLinux
 import DomainConfig
 import Foundation
+import QemuEngine
 import ConsoleBackend
 import Logging
 import XM
@@ -40,6 +41,11 @@ public struct DomainRecord: Codable, Sendable {
     public var consoleLog: String
     /// The domain's vbd back-ends (core engine; nil in records of older xends).
     public var disks: [DiskRecord]? = nil
+    /// The domain's vifs (taps + netbacks; nil in records of older xends).
+    public var vifs: [VifRecord]? = nil
+    /// MiB of RAM the running engine was given (max of memory and maxmem at start): the
+    /// ceiling of `xm mem-set` until the next start. nil in records of older xends.
+    public var bootMemory: Int? = nil
 }
 
 /// glibc's pidfd_open(2) wrapper (glibc ≥ 2.36): an fd readable once the process exits.
@@ -60,6 +66,8 @@ public final class DomainManager: @unchecked Sendable {
     let consoles: ConsoleSupervisor?
     /// blkback processes (nil: disks are not served; tests without blkback).
     let blocks: BlockSupervisor?
+    /// Taps, vif scripts and netback processes (nil: domains with vifs are refused).
+    let nets: NetSupervisor?
     private let lock = NSRecursiveLock()
     private var records: [Int: DomainRecord] = [:]
     private var dmesgLines: [String] = []
@@ -77,7 +85,8 @@ public final class DomainManager: @unchecked Sendable {
     ///   - blocks: blkback's supervisor; nil refuses domains with disks on the core engine.
     public init(paths: XenithPaths, xendConfig: XendConfig, engines: [String: any DomainEngineDriver],
                 xenstore: XenStoreClient?, logger: Logger, consoles: ConsoleSupervisor? = nil,
-                blocks: BlockSupervisor? = nil) {
+                blocks: BlockSupervisor? = nil, nets: NetSupervisor? = nil) {
+        self.nets = nets
         self.consoles = consoles
         self.blocks = blocks
         self.paths = paths
@@ -90,6 +99,26 @@ public final class DomainManager: @unchecked Sendable {
             try? xs.write([XenStoreEntry("/local/domain/0/name", "Domain-0"), XenStoreEntry("/local/domain/0/domid", "0")])
         }
         blocks?.onChange = { [weak self] domid, disks in self?.updateDisks(domid, disks) }
+        nets?.onChange = { [weak self] domid, vifs in self?.updateVifs(domid, vifs) }
+    }
+
+    /// Stores a domain's changed vif records (a netback restarted or broke, a vif came or went).
+    func updateVifs(_ domid: Int, _ vifs: [VifRecord]) {
+        lock.lock(); defer { lock.unlock() }
+        guard var r = records[domid], r.process != nil else { return }
+        r.vifs = vifs
+        records[domid] = r
+        persist(r)
+    }
+
+    /// The vifs of the running domains (all of them, or all but `domid`), by domain name.
+    func vifsInUse(except domid: Int? = nil) -> [(domain: String, vif: VifRecord)] {
+        lock.lock(); defer { lock.unlock() }
+        var out: [(domain: String, vif: VifRecord)] = []
+        for r in records.values where r.domid != domid && r.process != nil {
+            for v in r.vifs ?? [] { out.append((r.name, v)) }
+        }
+        return out
     }
 
     /// Stores a domain's changed vbd records (a blkback restarted or broke).
@@ -103,6 +132,7 @@ public final class DomainManager: @unchecked Sendable {
 
     /// Stops a domain's back-ends and drops its console (its engine process is gone).
     func releaseDevices(_ domid: Int) {
+        nets?.stop(domid: domid)
         blocks?.stop(domid: domid)
         consoles?.remove(domid: domid)
     }
@@ -337,6 +367,23 @@ public final class DomainManager: @unchecked Sendable {
                 throw XendError(.internalError, "xenstore: \(error)")
             }
         }
+        if !cfg.vifs.isEmpty {
+            do throws(XendError) {
+                guard let nets else { throw XendError(.unavailable, "network interfaces are not available without netback") }
+                // On the qemu engine a NIC model other than virtio-net (HVM's rtl8139 or ne2000,
+                // or model=) is QEMU's own on the tap: vhost-user serves virtio only.
+                let emulated = engine.name == "qemu"
+                    ? Set(cfg.vifs.indices.filter { QemuCommandLine.nicModel(cfg.vifs[$0], in: cfg) != "virtio-net-pci" }) : []
+                launch.netSockets = try nets.start(domid: r.domid, name: r.name, vifs: cfg.vifs.enumerated().map { ($0.offset, $0.element) },
+                                                   inUse: vifsInUse(except: r.domid), emulated: emulated)
+                launch.netTapFDs = cfg.vifs.indices.map { emulated.contains($0) ? nets.tapDescriptor(domid: r.domid, devid: $0) : nil }
+                r.vifs = nets.records(r.domid)
+            } catch {
+                releaseDevices(r.domid)
+                if let xs = xenstore { try? xs.removeDomain(UInt32(r.domid)) }
+                throw error
+            }
+        }
         if engine.name == "core" {
             do throws(XendError) {
                 if !cfg.disks.isEmpty {
@@ -365,6 +412,7 @@ public final class DomainManager: @unchecked Sendable {
             throw XendError(.internalError, "\(error)")
         }
         r.startTime = Date().timeIntervalSince1970
+        r.bootMemory = max(cfg.memory, cfg.maxmem ?? 0)
         records[r.domid] = r
         children.insert(r.process!.pid)
         persist(r)
@@ -476,6 +524,7 @@ public final class DomainManager: @unchecked Sendable {
             let cfg = try? DomainConfiguration(sxp: SXP.parse(r.config))
             if let e = engines[r.engine], e.adopt(p) {
                 dmesg("Domain \(r.name) (\(r.domid)) re-adopted, pid \(p.pid)")
+                if let vifs = r.vifs { nets?.adopt(domid: r.domid, name: r.name, records: vifs) }
                 if r.engine == "core" {
                     consoles?.adopt(domid: r.domid, name: r.name, pid: p.pid, listed: listed)
                     if let disks = r.disks, let cfg {
@@ -489,6 +538,7 @@ public final class DomainManager: @unchecked Sendable {
                     kill(d.pid, SIGKILL)
                 }
                 for d in r.disks ?? [] { unlink(d.socket) }
+                if let vifs = r.vifs { nets?.release(domid: r.domid, name: r.name, records: vifs) }
                 if listed.contains(r.domid), let c = consoles { try? unregisterConsole(socketPath: c.socketPath, domid: r.domid) }
                 exited(r.domid, p, waitStatus: nil)
             }
@@ -521,6 +571,69 @@ public final class DomainManager: @unchecked Sendable {
         return info(r, long: false)
     }
 
+    /// `xm mem-set`: sets a running domain's memory target to `mib` MiB (balloon), keeps it
+    /// in the domain's configuration (a restart boots with it, and with the RAM it has now as
+    /// maxmem) and in xenstore (`memory/target`).
+    /// - Throws: `XendError` 400 below 16 MiB or above what the domain was started with
+    ///   (or its maxmem), 503 when its engine has no balloon device, 404 no such domain.
+    public func memSet(_ dom: String, mib: Int) throws(XendError) -> DomainInfo {
+        let (r, p, e) = try live(dom)
+        guard var cfg = try? DomainConfiguration(sxp: SXP.parse(r.config)) else {
+            throw XendError(.internalError, "domain \(r.name): stored configuration does not parse")
+        }
+        let booted = r.bootMemory ?? max(cfg.memory, cfg.maxmem ?? 0)
+        let ceiling = min(booted, cfg.maxmem ?? booted)
+        guard mib >= 16 else { throw XendError(.badRequest, "Invalid memory target \(mib) MiB for domain \(r.name): at least 16 MiB") }
+        guard mib <= ceiling else {
+            throw XendError(.badRequest, "Invalid memory target \(mib) MiB for domain \(r.name): its maximum is \(ceiling) MiB"
+                            + (ceiling == booted ? " (the RAM it was started with; raise maxmem and restart it for more)" : " (maxmem; see xm mem-max)"))
+        }
+        do { try e.setMemoryTarget(p, mib: mib) } catch {
+            throw XendError(e is QemuEngineDriver ? .internalError : .unavailable, "Cannot set the memory of domain \(r.name): \(error)")
+        }
+        cfg.maxmem = cfg.maxmem ?? booted
+        cfg.memory = mib
+        updateStoredConfig(r.domid, cfg)
+        try? xenstore?.write("/local/domain/\(r.domid)/memory/target", String(mib * 1024))
+        dmesg("Domain \(r.name) (\(r.domid)): memory target set to \(mib) MiB")
+        return try get(String(r.domid), long: false)
+    }
+
+    /// `xm mem-max`: sets a domain's maximum memory to `mib` MiB: the ceiling of
+    /// `mem-set` now (never above the RAM the engine was started with) and the RAM the
+    /// next start gives it.
+    /// - Throws: `XendError` 400 below the current target, 404 no such domain.
+    public func memMax(_ dom: String, mib: Int) throws(XendError) -> DomainInfo {
+        guard let r = find(dom) else { throw XendError.noDomain(dom) }
+        guard var cfg = try? DomainConfiguration(sxp: SXP.parse(r.config)) else {
+            throw XendError(.internalError, "domain \(r.name): stored configuration does not parse")
+        }
+        guard mib >= cfg.memory else {
+            throw XendError(.badRequest, "Invalid maximum memory \(mib) MiB for domain \(r.name): below its current target of \(cfg.memory) MiB")
+        }
+        if r.process != nil && r.bootMemory == nil { setBootMemory(r.domid, max(cfg.memory, cfg.maxmem ?? 0)) }
+        cfg.maxmem = mib
+        updateStoredConfig(r.domid, cfg)
+        try? xenstore?.write("/local/domain/\(r.domid)/memory/static-max", String(mib * 1024))
+        return try get(String(r.domid), long: false)
+    }
+
+    func updateStoredConfig(_ domid: Int, _ cfg: DomainConfiguration) {
+        lock.lock(); defer { lock.unlock() }
+        guard var r = records[domid] else { return }
+        r.config = cfg.toSXP().description
+        records[domid] = r
+        persist(r)
+    }
+
+    func setBootMemory(_ domid: Int, _ mib: Int) {
+        lock.lock(); defer { lock.unlock() }
+        guard var r = records[domid] else { return }
+        r.bootMemory = mib
+        records[domid] = r
+        persist(r)
+    }
+
     /// `mode`: poweroff or halt (ACPI power button), reboot.
     public func shutdown(_ dom: String, mode: String) throws(XendError) -> DomainInfo {
         guard ["poweroff", "halt", "reboot"].contains(mode) else { throw XendError(.badRequest, "Invalid shutdown mode: \(mode)") }
@@ -549,6 +662,64 @@ public final class DomainManager: @unchecked Sendable {
         }
         cleanup(r.domid)
         return i
+    }
+
+    // MARK: network devices
+
+    /// A vif as `xm network-list` shows it; `state` from the backend's xenstore node.
+    func vifInfo(_ domid: Int, _ v: VifRecord) -> VifInfo {
+        let be = XenStoreLayout.backend(type: "vif", domid: UInt32(domid), devid: v.devid)
+        let st = (try? xenstore?.readIfPresent(be + "/state")).flatMap { $0 }.flatMap { Int($0) }
+            ?? (v.broken ? XenbusState.closed.rawValue : XenbusState.connected.rawValue)
+        return VifInfo(idx: v.devid, backendId: 0, mac: v.mac, handle: v.devid, state: st, bePath: be, vifname: v.vifname,
+                       bridge: v.bridge, ip: v.ip, script: v.script, rate: v.rate, socket: v.socket,
+                       pid: v.pid > 0 ? Int(v.pid) : nil, broken: v.broken)
+    }
+
+    /// `xm network-list`: the vifs of a running domain, by devid.
+    /// - Throws: `XendError` no such domain (404), not running (409).
+    public func networkList(_ dom: String) throws(XendError) -> [VifInfo] {
+        let (r, _, _) = try live(dom)
+        let recs = nets?.records(r.domid) ?? r.vifs ?? []
+        return recs.map { vifInfo(r.domid, $0) }
+    }
+
+    /// `xm network-attach DOM key=value...`: a new vif on a running domain. The spec is
+    /// checked as at create (MAC, bridge, names); then the engine must be able to hot-plug
+    /// a NIC, else the request fails before anything is made.
+    /// - Parameter spec: the vif spec (`mac=..,bridge=..,script=..,ip=..,vifname=..,rate=..`).
+    /// - Throws: `XendError`: bad spec (400), engine without hot-plug (503), script failure (400).
+    public func networkAttach(_ dom: String, spec: String) throws(XendError) -> VifInfo {
+        let (r, p, e) = try live(dom)
+        let v: VifSpec
+        do { v = try VifSpec(parsing: spec) } catch { throw XendError(.badRequest, "bad vif spec: \(error.message)") }
+        guard let nets else { throw XendError(.unavailable, "network interfaces are not available without netback") }
+        guard let hot = e as? any NetHotplugDriver else {
+            throw XendError(.unavailable, "Domain \(r.name) runs on the \(e.name) engine, which cannot hot-plug network devices; add the vif to its configuration and create the domain again.")
+        }
+        let rec = try nets.attach(domid: r.domid, name: r.name, spec: v, inUse: vifsInUse())
+        do { try hot.attachNet(p, devid: rec.devid, socket: rec.socket, mac: rec.mac) } catch {
+            try? nets.detach(domid: r.domid, devid: rec.devid)
+            throw XendError(.internalError, "Device \(rec.devid) (vif) could not be connected. \(error)")
+        }
+        dmesg("Domain \(r.name) (\(r.domid)): vif \(rec.devid) (\(rec.vifname)) attached")
+        return vifInfo(r.domid, rec)
+    }
+
+    /// `xm network-detach DOM DEVID`.
+    /// - Throws: `XendError`: no such vif (400), engine without hot-unplug (503).
+    public func networkDetach(_ dom: String, devid: Int) throws(XendError) -> [VifInfo] {
+        let (r, p, e) = try live(dom)
+        guard let nets, nets.records(r.domid).contains(where: { $0.devid == devid }) else {
+            throw XendError(.badRequest, "Device \(devid) not connected")
+        }
+        guard let hot = e as? any NetHotplugDriver else {
+            throw XendError(.unavailable, "Domain \(r.name) runs on the \(e.name) engine, which cannot hot-unplug network devices; its vifs go when the domain ends.")
+        }
+        do { try hot.detachNet(p, devid: devid) } catch { throw XendError(.internalError, "\(error)") }
+        try nets.detach(domid: r.domid, devid: devid)
+        dmesg("Domain \(r.name) (\(r.domid)): vif \(devid) detached")
+        return nets.records(r.domid).map { vifInfo(r.domid, $0) }
     }
 
     /// `xm info`'s pairs (Xen 3.0 XendNode.info order).

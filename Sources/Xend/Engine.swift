@@ -25,6 +25,12 @@ public struct EngineLaunch: Sendable {
     public var consoleFDs: [Int32]? = nil
     /// vhost-user-blk sockets (one blkback each), in the order of the config's disks.
     public var blockSockets: [String] = []
+    /// vhost-user-net sockets (one netback each), in the order of the config's vifs; the
+    /// MAC is in netback's config space (and on QEMU's device line from the config).
+    public var netSockets: [String] = []
+    /// Per vif, xend's tap descriptor when the engine emulates the NIC on the tap itself
+    /// (qemu: rtl8139, ne2k_pci, …; the socket is "" then), nil for a netback vif.
+    public var netTapFDs: [Int32?] = []
 }
 
 /// A running engine process, as the registry keeps it (enough to re-adopt it).
@@ -80,6 +86,24 @@ public protocol DomainEngineDriver: Sendable {
     /// Why `p` stopped, after it exited (`waitStatus` is the wait(2) status when xend
     /// was its parent).
     func stopReason(_ p: EngineProcess, waitStatus: Int32?) -> EngineStop
+    /// Sets the guest's memory target (`xm mem-set`): the balloon driver in the guest gives
+    /// back or takes up RAM until it has `mib` MiB.
+    /// - Throws: `EngineError` when the engine has no balloon device (the default).
+    func setMemoryTarget(_ p: EngineProcess, mib: Int) throws
+}
+
+extension DomainEngineDriver {
+    public func setMemoryTarget(_ p: EngineProcess, mib: Int) throws {
+        throw EngineError("the \(name) engine has no balloon device: a domain's memory is set when it is created")
+    }
+}
+
+/// An engine that can add and remove a vhost-user NIC in a running domain.
+public protocol NetHotplugDriver: DomainEngineDriver {
+    /// Adds a virtio-net device with `mac` served at `socket`, id derived from `devid`.
+    func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws
+    /// Removes the device `attachNet` added.
+    func detachNet(_ p: EngineProcess, devid: Int) throws
 }
 
 @_silgen_name("close_range")
@@ -152,6 +176,7 @@ public struct CoreEngine: DomainEngineDriver {
         args += ["--extra", l.commandLine, "--memory", String(l.config.memory), "--vcpus", String(l.config.vcpus),
                  "--name", l.name, "--control", l.controlPath, "--status-file", l.statusFile, "--no-input"]
         for sock in l.blockSockets { args += ["--vhost-user-blk", sock] }
+        for sock in l.netSockets where !sock.isEmpty { args += ["--vhost-user-net", sock] }
         if l.consoleFDs != nil {
             args += ["--console-ring-fd", String(coreConsoleFDs.ring), "--console-out-fd", String(coreConsoleFDs.out),
                      "--console-in-fd", String(coreConsoleFDs.input)]

@@ -82,11 +82,26 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
                 if display == nil { throw EngineError("no free VNC display (ports 5900-5999 are in use)") }
             }
         }
+        // NICs: netback over vhost-user, or (an emulated model) the tap itself, dup'd for QEMU.
+        var vifs: [QemuNetBackend] = []
+        for i in c.vifs.indices {
+            if i < l.netTapFDs.count, let tap = l.netTapFDs[i] {
+                let fd = fcntl(tap, F_DUPFD_CLOEXEC, 3)
+                guard fd >= 0 else { throw EngineError("vif \(i): tap: \(String(cString: strerror(errno)))") }
+                fds.append(fd)
+                vifs.append(.tapFD(fd))
+            } else if i < l.netSockets.count, !l.netSockets[i].isEmpty {
+                vifs.append(.vhostUser(socket: l.netSockets[i]))
+            } else {
+                vifs.append(.unconnected)
+            }
+        }
         let paths = QemuEngineDriver.paths(l.controlPath, status: l.statusFile, log: l.engineLog)
-        let inputs = QemuLaunchInputs(accelerator: accelerator, qmpSocket: paths.qmpSocket, pidfile: paths.pidfile,
+        var inputs = QemuLaunchInputs(accelerator: accelerator, qmpSocket: paths.qmpSocket, pidfile: paths.pidfile,
                                       serial: .file(l.consoleLog), disks: disks, cdrom: cdrom,
-                                      vifs: c.vifs.map { _ in .unconnected }, vncDisplay: display,
+                                      vifs: vifs, vncDisplay: display,
                                       kernelCommandLine: c.kernel != nil ? l.commandLine : nil)
+        inputs.netHotplugSlots = QemuEngineDriver.netHotplugSlots
         let args: [String]
         do { args = try QemuCommandLine.arguments(for: c, inputs) } catch { throw EngineError(error.message) }
         let logStart = (try? FileManager.default.attributesOfItem(atPath: paths.stderrLog)[.size] as? Int) ?? 0
@@ -100,6 +115,9 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         } else {
             unlink(vncFile)
         }
+        // RAM is max(memory, maxmem); the balloon takes the guest down to `memory` (the
+        // target holds until the guest's virtio_balloon driver loads).
+        if let mx = c.maxmem, mx > c.memory { try? d.setMemory(mib: c.memory) }
         lock.lock(); sessions[d.pid] = d; logStarts[d.pid] = logStart; lock.unlock()
         return EngineProcess(pid: d.pid, startTicks: d.startTicks, controlPath: l.controlPath, statusFile: l.statusFile)
     }
@@ -132,6 +150,8 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     public func unpause(_ p: EngineProcess) throws { try call { try session(p).unpause() } }
     public func requestShutdown(_ p: EngineProcess) throws { try call { try session(p).powerdown() } }
     public func reboot(_ p: EngineProcess) throws { try call { try session(p).reset() } }
+    /// QMP `balloon` (virtio-balloon-pci `balloon0`, which every qemu domain has).
+    public func setMemoryTarget(_ p: EngineProcess, mib: Int) throws { try call { try session(p).setMemory(mib: mib) } }
 
     public func destroy(_ p: EngineProcess) throws {
         unlink(p.controlPath + ".vnc")

@@ -84,9 +84,40 @@ public enum XendHTTP {
                 return await offload { json(try m.shutdown(d, mode: s.mode)) }
             } catch { return XendHTTP.error(anyError(error)) }
         }
+        r.post("/api/v1/domains/:domain/memory") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let m2 = try await body(req, MemoryRequest.self)
+                return await offload {
+                    switch (m2.target, m2.max) {
+                    case (let t?, nil): return json(try m.memSet(d, mib: t))
+                    case (nil, let x?): return json(try m.memMax(d, mib: x))
+                    default: throw XendError(.badRequest, "give exactly one of target and max (MiB)")
+                    }
+                }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
         r.post("/api/v1/domains/:domain/destroy") { _, ctx in
             let d = ctx.parameters.get("domain") ?? ""
             return await offload { json(try m.destroy(d)) }
+        }
+        r.get("/api/v1/domains/:domain/vifs") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            return await offload { json(VifList(vifs: try m.networkList(d))) }
+        }
+        r.post("/api/v1/domains/:domain/vifs") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let a = try await body(req, NetworkAttachRequest.self)
+                return await offload { json(try m.networkAttach(d, spec: a.spec), status: .created) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.delete("/api/v1/domains/:domain/vifs/:devid") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            guard let devid = Int(ctx.parameters.get("devid") ?? "") else {
+                return XendHTTP.error(XendError(.badRequest, "Device \(ctx.parameters.get("devid") ?? "") not connected"))
+            }
+            return await offload { json(VifList(vifs: try m.networkDetach(d, devid: devid))) }
         }
         r.get("/api/v1/dmesg") { _, _ in json(TextReply(text: m.dmesgText())) }
         r.post("/api/v1/dmesg/clear") { _, _ in m.dmesgClear(); return json(TextReply(text: "")) }

@@ -45,10 +45,7 @@ With the sandbox the listener ends up at fd 3 and the image at fd 4 (the manifes
 lines); a supervisor best hands them there (--listen-fd 3 --image-fd 4).
 """
 
-func fail(_ msg: String) -> Never {
-    eprint("blkback: \(msg)\n")
-    exit(1)
-}
+func fail(_ msg: String) -> Never { ServiceArguments.fail(program: "blkback", msg) }
 
 var socketPath: String?
 var listenFdArg: Int32?
@@ -66,31 +63,22 @@ var manifestArg: String?
 var noSandbox = false
 var testForbiddenSyscall = false
 
-var args = CommandLine.arguments.dropFirst()
-@MainActor func value(_ flag: String) -> String {
-    guard let v = args.popFirst() else { fail("\(flag) needs a value") }
-    return v
-}
-@MainActor func intValue(_ flag: String, _ range: ClosedRange<Int>) -> Int {
-    let v = value(flag)
-    guard let n = Int(v), range.contains(n) else { fail("\(flag) \(v): expected an integer in \(range.lowerBound)...\(range.upperBound)") }
-    return n
-}
-while let a = args.popFirst() {
+var args = ServiceArguments(program: "blkback", arguments: CommandLine.arguments.dropFirst())
+while let a = args.next() {
     switch a {
-    case "--socket": socketPath = value(a)
-    case "--listen-fd": listenFdArg = Int32(intValue(a, 0...65535))
-    case "--image": imageSpec = value(a)
-    case "--image-fd": imageFdArg = Int32(intValue(a, 0...65535))
+    case "--socket": socketPath = args.value(a)
+    case "--listen-fd": listenFdArg = Int32(args.int(a, in: 0...65535))
+    case "--image": imageSpec = args.value(a)
+    case "--image-fd": imageFdArg = Int32(args.int(a, in: 0...65535))
     case "--read-only", "--readonly": readOnly = true
     case "--shared-write": sharedWrite = true
-    case "--num-queues": numQueues = intValue(a, 1...64)
-    case "--serial": serial = value(a)
+    case "--num-queues": numQueues = args.int(a, in: 1...64)
+    case "--serial": serial = args.value(a)
     case "--quiet": quiet = true
-    case "--io-threads": ioThreads = intValue(a, 0...16)
+    case "--io-threads": ioThreads = args.int(a, in: 0...16)
     case "--test-reorder": testReorder = true          // complete each batch in reverse (tests)
-    case "--test-delay-us": testDelayUs = UInt32(intValue(a, 0...1_000_000))  // slow each request (tests)
-    case "--manifest": manifestArg = value(a)
+    case "--test-delay-us": testDelayUs = UInt32(args.int(a, in: 0...1_000_000))  // slow each request (tests)
+    case "--manifest": manifestArg = args.value(a)
     case "--no-sandbox": noSandbox = true
     // Tests only: once sandboxed, make one syscall outside the manifest (the supervisor
     // must see a death by SIGSYS naming it). Also XENITH_BLKBACK_TEST_FORBIDDEN=1.
@@ -102,33 +90,11 @@ while let a = args.popFirst() {
 guard (socketPath == nil) != (listenFdArg == nil) else { fail("give exactly one of --socket PATH or --listen-fd N") }
 guard (imageSpec == nil) != (imageFdArg == nil) else { fail("give exactly one of --image IMAGE or --image-fd N") }
 if manifestArg != nil && noSandbox { fail("--manifest and --no-sandbox exclude each other") }
-// Tests only: XENITH_BLKBACK_TEST_FORBIDDEN=1 arms --test-forbidden-syscall; =PATH arms it
-// once, when PATH exists (it is removed), so a supervisor's restart then runs normally.
-if let v = getenv("XENITH_BLKBACK_TEST_FORBIDDEN").map({ String(cString: $0) }) {
-    if v == "1" { testForbiddenSyscall = true }
-    else if v.hasPrefix("/") && unlink(v) == 0 { testForbiddenSyscall = true }
-}
+// Tests only: XENITH_BLKBACK_TEST_FORBIDDEN=1 or =PATH (once) arms --test-forbidden-syscall.
+if ServiceSyscallProbe.isArmed(service: "blkback") { testForbiddenSyscall = true }
 
-/// The manifest to apply: --manifest, $XENITH_MANIFESTS, BINDIR/../share/xenith/manifests,
-/// then a `manifests/` directory in a parent of BINDIR (a build tree inside the sources).
-func defaultManifest() -> String {
-    if let env = getenv("XENITH_MANIFESTS") { return String(cString: env) + "/blkback.manifest" }
-    var buf = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &buf, 4095)
-    if n > 0 {
-        var dir = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.endIndex)])
-        let installed = dir + "/../share/xenith/manifests/blkback.manifest"
-        if access(installed, R_OK) == 0 { return installed }
-        while let slash = dir.lastIndex(of: "/"), !dir.isEmpty {
-            let candidate = dir + "/manifests/blkback.manifest"
-            if access(candidate, R_OK) == 0 { return candidate }
-            dir = String(dir[..<slash])
-        }
-    }
-    fail("no manifest found: give --manifest FILE (or --no-sandbox for debugging)")
-}
-let manifestPath: String? = noSandbox ? nil : (manifestArg ?? defaultManifest())
+// --manifest, else $XENITH_MANIFESTS, BINDIR/../share/xenith/manifests, or the source tree's.
+let manifestPath: String? = noSandbox ? nil : (manifestArg ?? ServiceManifest.locateOrExit("blkback.manifest", program: "blkback"))
 
 /// Moves descriptor `fd` to number `target` (the manifest's fd line), close-on-exec.
 func moveFd(_ fd: Int32, to target: Int32) -> Int32 {
@@ -217,7 +183,7 @@ if let m = manifestPath {
     if testForbiddenSyscall {
         // A syscall no manifest allows: the filter traps, the reporter names it, and the
         // process dies by SIGSYS (manifests/README.md).
-        _ = getppid()
+        ServiceSyscallProbe.trip()
     }
 } else if !quiet {
     eprint("blkback: running without a sandbox (--no-sandbox)\n")

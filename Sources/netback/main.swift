@@ -33,7 +33,7 @@ front-end goes away (the rings resume where the front-end says, frames in flight
                       do not help on this platform)
   --no-offload        offer no checksum/TSO offloads
   --manifest FILE     sandbox manifest (default: $XENITH_MANIFESTS/netback.manifest or
-                      <bin>/../share/xenith/manifests/netback.manifest)
+                      <bin>/../share/xenith/manifests/netback.manifest, or the source tree's)
   --no-sandbox        run without the sandbox (debugging)
   --quiet             no log lines on stderr (the exit stats line is still written)
   --help              this text
@@ -41,10 +41,7 @@ front-end goes away (the rings resume where the front-end says, frames in flight
 SIGUSR1 writes a stats line to stderr; SIGTERM/SIGINT write it and exit 0.
 """
 
-func fail(_ msg: String) -> Never {
-    eprint("netback: \(msg)\n")
-    exit(1)
-}
+func fail(_ msg: String) -> Never { ServiceArguments.fail(program: "netback", msg) }
 
 var socketPath: String?
 var listenFdArg: Int32?
@@ -57,16 +54,7 @@ var manifestPath: String?
 var noSandbox = false
 var quiet = false
 
-var args = CommandLine.arguments.dropFirst()
-@MainActor func value(_ flag: String) -> String {
-    guard let v = args.popFirst() else { fail("\(flag) needs a value") }
-    return v
-}
-@MainActor func intValue(_ flag: String, _ range: ClosedRange<Int>) -> Int {
-    let v = value(flag)
-    guard let n = Int(v), range.contains(n) else { fail("\(flag) \(v): expected an integer in \(range.lowerBound)...\(range.upperBound)") }
-    return n
-}
+var args = ServiceArguments(program: "netback", arguments: CommandLine.arguments.dropFirst())
 /// `BYTES/USEC` or Xen's `rate=` syntax.
 func parseRate(_ s: String) -> (bytes: UInt64, microseconds: UInt64)? {
     let parts = s.split(separator: "/", omittingEmptySubsequences: false)
@@ -76,25 +64,25 @@ func parseRate(_ s: String) -> (bytes: UInt64, microseconds: UInt64)? {
     guard let r = VifRate(s) else { return nil }
     return (r.bytesPerInterval, r.intervalMicroseconds)
 }
-while let a = args.popFirst() {
+while let a = args.next() {
     switch a {
-    case "--socket": socketPath = value(a)
-    case "--listen-fd": listenFdArg = Int32(intValue(a, 0...65535))
-    case "--tap-fd": tapFdArg = Int32(intValue(a, 0...65535))
-    case "--tap": tapName = value(a)
+    case "--socket": socketPath = args.value(a)
+    case "--listen-fd": listenFdArg = Int32(args.int(a, in: 0...65535))
+    case "--tap-fd": tapFdArg = Int32(args.int(a, in: 0...65535))
+    case "--tap": tapName = args.value(a)
     case "--mac":
-        let v = value(a)
+        let v = args.value(a)
         guard let m = MACAddress(v), m.isUnicast else { fail("--mac \(v): expected a unicast xx:xx:xx:xx:xx:xx") }
         mac = m.octets
     case "--rate":
-        let v = value(a)
+        let v = args.value(a)
         guard let r = parseRate(v) else { fail("--rate \(v): expected BYTES/USEC or N[GMK]B/s|b/s[@N[m|u]s]") }
         rate = r
     case "--num-queues":
-        let n = intValue(a, 1...64)
+        let n = args.int(a, in: 1...64)
         if n != 1 { fail("--num-queues \(n): only one queue pair is supported") }
     case "--no-offload": offloads = false
-    case "--manifest": manifestPath = value(a)
+    case "--manifest": manifestPath = args.value(a)
     case "--no-sandbox": noSandbox = true
     case "--quiet": quiet = true
     case "--help", "-h": print(usage); exit(0)
@@ -105,19 +93,7 @@ guard (socketPath == nil) != (listenFdArg == nil) else { fail("give exactly one 
 guard (tapFdArg == nil) != (tapName == nil) else { fail("give exactly one of --tap-fd N or --tap NAME") }
 if manifestPath != nil && noSandbox { fail("--manifest and --no-sandbox exclude each other") }
 
-func defaultManifest() -> String {
-    if let env = getenv("XENITH_MANIFESTS") { return String(cString: env) + "/netback.manifest" }
-    var buf = [CChar](repeating: 0, count: 4096)
-    let n = readlink("/proc/self/exe", &buf, 4095)
-    if n > 0 {
-        let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let bin = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-        let candidate = bin + "/../share/xenith/manifests/netback.manifest"
-        if access(candidate, R_OK) == 0 { return candidate }
-    }
-    fail("no manifest found: give --manifest FILE (or --no-sandbox for debugging)")
-}
-let manifest = noSandbox ? nil : (manifestPath ?? defaultManifest())
+let manifest = noSandbox ? nil : (manifestPath ?? ServiceManifest.locateOrExit("netback.manifest", program: "netback"))
 
 // A launcher running on a Dispatch or concurrency-pool thread hands us a mask with most
 // signals blocked; start from a clean one.
@@ -163,8 +139,12 @@ if listenFd != 3 || tapFd != 4 {
 }
 
 // 4. The sandbox: before the first front-end message or guest byte.
+// Tests only: XENITH_NETBACK_TEST_FORBIDDEN=1 or =PATH (once) makes one forbidden syscall
+// once sandboxed, so the supervisor sees a death by SIGSYS naming it.
+let tripProbe = ServiceSyscallProbe.isArmed(service: "netback")
 if let m = manifest {
     _ = Sandbox.applyOrExit(manifestPath: m)
+    if tripProbe { ServiceSyscallProbe.trip() }
 } else if !quiet {
     eprint("netback: running without a sandbox (--no-sandbox)\n")
 }

@@ -30,7 +30,7 @@ struct XenConsoled {
       --log-dir DIR      guest log directory (default $XENITH_ROOT/var/log/xen/console)
       --pid-file FILE    write the daemon's pid to FILE
       --manifest FILE    security manifest (default $XENITH_MANIFESTS/xenconsoled.manifest,
-                         else PREFIX/share/xenith/manifests/xenconsoled.manifest)
+                         else PREFIX/share/xenith/manifests/xenconsoled.manifest, else the source tree's)
       --no-sandbox       run without applying the manifest (debugging only)
       -h, --help         show this help
     """
@@ -95,7 +95,7 @@ struct XenConsoled {
         for sig in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&termSignals, sig) }
         pthread_sigmask(SIG_UNBLOCK, &termSignals, nil)
         if isListening(path) { fail("\(path): another xenconsoled is already listening on this socket") }
-        let manifestPath = noSandbox ? nil : (manifest ?? defaultManifest())
+        let manifestPath = noSandbox ? nil : (manifest ?? ServiceManifest.locateOrExit("xenconsoled.manifest", program: "xenconsoled"))
         if !noFork { daemonize(path) }
 
         mkdirs(dir)
@@ -109,8 +109,12 @@ struct XenConsoled {
             _ = fcntl(3, F_SETFD, FD_CLOEXEC)
         }
         if let pidFile { writePidFile(pidFile) }
+        // Tests only: XENITH_XENCONSOLED_TEST_FORBIDDEN=1 or =PATH (once) makes one forbidden
+        // syscall once sandboxed (a death by SIGSYS for xend to name and restart).
+        let tripProbe = ServiceSyscallProbe.isArmed(service: "xenconsoled")
         if let m = manifestPath {
             _ = Sandbox.applyOrExit(manifestPath: m)
+            if tripProbe { ServiceSyscallProbe.trip() }
         } else {
             log("running without a sandbox (--no-sandbox)")
         }
@@ -125,19 +129,6 @@ struct XenConsoled {
         log("listening on \(path), guest logs in \(dir)")
         server.start()
         server.wait()
-    }
-
-    private func defaultManifest() -> String {
-        if let env = getenv("XENITH_MANIFESTS") { return String(cString: env) + "/xenconsoled.manifest" }
-        var buf = [CChar](repeating: 0, count: 4096)
-        let n = readlink("/proc/self/exe", &buf, 4095)
-        if n > 0 {
-            let exe = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            let bin = exe.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
-            let candidate = bin + "/../share/xenith/manifests/xenconsoled.manifest"
-            if access(candidate, R_OK) == 0 { return candidate }
-        }
-        fail("no manifest found: give --manifest FILE (or --no-sandbox for debugging)")
     }
 
     private func currentDirectory() -> String {
@@ -164,33 +155,10 @@ struct XenConsoled {
         (try? listConsoles(socketPath: path)) != nil
     }
 
-    /// Re-executes this program with -N in a new session with stdio on /dev/null, waits
-    /// until it answers on the socket (sandbox applied), then exits 0 (1 if it died first).
+    /// Starts the daemon (this program with -N) and exits 0 once it answers on `path`
+    /// with its sandbox applied (ServiceDaemon).
     private func daemonize(_ path: String) -> Never {
-        var args = CommandLine.arguments
-        args.append("-N")
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        posix_spawnattr_setflags(&attr, 0x80 /* POSIX_SPAWN_SETSID (glibc), not imported */)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        for fd: Int32 in [0, 1, 2] {
-            posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
-        }
-        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
-        cargs.append(nil)
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
-        guard rc == 0 else { fail("cannot start daemon: \(String(cString: strerror(rc)))") }
-        for _ in 0..<400 {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid {
-                fail("daemon exited during startup (status \(status)); run with -N to see why")
-            }
-            if isListening(path) { Glibc.exit(0) }
-            usleep(25_000)
-        }
-        fail("\(path): daemon did not answer within 10 s")
+        ServiceDaemon.detachAndExit(program: "xenconsoled") { isListening(path) }
     }
 }
 

@@ -8,6 +8,7 @@
 // xenstore-utils (XENSTORED_PATH=PATH). A dom0 client can also send XS_RESTRICT.
 import ArgumentParser
 import Glibc
+import Sandbox
 import XenStore
 
 @main
@@ -89,39 +90,12 @@ struct XenStored: ParsableCommand {
         close(fd)
     }
 
-    /// Re-executes this program with -N in a new session with stdio on /dev/null, waits
-    /// until the socket accepts, then exits 0 (or 1 if the daemon died first).
+    /// Starts the daemon (this program with -N) and exits 0 once its socket accepts
+    /// (ServiceDaemon); refuses when another xenstored already listens on `path`.
     private func daemonize(_ path: String) -> Never {
         if XenStoreServer.isListening(path) {
             fail("\(path): another xenstored is already listening on this socket")
         }
-        // The daemon must not keep the caller's descriptors (pipes, sockets) open: mark
-        // everything above stderr close-on-exec before spawning it.
-        let maxFD = min(Int32(truncatingIfNeeded: sysconf(Int32(_SC_OPEN_MAX))), 65536)
-        for fd in 3..<max(maxFD, 3) { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var args = CommandLine.arguments
-        args.append("-N")
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        posix_spawnattr_setflags(&attr, 0x80 /* POSIX_SPAWN_SETSID (glibc), not imported */)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        for fd: Int32 in [0, 1, 2] {
-            posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
-        }
-        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
-        cargs.append(nil)
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
-        guard rc == 0 else { fail("cannot start daemon: \(String(cString: strerror(rc)))") }
-        for _ in 0..<400 {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid {
-                fail("daemon exited during startup (status \(status)); run with -N to see why")
-            }
-            if XenStoreServer.isListening(path) { Glibc.exit(0) }
-            usleep(25_000)
-        }
-        fail("\(path): daemon did not start listening within 10 s")
+        ServiceDaemon.detachAndExit(program: "xenstored") { XenStoreServer.isListening(path) }
     }
 }

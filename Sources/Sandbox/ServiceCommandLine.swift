@@ -1,0 +1,147 @@
+// The command-line plumbing every sandboxed service (blkback, netback, xenconsoled) shares:
+// an argument cursor whose errors name the service and the flag, and the lookup of the
+// service's security manifest. Foundation-free, like the services.
+import CLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reads a service's arguments flag by flag. Every error is one stderr line
+/// `PROGRAM: MESSAGE` and exit status 1 (the services' usage-error convention).
+public struct ServiceArguments {
+    /// The service's name, the prefix of its error lines (`blkback`).
+    public let program: String
+    private var rest: ArraySlice<String>
+
+    /// - Parameters:
+    ///   - program: the prefix of error lines.
+    ///   - arguments: argv without argv[0].
+    public init(program: String, arguments: some Collection<String>) {
+        self.program = program
+        rest = ArraySlice(arguments)
+    }
+
+    /// The next flag, nil when all are read.
+    public mutating func next() -> String? { rest.popFirst() }
+
+    /// The value following `flag`; exits with `FLAG needs a value` when there is none.
+    public mutating func value(_ flag: String) -> String {
+        guard let v = rest.popFirst() else { fail("\(flag) needs a value") }
+        return v
+    }
+
+    /// The integer value following `flag`; exits naming the flag, the value and the
+    /// accepted range when it is not an integer within `range`.
+    public mutating func int(_ flag: String, in range: ClosedRange<Int>) -> Int {
+        let v = value(flag)
+        guard let n = Int(v), range.contains(n) else {
+            fail("\(flag) \(v): expected an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return n
+    }
+
+    /// Writes `PROGRAM: MESSAGE` to stderr and exits with status 1.
+    public func fail(_ message: String) -> Never { ServiceArguments.fail(program: program, message) }
+
+    /// Writes `PROGRAM: MESSAGE` to stderr and exits with status 1.
+    public static func fail(program: String, _ message: String) -> Never {
+        var line = "\(program): \(message)\n"
+        line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        exit(1)
+    }
+}
+
+/// Where a service finds its security manifest (manifests/README.md).
+public enum ServiceManifest {
+    /// The path of manifest `file` (e.g. `blkback.manifest`), first that is readable of:
+    /// `$XENITH_MANIFESTS/FILE`; `BINDIR/../share/xenith/manifests/FILE` (an installed
+    /// tree; BINDIR is the directory of /proc/self/exe); `manifests/FILE` in BINDIR or
+    /// one of its parents (a build tree inside the sources). `$XENITH_MANIFESTS` is taken
+    /// as given, readable or not, so a wrong setting fails loudly when it is loaded.
+    /// - Returns: nil when none is found.
+    public static func locate(_ file: String) -> String? {
+        if let env = getenv("XENITH_MANIFESTS") { return String(cString: env) + "/" + file }
+        var buf = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buf, buf.count - 1)
+        guard n > 0 else { return nil }
+        var dir = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        dir = String(dir[..<(dir.lastIndex(of: "/") ?? dir.endIndex)])
+        let installed = dir + "/../share/xenith/manifests/" + file
+        if access(installed, R_OK) == 0 { return installed }
+        while !dir.isEmpty {
+            let candidate = dir + "/manifests/" + file
+            if access(candidate, R_OK) == 0 { return candidate }
+            guard let slash = dir.lastIndex(of: "/") else { break }
+            dir = String(dir[..<slash])
+        }
+        return nil
+    }
+
+    /// `locate(file)`, or exit with `PROGRAM: no manifest found: …` (status 1).
+    public static func locateOrExit(_ file: String, program: String) -> String {
+        guard let p = locate(file) else {
+            ServiceArguments.fail(program: program, "no manifest found: give --manifest FILE (or --no-sandbox for debugging)")
+        }
+        return p
+    }
+}
+
+/// Running a service in the background the way `xenstored` and `xenconsoled` do without
+/// `-N`: the program re-executes itself as a daemon and the caller returns once the
+/// daemon is ready, so a script that starts it can use it on the next line.
+public enum ServiceDaemon {
+    /// Re-executes this program (/proc/self/exe) with its arguments plus `foregroundFlag`
+    /// in a new session (setsid), stdio on /dev/null and none of the caller's other
+    /// descriptors (all above stderr are marked close-on-exec first), then polls `ready`
+    /// every 25 ms and exits 0 when it returns true. Exits 1 with `PROGRAM: …` on stderr
+    /// when the spawn fails, the daemon exits during start-up, or it is not ready within
+    /// `timeoutSeconds`.
+    public static func detachAndExit(program: String, foregroundFlag: String = "-N", timeoutSeconds: Int = 10,
+                                     ready: () -> Bool) -> Never {
+        let maxFD = min(Int32(truncatingIfNeeded: sysconf(Int32(_SC_OPEN_MAX))), 65536)
+        for fd in 3..<max(maxFD, 3) { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        var args = CommandLine.arguments
+        args.append(foregroundFlag)
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        posix_spawnattr_setflags(&attr, 0x80 /* POSIX_SPAWN_SETSID (glibc), not imported */)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        for fd: Int32 in [0, 1, 2] {
+            posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
+        }
+        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
+        cargs.append(nil)
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
+        guard rc == 0 else { ServiceArguments.fail(program: program, "cannot start daemon: \(String(cString: strerror(rc)))") }
+        for _ in 0..<(timeoutSeconds * 40) {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                ServiceArguments.fail(program: program, "daemon exited during startup (status \(status)); run with \(foregroundFlag) to see why")
+            }
+            if ready() { exit(0) }
+            usleep(25_000)
+        }
+        ServiceArguments.fail(program: program, "daemon did not answer within \(timeoutSeconds) s")
+    }
+}
+
+/// The test hook that proves a service's seccomp filter and its supervisor: once armed, the
+/// service makes one system call no manifest allows (getppid) right after its sandbox is
+/// applied, so it dies by SIGSYS and the supervisor must name the call and restart it.
+public enum ServiceSyscallProbe {
+    /// Whether the hook is armed for `service` by `$XENITH_<SERVICE>_TEST_FORBIDDEN`
+    /// (service upper-cased): `1` arms it always; an absolute PATH arms it once, when PATH
+    /// exists (it is removed, so the supervisor's next restart runs normally). Call it
+    /// before the sandbox is applied (the sandbox's file system is empty).
+    public static func isArmed(service: String) -> Bool {
+        guard let v = getenv("XENITH_\(service.uppercased())_TEST_FORBIDDEN").map({ String(cString: $0) }) else { return false }
+        if v == "1" { return true }
+        return v.hasPrefix("/") && unlink(v) == 0
+    }
+
+    /// Makes the forbidden call (getppid). Under the sandbox's filter the process dies by
+    /// SIGSYS and the reporter names `getppid` on stderr; without a filter it returns.
+    public static func trip() { _ = getppid() }
+}
