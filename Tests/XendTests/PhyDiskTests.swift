@@ -15,7 +15,7 @@ import Glibc
 private func sh(_ cmd: String) -> (status: Int32, out: String) {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/bin/sh")
-    p.arguments = ["-c", cmd]
+    p.arguments = ["-c", "PATH=/usr/sbin:/usr/bin:/sbin:/bin; " + cmd]   // other tests may change PATH
     let pipe = Pipe()
     p.standardOutput = pipe
     p.standardError = pipe
