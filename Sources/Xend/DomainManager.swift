@@ -4,6 +4,7 @@ import DomainConfig
 import Foundation
 import ConsoleBackend
 import Logging
+import QemuEngine
 import XM
 import XenStore
 #if canImport(Glibc)
@@ -113,8 +114,9 @@ public final class DomainManager: @unchecked Sendable {
         var out: [(domain: String, disk: DiskSpec)] = []
         for r in records.values where r.domid != domid && r.process != nil {
             guard let cfg = try? DomainConfiguration(sxp: SXP.parse(r.config)) else { continue }
-            let served = Set((r.disks ?? []).filter { !$0.broken }.map(\.vdev))
-            for d in cfg.disks where r.disks == nil || served.contains(d.vdev) { out.append((r.name, d)) }
+            // Every disk but those whose blkback broke (the core's and QEMU's own alike).
+            let broken = Set((r.disks ?? []).filter(\.broken).map(\.vdev))
+            for d in cfg.disks where !broken.contains(d.vdev) { out.append((r.name, d)) }
         }
         return out
     }
@@ -356,7 +358,14 @@ public final class DomainManager: @unchecked Sendable {
                 if let xs = xenstore { try? xs.removeDomain(UInt32(r.domid)) }
                 throw error
             }
+        } else if let qemu = engine as? QemuEngineDriver {
+            do throws(XendError) { try prepareQemu(&r, &launch, cfg: cfg, qemu) } catch {
+                releaseDevices(r.domid)
+                if let xs = xenstore { try? xs.removeDomain(UInt32(r.domid)) }
+                throw error
+            }
         }
+        defer { if let fd = launch.serialFD { close(fd) } }   // QEMU holds its own copy
         do {
             r.process = try engine.start(launch)
         } catch {
@@ -371,6 +380,29 @@ public final class DomainManager: @unchecked Sendable {
         dmesg("Domain \(r.name) (\(r.domid)) started on the \(engine.name) engine, pid \(r.process!.pid)")
         watch(r.domid, r.process!)
         return r
+    }
+
+    /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks on
+    /// blkback (vhost-user; the sockets owned by QEMU's unprivileged user so that it can
+    /// reconnect after a blkback restart) and its serial line on xenconsoled (a stream).
+    /// Left to QEMU: `ioemu:` disks, CD-ROMs, other image formats and, for HVM domains, the
+    /// IDE disks hda...hdd (the emulated controller of Xen's qemu-dm).
+    func prepareQemu(_ r: inout DomainRecord, _ launch: inout EngineLaunch, cfg: DomainConfiguration,
+                     _ qemu: QemuEngineDriver) throws(XendError) {
+        let served = cfg.disks.filter { d in
+            !d.ioemu && d.deviceType == .disk && d.path != nil && d.format == "raw"
+                && !(cfg.builder == .hvm && QemuCommandLine.ideSlot(d.vdev) != nil)
+        }
+        if !served.isEmpty, let blocks {
+            let sockets = try blocks.start(domid: r.domid, name: r.name, disks: served, vcpus: 1,
+                                           inUse: disksInUse(except: r.domid), socketOwner: qemu.runAsIDs)
+            for (d, s) in zip(served, sockets) { launch.diskSockets[d.vdev] = s }
+            r.disks = blocks.records(r.domid)
+        }
+        if let consoles {
+            do { launch.serialFD = try consoles.createStream(domid: r.domid, name: r.name) }
+            catch { throw XendError(.internalError, "console: \(error)") }
+        }
     }
 
     // MARK: supervision
@@ -475,9 +507,12 @@ public final class DomainManager: @unchecked Sendable {
                 dmesg("Domain \(r.name) (\(r.domid)) re-adopted, pid \(p.pid)")
                 if r.engine == "core" {
                     consoles?.adopt(domid: r.domid, name: r.name, pid: p.pid, listed: listed)
-                    if let disks = r.disks, let cfg {
-                        blocks?.adopt(domid: r.domid, name: r.name, disks: cfg.disks, records: disks, vcpus: cfg.vcpus)
-                    }
+                } else if r.engine == "qemu" {
+                    consoles?.adoptStream(domid: r.domid, name: r.name, listed: listed)
+                }
+                if let disks = r.disks, let cfg {
+                    blocks?.adopt(domid: r.domid, name: r.name, disks: cfg.disks, records: disks,
+                                  vcpus: r.engine == "core" ? cfg.vcpus : 1)
                 }
                 watch(r.domid, p)
             } else {

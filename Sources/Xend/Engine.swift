@@ -25,6 +25,12 @@ public struct EngineLaunch: Sendable {
     public var consoleFDs: [Int32]? = nil
     /// vhost-user-blk sockets (one blkback each), in the order of the config's disks.
     public var blockSockets: [String] = []
+    /// qemu engine: blkback's vhost-user socket per disk it serves, by vdev (the other
+    /// disks stay QEMU's own drives).
+    public var diskSockets: [String: String] = [:]
+    /// qemu engine: QEMU's end of the serial socketpair whose other end xenconsoled serves
+    /// (`ConsoleSupervisor.createStream`); nil puts the serial line in `consoleLog`.
+    public var serialFD: Int32? = nil
 }
 
 /// A running engine process, as the registry keeps it (enough to re-adopt it).
