@@ -179,7 +179,7 @@ final class ConsoleSession: @unchecked Sendable {
 
         // poweroff inside the guest ends the domain; nothing is left behind.
         con.type("poweroff\n")
-        #expect(try waitUntil(90) { try !xm("list").stdout.contains("deb ") }, "\(try xm("list").stdout)")
+        #expect(try waitUntil(90) { try !xm("list").stdout.contains("deb ") }, "\((try? xm("list"))?.stdout ?? "")")
         #expect(con.detach() == 0)
         #expect(waitUntil(10) { blkbacks(img).isEmpty })
         let left = (try? FileManager.default.contentsOfDirectory(atPath: root + "/run/xenith"))?.filter { $0.hasPrefix("blkback-") } ?? []
