@@ -48,7 +48,9 @@ final class ConsoleSession: @unchecked Sendable {
 @Suite(.serialized) struct QemuServicesTests {
     let root: String = {
         var t = Array("/tmp/xenith-qsvc-XXXXXX".utf8CString)
-        return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        let d = t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        chmod(d, 0o755)   // as / is: QEMU, once it runs as xenith-qemu, reconnects to run/xenith/*.sock
+        return d
     }()
 
     func env() { setenv("XENITH_ROOT", root, 1) }
@@ -80,6 +82,7 @@ final class ConsoleSession: @unchecked Sendable {
         if skip(QemuEnv.debianUnavailable) { return }
         if getuid() != 0 { print("SKIP: debianThroughXmOnBlkbackAndXenconsoled: needs root (sandboxed blkback, -runas)"); return }
         defer {
+            _ = try? xm("destroy", "deb")
             _ = try? xend("stop")
             for f in ["/run/xenconsoled/xenconsoled.pid", "/run/xenstored/xenstored.pid"] {
                 if let p = pidFile(root + f) { kill(p, SIGTERM) }

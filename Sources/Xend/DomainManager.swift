@@ -397,12 +397,30 @@ public final class DomainManager: @unchecked Sendable {
             let sockets = try blocks.start(domid: r.domid, name: r.name, disks: served, vcpus: 1,
                                            inUse: disksInUse(except: r.domid), socketOwner: qemu.runAsIDs)
             for (d, s) in zip(served, sockets) { launch.diskSockets[d.vdev] = s }
+            if let ids = qemu.runAsIDs, let s = sockets.first, let dir = Self.unsearchableAncestor(s, uid: ids.uid) {
+                log.warning("\(dir) is not searchable by QEMU's user (uid \(ids.uid)): QEMU cannot reconnect to \(s) after a blkback restart")
+            }
             r.disks = blocks.records(r.domid)
         }
         if let consoles {
             do { launch.serialFD = try consoles.createStream(domid: r.domid, name: r.name) }
             catch { throw XendError(.internalError, "console: \(error)") }
         }
+    }
+
+    /// The first directory above `path` that user `uid` (no supplementary groups
+    /// considered) cannot search, nil when every one can.
+    static func unsearchableAncestor(_ path: String, uid: uid_t) -> String? {
+        var dir = (path as NSString).deletingLastPathComponent
+        while dir.count > 1 {
+            var st = stat()
+            if stat(dir, &st) == 0 {
+                let ok = st.st_uid == uid ? st.st_mode & S_IXUSR != 0 : st.st_mode & S_IXOTH != 0
+                if !ok { return dir }
+            }
+            dir = (dir as NSString).deletingLastPathComponent
+        }
+        return nil
     }
 
     // MARK: supervision
