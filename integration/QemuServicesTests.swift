@@ -183,6 +183,23 @@ final class ConsoleSession: @unchecked Sendable {
         }
         #expect(seen, "console after restart: \(con.output.get().suffix(400))")
 
+        // xend restarts (QEMU, blkback and xenconsoled run on) and takes its end of the serial
+        // socketpair back from xenconsoled; xenconsoled killed again still comes back with it.
+        _ = con.detach()
+        #expect(try xend("restart").status == 0)
+        #expect(waitUntil(10) { read("/var/log/xen/xend.log").contains("Domain deb (\(domid)) re-adopted") })
+        let second = pidFile(root + "/run/xenconsoled/xenconsoled.pid") ?? 0
+        kill(second, SIGKILL)
+        #expect(waitUntil(15) { let p = pidFile(root + "/run/xenconsoled/xenconsoled.pid") ?? 0; return p > 0 && p != second && kill(p, 0) == 0 })
+        usleep(500_000)
+        con = try ConsoleSession(xm: Env.binary("xm"), domain: "deb")
+        seen = false
+        for _ in 0..<10 where !seen {
+            con.type("echo ADOPTED-$((60+6))\n")
+            seen = con.waitFor("ADOPTED-66", timeout: 3)
+        }
+        #expect(seen, "console after xend and xenconsoled restarts: \(con.output.get().suffix(400)) \(read("/var/log/xen/xend.log").suffix(800))")
+
         // poweroff inside the guest ends the domain; nothing is left behind.
         con.type("poweroff\n")
         #expect(try waitUntil(90) { try !xm("list").stdout.contains("deb ") }, "\((try? xm("list"))?.stdout ?? "")")
