@@ -380,8 +380,11 @@ func uptimes(_ s: String) -> [Double] {
         }
         defer {
             _ = try? tool("xend", ["stop"])
-            if let p = try? String(contentsOfFile: root + "/run/xenstored/xenstored.pid", encoding: .utf8),
-               let pid = Int32(p.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGTERM) }
+            // xenstored and xenconsoled outlive xend, as in Xen.
+            for f in ["/run/xenstored/xenstored.pid", "/run/xenconsoled/xenconsoled.pid"] {
+                if let p = try? String(contentsOfFile: root + f, encoding: .utf8),
+                   let pid = Int32(p.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGTERM) }
+            }
         }
         #expect(try tool("xend", ["start"]).status == 0)
         let c = try tool("xm", ["create", "services/examples/test-guest.cfg", "name=tg-qemu"])
