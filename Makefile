@@ -71,6 +71,7 @@ install: release
 	for b in $(BINARIES); do install -m 0755 "$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)/$$b" $(DESTDIR)$(PREFIX)/bin/; done
 	[ ! -d manifests ] || cp -r manifests/. $(DESTDIR)$(PREFIX)/share/xenith/manifests/
 	install -d $(DESTDIR)$(PREFIX)/share/xenith/scripts && cp services/scripts/* $(DESTDIR)$(PREFIX)/share/xenith/scripts/
+	@id xenith-qemu >/dev/null 2>&1 || echo "note: qemu domains run QEMU as root until the user exists: useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin xenith-qemu"
 
 clean:
 	rm -rf $(BUILD)

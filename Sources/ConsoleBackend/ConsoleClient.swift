@@ -46,16 +46,78 @@ public func registerConsole(socketPath: String, domid: Int, name: String, channe
     var opened = false
     defer { if opened { close(log) } }
     if logFD == nil {
-        let dir = try consoleCommand(fd, &reader, "logdir")
-        guard dir.hasPrefix("/") else { throw .badMessage("xenconsoled gave log directory '\(dir)'") }
-        makeDirectories(dir)
-        let path = dir + "/" + ConsolePaths.logFileName(domainName: name)
-        log = clinux_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        if log < 0 { throw .system("open \(path)", errno) }
+        log = try openConsoleLog(fd, &reader, name: name)
         opened = true
     }
     _ = try consoleCommand(fd, &reader, "register \(domid) \(name)",
                            fds: [channel.ringFD, channel.outEventFD, channel.inEventFD, log])
+}
+
+/// Registers (or re-registers, replacing) a *stream* console for domain `domid`: `streamFD`
+/// is one end of a connected stream socket (a `socketpair(AF_UNIX, SOCK_STREAM)`) whose other
+/// end is the guest's serial line, e.g. QEMU's `-chardev socket,fd=N`. xenconsoled appends
+/// what it reads from the stream to the log and to attached clients, and writes their
+/// keystrokes to it. The caller keeps its own descriptor: after xenconsoled restarts, call
+/// again with it; bytes the guest wrote meanwhile wait in the socket buffer.
+/// The log is opened as for ``registerConsole(socketPath:domid:name:channel:logFD:)``.
+/// - Throws: ``ConsoleError``: cannot connect, bad name, log file not openable, refused
+///   (e.g. `streamFD` is not a socket).
+public func registerStreamConsole(socketPath: String, domid: Int, name: String, streamFD: Int32,
+                                  logFD: Int32? = nil) throws(ConsoleError) {
+    guard domid >= 0 else { throw .badMessage("domid \(domid) is negative") }
+    guard isValidConsoleDomainName(name) else { throw .badMessage("domain name '\(name)' cannot name a console log") }
+    let fd = try connectConsoleSocket(socketPath)
+    defer { close(fd) }
+    var reader = LineReader(fd: fd)
+    var log = logFD ?? -1
+    var opened = false
+    defer { if opened { close(log) } }
+    if logFD == nil {
+        log = try openConsoleLog(fd, &reader, name: name)
+        opened = true
+    }
+    _ = try consoleCommand(fd, &reader, "register-stream \(domid) \(name)", fds: [streamFD, log])
+}
+
+/// A copy of the stream socket xenconsoled holds for domain `domid` (`stream-fd`): how an
+/// xend that restarted gets back its end of a qemu domain's serial socketpair.
+/// - Returns: the descriptor (close-on-exec), owned by the caller.
+/// - Throws: ``ConsoleError/refused(_:)`` when the domain has no stream console;
+///   ``ConsoleError/badMessage(_:)`` when no descriptor came with the reply.
+public func fetchStreamConsole(socketPath: String, domid: Int) throws(ConsoleError) -> Int32 {
+    let fd = try connectConsoleSocket(socketPath)
+    defer { close(fd) }
+    let line = Array("stream-fd \(domid)\n".utf8)
+    guard line.withUnsafeBytes({ sendAll(fd, $0) }) else { throw .system("write", errno) }
+    var buf = [UInt8](repeating: 0, count: 512)
+    var fds: [Int32] = [-1, -1]
+    var nfds: Int32 = 0
+    let n = buf.withUnsafeMutableBytes { b in
+        fds.withUnsafeMutableBufferPointer { clinux_recv_with_fds(fd, b.baseAddress, b.count, $0.baseAddress, 2, &nfds) }
+    }
+    let got = Array(fds.prefix(Int(max(0, nfds))))
+    if n <= 0 { for f in got { close(f) }; throw .badMessage("xenconsoled closed the connection without answering 'stream-fd'") }
+    var end = n
+    while end > 0 && buf[end - 1] == 10 { end -= 1 }
+    let reply = String(decoding: buf[..<end], as: UTF8.self)
+    if reply.hasPrefix("error ") { for f in got { close(f) }; throw .refused(String(reply.dropFirst(6))) }
+    guard reply == "ok", got.count == 1 else {
+        for f in got { close(f) }
+        throw .badMessage("unexpected reply '\(reply)' with \(got.count) descriptors")
+    }
+    _ = clinux_fcntl_int(got[0], F_SETFD, FD_CLOEXEC)
+    return got[0]
+}
+
+/// Opens `DIR/guest-NAME.log` where DIR is xenconsoled's answer to `logdir`.
+func openConsoleLog(_ fd: Int32, _ reader: inout LineReader, name: String) throws(ConsoleError) -> Int32 {
+    let dir = try consoleCommand(fd, &reader, "logdir")
+    guard dir.hasPrefix("/") else { throw .badMessage("xenconsoled gave log directory '\(dir)'") }
+    makeDirectories(dir)
+    let path = dir + "/" + ConsolePaths.logFileName(domainName: name)
+    let log = clinux_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+    if log < 0 { throw .system("open \(path)", errno) }
+    return log
 }
 
 /// Removes domain `domid`'s console: xenconsoled closes its log and disconnects attached

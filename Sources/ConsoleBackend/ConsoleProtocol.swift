@@ -9,6 +9,11 @@ import Glibc
 //   logdir                     → ok DIR             where xenconsoled wants guest logs
 //   register DOMID NAME        → ok                 with 3 or 4 fds (SCM_RIGHTS) on the line:
 //                                                   ring memfd, outEvent, inEvent[, log]
+//   register-stream DOMID NAME → ok                 with 1 or 2 fds on the line: a connected
+//                                                   stream socket whose peer is the guest's
+//                                                   serial line (QEMU's chardev), [, log]
+//   stream-fd DOMID            → ok                 with a copy of that stream socket on the
+//                                                   reply (an xend that restarted takes it back)
 //   unregister DOMID           → ok | error ...
 //   list                       → ok [DOMID:NAME ...]
 //   attach DOMID               → ok, then raw bytes both ways until either side closes

@@ -28,17 +28,31 @@ public final class ConsoleServer: @unchecked Sendable {
     private var thread: pthread_t?
     private var listenerPaused = false
 
+    /// One registered console: a console ring (the core) or a stream socket (QEMU's
+    /// serial chardev on one end of a socketpair, `register-stream`).
     private final class Domain {
         let domid: Int
         let name: String
-        let channel: ConsoleRingChannel
+        let channel: ConsoleRingChannel?
+        /// The stream socket (-1 for a ring); owned, closed on retire.
+        var streamFD: Int32
+        /// False once the stream's peer is gone (EOF or error): no more reads or writes.
+        var streamOpen: Bool
+        /// Keystrokes not yet taken by the stream socket (at most 4 KiB; clients are not
+        /// read while it is full, as with a full in ring).
+        var inQ = ByteQueue(capacity: 4096)
         var logFD: Int32
         var clients: [Int32] = []
         var inputBlocked = false
         var logFailed = false
-        init(domid: Int, name: String, channel: ConsoleRingChannel, logFD: Int32) {
+        init(domid: Int, name: String, channel: ConsoleRingChannel?, streamFD: Int32 = -1, logFD: Int32) {
             self.domid = domid; self.name = name; self.channel = channel; self.logFD = logFD
+            self.streamFD = streamFD; self.streamOpen = streamFD >= 0
         }
+        /// The descriptor the loop polls for guest output (ring outEvent or the stream).
+        var eventFD: Int32 { channel?.outEventFD ?? streamFD }
+        /// Bytes of client input the console takes now (a closed stream takes and drops all).
+        var inputSpace: Int { channel?.inputSpace ?? (streamOpen ? inQ.capacity - inQ.count : inQ.capacity) }
     }
 
     private final class Connection {
@@ -261,7 +275,7 @@ public final class ConsoleServer: @unchecked Sendable {
             if let d = c.attached {
                 // Keystrokes sent right behind the attach line.
                 if !c.line.isEmpty, let dom = domains[d] {
-                    c.line.withUnsafeBytes { _ = dom.channel.writeInput($0) }
+                    c.line.withUnsafeBytes { _ = writeInput(dom, $0) }
                 }
                 c.line = []
                 return
@@ -277,7 +291,7 @@ public final class ConsoleServer: @unchecked Sendable {
 
     private func readAttached(_ c: Connection, hup: Bool) {
         guard let d = c.attached, let dom = domains[d] else { closeConnection(c); return }
-        let space = dom.channel.inputSpace
+        let space = dom.inputSpace
         if space == 0 {
             if hup { closeConnection(c) } else { blockInput(dom) }
             return
@@ -289,7 +303,7 @@ public final class ConsoleServer: @unchecked Sendable {
             return
         }
         if n == 0 { closeConnection(c); return }
-        buf.withUnsafeBytes { _ = dom.channel.writeInput(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        buf.withUnsafeBytes { _ = writeInput(dom, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
     }
 
     private func blockInput(_ d: Domain) {
@@ -323,14 +337,7 @@ public final class ConsoleServer: @unchecked Sendable {
                 reply(c, "error register needs 3 or 4 descriptors (ring, outEvent, inEvent[, log]), got \(fds.count)"); return
             }
             let logFD: Int32 = fds.count == 4 ? fds[3] : -1
-            if logFD >= 0 {
-                var st = stat()
-                let kind = fstat(logFD, &st) == 0 ? st.st_mode & S_IFMT : 0
-                guard kind == S_IFREG || kind == S_IFIFO || kind == S_IFCHR || kind == S_IFSOCK else {
-                    reply(c, "error the log descriptor is not a file, pipe or character device"); return
-                }
-                _ = clinux_fcntl_int(logFD, F_SETFL, fcntl(logFD, F_GETFL) | O_APPEND)
-            }
+            guard prepareLog(c, logFD) else { return }
             let name = parts[2]
             let channel: ConsoleRingChannel
             do {
@@ -341,21 +348,35 @@ public final class ConsoleServer: @unchecked Sendable {
                 reply(c, "error \(error)"); return
             }
             used = true
-            var clients: [Int32] = []
-            if let old = domains[d] {
-                clients = old.clients
-                old.clients = []
-                retire(old)
+            install(c, Domain(domid: d, name: name, channel: channel, logFD: logFD))
+        case "register-stream":
+            guard parts.count == 3, let d = domid(1), isValidConsoleDomainName(parts[2]) else {
+                reply(c, "error usage: register-stream DOMID NAME"); return
             }
-            let dom = Domain(domid: d, name: name, channel: channel, logFD: logFD)
-            dom.clients = clients
-            domains[d] = dom
-            outEvents[channel.outEventFD] = d
-            epollAdd(channel.outEventFD, EPOLLIN.rawValue)
-            log("registered the console of domain \(d) (\(name))\(logFD < 0 ? ", without a log" : "")\(clients.isEmpty ? "" : ", \(clients.count) client(s) kept")")
-            reply(c, "ok")
-            for fd in clients { if let cc = conns[fd] { updateEvents(cc) } }
-            serviceDomain(d)
+            guard fds.count == 1 || fds.count == 2 else {
+                reply(c, "error register-stream needs 1 or 2 descriptors (stream[, log]), got \(fds.count)"); return
+            }
+            var st = stat()
+            guard fstat(fds[0], &st) == 0, st.st_mode & S_IFMT == S_IFSOCK else {
+                reply(c, "error the stream descriptor is not a socket"); return
+            }
+            let logFD: Int32 = fds.count == 2 ? fds[1] : -1
+            guard prepareLog(c, logFD) else { return }
+            _ = clinux_fcntl_int(fds[0], F_SETFD, FD_CLOEXEC)
+            _ = clinux_fcntl_int(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
+            used = true
+            install(c, Domain(domid: d, name: parts[2], channel: nil, streamFD: fds[0], logFD: logFD))
+        case "stream-fd":
+            // A copy of a stream console's socket end, for an xend that restarted and lost
+            // its own (ConsoleSupervisor.adopt); sent with the reply line.
+            guard let d = domid(1) else { reply(c, "error usage: stream-fd DOMID"); return }
+            guard let dom = domains[d], dom.streamFD >= 0 else { reply(c, "error domain \(d) has no stream console"); return }
+            guard flush(c), c.outQ.isEmpty else { reply(c, "error busy"); return }
+            let msg = Array("ok\n".utf8)
+            let n = msg.withUnsafeBytes { b in
+                withUnsafePointer(to: dom.streamFD) { clinux_send_with_fds(c.fd, b.baseAddress, b.count, $0, 1) }
+            }
+            if n != msg.count { closeConnection(c) }
         case "unregister":
             guard let d = domid(1) else { reply(c, "error usage: unregister DOMID"); return }
             guard domains[d] != nil else { reply(c, "error no console for domain \(d)"); return }
@@ -380,11 +401,100 @@ public final class ConsoleServer: @unchecked Sendable {
         }
     }
 
+    /// Checks a handed log descriptor (-1: none) and puts it in append mode; replies with
+    /// an error and returns false when it is not a file, pipe, character device or socket.
+    private func prepareLog(_ c: Connection, _ logFD: Int32) -> Bool {
+        guard logFD >= 0 else { return true }
+        var st = stat()
+        let kind = fstat(logFD, &st) == 0 ? st.st_mode & S_IFMT : 0
+        guard kind == S_IFREG || kind == S_IFIFO || kind == S_IFCHR || kind == S_IFSOCK else {
+            reply(c, "error the log descriptor is not a file, pipe or character device"); return false
+        }
+        _ = clinux_fcntl_int(logFD, F_SETFL, fcntl(logFD, F_GETFL) | O_APPEND)
+        return true
+    }
+
+    /// Makes `dom` the console of its domid (replacing one registered before: attached
+    /// clients move over), starts polling it and answers `ok`.
+    private func install(_ c: Connection, _ dom: Domain) {
+        let d = dom.domid
+        var clients: [Int32] = []
+        if let old = domains[d] {
+            clients = old.clients
+            old.clients = []
+            retire(old)
+        }
+        dom.clients = clients
+        domains[d] = dom
+        outEvents[dom.eventFD] = d
+        epollAdd(dom.eventFD, EPOLLIN.rawValue)
+        log("registered the \(dom.channel == nil ? "stream " : "")console of domain \(d) (\(dom.name))\(dom.logFD < 0 ? ", without a log" : "")\(clients.isEmpty ? "" : ", \(clients.count) client(s) kept")")
+        reply(c, "ok")
+        for fd in clients { if let cc = conns[fd] { updateEvents(cc) } }
+        serviceDomain(d)
+    }
+
     /// Stops serving a registration (its descriptors are closed; clients untouched).
     private func retire(_ d: Domain) {
-        epollDel(d.channel.outEventFD)
-        outEvents.removeValue(forKey: d.channel.outEventFD)
+        epollDel(d.eventFD)
+        outEvents.removeValue(forKey: d.eventFD)
+        if d.streamFD >= 0 { close(d.streamFD); d.streamFD = -1; d.streamOpen = false }
         if d.logFD >= 0 { _ = fdatasync(d.logFD); close(d.logFD); d.logFD = -1 }
+    }
+
+    /// Client keystrokes into the console: the in ring, or the stream (what the socket does
+    /// not take now waits in `inQ`, sent when it becomes writable).
+    /// - Returns: bytes taken (at most `inputSpace`).
+    private func writeInput(_ d: Domain, _ bytes: UnsafeRawBufferPointer) -> Int {
+        if let ch = d.channel { return ch.writeInput(bytes) }
+        guard d.streamOpen else { return bytes.count }
+        let n = min(bytes.count, d.inputSpace)
+        guard n > 0 else { return 0 }
+        d.inQ.append(UnsafeRawBufferPointer(rebasing: bytes[0..<n]))
+        flushStream(d)
+        return n
+    }
+
+    /// Sends queued keystrokes to the stream without blocking; polls for writability while
+    /// some remain. A gone peer closes the stream (input is dropped).
+    private func flushStream(_ d: Domain) {
+        guard d.streamOpen else { d.inQ.removeAll(); return }
+        while !d.inQ.isEmpty {
+            let n = d.inQ.withFirstChunk { send(d.streamFD, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { break }
+                streamClosed(d, "writing")
+                return
+            }
+            d.inQ.removeFirst(n)
+        }
+        epollMod(d.streamFD, EPOLLIN.rawValue | (d.inQ.isEmpty ? 0 : EPOLLOUT.rawValue))
+    }
+
+    /// The stream's peer went away (QEMU ended): stop polling it; the registration stays
+    /// until xend unregisters it.
+    private func streamClosed(_ d: Domain, _ what: String) {
+        guard d.streamOpen else { return }
+        d.streamOpen = false
+        d.inQ.removeAll()
+        epollDel(d.streamFD)
+        log("domain \(d.domid) (\(d.name)): console stream closed (\(what)\(errno != 0 ? ": " + String(cString: strerror(errno)) : ""))")
+    }
+
+    /// Reads guest output from a ring or stream console into `buf`; 0 when none is ready.
+    private func readOutput(_ d: Domain, _ buf: UnsafeMutableRawBufferPointer) -> Int {
+        if let ch = d.channel { return ch.readOutput(into: buf) }
+        guard d.streamOpen else { return 0 }
+        while true {
+            let n = recv(d.streamFD, buf.baseAddress, buf.count, Int32(MSG_DONTWAIT))
+            if n > 0 { return n }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { return 0 }
+            if n == 0 { errno = 0 }
+            streamClosed(d, "reading")
+            return 0
+        }
     }
 
     private func removeDomain(_ domid: Int) {
@@ -405,10 +515,11 @@ public final class ConsoleServer: @unchecked Sendable {
     }
 
     private func serviceDomain(_ d: Domain) {
-        d.channel.drainOutEvent()
+        d.channel?.drainOutEvent()
+        if d.channel == nil { flushStream(d) }
         var buf = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = buf.withUnsafeMutableBytes { d.channel.readOutput(into: $0) }
+            let n = buf.withUnsafeMutableBytes { readOutput(d, $0) }
             if n == 0 { break }
             buf.withUnsafeBytes { all in
                 let bytes = UnsafeRawBufferPointer(rebasing: all[0..<n])
@@ -419,7 +530,7 @@ public final class ConsoleServer: @unchecked Sendable {
                 for fd in d.clients { if let c = conns[fd] { enqueue(c, bytes) } }
             }
         }
-        if d.inputBlocked && d.channel.inputSpace > 0 {
+        if d.inputBlocked && d.inputSpace > 0 {
             d.inputBlocked = false
             for fd in d.clients { if let c = conns[fd] { updateEvents(c) } }
         }

@@ -54,6 +54,11 @@ public struct XendConfig: Sendable, Equatable {
     public var consoleLimit = 1024
     /// `domain-engine` (Xenith): engine for domains that do not ask for one. Default `auto`.
     public var domainEngine = DomainEngine.auto
+    /// `qemu-user` (Xenith): the unprivileged user QEMU switches to after start-up
+    /// (`-runas`), for qemu-engine domains. Default `xenith-qemu`, used when xend runs as
+    /// root and the user exists (create it with `useradd --system xenith-qemu`); `none`
+    /// (or `''`) keeps QEMU running as xend's user.
+    public var qemuUser = "xenith-qemu"
 
     /// Keys this type does not know, with their whole `(key ...)` form, kept as read.
     public var unknown: [String: SXP] = [:]
@@ -66,7 +71,7 @@ public struct XendConfig: Sendable, Equatable {
         "xend-port", "xend-address", "xend-relocation-server", "xend-relocation-port",
         "xend-relocation-address", "xend-relocation-hosts-allow", "network-script",
         "vif-script", "dom0-min-mem", "dom0-cpus", "enable-dump", "console-limit",
-        "domain-engine",
+        "domain-engine", "qemu-user",
     ]
 
     /// All defaults: what xend uses when the file is absent.
@@ -174,6 +179,13 @@ public struct XendConfig: Sendable, Equatable {
                 throw fail("expected auto, core or qemu, found '\(s)'")
             }
             domainEngine = e
+        case "qemu-user":
+            guard s.isEmpty || s == "none" || (s.utf8.count <= 32 && s.utf8.allSatisfy({
+                ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F || $0 == 0x2D || ($0 >= 0x41 && $0 <= 0x5A)
+            }) && !s.hasPrefix("-")) else {
+                throw fail("expected a user name (letters, digits, '_', '-'; at most 32) or none, found '\(s)'")
+            }
+            qemuUser = s == "none" ? "" : s
         default:
             break
         }
@@ -203,6 +215,7 @@ public struct XendConfig: Sendable, Equatable {
             .pair("enable-dump", b(enableDump)),
             .pair("console-limit", .int(consoleLimit)),
             .pair("domain-engine", .atom(domainEngine.rawValue)),
+            .pair("qemu-user", .atom(qemuUser.isEmpty ? "none" : qemuUser)),
         ]
         out += unknown.keys.sorted().compactMap { unknown[$0] }
         return out

@@ -178,8 +178,13 @@ public enum QemuCommandLine {
         a += ["-qmp", "unix:\(escape(i.qmpSocket)),server=on,wait=off"]
         a += ["-pidfile", i.pidfile]
         // QEMU's own seccomp filter: no obsolete syscalls, no setuid after start-up, no
-        // fork/exec, no scheduler/affinity changes.
-        a += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        // fork/exec, no scheduler/affinity changes. With `-runas` the setuid family must
+        // stay allowed: QEMU (7.2) loads the filter before it switches user, and a denied
+        // setgid/setuid kills it. It cannot regain privileges afterwards all the same: it
+        // holds no capabilities once it runs as the unprivileged user, and exec (the only
+        // way to a setuid binary) stays denied.
+        let privileges = i.runAs == nil ? "deny" : "allow"
+        a += ["-sandbox", "on,obsolete=deny,elevateprivileges=\(privileges),spawn=deny,resourcecontrol=deny"]
         if let u = i.runAs { a += ["-runas", u] }
         // Timestamps on QEMU's own messages (its stderr goes to the per-domain log).
         a += ["-msg", "timestamp=on"]

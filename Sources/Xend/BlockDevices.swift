@@ -37,6 +37,10 @@ public struct DiskRecord: Codable, Sendable, Equatable {
     public var log: String
     /// Set when blkback kept dying and xend gave up on it (the domain runs on without it).
     public var broken: Bool
+    /// Owner (uid, gid) given to the socket file: an unprivileged QEMU (`-runas`) reconnects
+    /// to it after a blkback restart. Nil: root's, mode 0600.
+    public var socketUID: UInt32? = nil
+    public var socketGID: UInt32? = nil
 }
 
 /// Starts, supervises and stops blkback processes.
@@ -61,14 +65,17 @@ public final class BlockSupervisor: @unchecked Sendable {
         var deaths: [Double] = []
         var broken = false
         var stopping = false
-        init(domid: Int, domainName: String, spec: DiskSpec, socket: String, logPath: String, numQueues: Int) {
+        /// Owner of the socket file (the unprivileged QEMU user), nil for root.
+        var socketOwner: (uid: uid_t, gid: gid_t)?
+        init(domid: Int, domainName: String, spec: DiskSpec, socket: String, logPath: String, numQueues: Int,
+             socketOwner: (uid: uid_t, gid: gid_t)? = nil) {
             self.domid = domid; self.domainName = domainName; self.spec = spec; self.socket = socket
-            self.logPath = logPath; self.numQueues = numQueues
+            self.logPath = logPath; self.numQueues = numQueues; self.socketOwner = socketOwner
         }
         var mode: String { spec.access.rawValue }
         var record: DiskRecord {
             DiskRecord(vdev: spec.vdev, uname: spec.uname, mode: mode, socket: socket, pid: pid, startTicks: startTicks,
-                       log: logPath, broken: broken)
+                       log: logPath, broken: broken, socketUID: socketOwner?.uid, socketGID: socketOwner?.gid)
         }
         var label: String { "domain \(domainName) (\(domid)) vbd \(spec.vdev)" }
     }
@@ -120,12 +127,18 @@ public final class BlockSupervisor: @unchecked Sendable {
 
     /// Checks every disk of a new domain, opens the images, binds the sockets and starts one
     /// blkback per disk; writes the vbd entries (backend state Connected).
-    /// - Parameter inUse: the disks of the other live domains, by domain name.
-    /// - Returns: the vhost-user sockets in disk order, for the core's `--vhost-user-blk`.
+    /// - Parameters:
+    ///   - inUse: the disks of the other live domains, by domain name.
+    ///   - vcpus: queues per disk (1...64; QEMU's vhost-user-blk-pci asks for 1).
+    ///   - socketOwner: uid and gid the socket files are given (an unprivileged QEMU must
+    ///     reconnect to them); nil keeps them root's.
+    /// - Returns: the vhost-user sockets in disk order (empty CD-ROMs left out), for the
+    ///   core's `--vhost-user-blk` or QEMU's `vhost-user-blk-pci`.
     /// - Throws: `XendError` (400) naming the disk spec when a disk is refused, 500 when a
     ///   blkback does not come up; nothing is left behind then.
     public func start(domid: Int, name: String, disks: [DiskSpec], vcpus: Int,
-                      inUse: [(domain: String, disk: DiskSpec)]) throws(XendError) -> [String] {
+                      inUse: [(domain: String, disk: DiskSpec)],
+                      socketOwner: (uid: uid_t, gid: gid_t)? = nil) throws(XendError) -> [String] {
         var started: [Backend] = []
         do throws(XendError) {
             for d in disks {
@@ -142,7 +155,8 @@ public final class BlockSupervisor: @unchecked Sendable {
                     }
                 }
                 let b = Backend(domid: domid, domainName: name, spec: d, socket: socketPath(domid: domid, vdev: d.vdev),
-                                logPath: paths.logDir + "/blkback-\(domid)-\(d.vdev).log", numQueues: max(1, min(vcpus, 64)))
+                                logPath: paths.logDir + "/blkback-\(domid)-\(d.vdev).log", numQueues: max(1, min(vcpus, 64)),
+                                socketOwner: socketOwner)
                 try open(b)
                 started.append(b)
                 do { try spawn(b) } catch { throw XendError(.internalError, "Device \(d.vdev) (vbd) could not be connected. \(error)") }
@@ -180,6 +194,10 @@ public final class BlockSupervisor: @unchecked Sendable {
         XenithPaths.makeDirectories(runDir)
         let l: Int32
         do { l = try Self.listen(b.socket) } catch { close(fd); throw XendError(.internalError, "\(b.socket): \(error)") }
+        if let o = b.socketOwner, chown(b.socket, o.uid, o.gid) != 0 {
+            let e = errno; close(fd); close(l); unlink(b.socket)
+            throw XendError(.internalError, "\(b.socket): chown to \(o.uid):\(o.gid): \(String(cString: strerror(e)))")
+        }
         b.imageFD = fd
         b.listenFD = l
     }
@@ -398,8 +416,9 @@ public final class BlockSupervisor: @unchecked Sendable {
         var bs: [Backend] = []
         for r in records {
             guard let spec = disks.first(where: { $0.vdev == r.vdev }) else { continue }
+            let owner = r.socketUID.flatMap { u in r.socketGID.map { (uid: uid_t(u), gid: gid_t($0)) } }
             let b = Backend(domid: domid, domainName: name, spec: spec, socket: r.socket, logPath: r.log,
-                            numQueues: max(1, min(vcpus, 64)))
+                            numQueues: max(1, min(vcpus, 64)), socketOwner: owner)
             b.broken = r.broken
             if !r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
                 b.pid = r.pid; b.startTicks = r.startTicks; b.isChild = false

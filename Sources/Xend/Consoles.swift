@@ -13,6 +13,17 @@
 // 3, 4, 5), and registers every domain xenconsoled does not list. So neither an xend
 // restart nor an xenconsoled restart, nor both, loses a console; the ring's indices carry
 // over, so no output is lost either.
+//
+// A qemu domain's console is a stream instead (QEMU's serial chardev cannot speak the ring):
+// xend makes a socketpair, QEMU inherits one end (`-chardev socket,fd=N`), xenconsoled gets
+// the other with `register-stream`, and xend keeps its own copy of that end for as long as
+// the domain runs, to register it again after xenconsoled restarts (what QEMU writes
+// meanwhile waits in the socket buffer; once it is full, the guest's UART waits too).
+// After an xend restart, xend takes a copy of that end back from the running xenconsoled
+// (`stream-fd`). If xenconsoled died while xend was down, every copy of xend's end is gone
+// and QEMU's chardev sees the peer hang up: that console cannot be recovered (QEMU's own
+// end, reachable with pidfd_getfd, is the wrong end of the pair), and the domain runs on
+// without console output until it is restarted; xend logs this.
 import CLinux
 import ConsoleBackend
 import Foundation
@@ -111,7 +122,20 @@ public final class ConsoleSupervisor: @unchecked Sendable {
     let manifest: String?
     let log: Logger
     private let lock = NSLock()
-    private var channels: [Int: (name: String, channel: ConsoleRingChannel)] = [:]
+    /// A domain's console as xend holds it.
+    enum Console {
+        /// The core's console ring.
+        case ring(ConsoleRingChannel)
+        /// xend's copy of its end of a qemu domain's serial socketpair.
+        case stream(StreamEnd)
+    }
+    /// Owns one descriptor; closes it when the last reference goes.
+    final class StreamEnd: @unchecked Sendable {
+        let fd: Int32
+        init(_ fd: Int32) { self.fd = fd }
+        deinit { close(fd) }
+    }
+    private var channels: [Int: (name: String, console: Console)] = [:]
     private var pid: pid_t = 0
     private var isChild = false
     private var stopping = false
@@ -218,7 +242,7 @@ public final class ConsoleSupervisor: @unchecked Sendable {
         lock.lock(); let all = channels; lock.unlock()
         for (domid, c) in all.sorted(by: { $0.key < $1.key }) where !listed.contains(domid) {
             do {
-                try registerConsole(socketPath: socketPath, domid: domid, name: c.name, channel: c.channel)
+                try register(domid: domid, name: c.name, c.console)
                 log.info("registered the console of domain \(c.name) (\(domid)) with xenconsoled")
             } catch {
                 log.error("cannot register the console of domain \(c.name) (\(domid)): \(error)")
@@ -238,9 +262,54 @@ public final class ConsoleSupervisor: @unchecked Sendable {
     /// Keeps `channel` for `domid` and registers it (a failure is logged: the supervisor
     /// registers it again once xenconsoled is back).
     public func add(domid: Int, name: String, channel: ConsoleRingChannel) {
-        lock.lock(); channels[domid] = (name, channel); lock.unlock()
-        do { try registerConsole(socketPath: socketPath, domid: domid, name: name, channel: channel) }
+        add(domid: domid, name: name, .ring(channel))
+    }
+
+    private func add(domid: Int, name: String, _ console: Console) {
+        lock.lock(); channels[domid] = (name, console); lock.unlock()
+        do { try register(domid: domid, name: name, console) }
         catch { log.error("cannot register the console of domain \(name) (\(domid)): \(error)") }
+    }
+
+    private func register(domid: Int, name: String, _ console: Console) throws(ConsoleError) {
+        switch console {
+        case .ring(let ch): try registerConsole(socketPath: socketPath, domid: domid, name: name, channel: ch)
+        case .stream(let end): try registerStreamConsole(socketPath: socketPath, domid: domid, name: name, streamFD: end.fd)
+        }
+    }
+
+    /// A serial socketpair for a qemu domain about to start: xend keeps one end (and
+    /// registers it with xenconsoled as a stream console) until ``remove(domid:)``.
+    /// - Returns: the other end, close-on-exec, for QEMU to inherit (`QemuSerial.socketFD`);
+    ///   the caller closes it once QEMU holds it.
+    /// - Throws: `EngineError` when socketpair(2) fails.
+    public func createStream(domid: Int, name: String) throws -> Int32 {
+        var sv: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv) == 0 else {
+            throw EngineError("socketpair: \(String(cString: strerror(errno)))")
+        }
+        add(domid: domid, name: name, .stream(StreamEnd(sv[0])))
+        return sv[1]
+    }
+
+    /// After an xend restart, for a re-adopted qemu domain: takes a copy of xend's end of its
+    /// serial socketpair back from xenconsoled (`stream-fd`) and keeps it.
+    /// - Returns: false when xenconsoled does not hold it (it died while xend was down: the
+    ///   console is lost, see the top of this file).
+    @discardableResult
+    public func adoptStream(domid: Int, name: String, listed: Set<Int>) -> Bool {
+        guard listed.contains(domid) else {
+            log.error("domain \(name) (\(domid)): xenconsoled no longer holds its console stream (it stopped while xend was down); the console of this qemu domain is lost until the domain restarts")
+            return false
+        }
+        do {
+            let fd = try fetchStreamConsole(socketPath: socketPath, domid: domid)
+            lock.lock(); channels[domid] = (name, .stream(StreamEnd(fd))); lock.unlock()
+            return true
+        } catch {
+            log.error("domain \(name) (\(domid)): cannot take its console stream back from xenconsoled: \(error)")
+            return false
+        }
     }
 
     /// After an xend restart: takes copies of a re-adopted core's ring (fds 3, 4, 5 of
@@ -257,7 +326,7 @@ public final class ConsoleSupervisor: @unchecked Sendable {
             log.error("domain \(name) (\(domid)): no console ring in its core (pidfd_getfd: \(String(cString: strerror(errno))))")
             return false
         }
-        lock.lock(); channels[domid] = (name, ch); lock.unlock()
+        lock.lock(); channels[domid] = (name, .ring(ch)); lock.unlock()
         if !listed.contains(domid) {
             do { try registerConsole(socketPath: socketPath, domid: domid, name: name, channel: ch) }
             catch { log.error("cannot register the console of domain \(name) (\(domid)): \(error)") }

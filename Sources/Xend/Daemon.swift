@@ -162,7 +162,10 @@ public struct XendDaemon {
             if let e = NetSupervisor.runNetworkScript(ns, paths: paths, binDir: binDir) { log.error("\(e)") }
             else { log.info("network-script \(ns) start: done") }
         }
-        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core, "qemu": QemuEngineDriver()], xenstore: xs, logger: log,
+        let qemu = QemuEngineDriver(runAs: cfg.qemuUser)
+        if let u = qemu.runAs { log.info("QEMU runs as user \(u) (-runas)") }
+        else if !cfg.qemuUser.isEmpty { log.info("QEMU runs as xend's user: qemu-user \(cfg.qemuUser) \(geteuid() == 0 ? "does not exist (useradd --system \(cfg.qemuUser))" : "needs xend to run as root")") }
+        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core, "qemu": qemu], xenstore: xs, logger: log,
                                     consoles: consoles, blocks: blocks, nets: nets)
         manager.adopt()
         manager.startStatusRefresher()

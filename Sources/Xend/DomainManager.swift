@@ -5,6 +5,7 @@ import Foundation
 import QemuEngine
 import ConsoleBackend
 import Logging
+import QemuEngine
 import XM
 import XenStore
 #if canImport(Glibc)
@@ -143,8 +144,9 @@ public final class DomainManager: @unchecked Sendable {
         var out: [(domain: String, disk: DiskSpec)] = []
         for r in records.values where r.domid != domid && r.process != nil {
             guard let cfg = try? DomainConfiguration(sxp: SXP.parse(r.config)) else { continue }
-            let served = Set((r.disks ?? []).filter { !$0.broken }.map(\.vdev))
-            for d in cfg.disks where r.disks == nil || served.contains(d.vdev) { out.append((r.name, d)) }
+            // Every disk but those whose blkback broke (the core's and QEMU's own alike).
+            let broken = Set((r.disks ?? []).filter(\.broken).map(\.vdev))
+            for d in cfg.disks where !broken.contains(d.vdev) { out.append((r.name, d)) }
         }
         return out
     }
@@ -375,7 +377,8 @@ public final class DomainManager: @unchecked Sendable {
                 let emulated = engine.name == "qemu"
                     ? Set(cfg.vifs.indices.filter { QemuCommandLine.nicModel(cfg.vifs[$0], in: cfg) != "virtio-net-pci" }) : []
                 launch.netSockets = try nets.start(domid: r.domid, name: r.name, vifs: cfg.vifs.enumerated().map { ($0.offset, $0.element) },
-                                                   inUse: vifsInUse(except: r.domid), emulated: emulated)
+                                                   inUse: vifsInUse(except: r.domid), emulated: emulated,
+                                                   socketOwner: (engine as? QemuEngineDriver)?.runAsIDs)
                 launch.netTapFDs = cfg.vifs.indices.map { emulated.contains($0) ? nets.tapDescriptor(domid: r.domid, devid: $0) : nil }
                 r.vifs = nets.records(r.domid)
             } catch {
@@ -403,7 +406,14 @@ public final class DomainManager: @unchecked Sendable {
                 if let xs = xenstore { try? xs.removeDomain(UInt32(r.domid)) }
                 throw error
             }
+        } else if let qemu = engine as? QemuEngineDriver {
+            do throws(XendError) { try prepareQemu(&r, &launch, cfg: cfg, qemu) } catch {
+                releaseDevices(r.domid)
+                if let xs = xenstore { try? xs.removeDomain(UInt32(r.domid)) }
+                throw error
+            }
         }
+        defer { if let fd = launch.serialFD { close(fd) } }   // QEMU holds its own copy
         do {
             r.process = try engine.start(launch)
         } catch {
@@ -419,6 +429,47 @@ public final class DomainManager: @unchecked Sendable {
         dmesg("Domain \(r.name) (\(r.domid)) started on the \(engine.name) engine, pid \(r.process!.pid)")
         watch(r.domid, r.process!)
         return r
+    }
+
+    /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks on
+    /// blkback (vhost-user; the sockets owned by QEMU's unprivileged user so that it can
+    /// reconnect after a blkback restart) and its serial line on xenconsoled (a stream).
+    /// Left to QEMU: `ioemu:` disks, CD-ROMs, other image formats and, for HVM domains, the
+    /// IDE disks hda...hdd (the emulated controller of Xen's qemu-dm).
+    func prepareQemu(_ r: inout DomainRecord, _ launch: inout EngineLaunch, cfg: DomainConfiguration,
+                     _ qemu: QemuEngineDriver) throws(XendError) {
+        let served = cfg.disks.filter { d in
+            !d.ioemu && d.deviceType == .disk && d.path != nil && d.format == "raw"
+                && !(cfg.builder == .hvm && QemuCommandLine.ideSlot(d.vdev) != nil)
+        }
+        if !served.isEmpty, let blocks {
+            let sockets = try blocks.start(domid: r.domid, name: r.name, disks: served, vcpus: 1,
+                                           inUse: disksInUse(except: r.domid), socketOwner: qemu.runAsIDs)
+            for (d, s) in zip(served, sockets) { launch.diskSockets[d.vdev] = s }
+            if let ids = qemu.runAsIDs, let s = sockets.first, let dir = Self.unsearchableAncestor(s, uid: ids.uid) {
+                log.warning("\(dir) is not searchable by QEMU's user (uid \(ids.uid)): QEMU cannot reconnect to \(s) after a blkback restart")
+            }
+            r.disks = blocks.records(r.domid)
+        }
+        if let consoles {
+            do { launch.serialFD = try consoles.createStream(domid: r.domid, name: r.name) }
+            catch { throw XendError(.internalError, "console: \(error)") }
+        }
+    }
+
+    /// The first directory above `path` that user `uid` (no supplementary groups
+    /// considered) cannot search, nil when every one can.
+    static func unsearchableAncestor(_ path: String, uid: uid_t) -> String? {
+        var dir = (path as NSString).deletingLastPathComponent
+        while dir.count > 1 {
+            var st = stat()
+            if stat(dir, &st) == 0 {
+                let ok = st.st_uid == uid ? st.st_mode & S_IXUSR != 0 : st.st_mode & S_IXOTH != 0
+                if !ok { return dir }
+            }
+            dir = (dir as NSString).deletingLastPathComponent
+        }
+        return nil
     }
 
     // MARK: supervision
@@ -527,9 +578,12 @@ public final class DomainManager: @unchecked Sendable {
                 if let vifs = r.vifs { nets?.adopt(domid: r.domid, name: r.name, records: vifs) }
                 if r.engine == "core" {
                     consoles?.adopt(domid: r.domid, name: r.name, pid: p.pid, listed: listed)
-                    if let disks = r.disks, let cfg {
-                        blocks?.adopt(domid: r.domid, name: r.name, disks: cfg.disks, records: disks, vcpus: cfg.vcpus)
-                    }
+                } else if r.engine == "qemu" {
+                    consoles?.adoptStream(domid: r.domid, name: r.name, listed: listed)
+                }
+                if let disks = r.disks, let cfg {
+                    blocks?.adopt(domid: r.domid, name: r.name, disks: cfg.disks, records: disks,
+                                  vcpus: r.engine == "core" ? cfg.vcpus : 1)
                 }
                 watch(r.domid, p)
             } else {
@@ -697,7 +751,8 @@ public final class DomainManager: @unchecked Sendable {
         guard let hot = e as? any NetHotplugDriver else {
             throw XendError(.unavailable, "Domain \(r.name) runs on the \(e.name) engine, which cannot hot-plug network devices; add the vif to its configuration and create the domain again.")
         }
-        let rec = try nets.attach(domid: r.domid, name: r.name, spec: v, inUse: vifsInUse())
+        let rec = try nets.attach(domid: r.domid, name: r.name, spec: v, inUse: vifsInUse(),
+                                  socketOwner: (engines[r.engine] as? QemuEngineDriver)?.runAsIDs)
         do { try hot.attachNet(p, devid: rec.devid, socket: rec.socket, mac: rec.mac) } catch {
             try? nets.detach(domid: r.domid, devid: rec.devid)
             throw XendError(.internalError, "Device \(rec.devid) (vif) could not be connected. \(error)")

@@ -31,6 +31,12 @@ public struct EngineLaunch: Sendable {
     /// Per vif, xend's tap descriptor when the engine emulates the NIC on the tap itself
     /// (qemu: rtl8139, ne2k_pci, …; the socket is "" then), nil for a netback vif.
     public var netTapFDs: [Int32?] = []
+    /// qemu engine: blkback's vhost-user socket per disk it serves, by vdev (the other
+    /// disks stay QEMU's own drives).
+    public var diskSockets: [String: String] = [:]
+    /// qemu engine: QEMU's end of the serial socketpair whose other end xenconsoled serves
+    /// (`ConsoleSupervisor.createStream`); nil puts the serial line in `consoleLog`.
+    public var serialFD: Int32? = nil
 }
 
 /// A running engine process, as the registry keeps it (enough to re-adopt it).

@@ -60,6 +60,10 @@ public struct VifRecord: Codable, Sendable, Equatable {
     /// A NIC QEMU emulates itself (rtl8139, ne2k_pci, e1000, …) on the tap: no netback, no
     /// socket; the engine holds the tap. nil (false) in records of older xends.
     public var emulated: Bool? = nil
+    /// Owner given to the socket file so an unprivileged QEMU (`-runas`) can reconnect to
+    /// it after a netback restart and hot-plug it; nil: root's.
+    public var socketUID: UInt32? = nil
+    public var socketGID: UInt32? = nil
 }
 
 /// A checked vif, ready to be made (`NetSupervisor.plan`).
@@ -347,14 +351,15 @@ public final class NetSupervisor: @unchecked Sendable {
     /// - Throws: `XendError` (400) when a vif is refused or its script fails (the script's
     ///   stderr in the message), 500 when netback does not come up; nothing is left behind.
     public func start(domid: Int, name: String, vifs: [(devid: Int, spec: VifSpec)],
-                      inUse: [(domain: String, vif: VifRecord)], emulated: Set<Int> = []) throws(XendError) -> [String] {
+                      inUse: [(domain: String, vif: VifRecord)], emulated: Set<Int> = [],
+                      socketOwner: (uid: uid_t, gid: gid_t)? = nil) throws(XendError) -> [String] {
         var plans = try Self.plan(domid: domid, vifs: vifs, defaultScript: defaultScript, inUse: inUse,
                                   interfaceExists: interfaceExists, isBridge: isBridge,
                                   resolve: { resolveScript($0, paths: paths, binDir: binDir) })
         for i in plans.indices where emulated.contains(plans[i].devid) { plans[i].emulated = true }
         var made: [Backend] = []
         do throws(XendError) {
-            for p in plans { made.append(try make(domid: domid, name: name, p)) }
+            for p in plans { made.append(try make(domid: domid, name: name, p, socketOwner: socketOwner)) }
         } catch {
             for b in made.reversed() { teardown(b) }
             throw error
@@ -365,11 +370,12 @@ public final class NetSupervisor: @unchecked Sendable {
     }
 
     /// Makes one vif; on failure undoes what it made and throws.
-    private func make(domid: Int, name: String, _ p: VifPlan) throws(XendError) -> Backend {
+    private func make(domid: Int, name: String, _ p: VifPlan, socketOwner: (uid: uid_t, gid: gid_t)?) throws(XendError) -> Backend {
         let rec = VifRecord(devid: p.devid, vifname: p.vifname, mac: p.mac, bridge: p.bridge, ip: p.ip, script: p.script,
                             scriptPath: p.scriptPath, rate: p.rate?.text, socket: p.emulated ? "" : socketPath(domid: domid, devid: p.devid),
                             pid: 0, startTicks: 0, log: paths.logDir + "/netback-\(domid)-\(p.devid).log", broken: false,
-                            emulated: p.emulated ? true : nil)
+                            emulated: p.emulated ? true : nil,
+                            socketUID: socketOwner.map { UInt32($0.uid) }, socketGID: socketOwner.map { UInt32($0.gid) })
         let b = Backend(domid: domid, domainName: name, record: rec)
         var online = false
         do throws(XendError) {
@@ -397,7 +403,7 @@ public final class NetSupervisor: @unchecked Sendable {
                 return b
             }
             XenithPaths.makeDirectories(runDir)
-            do { b.listenFD = try BlockSupervisor.listen(rec.socket) }
+            do { b.listenFD = try BlockSupervisor.listen(rec.socket); try giveSocket(b) }
             catch { throw XendError(.internalError, "Device \(p.devid) (vif) could not be connected. \(rec.socket): \(error)") }
             do { try spawn(b) } catch { throw XendError(.internalError, "Device \(p.devid) (vif) could not be connected. \(error)") }
             try waitReady(b)
@@ -554,7 +560,15 @@ public final class NetSupervisor: @unchecked Sendable {
     /// bind the socket again (the front-end reconnects to the path).
     private func reopen(_ b: Backend) throws {
         if b.tapFD < 0 { b.tapFD = try Tap.open(b.rec.vifname, persist: true) }
-        if b.listenFD < 0 { XenithPaths.makeDirectories(runDir); b.listenFD = try BlockSupervisor.listen(b.rec.socket) }
+        if b.listenFD < 0 { XenithPaths.makeDirectories(runDir); b.listenFD = try BlockSupervisor.listen(b.rec.socket); try giveSocket(b) }
+    }
+
+    /// chowns the socket file to `rec.socketUID/GID` (QEMU's user), when set.
+    private func giveSocket(_ b: Backend) throws {
+        guard let u = b.rec.socketUID, let g = b.rec.socketGID else { return }
+        if chown(b.rec.socket, uid_t(u), gid_t(g)) != 0 {
+            throw EngineError("chown to \(u):\(g): \(String(cString: strerror(errno)))")
+        }
     }
 
     private func markBroken(_ b: Backend, _ why: String) {
@@ -627,7 +641,8 @@ public final class NetSupervisor: @unchecked Sendable {
     /// create. The engine is told afterwards by the caller; `detach` undoes this.
     /// - Returns: the new record.
     /// - Throws: `XendError` as `start`.
-    public func attach(domid: Int, name: String, spec: VifSpec, inUse: [(domain: String, vif: VifRecord)]) throws(XendError) -> VifRecord {
+    public func attach(domid: Int, name: String, spec: VifSpec, inUse: [(domain: String, vif: VifRecord)],
+                       socketOwner: (uid: uid_t, gid: gid_t)? = nil) throws(XendError) -> VifRecord {
         lock.lock()
         let used = Set((backends[domid] ?? []).map(\.rec.devid))
         lock.unlock()
@@ -635,7 +650,7 @@ public final class NetSupervisor: @unchecked Sendable {
         let p = try Self.plan(domid: domid, vifs: [(devid, spec)], defaultScript: defaultScript, inUse: inUse,
                               interfaceExists: interfaceExists, isBridge: isBridge,
                               resolve: { resolveScript($0, paths: paths, binDir: binDir) })
-        let b = try make(domid: domid, name: name, p[0])
+        let b = try make(domid: domid, name: name, p[0], socketOwner: socketOwner)
         lock.lock(); backends[domid, default: []].append(b); lock.unlock()
         watch(b)
         changed(domid)

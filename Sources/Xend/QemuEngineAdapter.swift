@@ -17,15 +17,33 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     /// Path or name (looked up on PATH) of the QEMU binary.
     public let binary: String
     public let accelerator: QemuAccelerator
+    /// The unprivileged user QEMU switches to after start-up (`-runas`), nil: none.
+    public let runAs: String?
+    /// That user's uid and gid (the owner xend gives the vhost-user sockets QEMU
+    /// reconnects to after it dropped privileges).
+    public let runAsIDs: (uid: uid_t, gid: gid_t)?
     private let lock = NSLock()
     private var sessions: [Int32: QemuDomain] = [:]
     /// Size of each running QEMU's log when it started (its own lines start there).
     private var logStarts: [Int32: Int] = [:]
 
-    /// - Parameter binary: `qemu-system-x86_64` by default.
-    public init(binary: String = "qemu-system-x86_64", accelerator: QemuAccelerator? = nil) {
+    /// - Parameters:
+    ///   - binary: `qemu-system-x86_64` by default.
+    ///   - runAs: xend-config's `qemu-user`; used only when xend runs as root and the user
+    ///     exists (see ``resolveUser(_:)``).
+    public init(binary: String = "qemu-system-x86_64", accelerator: QemuAccelerator? = nil, runAs: String? = nil) {
         self.binary = binary
         self.accelerator = accelerator ?? QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) }
+        let ids = runAs.flatMap(QemuEngineDriver.resolveUser)
+        self.runAs = ids == nil ? nil : runAs
+        self.runAsIDs = ids
+    }
+
+    /// The uid and gid of `user` when this process is root and the user exists; nil
+    /// otherwise (QEMU then runs as xend's user).
+    public static func resolveUser(_ user: String) -> (uid: uid_t, gid: gid_t)? {
+        guard !user.isEmpty, geteuid() == 0, let pw = getpwnam(user) else { return nil }
+        return (pw.pointee.pw_uid, pw.pointee.pw_gid)
     }
 
     /// Whether xend-config's `(domain-engine auto)` means qemu on this host: KVM is not
@@ -56,6 +74,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         // an O_RDWR and an O_RDONLY descriptor in one fdset (QEMU's lock probe opens it read-only).
         var disks: [QemuDiskBackend?] = []
         for d in c.disks {
+            if let sock = l.diskSockets[d.vdev] { disks.append(.vhostUser(socket: sock)); continue }
             guard let p = d.path else { disks.append(nil); continue }
             if d.writable && d.deviceType == .disk {
                 disks.append(.fds([try open1(p, O_RDWR, "disk"), try open1(p, O_RDONLY, "disk")]))
@@ -98,16 +117,16 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         }
         let paths = QemuEngineDriver.paths(l.controlPath, status: l.statusFile, log: l.engineLog)
         var inputs = QemuLaunchInputs(accelerator: accelerator, qmpSocket: paths.qmpSocket, pidfile: paths.pidfile,
-                                      serial: .file(l.consoleLog), disks: disks, cdrom: cdrom,
+                                      serial: l.serialFD.map { .socketFD($0) } ?? .file(l.consoleLog), disks: disks, cdrom: cdrom,
                                       vifs: vifs, vncDisplay: display,
-                                      kernelCommandLine: c.kernel != nil ? l.commandLine : nil)
+                                      kernelCommandLine: c.kernel != nil ? l.commandLine : nil, runAs: runAs)
         inputs.netHotplugSlots = QemuEngineDriver.netHotplugSlots
         let args: [String]
         do { args = try QemuCommandLine.arguments(for: c, inputs) } catch { throw EngineError(error.message) }
         let logStart = (try? FileManager.default.attributesOfItem(atPath: paths.stderrLog)[.size] as? Int) ?? 0
         let d: QemuDomain
         do {
-            d = try QemuDomain.launch(binary: qemu, arguments: args, passFDs: fds, paths: paths)
+            d = try QemuDomain.launch(binary: qemu, arguments: args, passFDs: fds + (l.serialFD.map { [$0] } ?? []), paths: paths)
         } catch { throw EngineError("\(error)") }
         let vncFile = l.controlPath + ".vnc"
         if let display {

@@ -40,6 +40,7 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         #expect(pair(a, "-qmp", "unix:/r/run/xenith/qemu-3.qmp,server=on,wait=off"))
         #expect(pair(a, "-pidfile", "/r/run/xenith/qemu-3.pid"))
         #expect(values(a, "-sandbox").first?.hasPrefix("on,") == true)
+        #expect(values(a, "-sandbox").first?.contains("elevateprivileges=deny") == true && !a.contains("-runas"))
         #expect(pair(a, "-kernel", "/g/vmlinuz") && pair(a, "-initrd", "/g/initrd.img"))
         #expect(pair(a, "-append", "quiet xenith.run=true console=ttyS0"))
         #expect(pair(a, "-chardev", "socket,id=serial0,fd=7") && pair(a, "-serial", "chardev:serial0"))
@@ -48,6 +49,17 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         #expect(pair(a, "-rtc", "base=utc"))
         #expect(pair(a, "-device", "virtio-balloon-pci,id=balloon0"))
         #expect(!a.contains { $0.contains("memory-backend") })
+    }
+
+    @Test func runAsKeepsTheSandboxAndAllowsTheSwitchOfUser() throws {
+        var c = DomainConfiguration(name: "r")
+        c.kernel = "/g/vmlinuz"
+        var i = inputs
+        i.runAs = "xenith-qemu"
+        let a = try QemuCommandLine.arguments(for: c, i)
+        #expect(pair(a, "-runas", "xenith-qemu"))
+        // QEMU 7.2 loads its filter before it switches user: setuid must stay allowed, exec denied.
+        #expect(pair(a, "-sandbox", "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"))
     }
 
     @Test func kvmWhenHardwareBacked() throws {
