@@ -10,7 +10,7 @@ GUEST   ?= $(BUILD)/guest
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
 BINARIES := xenith-core xenstored blkback netback xenconsoled xend xm
 
-.PHONY: all release run fixtures guest debian-image hvm-iso test unit integration integration-images bench install clean
+.PHONY: all release run stop run-core fixtures guest debian-image hvm-iso test unit integration integration-images bench install clean
 
 all: release
 
@@ -19,11 +19,28 @@ release:
 
 include fixtures/Makefile.inc
 
-# The main job for now: boot the PVH test guest in the core, console on this terminal
-# (it ticks until you press Ctrl-C, which destroys the domain).
+# The main job: build, make the Debian image, start xend in a root of its own (RUN_ROOT,
+# under build/, so the host's /etc/xen and /var are not touched) and boot the Debian example
+# on the qemu engine with its console on this terminal: log in as root (no password);
+# `poweroff` ends the domain, Ctrl-] detaches. `make stop` stops xend and its daemons.
+RUN_ROOT   ?= $(CURDIR)/$(BUILD)/root
+RUN_CONFIG ?= services/examples/debian.cfg
+BIN = $$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)
+run: release debian-image
+	@XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xend" status >/dev/null 2>&1 || XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xend" start
+	XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xm" create -c $(RUN_CONFIG)
+	@echo "xend keeps running in $(RUN_ROOT): XENITH_ROOT=$(RUN_ROOT) $(BIN)/xm list; make stop"
+
+stop:
+	-XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xend" stop
+	-@for f in $(RUN_ROOT)/run/xenconsoled/xenconsoled.pid $(RUN_ROOT)/run/xenstored/xenstored.pid; do \
+	    [ -f $$f ] && kill $$(cat $$f) 2>/dev/null; true; done
+
+# The core alone: boot the PVH test fixture in xenith-core, console on this terminal (it
+# ticks until Ctrl-C, which destroys the domain).
 RUN_ARGS ?= --kernel $(BUILD)/fixtures/pvh.elf --extra t --memory 32
-run: release fixtures
-	"$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)/xenith-core" $(RUN_ARGS)
+run-core: release fixtures
+	"$(BIN)/xenith-core" $(RUN_ARGS)
 
 fixtures: $(FIXTURES)
 

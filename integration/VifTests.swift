@@ -182,7 +182,14 @@ final class NamespacedXend {
         }
 
         // xend restarts: the running netbacks are re-adopted (same pids) and still cleaned up.
-        let before = Set(x.netbackPids())
+        // (A netback being restarted is briefly invisible to netbackPids: take two equal reads.)
+        var before = Set(x.netbackPids())
+        _ = NamespacedXend.waitUntil(10) {
+            usleep(300_000)
+            let again = Set(x.netbackPids())
+            defer { before = again }
+            return again == before && again.count == 2
+        }
         _ = try run("/usr/bin/env", ["XENITH_ROOT=\(x.root)", Env.binary("xend"), "stop"])
         try ns.exec("env XENITH_ROOT=\(x.root) \(Env.binary("xend")) start", timeout: 60)
         #expect(Set(x.netbackPids()) == before, "re-adopted, not restarted")
