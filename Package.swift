@@ -38,7 +38,7 @@ let package = Package(
         .target(name: "Boot", dependencies: ["GuestMemory"], swiftSettings: swiftSettings),
         .target(name: "Virtio", dependencies: ["GuestMemory"], swiftSettings: swiftSettings),
         .target(name: "VhostUser", dependencies: ["CLinux", "GuestMemory", "Virtio", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: swiftSettings),
-        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap"], swiftSettings: swiftSettings),
+        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap", "Spawn"], swiftSettings: swiftSettings),
         .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "DomainConfig", dependencies: [], swiftSettings: swiftSettings),
         .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio", "VhostUser", "ConsoleBackend",
@@ -47,10 +47,12 @@ let package = Package(
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "NetBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
-        .target(name: "QemuEngine", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
+        // posix_spawn for every child the toolstack starts (engines, back-ends, scripts).
+        .target(name: "Spawn", swiftSettings: swiftSettings),
+        .target(name: "QemuEngine", dependencies: ["DomainConfig", "Spawn"], swiftSettings: swiftSettings),
         // xm ↔ xend wire types and the xm command logic (no NIO: xm starts fast).
         .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend"], swiftSettings: swiftSettings),
-        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM", "QemuEngine", "ConsoleBackend", "Sandbox",
+        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),

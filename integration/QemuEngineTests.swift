@@ -181,7 +181,7 @@ func uptimes(_ s: String) -> [Double] {
     @Test func destroyLeavesNothingAndAdoptWorks() throws {
         if skip(QemuEnv.unavailable) { return }
         let (d, tap, _) = try bootTestGuest("destroy", run: "echo started")
-        #expect(tap.waitFor("started", timeout: 30), "console: \(tap.output.suffix(400))")
+        #expect(tap.waitFor("started", timeout: 60), "console: \(tap.output.suffix(400))")
         // A restarted xend re-attaches: the first session goes away, a new one adopts.
         d.qmp.close()
         usleep(200_000)

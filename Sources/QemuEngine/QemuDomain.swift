@@ -1,6 +1,7 @@
 // One QEMU domain process: spawned detached, driven through QMP, its stop reason recorded
 // in a status file, re-adoptable after xend restarts.
 import Foundation
+import Spawn
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -111,32 +112,15 @@ public final class QemuDomain: @unchecked Sendable {
         unlink(paths.qmpSocket); unlink(paths.pidfile); unlink(paths.statusFile)
         let logStart = (try? FileManager.default.attributesOfItem(atPath: paths.stderrLog)[.size] as? Int) ?? 0
 
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t(); sigemptyset(&empty)
-        var all = sigset_t(); sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        // POSIX_SPAWN_SETSID (glibc 0x80): own session and process group.
-        posix_spawnattr_setflags(&attr, Int16(0x80 | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var fa = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&fa)
-        defer { posix_spawn_file_actions_destroy(&fa) }
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&fa, 2, paths.stderrLog, O_WRONLY | O_CREAT | O_APPEND, 0o640)
-        posix_spawn_file_actions_adddup2(&fa, 2, 1)
-        // dup2(fd, fd) in a spawn action clears FD_CLOEXEC (glibc ≥ 2.29): exactly these
-        // descriptors are inherited.
-        for fd in passFDs { posix_spawn_file_actions_adddup2(&fa, fd, fd) }
-        var cargs: [UnsafeMutablePointer<CChar>?] = ([binary] + arguments).map { strdup($0) }
-        cargs.append(nil)
-        defer { for a in cargs { free(a) } }
-        // Nothing else of ours leaks into QEMU (sockets held by QEMU would outlive us).
-        _ = qemuCloseRange(3, UInt32.max, 4)
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, binary, &fa, &attr, cargs, environ)
-        guard rc == 0 else { throw QemuEngineError("\(binary): \(String(cString: strerror(rc)))") }
+        // Own session; stdout and stderr appended to the log; exactly `passFDs` inherited, at
+        // their own numbers (nothing else of ours leaks into QEMU: sockets held by QEMU
+        // would outlive us).
+        let pid: pid_t
+        do {
+            pid = try spawnProcess([binary] + arguments,
+                                   SpawnOptions(stdout: .stderr, stderr: .file(paths.stderrLog, mode: 0o640),
+                                                descriptors: passFDs.map { (source: $0, target: $0) }))
+        } catch { throw QemuEngineError(error.message) }
 
         let deadline = Date().addingTimeInterval(timeout)
         var lastError = "no QMP socket"
@@ -394,5 +378,3 @@ final class Mutex<T>: @unchecked Sendable {
     func withLock<R>(_ f: (inout T) -> R) -> R { lock.lock(); defer { lock.unlock() }; return f(&value) }
 }
 
-@_silgen_name("close_range")
-func qemuCloseRange(_ first: UInt32, _ last: UInt32, _ flags: Int32) -> Int32

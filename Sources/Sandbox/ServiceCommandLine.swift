@@ -2,6 +2,7 @@
 // an argument cursor whose errors name the service and the flag, and the lookup of the
 // service's security manifest. Foundation-free, like the services.
 import CLinux
+import Spawn
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -98,23 +99,11 @@ public enum ServiceDaemon {
     /// `timeoutSeconds`.
     public static func detachAndExit(program: String, foregroundFlag: String = "-N", timeoutSeconds: Int = 10,
                                      ready: () -> Bool) -> Never {
-        let maxFD = min(Int32(truncatingIfNeeded: sysconf(Int32(_SC_OPEN_MAX))), 65536)
-        for fd in 3..<max(maxFD, 3) { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var args = CommandLine.arguments
-        args.append(foregroundFlag)
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        posix_spawnattr_setflags(&attr, 0x80 /* POSIX_SPAWN_SETSID (glibc), not imported */)
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        for fd: Int32 in [0, 1, 2] {
-            posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
-        }
-        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
-        cargs.append(nil)
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, "/proc/self/exe", &actions, &attr, cargs, environ)
-        guard rc == 0 else { ServiceArguments.fail(program: program, "cannot start daemon: \(String(cString: strerror(rc)))") }
+        let pid: pid_t
+        var o = SpawnOptions()
+        o.executable = "/proc/self/exe"
+        do { pid = try spawnProcess(CommandLine.arguments + [foregroundFlag], o) }
+        catch { ServiceArguments.fail(program: program, "cannot start daemon: \(error.message)") }
         for _ in 0..<(timeoutSeconds * 40) {
             var status: Int32 = 0
             if waitpid(pid, &status, WNOHANG) == pid {

@@ -28,6 +28,7 @@ import CLinux
 import ConsoleBackend
 import Foundation
 import Logging
+import Spawn
 import Sandbox
 import XM
 #if canImport(Glibc)
@@ -79,39 +80,12 @@ func fileTail(_ path: String, limit: Int = 8192) -> String {
 /// - Returns: the pid.
 /// - Throws: `EngineError` with strerror text.
 func spawnDetached(_ argv: [String], log: String, fds: [(Int32, Int32)] = []) throws -> pid_t {
-    var attr = posix_spawnattr_t()
-    posix_spawnattr_init(&attr)
-    defer { posix_spawnattr_destroy(&attr) }
-    var empty = sigset_t(); sigemptyset(&empty)
-    var all = sigset_t(); sigfillset(&all)
-    posix_spawnattr_setsigmask(&attr, &empty)
-    posix_spawnattr_setsigdefault(&attr, &all)
-    posix_spawnattr_setflags(&attr, Int16(0x80 /* POSIX_SPAWN_SETSID */ | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    var fa = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&fa)
-    defer { posix_spawn_file_actions_destroy(&fa) }
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&fa, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-    // Sources first moved above every target, so no dup2 clobbers a later source.
-    var high: [Int32] = []
-    defer { for h in high { close(h) } }
-    for (src, _) in fds {
-        let h = fcntl(src, F_DUPFD_CLOEXEC, 100)
-        guard h >= 0 else { throw EngineError("fd \(src): \(String(cString: strerror(errno)))") }
-        high.append(h)
-    }
-    for (i, (_, target)) in fds.enumerated() { posix_spawn_file_actions_adddup2(&fa, high[i], target) }
-    var env = ProcessInfo.processInfo.environment
+    var env = currentEnvironment()
     env["SWIFT_BACKTRACE"] = "enable=no"
-    var cenv: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
-    defer { for a in cargs { free(a) }; for e in cenv { free(e) } }
-    var pid: pid_t = 0
-    markDescriptorsCloseOnExec()
-    let rc = posix_spawn(&pid, argv[0], &fa, &attr, &cargs, &cenv)
-    guard rc == 0 else { throw EngineError("\(argv[0]): \(String(cString: strerror(rc)))") }
-    return pid
+    do {
+        return try spawnProcess(argv, SpawnOptions(stderr: .file(log), descriptors: fds.map { (source: $0.0, target: $0.1) },
+                                                   environment: env))
+    } catch { throw EngineError(error.message) }
 }
 
 /// Runs xenconsoled for one `$XENITH_ROOT`, restarts it with backoff when it dies, and

@@ -2,6 +2,7 @@
 // and the daemon itself.
 import DomainConfig
 import Foundation
+import Spawn
 import Hummingbird
 import Logging
 import ServiceLifecycle
@@ -57,23 +58,11 @@ public struct XendDaemon {
         let cfg: XendConfig
         do { cfg = try paths.xendConfig() } catch { eprint("Error: \(error)"); return 1 }
         XenithPaths.makeDirectories(paths.resolve("/run"))
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        posix_spawnattr_setflags(&attr, 0x80)
-        var fa = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&fa)
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)
         let errLog = paths.logDir + "/xend-debug.log"
         XenithPaths.makeDirectories(paths.logDir)
-        posix_spawn_file_actions_addopen(&fa, 2, errLog, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        let exe = binDir + "/xend"
-        var cargs: [UnsafeMutablePointer<CChar>?] = [strdup(exe), strdup("run"), nil]
-        var pid: pid_t = 0
-        markDescriptorsCloseOnExec()
-        let rc = posix_spawn(&pid, exe, &fa, &attr, cargs, environ)
-        for a in cargs { free(a) }
-        guard rc == 0 else { eprint("Error: cannot start xend: \(String(cString: strerror(rc)))"); return 1 }
+        let pid: pid_t
+        do { pid = try spawnProcess([binDir + "/xend", "run"], SpawnOptions(stderr: .file(errLog))) }
+        catch { eprint("Error: cannot start xend: \(error.message)"); return 1 }
         let client = XendClient(socketPath: paths.resolve(cfg.unixPath))
         for _ in 0..<600 {
             var st: Int32 = 0
@@ -107,14 +96,12 @@ public struct XendDaemon {
         let sock = paths.xenstoredSocket
         if !XenStoreServer.isListening(sock) {
             XenithPaths.makeDirectories((sock as NSString).deletingLastPathComponent)
-            let exe = binDir + "/xenstored"
-            let argv: [String] = [exe, "--socket", sock, "--pid-file", paths.xenstoredPidFile]
-            var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
-            var pid: pid_t = 0
-            markDescriptorsCloseOnExec()
-            let rc = posix_spawn(&pid, exe, nil, nil, cargs, environ)
-            for a in cargs { free(a) }
-            guard rc == 0 else { log.error("cannot start xenstored: \(String(cString: strerror(rc)))"); return nil }
+            // xenstored daemonizes itself and exits once its socket answers (inherits stdio).
+            let pid: pid_t
+            do {
+                pid = try spawnProcess([binDir + "/xenstored", "--socket", sock, "--pid-file", paths.xenstoredPidFile],
+                                       SpawnOptions(stdin: .descriptor(0), stdout: .descriptor(1), stderr: .descriptor(2), newSession: false))
+            } catch { log.error("cannot start xenstored: \(error.message)"); return nil }
             var st: Int32 = 0
             while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
             if st != 0 { log.error("xenstored exited with status \(st >> 8)") }

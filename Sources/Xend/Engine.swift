@@ -3,6 +3,7 @@
 import CLinux
 import DomainConfig
 import Foundation
+import Spawn
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -112,15 +113,6 @@ public protocol NetHotplugDriver: DomainEngineDriver {
     func detachNet(_ p: EngineProcess, devid: Int) throws
 }
 
-@_silgen_name("close_range")
-func closeRange(_ first: UInt32, _ last: UInt32, _ flags: Int32) -> Int32
-
-/// Marks every descriptor above stderr close-on-exec (CLOSE_RANGE_CLOEXEC), so a spawned
-/// engine process never holds xend's sockets (a held API socket would hang clients after
-/// xend dies).
-public func markDescriptorsCloseOnExec() {
-    _ = closeRange(3, UInt32.max, 4)
-}
 
 /// Process helpers shared by engines.
 public enum ProcessInfo2 {
@@ -187,45 +179,16 @@ public struct CoreEngine: DomainEngineDriver {
             args += ["--console-ring-fd", String(coreConsoleFDs.ring), "--console-out-fd", String(coreConsoleFDs.out),
                      "--console-in-fd", String(coreConsoleFDs.input)]
         }
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        // POSIX_SPAWN_SETSID (glibc 0x80): own session and process group, so the domain
-        // outlives xend; POSIX_SPAWN_SETSIGMASK|SETSIGDEF: a clean signal state.
-        var empty = sigset_t(); sigemptyset(&empty)
-        var all = sigset_t(); sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(0x80 | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var fa = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&fa)
-        defer { posix_spawn_file_actions_destroy(&fa) }
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-        if l.consoleFDs == nil {
-            posix_spawn_file_actions_addopen(&fa, 1, l.consoleLog, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        } else {
-            posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0)
-        }
-        posix_spawn_file_actions_addopen(&fa, 2, l.engineLog, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        // The ring at fixed numbers (coreConsoleFDs), moved above them first so no dup2
-        // clobbers a later source.
-        var high: [Int32] = []
-        defer { for h in high { close(h) } }
+        // Own session and process group, so the domain outlives xend; the console ring at
+        // fixed numbers (coreConsoleFDs); COM1 to the console log when there is no ring.
+        var o = SpawnOptions(stdout: l.consoleFDs == nil ? .file(l.consoleLog) : .devNull,
+                             stderr: .file(l.engineLog, append: false))
         if let fds = l.consoleFDs {
-            for (i, src) in fds.prefix(3).enumerated() {
-                let h = fcntl(src, F_DUPFD_CLOEXEC, 100)
-                guard h >= 0 else { throw EngineError("console fd \(src): \(String(cString: strerror(errno)))") }
-                high.append(h)
-                posix_spawn_file_actions_adddup2(&fa, h, [coreConsoleFDs.ring, coreConsoleFDs.out, coreConsoleFDs.input][i])
-            }
+            o.descriptors = zip(fds.prefix(3), [coreConsoleFDs.ring, coreConsoleFDs.out, coreConsoleFDs.input])
+                .map { (source: $0.0, target: $0.1) }
         }
-        var cargs: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) }
-        cargs.append(nil)
-        defer { for a in cargs { free(a) } }
-        var pid: pid_t = 0
-        markDescriptorsCloseOnExec()
-        let rc = posix_spawn(&pid, binary, &fa, &attr, cargs, environ)
-        guard rc == 0 else { throw EngineError("\(binary): \(String(cString: strerror(rc)))") }
+        let pid: pid_t
+        do { pid = try spawnProcess(args, o) } catch { throw EngineError(error.message) }
         // Wait until the control socket answers, or the core gives up.
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {

@@ -24,6 +24,7 @@ import DomainConfig
 import Foundation
 import Logging
 import Sandbox
+import Spawn
 import XM
 import XenStore
 #if canImport(Glibc)
@@ -163,31 +164,17 @@ func runScript(_ argv: [String], env extra: [String: String], log: String, timeo
     var p: [Int32] = [0, 0]
     guard pipe(&p) == 0 else { return ScriptResult(status: 127, stderr: "pipe: \(String(cString: strerror(errno)))") }
     for fd in p { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-    var fa = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&fa)
-    defer { posix_spawn_file_actions_destroy(&fa) }
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-    posix_spawn_file_actions_adddup2(&fa, p[1], 2)
-    var attr = posix_spawnattr_t()
-    posix_spawnattr_init(&attr)
-    defer { posix_spawnattr_destroy(&attr) }
-    var empty = sigset_t(); sigemptyset(&empty)
-    var all = sigset_t(); sigfillset(&all)
-    posix_spawnattr_setsigmask(&attr, &empty)
-    posix_spawnattr_setsigdefault(&attr, &all)
-    posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    var env = ProcessInfo.processInfo.environment
+    var env = currentEnvironment()
     env["PATH"] = (env["PATH"].map { $0 + ":" } ?? "") + "/usr/sbin:/sbin:/usr/bin:/bin"
     for (k, v) in extra { env[k] = v }
-    var cenv: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    var cargs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
-    defer { for a in cargs { free(a) }; for e in cenv { free(e) } }
-    var pid: pid_t = 0
-    markDescriptorsCloseOnExec()
-    let rc = posix_spawn(&pid, argv[0], &fa, &attr, &cargs, &cenv)
+    let pid: pid_t
+    do {
+        pid = try spawnProcess(argv, SpawnOptions(stdout: .file(log), stderr: .descriptor(p[1]), environment: env, newSession: false))
+    } catch {
+        close(p[0]); close(p[1])
+        return ScriptResult(status: 127, stderr: error.message)
+    }
     close(p[1])
-    guard rc == 0 else { close(p[0]); return ScriptResult(status: 127, stderr: "\(argv[0]): \(String(cString: strerror(rc)))") }
     var err: [UInt8] = []
     var buf = [UInt8](repeating: 0, count: 4096)
     let deadline = Date().addingTimeInterval(timeout)
