@@ -28,8 +28,10 @@ import Testing
         unsetenv("XENITH_XENCONSOLED_TEST_FORBIDDEN")
     }
     func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
+    /// Pids matching `pattern` that belong to this test's root (other xends may run here).
     func pgrep(_ pattern: String) -> [Int32] {
         ((try? run("/usr/bin/pgrep", ["-f", "--", pattern]))?.stdout ?? "").split(separator: "\n").compactMap { Int32($0) }
+            .filter { ((try? String(contentsOfFile: "/proc/\($0)/environ", encoding: .utf8)) ?? "").contains("XENITH_ROOT=\(root)\u{0}") }
     }
     func waitUntil(_ seconds: Double, _ cond: () -> Bool) -> Bool {
         let end = Date().addingTimeInterval(seconds)

@@ -62,7 +62,7 @@ public final class BlockSupervisor: @unchecked Sendable {
         var startTicks: UInt64 = 0
         var isChild = false
         var logOffset: UInt64 = 0
-        var deaths: [Double] = []
+        var budget = RestartBudget(limit: burstDeaths, window: burstWindow)
         var broken = false
         var stopping = false
         /// Owner of the socket file (the unprivileged QEMU user), nil for root.
@@ -304,14 +304,7 @@ public final class BlockSupervisor: @unchecked Sendable {
         while true {
             lock.lock(); let pid = b.pid, child = b.isChild; lock.unlock()
             guard pid > 0 else { return }
-            let fd = pidfdOpen(pid, 0)
-            if fd >= 0 {
-                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                while poll(&pfd, 1, -1) < 0 && errno == EINTR {}
-                close(fd)
-            } else {
-                while ProcessInfo2.startTicks(pid) == b.startTicks { usleep(100_000) }
-            }
+            waitForExit(pid: pid, startTicks: b.startTicks)
             var status: Int32 = 0
             let reaped = child && waitpid(pid, &status, 0) == pid
             lock.lock()
@@ -319,16 +312,14 @@ public final class BlockSupervisor: @unchecked Sendable {
             b.pid = 0
             let how = reaped ? Sandbox.describeDeath(service: "blkback", status: status, stderr: recentLog(b))
                              : "blkback (pid \(pid), re-adopted) ended"
-            let now = Date().timeIntervalSince1970
-            b.deaths = b.deaths.filter { now - $0 < Self.burstWindow } + [now]
-            let n = b.deaths.count
+            let decision = b.budget.died()
             lock.unlock()
-            if n >= Self.burstDeaths {
+            guard case .restart(let delay) = decision else {
+                let n = b.budget.deaths.count
                 log.error("\(b.label): \(how); it died \(n) times in \(Int(Self.burstWindow)) s: vbd marked broken, not restarted (the domain keeps running)")
                 markBroken(b, "blkback died \(n) times in \(Int(Self.burstWindow)) s; last: \(how)")
                 return
             }
-            let delay = min(0.1 * pow(2, Double(n - 1)), 5)
             log.error("\(b.label): \(how); restarting it in \(String(format: "%.1f", delay)) s")
             usleep(UInt32(delay * 1_000_000))
             lock.lock()

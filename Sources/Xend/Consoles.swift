@@ -183,14 +183,7 @@ public final class ConsoleSupervisor: @unchecked Sendable {
             lock.lock(); let p = pid; let child = isChild; lock.unlock()
             if p > 0 {
                 let up = Date()
-                let fd = pidfdOpen(p, 0)
-                if fd >= 0 {
-                    var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                    while poll(&pfd, 1, -1) < 0 && errno == EINTR {}
-                    close(fd)
-                } else {
-                    while ProcessInfo2.startTicks(p) != nil { usleep(200_000) }
-                }
+                waitForExit(pid: p)
                 var status: Int32 = 0
                 let how: String
                 if child && waitpid(p, &status, 0) == p {

@@ -477,14 +477,7 @@ public final class DomainManager: @unchecked Sendable {
     /// Watches the engine process with a pidfd; on exit, applies the domain's on_* action.
     func watch(_ domid: Int, _ p: EngineProcess) {
         let t = Thread { [self] in
-            let fd = pidfdOpen(p.pid, 0)
-            if fd >= 0 {
-                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                while poll(&pfd, 1, -1) < 0 && errno == EINTR {}
-                close(fd)
-            } else {
-                while kill(p.pid, 0) == 0 && ProcessInfo2.startTicks(p.pid) != nil { usleep(200_000) }
-            }
+            waitForExit(pid: p.pid, startTicks: p.startTicks)
             var status: Int32 = 0
             var ws: Int32? = nil
             lock.lock()

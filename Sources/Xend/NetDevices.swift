@@ -212,7 +212,7 @@ public final class NetSupervisor: @unchecked Sendable {
         var listenFD: Int32 = -1
         var isChild = false
         var logOffset: UInt64 = 0
-        var deaths: [Double] = []
+        var budget = RestartBudget(limit: burstDeaths, window: burstWindow)
         var stopping = false
         init(domid: Int, domainName: String, record: VifRecord) {
             self.domid = domid; self.domainName = domainName; self.rec = record
@@ -499,14 +499,7 @@ public final class NetSupervisor: @unchecked Sendable {
         while true {
             lock.lock(); let pid = b.rec.pid, child = b.isChild, ticks = b.rec.startTicks; lock.unlock()
             guard pid > 0 else { return }
-            let fd = pidfdOpen(pid, 0)
-            if fd >= 0 {
-                var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                while poll(&pfd, 1, -1) < 0 && errno == EINTR {}
-                close(fd)
-            } else {
-                while ProcessInfo2.startTicks(pid) == ticks { usleep(100_000) }
-            }
+            waitForExit(pid: pid, startTicks: ticks)
             var status: Int32 = 0
             let reaped = child && waitpid(pid, &status, 0) == pid
             lock.lock()
@@ -514,16 +507,14 @@ public final class NetSupervisor: @unchecked Sendable {
             b.rec.pid = 0
             let how = reaped ? Sandbox.describeDeath(service: "netback", status: status, stderr: recentLog(b))
                              : "netback (pid \(pid), re-adopted) ended"
-            let now = Date().timeIntervalSince1970
-            b.deaths = b.deaths.filter { now - $0 < Self.burstWindow } + [now]
-            let n = b.deaths.count
+            let decision = b.budget.died()
             lock.unlock()
-            if n >= Self.burstDeaths {
+            guard case .restart(let delay) = decision else {
+                let n = b.budget.deaths.count
                 log.error("\(b.label): \(how); it died \(n) times in \(Int(Self.burstWindow)) s: vif marked broken, not restarted")
                 markBroken(b, "netback died \(n) times in \(Int(Self.burstWindow)) s; last: \(how)")
                 return
             }
-            let delay = min(0.1 * pow(2, Double(n - 1)), 5)
             log.error("\(b.label): \(how); restarting it in \(String(format: "%.1f", delay)) s")
             usleep(UInt32(delay * 1_000_000))
             lock.lock()
