@@ -237,6 +237,7 @@ final class NamespacedXend {
         defer { if peer.process.isRunning { kill(peer.process.processIdentifier, SIGKILL) }; _ = peer.wait(timeout: 2) }
         // g2 also waits for a hot-plugged eth1 (xm network-attach) and pings the bridge through it.
         let server = """
+        (until [ -e /sys/class/net/eth2 ]; do sleep 0.5; done; echo XENITH-ETH2 $(cat /sys/class/net/eth2/address)) & \
         (until [ -e /sys/class/net/eth1 ]; do sleep 0.5; done; ip addr add 10.77.0.32/24 dev eth1; ip link set eth1 up; \
         echo XENITH-ETH1 $(cat /sys/class/net/eth1/address); \
         for i in 1 2 3 4 5 6 7 8 9 10; do ping -c 1 -W 1 -I eth1 10.77.0.1 >/dev/null 2>&1 && echo XENITH-ETH1-PING-OK && break; done) & \
@@ -288,8 +289,16 @@ final class NamespacedXend {
         #expect(x.consoleLog("g2").contains("XENITH-ETH1 00:16:3e:0c:00:12"))
         #expect(x.bridgePorts().contains("vif\(g2id).1"))
         #expect(try x.xm(["network-list", "g2"]).stdout.split(separator: "\n").count == 3)
+        // A second one takes the second root port; a third finds none and says so.
+        #expect(try x.xm(["network-attach", "g2", "mac=00:16:3e:0c:00:13", "bridge=xenbr0"]).status == 0)
+        #expect(NamespacedXend.waitUntil(60) { x.consoleLog("g2").contains("XENITH-ETH2 00:16:3e:0c:00:13") }, "\(x.consoleLog("g2").suffix(800))")
+        let third = try x.xm(["network-attach", "g2", "mac=00:16:3e:0c:00:14", "bridge=xenbr0"])
+        #expect(third.status != 0 && third.stderr.contains("no free hot-plug slot"), "\(third.stderr)")
+        #expect(!x.linkExists("vif\(g2id).3"), "the refused NIC's tap is removed")
+        #expect(try x.xm(["network-list", "g2"]).stdout.split(separator: "\n").count == 4)
+        #expect(try x.xm(["network-detach", "g2", "2"], timeout: 60).status == 0)
         let cold = try x.xm(["network-detach", "g2", "0"])
-        #expect(cold.status != 0 && cold.stderr.contains("hotplug"), "a NIC on the root complex stays: \(cold.stderr)")
+        #expect(cold.status != 0 && cold.stderr.contains("only NICs added with network-attach can be removed"), "a NIC on the root complex stays: \(cold.stderr)")
         let det = try x.xm(["network-detach", "g2", "1"], timeout: 60)
         #expect(det.status == 0, "\(det.stderr)")
         #expect(!x.linkExists("vif\(g2id).1") && x.xsRead("/local/domain/0/backend/vif/\(g2id)/1") == nil)

@@ -1,6 +1,7 @@
 // NIC hot-plug for qemu-engine domains (`xm network-attach` / `network-detach`) over QMP:
 // chardev-add (a reconnecting socket to netback) → netdev_add vhost-user → device_add
-// virtio-net-pci into a free root port (q35) or onto pci.0 (i440fx); removal backwards,
+// virtio-net-pci into a free root port (q35; an error when none is left) or onto pci.0
+// (i440fx); removal backwards,
 // after the guest released the device (PCIe native hot-plug: the guest's pciehp answers
 // the attention button after about 5 s).
 import Foundation
@@ -29,24 +30,57 @@ extension QemuEngineDriver: NetHotplugDriver {
             throw error
         }
         // vectors=0: QEMU 7.2 under TCG crashes in vhost_net_start with MSI-X (see QemuCommandLine).
-        let device: [String: Any] = ["driver": "virtio-net-pci", "id": id, "netdev": id + "net", "mac": mac, "vectors": 0]
-        var errors: [String] = []
-        let buses: [String?] = (0..<Self.netHotplugSlots).map { "hpnet\($0)" } + [nil]
-        for bus in buses {
-            var d = device
-            if let bus { d["bus"] = bus }
-            do { try qmp(p, "device_add", d); return } catch { errors.append("\(bus ?? "default bus"): \(error)") }
+        var device: [String: Any] = ["driver": "virtio-net-pci", "id": id, "netdev": id + "net", "mac": mac, "vectors": 0]
+        do {
+            // q35's root complex takes no hot-plugged device: only an empty root port will do.
+            // (HVM domains are i440fx, whose pci.0 hot-plugs through ACPI.)
+            let ports = try rootPorts(p)
+            if !ports.isEmpty {
+                guard let free = ports.first(where: { $0.value == 0 })?.key else {
+                    throw EngineError("no free hot-plug slot: the domain's \(ports.count) PCIe root ports are in use (detach a NIC added with network-attach first)")
+                }
+                device["bus"] = free
+            }
+            try qmp(p, "device_add", device)
+            if let bus = device["bus"] as? String, try rootPorts(p)[bus] != 1 {
+                try? qmp(p, "device_del", ["id": id])
+                throw EngineError("QEMU did not place NIC \(id) on root port \(bus)")
+            }
+        } catch {
+            try? qmp(p, "netdev_del", ["id": id + "net"])
+            try? qmp(p, "chardev-remove", ["id": id + "chr"])
+            throw error
         }
-        try? qmp(p, "netdev_del", ["id": id + "net"])
-        try? qmp(p, "chardev-remove", ["id": id + "chr"])
-        throw EngineError("no free hot-plug slot for NIC \(id) (\(Self.netHotplugSlots) root ports per domain): \(errors.joined(separator: "; "))")
+    }
+
+    /// The domain's hot-plug root ports (`hpnetN`) and how many devices each holds, from
+    /// QMP `query-pci`; empty for a machine without them.
+    func rootPorts(_ p: EngineProcess) throws -> [String: Int] {
+        let r: Any
+        do { r = try session(p).qmp.execute("query-pci") } catch { throw EngineError("qemu: query-pci: \(error)") }
+        var ports: [String: Int] = [:]
+        func walk(_ devices: [[String: Any]]) {
+            for d in devices {
+                let bridge = d["pci_bridge"] as? [String: Any]
+                let inner = bridge?["devices"] as? [[String: Any]] ?? []
+                if let q = d["qdev_id"] as? String, q.hasPrefix("hpnet") { ports[q] = inner.count }
+                walk(inner)
+            }
+        }
+        for bus in r as? [[String: Any]] ?? [] { walk(bus["devices"] as? [[String: Any]] ?? []) }
+        return ports
     }
 
     /// - Throws: `EngineError` when QEMU refuses (a NIC on the root complex cannot be
     ///   unplugged) or the guest does not release it within 15 s.
     public func detachNet(_ p: EngineProcess, devid: Int) throws {
         let id = "vif\(devid)"
-        try qmp(p, "device_del", ["id": id])
+        do { try qmp(p, "device_del", ["id": id]) } catch {
+            if "\(error)".contains("does not support hotplugging") {
+                throw EngineError("Device \(devid) (vif) cannot be detached: it is on the domain's root PCI bus (a NIC from the configuration); only NICs added with network-attach can be removed while the domain runs")
+            }
+            throw error
+        }
         let deadline = Date().addingTimeInterval(15)
         while true {
             let gone: Bool
