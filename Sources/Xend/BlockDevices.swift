@@ -344,8 +344,16 @@ public final class BlockSupervisor: @unchecked Sendable {
         }
     }
 
+    /// Gives up on a vbd: its socket is closed and removed (a front-end must not connect
+    /// into an unserved listen queue: QEMU would block on it) and the image released; the
+    /// domain runs on, its I/O to that disk failing.
     private func markBroken(_ b: Backend, _ why: String) {
-        lock.lock(); b.broken = true; b.pid = 0; lock.unlock()
+        lock.lock()
+        b.broken = true; b.pid = 0
+        if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
+        if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+        unlink(b.socket)
+        lock.unlock()
         if let xs = xenstore, let dev = device(b) {
             do {
                 try xs.write([XenStoreEntry(dev.backendPath + "/hotplug-status", "error"),

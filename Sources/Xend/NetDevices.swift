@@ -549,8 +549,15 @@ public final class NetSupervisor: @unchecked Sendable {
         }
     }
 
+    /// Gives up on a vif: nothing serves its socket any more, so the socket is closed and
+    /// removed (a front-end connecting into an unserved listen queue would block: QEMU's
+    /// main loop waits on it); the domain runs on without that link.
     private func markBroken(_ b: Backend, _ why: String) {
-        lock.lock(); b.rec.broken = true; b.rec.pid = 0; lock.unlock()
+        lock.lock()
+        b.rec.broken = true; b.rec.pid = 0
+        if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
+        if !b.rec.socket.isEmpty { unlink(b.rec.socket) }
+        lock.unlock()
         if let xs = xenstore {
             let be = backendPath(b)
             do {
