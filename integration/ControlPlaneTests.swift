@@ -52,6 +52,10 @@ import Testing
         #expect(try xm("create", cfg).stderr == "Error: VM name 'f1' already exists as domain 1\n")
         let big = try xm("create", cfg, "name=big", "memory=4000000")
         #expect(big.stderr.hasPrefix("Error: Not enough free memory"), "\(big.stderr)")
+        // A name xend would put in a file path with a '/' is refused, and nothing is made.
+        let trav = try xm("create", cfg, "name=../../../tmp/x")
+        #expect(trav.stderr == "Error: Invalid VM Name '../../../tmp/x': use at most 64 of A-Z a-z 0-9 _ - . : + (no '/')\n", "\(trav.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: root + "/var/log/xen/console/guest-../../../tmp/x.log"))
         // SIGKILL xend: the domain keeps running and is re-adopted.
         let pid = Int32(try String(contentsOfFile: root + "/run/xend.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
         kill(pid, SIGKILL)

@@ -292,7 +292,9 @@ public final class DomainManager: @unchecked Sendable {
 
     // MARK: create
 
-    static let nameRegex = try! NSRegularExpression(pattern: "^[A-Za-z0-9_\\-\\.\\:\\/\\+]+$")
+    /// Xen 3.0's VM name characters without `/`: xend names files after the domain
+    /// (console and engine logs), so a `/` would reach outside their directories.
+    static let nameRegex = try! NSRegularExpression(pattern: "^[A-Za-z0-9_\\-\\.\\:\\+]+$")
 
     func resolveEngine(_ c: DomainConfiguration) throws(XendError) -> any DomainEngineDriver {
         var e = c.engine == .auto ? xendConfig.domainEngine : c.engine
@@ -323,8 +325,8 @@ public final class DomainManager: @unchecked Sendable {
         do { cfg = try DomainConfiguration(sxp: SXP.parse(sxpText, file: "<request>"), file: "<request>") }
         catch { throw XendError(.badRequest, error.description) }
         let name = cfg.name
-        if Self.nameRegex.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) == nil {
-            throw XendError(.badRequest, "Invalid VM Name")
+        if Self.nameRegex.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) == nil || name.count > 64 {
+            throw XendError(.badRequest, "Invalid VM Name '\(name)': use at most 64 of A-Z a-z 0-9 _ - . : + (no '/')")
         }
         let engine = try resolveEngine(cfg)
         lock.lock(); defer { lock.unlock() }
