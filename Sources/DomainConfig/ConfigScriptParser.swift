@@ -330,14 +330,30 @@ struct PyEvaluator {
             default: break
             }
         }
+        // A config is at most 16 MiB of text; no value it computes may be larger (`'x' * 2**40`).
+        func tooLarge(_ what: String, _ n: Int) -> ConfigError {
+            fail("\(what) of \(n) \(what == "string" ? "bytes" : "elements") is too large (limit \(what == "string" ? pyMaxStringBytes : pyMaxListElements))", line, key)
+        }
         switch (op, a, b) {
-        case ("+", .string(let x), .string(let y)): return .string(x + y)
-        case ("+", .list(let x), .list(let y)): return .list(x + y)
-        case ("+", .tuple(let x), .tuple(let y)): return .tuple(x + y)
+        case ("+", .string(let x), .string(let y)):
+            if x.utf8.count + y.utf8.count > pyMaxStringBytes { throw tooLarge("string", x.utf8.count + y.utf8.count) }
+            return .string(x + y)
+        case ("+", .list(let x), .list(let y)):
+            if x.count + y.count > pyMaxListElements { throw tooLarge("list", x.count + y.count) }
+            return .list(x + y)
+        case ("+", .tuple(let x), .tuple(let y)):
+            if x.count + y.count > pyMaxListElements { throw tooLarge("tuple", x.count + y.count) }
+            return .tuple(x + y)
         case ("*", .string(let x), _) where asInt(b) != nil:
-            return .string(String(repeating: x, count: max(0, min(asInt(b)!, 1 << 16))))
+            let n = max(0, asInt(b)!)
+            let (total, o) = x.utf8.count.multipliedReportingOverflow(by: n)
+            if o || total > pyMaxStringBytes { throw tooLarge("string", o ? Int.max : total) }
+            return .string(String(repeating: x, count: n))
         case ("*", .list(let x), _) where asInt(b) != nil:
-            return .list(Array(repeatElement(x, count: max(0, min(asInt(b)!, 1 << 12))).joined()))
+            let n = max(0, asInt(b)!)
+            let (total, o) = x.count.multipliedReportingOverflow(by: n)
+            if o || total > pyMaxListElements { throw tooLarge("list", o ? Int.max : total) }
+            return .list(Array(repeatElement(x, count: n).joined()))
         default: break
         }
         if case .float = a, op != "%" { return try floatOp(op, a, b, line: line, key: key) }
@@ -371,6 +387,9 @@ struct FormatError: Error { var message: String }
 /// Largest width or precision `pyFormat` accepts: enough for any real padding, small
 /// enough that `"%999999999d"` cannot make a gigabyte string.
 let pyFormatFieldMax = 4096
+/// The largest string (bytes) and list or tuple (elements) a config may compute.
+let pyMaxStringBytes = 16 << 20
+let pyMaxListElements = 1 << 16
 
 /// Python's `fmt % args` for the conversions `d i u s r x X o c %`, with flags `-+ 0#`,
 /// a width (digits, or `*` taking an int argument; negative means left-justified) and a

@@ -322,9 +322,8 @@ public final class XM {
         var config: DomainConfiguration
         if let f = sxpFile {
             let full = absolute(f)
-            guard let text = try? String(contentsOfFile: full, encoding: .utf8) else {
-                err("Cannot read file \(f): \(String(cString: strerror(errno)))"); throw XMExit(status: 1)
-            }
+            let text: String
+            do { text = try readConfigText(full) } catch { err("Cannot read file \(f): \(error.message)"); throw XMExit(status: 1) }
             config = try DomainConfiguration(sxp: try SXP.parse(text, file: f), file: f)
         } else {
             let name = defconfig ?? "xmdefconfig"
@@ -337,8 +336,8 @@ public final class XM {
             guard let file = found else { err("Unable to open config file: \(name)"); throw XMExit(status: 1) }
             if !quiet { out("Using config file \"\(file)\".") }
             let text: String
-            do { text = try String(contentsOfFile: absolute(file), encoding: .utf8) }
-            catch { err("Unable to open config file: \(name)"); throw XMExit(status: 1) }
+            do { text = try readConfigText(absolute(file)) }
+            catch { err("Unable to read config file \(file): \(error.message)"); throw XMExit(status: 1) }
             config = try DomainConfiguration(parsing: text, file: file, arguments: vars)
         }
         // Relative paths in the config are relative to xm's working directory.

@@ -229,6 +229,8 @@ public final class NetSupervisor: @unchecked Sendable {
     let log: Logger
     private let lock = NSRecursiveLock()
     private var backends: [Int: [Backend]] = [:]
+    /// Devids being attached (network-attach in progress), per domain.
+    private var reserved: [Int: Set<Int>] = [:]
     /// Called (without locks held) when a domain's vif records change: persist them.
     var onChange: (@Sendable (Int, [VifRecord]) -> Void)?
     /// Test hooks for the host checks (interface exists, is a bridge).
@@ -628,10 +630,14 @@ public final class NetSupervisor: @unchecked Sendable {
     /// - Throws: `XendError` as `start`.
     public func attach(domid: Int, name: String, spec: VifSpec, inUse: [(domain: String, vif: VifRecord)],
                        socketOwner: (uid: uid_t, gid: gid_t)? = nil) throws(XendError) -> VifRecord {
+        // The devid is reserved under the lock until the vif is made or refused: concurrent
+        // attaches each get their own.
         lock.lock()
-        let used = Set((backends[domid] ?? []).map(\.rec.devid))
-        lock.unlock()
+        let used = Set((backends[domid] ?? []).map(\.rec.devid)).union(reserved[domid] ?? [])
         let devid = (0...).first { !used.contains($0) }!
+        reserved[domid, default: []].insert(devid)
+        lock.unlock()
+        defer { lock.lock(); reserved[domid]?.remove(devid); lock.unlock() }
         let p = try Self.plan(domid: domid, vifs: [(devid, spec)], defaultScript: defaultScript, inUse: inUse,
                               interfaceExists: interfaceExists, isBridge: isBridge,
                               resolve: { resolveScript($0, paths: paths, binDir: binDir) })

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import DomainConfig
 
@@ -18,6 +19,29 @@ import Testing
 
     func parse(_ text: String) throws -> DomainConfiguration {
         try DomainConfiguration(parsing: Self.base + text, file: "h.cfg")
+    }
+
+    @Test func repetitionCannotExhaustMemory() throws {
+        #expect(error("a = 'x' * 65536\nb = a * 65536\n") == "h.cfg:4: key 'b': string of 4294967296 bytes is too large (limit 16777216)")
+        #expect(error("a = 'x' * (2 ** 62)\n").hasPrefix("h.cfg:3: key 'a':"))
+        #expect(error("v = [1] * 70000\n") == "h.cfg:3: key 'v': list of 70000 elements is too large (limit 65536)")
+        #expect(error("a = 'y' * 4096\nb = a * 4096\nc = b + b\n") == "h.cfg:5: key 'c': string of 33554432 bytes is too large (limit 16777216)")
+        // Within the limits the values are exact, not silently cut.
+        #expect(try parse("extra = 'ab' * 40000\n").extra == String(repeating: "ab", count: 40000))
+    }
+
+    @Test func binaryAndNonUTF8FilesAreRefusedByName() throws {
+        let dir = "/tmp/xenith-cfg-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func refusal(_ bytes: [UInt8]) -> String {
+            let f = dir + "/t.cfg"
+            FileManager.default.createFile(atPath: f, contents: Data(bytes))
+            do { _ = try readConfigText(f); return "accepted" } catch { return error.description }
+        }
+        #expect(refusal(Array("kernel='/k'\n".utf8) + [0, 1]) == "\(dir)/t.cfg:0: not a text file (NUL byte at offset 12)")
+        #expect(refusal(Array("kernel='/k'\n".utf8) + [0xC3, 0x28]) == "\(dir)/t.cfg:0: not UTF-8 text")
+        #expect(refusal(Array("name='\u{FFFD}'\n".utf8)) == "accepted")
     }
 
     @Test func deepNestingIsRefusedNotACrash() throws {
