@@ -396,6 +396,18 @@ func uptimes(_ s: String) -> [Double] {
         #expect(try tool("xm", ["unpause", "tg-qemu"]).status == 0)
         // The power button handler is up once the shell prompt is.
         #expect(waitUntil(20) { consoleLog("tg-qemu").contains("xenith-guest:/#") })
+        // xm reboot: the guest shuts down cleanly (power button), then on_reboot restarts it
+        // as a new domain; no hard reset.
+        let id1 = try tool("xm", ["domid", "tg-qemu"]).stdout
+        #expect(try tool("xm", ["reboot", "tg-qemu"]).status == 0)
+        #expect(waitUntil(60) { consoleLog("tg-qemu").components(separatedBy: "xenith-guest: ready").count == 3 },
+                "\(consoleLog("tg-qemu").suffix(800))")
+        let log = consoleLog("tg-qemu")
+        let down = log.range(of: "Requesting system poweroff"), again = log.range(of: "xenith-guest: ready", options: .backwards)
+        #expect(down != nil && again != nil && down!.lowerBound < again!.lowerBound, "a clean shutdown before the restart: \(log.suffix(800))")
+        #expect(try tool("xm", ["domid", "tg-qemu"]).stdout != id1)
+        #expect(try tool("xm", ["dmesg"]).stdout.contains("has shut down (reboot: xm reboot)"))
+        #expect(waitUntil(20) { consoleLog("tg-qemu").components(separatedBy: "xenith-guest:/#").count >= 3 })
         #expect(try tool("xm", ["shutdown", "tg-qemu"]).status == 0)
         #expect(try waitUntil(30) { try !tool("xm", ["list"]).stdout.contains("tg-qemu") })
 

@@ -70,6 +70,8 @@ public final class DomainManager: @unchecked Sendable {
     /// Taps, vif scripts and netback processes (nil: domains with vifs are refused).
     let nets: NetSupervisor?
     private let lock = NSRecursiveLock()
+    /// Domains `xm reboot` asked to shut down: their poweroff is a reboot.
+    private var rebootRequested: Set<Int> = []
     private var records: [Int: DomainRecord] = [:]
     private var dmesgLines: [String] = []
     /// Pids xend spawned itself (it must reap them).
@@ -496,7 +498,8 @@ public final class DomainManager: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         children.remove(p.pid)
         guard var r = records[domid], r.process == p, let engine = engines[r.engine] else { return }
-        let why = engine.stopReason(p, waitStatus: waitStatus)
+        var why = engine.stopReason(p, waitStatus: waitStatus)
+        if rebootRequested.remove(domid) != nil, why == .poweroff { why = .reboot("xm reboot") }
         unlink(p.controlPath); unlink(p.statusFile)
         releaseDevices(domid)
         let cfg = try? DomainConfiguration(sxp: SXP.parse(r.config))
@@ -687,7 +690,13 @@ public final class DomainManager: @unchecked Sendable {
     public func shutdown(_ dom: String, mode: String) throws(XendError) -> DomainInfo {
         guard ["poweroff", "halt", "reboot"].contains(mode) else { throw XendError(.badRequest, "Invalid shutdown mode: \(mode)") }
         let (r, p, e) = try live(dom)
-        try engineCall { if mode == "reboot" { try e.reboot(p) } else { try e.requestShutdown(p) } }
+        // Xen's xm reboot asks the guest to shut down with reason reboot, then xend applies
+        // on_reboot. Here the guest gets the ACPI power button, and its poweroff counts as
+        // a reboot (a hard reset would cut off what the guest had not written yet).
+        lock.lock()
+        if mode == "reboot" { rebootRequested.insert(r.domid) } else { rebootRequested.remove(r.domid) }
+        lock.unlock()
+        try engineCall { try e.requestShutdown(p) }
         return info(r, long: false)
     }
 
