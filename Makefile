@@ -22,7 +22,8 @@ include fixtures/Makefile.inc
 # The main job: build, make the Debian image, start xend in a root of its own (RUN_ROOT,
 # under build/, so the host's /etc/xen and /var are not touched) and boot the Debian example
 # on the qemu engine with its console on this terminal: log in as root (no password);
-# `poweroff` ends the domain, Ctrl-] detaches. `make stop` stops xend and its daemons.
+# `poweroff` ends the domain, Ctrl-] detaches. `make stop` destroys the domains and stops
+# xend and its daemons.
 RUN_ROOT   ?= $(CURDIR)/$(BUILD)/root
 RUN_CONFIG ?= services/examples/debian.cfg
 BIN = $$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)
@@ -31,10 +32,14 @@ run: release debian-image
 	XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xm" create -c $(RUN_CONFIG)
 	@echo "xend keeps running in $(RUN_ROOT): XENITH_ROOT=$(RUN_ROOT) $(BIN)/xm list; make stop"
 
+# Destroys that root's domains (xend stop alone leaves domains running, as in Xen), then
+# stops xend, xenconsoled and xenstored and removes their run files.
 stop:
+	-@XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xm" list 2>/dev/null | awk 'NR > 2 { print $$1 }' | \
+	    while read -r d; do XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xm" destroy "$$d"; done
 	-XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xend" stop
-	-@for f in $(RUN_ROOT)/run/xenconsoled/xenconsoled.pid $(RUN_ROOT)/run/xenstored/xenstored.pid; do \
-	    [ -f $$f ] && kill $$(cat $$f) 2>/dev/null; true; done
+	-@for d in xenconsoled xenstored; do f=$(RUN_ROOT)/run/$$d/$$d.pid; \
+	    [ -f $$f ] && kill $$(cat $$f) 2>/dev/null; sleep 0.2; rm -f $$f $(RUN_ROOT)/run/$$d/socket; done; true
 
 # The core alone: boot the PVH test fixture in xenith-core, console on this terminal (it
 # ticks until Ctrl-C, which destroys the domain).
