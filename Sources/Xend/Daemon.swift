@@ -157,20 +157,24 @@ public struct XendDaemon {
         manager.adopt()
         manager.startStatusRefresher()
         let router = XendHTTP.router(manager, logPath: logPath)
+        // The HTTP servers and their lifecycle log at info and above: their debug lines
+        // ("Starting service") name nothing a user can act on.
+        var serviceLog = log
+        serviceLog.logLevel = max(log.logLevel, .info)
         var services: [any Service] = []
         if cfg.unixServer {
             let sock = paths.resolve(cfg.unixPath)
             XenithPaths.makeDirectories((sock as NSString).deletingLastPathComponent)
             unlink(sock)
             services.append(Application(router: router, configuration: .init(address: .unixDomainSocket(path: sock), serverName: "xend"),
-                                        logger: log))
+                                        logger: serviceLog))
         }
         if cfg.httpServer {
             let host = cfg.address.isEmpty ? "0.0.0.0" : (cfg.address == "localhost" ? "127.0.0.1" : cfg.address)
             services.append(Application(router: router, configuration: .init(address: .hostname(host, port: cfg.port), serverName: "xend"),
-                                        logger: log))
+                                        logger: serviceLog))
         }
-        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: log)
+        let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: serviceLog)
         let done = DispatchSemaphore(value: 0)
         let failed = LockedBox(false)
         Task {

@@ -667,6 +667,7 @@ public final class DomainManager: @unchecked Sendable {
         cfg.maxmem = mib
         updateStoredConfig(r.domid, cfg)
         try? xenstore?.write("/local/domain/\(r.domid)/memory/static-max", String(mib * 1024))
+        dmesg("Domain \(r.name) (\(r.domid)): maximum memory set to \(mib) MiB" + (mib > (r.bootMemory ?? mib) ? " (above the \(r.bootMemory!) MiB it runs with: takes effect when it next starts)" : ""))
         return try get(String(r.domid), long: false)
     }
 

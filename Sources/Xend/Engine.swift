@@ -47,6 +47,9 @@ public struct EngineProcess: Codable, Sendable, Equatable {
     public var startTicks: UInt64
     public var controlPath: String
     public var statusFile: String
+    /// Size of the engine's stderr log when this process started: its own lines follow
+    /// (nil in records of older xends, and for the core).
+    public var logOffset: Int? = nil
 }
 
 /// Why an engine process ended (the core's status file / exit status).

@@ -138,7 +138,8 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         // target holds until the guest's virtio_balloon driver loads).
         if let mx = c.maxmem, mx > c.memory { try? d.setMemory(mib: c.memory) }
         lock.lock(); sessions[d.pid] = d; logStarts[d.pid] = logStart; lock.unlock()
-        return EngineProcess(pid: d.pid, startTicks: d.startTicks, controlPath: l.controlPath, statusFile: l.statusFile)
+        return EngineProcess(pid: d.pid, startTicks: d.startTicks, controlPath: l.controlPath, statusFile: l.statusFile,
+                             logOffset: logStart)
     }
 
     /// QEMU's stderr log of a running `p`: what its descriptor 2 points at.
@@ -197,7 +198,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     public func stopReason(_ p: EngineProcess, waitStatus: Int32?) -> EngineStop {
         lock.lock()
         let d = sessions.removeValue(forKey: p.pid)
-        let logStart = logStarts.removeValue(forKey: p.pid) ?? 0
+        let logStart = logStarts.removeValue(forKey: p.pid) ?? p.logOffset ?? 0
         lock.unlock()
         let paths = d?.paths ?? QemuEngineDriver.paths(p.controlPath, status: p.statusFile, log: QemuEngineDriver.logPath(p))
         d?.qmp.close()
