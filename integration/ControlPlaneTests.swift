@@ -59,10 +59,18 @@ import Testing
         // SIGKILL xend: the domain keeps running and is re-adopted.
         let pid = Int32(try String(contentsOfFile: root + "/run/xend.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
         kill(pid, SIGKILL)
+        // xenstored dies too: the next xend starts a new, empty one and writes f1's entries again.
+        if let xs = try? String(contentsOfFile: root + "/run/xenstored/xenstored.pid", encoding: .utf8),
+           let xsPid = Int32(xs.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(xsPid, SIGKILL) }
         usleep(200_000)
         #expect(try xm("list").stderr.hasPrefix("Error: Unable to connect to xend"))
         #expect(try xend("start").status == 0)
         #expect(try xm("list", "f1").stdout.contains("r-----"))
+        if FileManager.default.fileExists(atPath: "/usr/bin/xenstore-read") {
+            setenv("XENSTORED_PATH", root + "/run/xenstored/socket", 1)
+            #expect(try run("/usr/bin/xenstore-read", ["/local/domain/1/name"]).stdout == "f1\n")
+            unsetenv("XENSTORED_PATH")
+        }
         #expect(try xm("pause", "f1").status == 0)
         #expect(try xm("unpause", "f1").status == 0)
         // xend stop leaves the domain running.

@@ -275,6 +275,12 @@ public final class BlockSupervisor: @unchecked Sendable {
         throw XendError(.internalError, "Device \(b.spec.vdev) (vbd) could not be connected. blkback did not start within 10 s; see \(b.logPath)")
     }
 
+    /// Writes the vbd entries of a domain's working back-ends again (a new xenstored).
+    public func republish(domid: Int) {
+        lock.lock(); let bs = backends[domid] ?? []; lock.unlock()
+        for b in bs where !b.broken { writeXenstore(b) }
+    }
+
     private func writeXenstore(_ b: Backend) {
         guard let xs = xenstore, let path = b.spec.path,
               let dev = XenStoreDevice.vbd(domid: UInt32(b.domid), dev: b.spec.vdev, params: path, mode: b.mode,

@@ -362,11 +362,7 @@ public final class DomainManager: @unchecked Sendable {
                                   commandLine: cfg.kernelCommandLine, controlPath: run + "/\(r.domid).control",
                                   statusFile: run + "/\(r.domid).status", consoleLog: r.consoleLog,
                                   engineLog: paths.logDir + "/\(engine.name)-\(r.name).log")
-        let xsInfo = XenStoreDomainInfo(domid: UInt32(r.domid), name: r.name, uuid: r.uuid,
-                                        memoryTargetKiB: UInt64(cfg.memory) * 1024,
-                                        memoryStaticMaxKiB: UInt64(cfg.maxmem ?? cfg.memory) * 1024, vcpus: cfg.vcpus,
-                                        vmExtra: ["on_poweroff": cfg.onPoweroff.rawValue, "on_reboot": cfg.onReboot.rawValue,
-                                                  "on_crash": cfg.onCrash.rawValue, "start_time": String(Date().timeIntervalSince1970)])
+        let xsInfo = Self.xenstoreInfo(r, cfg, startTime: Date().timeIntervalSince1970)
         if let xs = xenstore {
             do { try xs.writeDomain(xsInfo) } catch {
                 try? xs.removeDomain(UInt32(r.domid))
@@ -560,6 +556,15 @@ public final class DomainManager: @unchecked Sendable {
         if let xs = xenstore { try? xs.removeDomain(UInt32(domid)) }
     }
 
+    /// A domain's `/local/domain/DOMID` and `/vm/UUID` entries.
+    static func xenstoreInfo(_ r: DomainRecord, _ cfg: DomainConfiguration, startTime: Double) -> XenStoreDomainInfo {
+        XenStoreDomainInfo(domid: UInt32(r.domid), name: r.name, uuid: r.uuid,
+                           memoryTargetKiB: UInt64(cfg.memory) * 1024,
+                           memoryStaticMaxKiB: UInt64(cfg.maxmem ?? cfg.memory) * 1024, vcpus: cfg.vcpus,
+                           vmExtra: ["on_poweroff": cfg.onPoweroff.rawValue, "on_reboot": cfg.onReboot.rawValue,
+                                     "on_crash": cfg.onCrash.rawValue, "start_time": String(startTime)])
+    }
+
     /// Re-adopts domains from the registry after a restart of xend.
     public func adopt() {
         lock.lock(); defer { lock.unlock() }
@@ -582,6 +587,14 @@ public final class DomainManager: @unchecked Sendable {
                 if let disks = r.disks, let cfg {
                     blocks?.adopt(domid: r.domid, name: r.name, disks: cfg.disks, records: disks,
                                   vcpus: r.engine == "core" ? cfg.vcpus : 1)
+                }
+                // A xenstored that died while xend was away starts empty: write the domain's
+                // entries and its devices' again.
+                if let xs = xenstore, let cfg, (try? xs.exists("/local/domain/\(r.domid)")) != true {
+                    try? xs.writeDomain(Self.xenstoreInfo(r, cfg, startTime: r.startTime))
+                    blocks?.republish(domid: r.domid)
+                    nets?.republish(domid: r.domid)
+                    dmesg("Domain \(r.name) (\(r.domid)): xenstore entries written again (xenstored had lost them)")
                 }
                 watch(r.domid, p)
             } else {

@@ -431,6 +431,16 @@ public final class NetSupervisor: @unchecked Sendable {
         } catch { log.error("\(b.label): xenstore: \(error)") }
     }
 
+    /// Writes the vif entries of a domain's working vifs again (a new xenstored).
+    public func republish(domid: Int) {
+        lock.lock(); let bs = backends[domid] ?? []; lock.unlock()
+        for b in bs where !b.rec.broken {
+            writeBackendEntries(b, rate: b.rec.rate.flatMap { VifRate($0) })
+            try? xenstore?.write(backendPath(b) + "/hotplug-status", "connected")
+            connectXenstore(b)
+        }
+    }
+
     private func connectXenstore(_ b: Backend) {
         guard let xs = xenstore else { return }
         let dev = device(b)
