@@ -340,10 +340,17 @@ public final class VhostUserBackend: @unchecked Sendable {
         var w = PayloadWriter(); w.u64(v); try reply(m, w.bytes)
     }
 
-    func vringIndex(_ raw: UInt64) throws(VhostUserError) -> Int {
-        let i = Int(raw & 0xff)
-        guard i < vrings.count else { throw .protocolViolation("vring index \(i) >= \(vrings.count)") }
-        return i
+    /// The vring a message names: the whole 32-bit `index` of a vring state (vhost-user.rst
+    /// "Vring state description"), or bits 0-7 of a vring descriptor message's u64 (bit 8 the
+    /// invalid-fd flag, the rest reserved and required zero).
+    /// - Throws: `protocolViolation` naming the index when no such vring exists.
+    func vringIndex(_ raw: UInt64, descriptorMessage: Bool = false) throws(VhostUserError) -> Int {
+        if descriptorMessage && raw & ~UInt64(0x1ff) != 0 {
+            throw .protocolViolation("reserved bits set in vring descriptor message 0x\(String(raw, radix: 16))")
+        }
+        let v = descriptorMessage ? raw & 0xff : raw
+        guard v < UInt64(vrings.count) else { throw .protocolViolation("vring index \(v) >= \(vrings.count)") }
+        return Int(v)
     }
 
     func dispatch(_ m: VhostUserMessage) throws(VhostUserError) {
@@ -413,7 +420,7 @@ public final class VhostUserBackend: @unchecked Sendable {
                 return try reply(m, w.bytes)
             case .setVringKick, .setVringCall, .setVringErr:
                 let v = try r.u64()
-                let q = try vringIndex(v)
+                let q = try vringIndex(v, descriptorMessage: true)
                 let fd: Int32 = v & 0x100 != 0 ? -1 : (takeFd() ?? -1)
                 if req == .setVringKick {
                     stopVring(q)
