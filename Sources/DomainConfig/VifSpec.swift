@@ -155,6 +155,17 @@ public struct VifSpec: Sendable, Hashable {
         self.backendMAC = backendMAC
     }
 
+    /// Whether `s` is a dotted-quad IPv4 address, optionally with a `/PREFIX` (0-32).
+    static func isIPv4(_ s: Substring) -> Bool {
+        let parts = s.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count <= 2 else { return false }
+        if parts.count == 2 { guard let p = Int(parts[1]), (0...32).contains(p), parts[1].count <= 2 else { return false } }
+        let octets = parts[0].split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets.allSatisfy { o in
+            !o.isEmpty && o.count <= 3 && o.allSatisfy(\.isASCII) && o.allSatisfy(\.isNumber) && Int(o)! <= 255
+        }
+    }
+
     public static let keys: [String] = ["mac", "bridge", "ip", "script", "vifname", "rate", "backend",
                                         "model", "type", "be_mac"]
 
@@ -194,6 +205,9 @@ public struct VifSpec: Sendable, Hashable {
         func opt(_ k: String) -> String? { d[k].flatMap { $0.isEmpty ? nil : $0 } }
         bridge = opt("bridge")
         ip = opt("ip")
+        for a in (ip ?? "").split(separator: " ") where !VifSpec.isIPv4(a) {
+            throw VifSpecError("bad ip '\(a)' (expected IPv4 addresses like 10.0.0.2 or 10.0.0.0/24, space-separated)")
+        }
         script = opt("script")
         vifname = opt("vifname")
         if let n = vifname {

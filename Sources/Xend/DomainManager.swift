@@ -330,6 +330,9 @@ public final class DomainManager: @unchecked Sendable {
         if Self.nameRegex.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) == nil || name.count > 64 {
             throw XendError(.badRequest, "Invalid VM Name '\(name)': use at most 64 of A-Z a-z 0-9 _ - . : + (no '/')")
         }
+        if let d = cfg.disks.first(where: { $0.script != nil }) {
+            throw XendError(.badRequest, "Device \(d.vdev) (vbd) could not be connected. Block script \(d.script!) is not supported here: use file: or phy: (disk '\(d.uname),\(d.dev),\(d.access.rawValue)')")
+        }
         let engine = try resolveEngine(cfg)
         lock.lock(); defer { lock.unlock() }
         if name == "Domain-0" { throw XendError(.conflict, "VM name 'Domain-0' already exists as domain 0") }

@@ -124,3 +124,12 @@ import Testing
         #expect(try SXP.parse(ok).description.count == 201)
     }
 }
+
+/// A vif's `ip=` must be IPv4 addresses (with an optional prefix), space-separated: the
+/// scripts put them in iptables and route commands.
+@Test func vifAddressesAreChecked() throws {
+    for bad in ["1.2.3.999", "1.2.3", "1.2.3.4/33", "10.0.0.1;reboot", "a.b.c.d", "1.2.3.4/"] {
+        #expect(throws: VifSpecError.self, "\(bad)") { _ = try VifSpec(parsing: "ip=\(bad)") }
+    }
+    #expect(try VifSpec(parsing: "ip=10.0.0.1 192.168.1.0/24").ip == "10.0.0.1 192.168.1.0/24")
+}
