@@ -422,7 +422,7 @@ public final class DomainManager: @unchecked Sendable {
         } catch {
             releaseDevices(r.domid)
             if let xs = xenstore { try? xs.removeDomain(UInt32(r.domid)) }
-            throw XendError(.internalError, "\(error)")
+            throw XendError((error as? EngineError)?.isBadRequest == true ? .badRequest : .internalError, "\(error)")
         }
         r.startTime = Date().timeIntervalSince1970
         r.bootMemory = max(cfg.memory, cfg.maxmem ?? 0)

@@ -70,7 +70,10 @@ public struct EngineStatus: Sendable, Equatable {
 /// Errors engines raise; `message` is shown to the user as is.
 public struct EngineError: Error, Sendable, CustomStringConvertible {
     public var message: String
-    public init(_ m: String) { message = m }
+    /// Whether the request was at fault (a missing file, a port in use: 400) rather than
+    /// the engine (500).
+    public var isBadRequest = false
+    public init(_ m: String, badRequest: Bool = false) { message = m; isBadRequest = badRequest }
     public var description: String { message }
 }
 
@@ -167,9 +170,9 @@ public struct CoreEngine: DomainEngineDriver {
     public init(binary: String) { self.binary = binary }
 
     public func start(_ l: EngineLaunch) throws -> EngineProcess {
-        guard let kernel = l.config.kernel else { throw EngineError("No kernel specified") }
-        guard access(kernel, R_OK) == 0 else { throw EngineError("Kernel image does not exist: \(kernel)") }
-        if let r = l.config.ramdisk, access(r, R_OK) != 0 { throw EngineError("Kernel ramdisk does not exist: \(r)") }
+        guard let kernel = l.config.kernel else { throw EngineError("No kernel specified", badRequest: true) }
+        guard access(kernel, R_OK) == 0 else { throw EngineError("Kernel image does not exist: \(kernel)", badRequest: true) }
+        if let r = l.config.ramdisk, access(r, R_OK) != 0 { throw EngineError("Kernel ramdisk does not exist: \(r)", badRequest: true) }
         guard access(binary, X_OK) == 0 else { throw EngineError("\(binary): the core engine binary is missing") }
         unlink(l.controlPath); unlink(l.statusFile)
         var args = [binary, "--kernel", kernel]

@@ -60,8 +60,8 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         let qemu: String
         do { qemu = try QemuDomain.findBinary(binary) } catch { throw EngineError("\(error)") }
         let c = l.config
-        if let k = c.kernel, access(k, R_OK) != 0 { throw EngineError("Kernel image does not exist: \(k)") }
-        if let r = c.ramdisk, access(r, R_OK) != 0 { throw EngineError("Kernel ramdisk does not exist: \(r)") }
+        if let k = c.kernel, access(k, R_OK) != 0 { throw EngineError("Kernel image does not exist: \(k)", badRequest: true) }
+        if let r = c.ramdisk, access(r, R_OK) != 0 { throw EngineError("Kernel ramdisk does not exist: \(r)", badRequest: true) }
         var fds: [Int32] = []
         defer { for fd in fds { close(fd) } }
         func open1(_ path: String, _ flags: Int32, _ what: String) throws -> Int32 {
@@ -84,7 +84,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         }
         var cdrom: QemuDiskBackend?
         if c.builder == .hvm, let iso = c.hvm.cdrom, !iso.isEmpty {
-            guard access(iso, R_OK) == 0 else { throw EngineError("CD-ROM image does not exist: \(iso)") }
+            guard access(iso, R_OK) == 0 else { throw EngineError("CD-ROM image does not exist: \(iso)", badRequest: true) }
             cdrom = .fd(try open1(iso, O_RDONLY, "cdrom"))
         }
         // VNC: HVM with vnc=1 (the manual's default), on localhost unless vnclisten says.
@@ -93,7 +93,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
             let host = c.hvm.vnclisten ?? "127.0.0.1"
             if let n = c.hvm.vncdisplay, !(c.hvm.vncunused && !QemuEngineDriver.portFree(host, 5900 + n)) {
                 guard QemuEngineDriver.portFree(host, 5900 + n) else {
-                    throw EngineError("VNC display \(n) (port \(5900 + n)) is already in use")
+                    throw EngineError("VNC display \(n) (port \(5900 + n)) is already in use", badRequest: true)
                 }
                 display = n
             } else {
