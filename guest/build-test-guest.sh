@@ -1,7 +1,8 @@
 #!/bin/bash
 # build-test-guest.sh OUTDIR
 # Writes OUTDIR/vmlinuz (Debian's cloud kernel) and OUTDIR/initrd.img (busybox
-# initramfs with that kernel's virtio modules and guest/init as /init).
+# initramfs with that kernel's virtio modules, e2fsprogs' mke2fs, Debian's iperf3
+# and guest/init as /init).
 # Everything comes from Debian packages; see guest/README.md.
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -22,7 +23,12 @@ KPKG=$(kernel_package)
 KVER=${KPKG#linux-image-}
 KPKG_V=$(apt_candidate "$KPKG")
 BB_V=$(apt_candidate busybox-static)
-KEY_SRC=$(printf '%s\n' "$KPKG=$KPKG_V" "busybox-static=$BB_V" "$MODULES"
+# iperf3 (bench/net.py) and the libraries it links that the host's libc6 does not
+# provide; those come from the host like mke2fs's, so libc6's version is in the key.
+IPERF_PKGS=""
+for p in iperf3 libiperf0 libsctp1 libssl3; do IPERF_PKGS="$IPERF_PKGS $p=$(apt_candidate $p)"; done
+LIBC_V=$(dpkg-query -W -f '${Version}' libc6 2>/dev/null) || die "libc6 is not installed on this host"
+KEY_SRC=$(printf '%s\n' "$KPKG=$KPKG_V" "busybox-static=$BB_V" $IPERF_PKGS "host-libc6=$LIBC_V" "$MODULES"
           hash_files "$MKE2FS" $MKE2FS_FILES /etc/mke2fs.conf \
               "$HERE/init" "$HERE/udhcpc.script" "$HERE/build-test-guest.sh" "$HERE/common.sh")
 KEY=test-guest-$KVER-$(printf '%s' "$KEY_SRC" | sha256sum | cut -c1-12)
@@ -32,7 +38,7 @@ if [ ! -d "$XENITH_CACHE/$KEY" ]; then
     cache_begin "$KEY"
     B=$BUILD_DIR
     mkdir -p "$B/debs" "$B/x" "$B/root" "$B/out"
-    apt_fetch "$B/debs" "$KPKG=$KPKG_V" "busybox-static=$BB_V"
+    apt_fetch "$B/debs" "$KPKG=$KPKG_V" "busybox-static=$BB_V" $IPERF_PKGS
     for d in "$B"/debs/*.deb; do dpkg-deb -x "$d" "$B/x"; done
 
     # Modules: depmod the full tree once to learn the dependency closure, copy
@@ -68,6 +74,25 @@ if [ ! -d "$XENITH_CACHE/$KEY" ]; then
     if [ "$MKE2FS" != /sbin/mke2fs ] && [ ! -e "$R/sbin/mke2fs" ]; then ln -s "$MKE2FS" "$R/sbin/mke2fs"; fi
     for t in mkfs.ext4 mkfs.ext3 mkfs.ext2; do ln -sf mke2fs "$R/sbin/$t"; done
     cp /etc/mke2fs.conf "$R/etc/mke2fs.conf"
+
+    # iperf3 and exactly the shared objects it loads: those ldd finds in the
+    # extracted packages (libiperf, libcrypto, libsctp; not libssl, nor
+    # OpenSSL's engines and modules) go to the same path in the image, the
+    # rest (libc, libm, the loader) are the host's, as for mke2fs.
+    XL=$B/x/usr/lib/x86_64-linux-gnu
+    IPERF_FILES=$(LD_LIBRARY_PATH=$XL ldd "$B/x/usr/bin/iperf3" \
+        | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
+    [ -n "$IPERF_FILES" ] || die "ldd found no libraries for iperf3"
+    for f in /usr/bin/iperf3 $IPERF_FILES; do
+        case $f in
+            "$B/x"/*) src=$f; dst=${f#"$B/x"} ;;
+            /usr/bin/iperf3) src=$B/x$f; dst=$f ;;
+            *) src=$f; dst=$f ;;
+        esac
+        [ -e "$R$dst" ] && continue
+        mkdir -p "$R$(dirname "$dst")"
+        cp "$(readlink -f "$src")" "$R$dst"
+    done
 
     install -m 0755 "$HERE/init" "$R/init"
     install -m 0755 "$HERE/udhcpc.script" "$R/usr/share/udhcpc/default.script"
