@@ -37,6 +37,13 @@ func consoleCommand(_ fd: Int32, _ reader: inout LineReader, _ line: String, fds
 /// - Throws: ``ConsoleError``: cannot connect, bad name, log file not openable, refused.
 public func registerConsole(socketPath: String, domid: Int, name: String, channel: ConsoleRingChannel,
                             logFD: Int32? = nil) throws(ConsoleError) {
+    try register(socketPath, "register", domid, name, [channel.ringFD, channel.outEventFD, channel.inEventFD], logFD)
+}
+
+/// Sends `COMMAND DOMID NAME` with `fds` and the log descriptor (`logFD`, or the log file
+/// opened here under xenconsoled's log directory and closed after).
+private func register(_ socketPath: String, _ command: String, _ domid: Int, _ name: String, _ fds: [Int32],
+                      _ logFD: Int32?) throws(ConsoleError) {
     guard domid >= 0 else { throw .badMessage("domid \(domid) is negative") }
     guard isValidConsoleDomainName(name) else { throw .badMessage("domain name '\(name)' cannot name a console log") }
     let fd = try connectConsoleSocket(socketPath)
@@ -49,8 +56,7 @@ public func registerConsole(socketPath: String, domid: Int, name: String, channe
         log = try openConsoleLog(fd, &reader, name: name)
         opened = true
     }
-    _ = try consoleCommand(fd, &reader, "register \(domid) \(name)",
-                           fds: [channel.ringFD, channel.outEventFD, channel.inEventFD, log])
+    _ = try consoleCommand(fd, &reader, "\(command) \(domid) \(name)", fds: fds + [log])
 }
 
 /// Registers (or re-registers, replacing) a *stream* console for domain `domid`: `streamFD`
@@ -64,19 +70,7 @@ public func registerConsole(socketPath: String, domid: Int, name: String, channe
 ///   (e.g. `streamFD` is not a socket).
 public func registerStreamConsole(socketPath: String, domid: Int, name: String, streamFD: Int32,
                                   logFD: Int32? = nil) throws(ConsoleError) {
-    guard domid >= 0 else { throw .badMessage("domid \(domid) is negative") }
-    guard isValidConsoleDomainName(name) else { throw .badMessage("domain name '\(name)' cannot name a console log") }
-    let fd = try connectConsoleSocket(socketPath)
-    defer { close(fd) }
-    var reader = LineReader(fd: fd)
-    var log = logFD ?? -1
-    var opened = false
-    defer { if opened { close(log) } }
-    if logFD == nil {
-        log = try openConsoleLog(fd, &reader, name: name)
-        opened = true
-    }
-    _ = try consoleCommand(fd, &reader, "register-stream \(domid) \(name)", fds: [streamFD, log])
+    try register(socketPath, "register-stream", domid, name, [streamFD], logFD)
 }
 
 /// A copy of the stream socket xenconsoled holds for domain `domid` (`stream-fd`): how an
