@@ -49,7 +49,7 @@ public final class BlockSupervisor: @unchecked Sendable {
     public static let burstDeaths = 5
     public static let burstWindow = 30.0
 
-    final class Backend: @unchecked Sendable {
+    final class Backend: RestartableBackend, @unchecked Sendable {
         let domid: Int
         let domainName: String
         let spec: DiskSpec
@@ -193,17 +193,16 @@ public final class BlockSupervisor: @unchecked Sendable {
         }
         XenithPaths.makeDirectories(runDir)
         let l: Int32
-        do { l = try Self.listen(b.socket) } catch { close(fd); throw XendError(.internalError, "\(b.socket): \(error)") }
-        if let o = b.socketOwner, chown(b.socket, o.uid, o.gid) != 0 {
-            let e = errno; close(fd); close(l); unlink(b.socket)
-            throw XendError(.internalError, "\(b.socket): chown to \(o.uid):\(o.gid): \(String(cString: strerror(e)))")
-        }
+        do { l = try Self.listen(b.socket, owner: b.socketOwner) } catch { close(fd); throw XendError(.internalError, "\(b.socket): \(error)") }
         b.imageFD = fd
         b.listenFD = l
     }
 
     /// Binds and listens on a Unix socket (a stale file is replaced), mode 0600, close-on-exec.
-    static func listen(_ path: String) throws -> Int32 {
+    /// Binds and listens on a Unix socket at `path` (mode 0600, a stale file replaced),
+    /// owned by `owner` when given (an unprivileged QEMU must reconnect to it).
+    /// - Throws: `EngineError` naming the failing step; nothing is left behind then.
+    static func listen(_ path: String, owner: (uid: uid_t, gid: gid_t)? = nil) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw EngineError(String(cString: strerror(errno))) }
         var addr = sockaddr_un()
@@ -217,6 +216,10 @@ public final class BlockSupervisor: @unchecked Sendable {
         }
         guard rc == 0 else { let e = errno; close(fd); throw EngineError("bind: \(String(cString: strerror(e)))") }
         chmod(path, 0o600)
+        if let o = owner, chown(path, o.uid, o.gid) != 0 {
+            let e = errno; close(fd); unlink(path)
+            throw EngineError("chown to \(o.uid):\(o.gid): \(String(cString: strerror(e)))")
+        }
         guard Glibc.listen(fd, 8) == 0 else { let e = errno; close(fd); throw EngineError("listen: \(String(cString: strerror(e)))") }
         return fd
     }
@@ -307,47 +310,17 @@ public final class BlockSupervisor: @unchecked Sendable {
     }
 
     private func supervise(_ b: Backend) {
-        while true {
-            lock.lock(); let pid = b.pid, child = b.isChild; lock.unlock()
-            guard pid > 0 else { return }
-            waitForExit(pid: pid, startTicks: b.startTicks)
-            var status: Int32 = 0
-            let reaped = child && waitpid(pid, &status, 0) == pid
-            lock.lock()
-            if b.stopping { lock.unlock(); return }
-            b.pid = 0
-            let how = reaped ? Sandbox.describeDeath(service: "blkback", status: status, stderr: recentLog(b))
-                             : "blkback (pid \(pid), re-adopted) ended"
-            let decision = b.budget.died()
-            lock.unlock()
-            guard case .restart(let delay) = decision else {
-                let n = b.budget.deaths.count
-                log.error("\(b.label): \(how); it died \(n) times in \(Int(Self.burstWindow)) s: vbd marked broken, not restarted (the domain keeps running)")
-                markBroken(b, "blkback died \(n) times in \(Int(Self.burstWindow)) s; last: \(how)")
-                return
-            }
-            log.error("\(b.label): \(how); restarting it in \(String(format: "%.1f", delay)) s")
-            usleep(UInt32(delay * 1_000_000))
-            lock.lock()
-            if b.stopping { lock.unlock(); return }
-            do {
-                if b.imageFD < 0 || b.listenFD < 0 {
-                    // Re-adopted after an xend restart: this xend holds no descriptors yet.
-                    if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
-                    if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
-                    do { try open(b) } catch { throw EngineError(error.message) }
-                }
-                try spawn(b)
-                lock.unlock()
-                log.info("\(b.label): blkback restarted, pid \(b.pid)")
-                changed(b.domid)
-            } catch {
-                lock.unlock()
-                log.error("\(b.label): cannot restart blkback: \(error); vbd marked broken")
-                markBroken(b, "cannot restart blkback: \(error)")
-                return
-            }
-        }
+        superviseRestarts(b, service: "blkback", device: "vbd", lock: lock, log: log, stderr: { recentLog($0) },
+                          restart: { b throws in
+                              if b.imageFD < 0 || b.listenFD < 0 {
+                                  // Re-adopted after an xend restart: this xend holds no descriptors yet.
+                                  if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+                                  if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
+                                  do throws(XendError) { try open(b) } catch { throw EngineError(error.message) }
+                              }
+                              try spawn(b)
+                          },
+                          giveUp: { markBroken($0, $1) }, restarted: { changed($0.domid) })
     }
 
     /// Gives up on a vbd: its socket is closed and removed (a front-end must not connect

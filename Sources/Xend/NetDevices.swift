@@ -204,10 +204,12 @@ public final class NetSupervisor: @unchecked Sendable {
     public static let burstDeaths = 5
     public static let burstWindow = 30.0
 
-    final class Backend: @unchecked Sendable {
+    final class Backend: RestartableBackend, @unchecked Sendable {
         let domid: Int
         let domainName: String
         var rec: VifRecord
+        var pid: Int32 { get { rec.pid } set { rec.pid = newValue } }
+        var startTicks: UInt64 { rec.startTicks }
         var tapFD: Int32 = -1
         var listenFD: Int32 = -1
         var isChild = false
@@ -392,7 +394,7 @@ public final class NetSupervisor: @unchecked Sendable {
                 return b
             }
             XenithPaths.makeDirectories(runDir)
-            do { b.listenFD = try BlockSupervisor.listen(rec.socket); try giveSocket(b) }
+            do { b.listenFD = try BlockSupervisor.listen(rec.socket, owner: socketOwner) }
             catch { throw XendError(.internalError, "Device \(p.devid) (vif) could not be connected. \(rec.socket): \(error)") }
             do { try spawn(b) } catch { throw XendError(.internalError, "Device \(p.devid) (vif) could not be connected. \(error)") }
             try waitReady(b)
@@ -508,58 +510,22 @@ public final class NetSupervisor: @unchecked Sendable {
     }
 
     private func supervise(_ b: Backend) {
-        while true {
-            lock.lock(); let pid = b.rec.pid, child = b.isChild, ticks = b.rec.startTicks; lock.unlock()
-            guard pid > 0 else { return }
-            waitForExit(pid: pid, startTicks: ticks)
-            var status: Int32 = 0
-            let reaped = child && waitpid(pid, &status, 0) == pid
-            lock.lock()
-            if b.stopping { lock.unlock(); return }
-            b.rec.pid = 0
-            let how = reaped ? Sandbox.describeDeath(service: "netback", status: status, stderr: recentLog(b))
-                             : "netback (pid \(pid), re-adopted) ended"
-            let decision = b.budget.died()
-            lock.unlock()
-            guard case .restart(let delay) = decision else {
-                let n = b.budget.deaths.count
-                log.error("\(b.label): \(how); it died \(n) times in \(Int(Self.burstWindow)) s: vif marked broken, not restarted")
-                markBroken(b, "netback died \(n) times in \(Int(Self.burstWindow)) s; last: \(how)")
-                return
-            }
-            log.error("\(b.label): \(how); restarting it in \(String(format: "%.1f", delay)) s")
-            usleep(UInt32(delay * 1_000_000))
-            lock.lock()
-            if b.stopping { lock.unlock(); return }
-            do {
-                try reopen(b)
-                try spawn(b)
-                lock.unlock()
-                log.info("\(b.label): netback restarted, pid \(b.rec.pid)")
-                changed(b.domid)
-            } catch {
-                lock.unlock()
-                log.error("\(b.label): cannot restart netback: \(error); vif marked broken")
-                markBroken(b, "cannot restart netback: \(error)")
-                return
-            }
-        }
+        superviseRestarts(b, service: "netback", device: "vif", lock: lock, log: log, stderr: { recentLog($0) },
+                          restart: { b throws in try reopen(b); try spawn(b) },
+                          giveUp: { markBroken($0, $1) }, restarted: { changed($0.domid) })
     }
 
     /// After an xend restart this xend holds no descriptors: attach to the tap again and
     /// bind the socket again (the front-end reconnects to the path).
     private func reopen(_ b: Backend) throws {
         if b.tapFD < 0 { b.tapFD = try Tap.open(b.rec.vifname, persist: true) }
-        if b.listenFD < 0 { XenithPaths.makeDirectories(runDir); b.listenFD = try BlockSupervisor.listen(b.rec.socket); try giveSocket(b) }
-    }
-
-    /// chowns the socket file to `rec.socketUID/GID` (QEMU's user), when set.
-    private func giveSocket(_ b: Backend) throws {
-        guard let u = b.rec.socketUID, let g = b.rec.socketGID else { return }
-        if chown(b.rec.socket, uid_t(u), gid_t(g)) != 0 {
-            throw EngineError("chown to \(u):\(g): \(String(cString: strerror(errno)))")
+        if b.listenFD < 0 {
+            XenithPaths.makeDirectories(runDir)
+            let owner = b.rec.socketUID.flatMap { u in b.rec.socketGID.map { (uid: uid_t(u), gid: gid_t($0)) } }
+            b.listenFD = try BlockSupervisor.listen(b.rec.socket, owner: owner)
         }
     }
+
 
     /// Gives up on a vif: nothing serves its socket any more, so the socket is closed and
     /// removed (a front-end connecting into an unserved listen queue would block: QEMU's

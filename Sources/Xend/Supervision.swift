@@ -1,6 +1,8 @@
 // What xend's supervisors (engines, back-ends, xenconsoled) share: waiting for a process to
 // end, and the restart budget of a back-end that keeps dying.
 import Foundation
+import Logging
+import Sandbox
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -45,5 +47,68 @@ struct RestartBudget {
         let n = deaths.count
         if n >= limit { return .giveUp(count: n) }
         return .restart(after: min(0.1 * pow(2, Double(n - 1)), 5))
+    }
+}
+
+/// A back-end process a supervisor restarts (blkback per vbd, netback per vif). Every
+/// property is read and written under the supervisor's lock.
+protocol RestartableBackend: AnyObject {
+    var pid: Int32 { get set }
+    var startTicks: UInt64 { get }
+    /// Whether this xend started it (and so can reap it and read its wait status).
+    var isChild: Bool { get }
+    /// Set when xend stops it on purpose: its death is then not a failure.
+    var stopping: Bool { get }
+    var budget: RestartBudget { get set }
+    /// `domain NAME (ID) vbd xvda`, for log lines.
+    var label: String { get }
+}
+
+/// The loop a back-end's supervision thread runs: wait for the process to end, describe its
+/// death (`Sandbox.describeDeath`, or "re-adopted … ended" when xend is not its parent), and
+/// restart it after the budget's back-off, or give the device up.
+/// - Parameters:
+///   - service: `blkback`, `netback`; `device`: `vbd`, `vif` (log lines).
+///   - stderr: the back-end's log since its start, for the death's description.
+///   - restart: reopens what the back-end needs and spawns it (under the lock).
+///   - giveUp: marks the device broken (without the lock), with the reason.
+///   - restarted: after a restart (without the lock): persist the new pid.
+func superviseRestarts<B: RestartableBackend>(_ b: B, service: String, device: String, lock: NSRecursiveLock, log: Logger,
+                                              stderr: (B) -> String, restart: (B) throws -> Void,
+                                              giveUp: (B, String) -> Void, restarted: (B) -> Void) {
+    while true {
+        lock.lock(); let pid = b.pid, child = b.isChild, ticks = b.startTicks; lock.unlock()
+        guard pid > 0 else { return }
+        waitForExit(pid: pid, startTicks: ticks)
+        var status: Int32 = 0
+        let reaped = child && waitpid(pid, &status, 0) == pid
+        lock.lock()
+        if b.stopping { lock.unlock(); return }
+        b.pid = 0
+        let how = reaped ? Sandbox.describeDeath(service: service, status: status, stderr: stderr(b))
+                         : "\(service) (pid \(pid), re-adopted) ended"
+        let decision = b.budget.died()
+        lock.unlock()
+        guard case .restart(let delay) = decision else {
+            let n = b.budget.deaths.count, w = Int(b.budget.window)
+            log.error("\(b.label): \(how); it died \(n) times in \(w) s: \(device) marked broken, not restarted (the domain keeps running)")
+            giveUp(b, "\(service) died \(n) times in \(w) s; last: \(how)")
+            return
+        }
+        log.error("\(b.label): \(how); restarting it in \(String(format: "%.1f", delay)) s")
+        usleep(UInt32(delay * 1_000_000))
+        lock.lock()
+        if b.stopping { lock.unlock(); return }
+        do {
+            try restart(b)
+            lock.unlock()
+            log.info("\(b.label): \(service) restarted, pid \(b.pid)")
+            restarted(b)
+        } catch {
+            lock.unlock()
+            log.error("\(b.label): cannot restart \(service): \(error); \(device) marked broken")
+            giveUp(b, "cannot restart \(service): \(error)")
+            return
+        }
     }
 }
