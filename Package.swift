@@ -41,7 +41,9 @@ let package = Package(
         .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap", "Spawn"], swiftSettings: swiftSettings),
         .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "DomainConfig", dependencies: [], swiftSettings: swiftSettings),
-        .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio", "VhostUser", "ConsoleBackend",
+        // The core's control-socket commands and status line (core and xend share it).
+        .target(name: "CoreControl", swiftSettings: swiftSettings),
+        .target(name: "Core", dependencies: ["CLinux", "CoreControl", "KVM", "GuestMemory", "Boot", "Virtio", "VhostUser", "ConsoleBackend",
                                             .product(name: "SystemPackage", package: "swift-system")],
                 swiftSettings: swiftSettings),
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
@@ -50,9 +52,11 @@ let package = Package(
         // posix_spawn for every child the toolstack starts (engines, back-ends, scripts).
         .target(name: "Spawn", swiftSettings: swiftSettings),
         .target(name: "QemuEngine", dependencies: ["DomainConfig", "Spawn"], swiftSettings: swiftSettings),
-        // xm ↔ xend wire types and the xm command logic (no NIO: xm starts fast).
-        .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend"], swiftSettings: swiftSettings),
-        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XM", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn",
+        // The xm ↔ xend API: wire types, routes, the blocking client, the host's paths (no NIO).
+        .target(name: "XendAPI", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
+        // The xm command logic (no NIO: xm starts fast).
+        .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend", "XendAPI"], swiftSettings: swiftSettings),
+        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
@@ -88,8 +92,8 @@ let package = Package(
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
         .testTarget(name: "QemuEngineTests", dependencies: ["QemuEngine", "DomainConfig"]),
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
-        .testTarget(name: "XendTests", dependencies: ["Xend", "XM"]),
-        .testTarget(name: "XMTests", dependencies: ["XM"]),
+        .testTarget(name: "XendTests", dependencies: ["Xend", "XendAPI"]),
+        .testTarget(name: "XMTests", dependencies: ["XM", "XendAPI"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
         .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend", "QemuEngine", "DomainConfig"], path: "integration", exclude: ["README.md"]),
     ]

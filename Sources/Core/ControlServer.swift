@@ -1,4 +1,5 @@
 import CLinux
+import CoreControl
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -91,21 +92,22 @@ public final class ControlServer: @unchecked Sendable {
     }
 
     func handle(_ command: String) -> String {
-        switch command {
-        case "pause": machine.pause(); return "ok"
-        case "unpause": machine.unpause(); return "ok"
-        case "shutdown": machine.requestShutdown(); return "ok"
-        case "reboot": machine.stop(.reboot("requested")); return "ok"
-        case "destroy": machine.stop(.destroyed); return "ok"
-        case "query":
-            let times = machine.vcpuTimes.map(String.init).joined(separator: ",")
-            return "ok state=\(machine.state.rawValue) vcpus=\(machine.config.vcpus) vcpu_time_ns=\(times) uptime_ns=\(machine.uptimeNanoseconds) pid=\(getpid())"
-        default:
+        switch CoreControlCommand(rawValue: command) {
+        case .pause: machine.pause(); return CoreControlReply.ok
+        case .unpause: machine.unpause(); return CoreControlReply.ok
+        case .shutdown: machine.requestShutdown(); return CoreControlReply.ok
+        case .reboot: machine.stop(.reboot("requested")); return CoreControlReply.ok
+        case .destroy: machine.stop(.destroyed); return CoreControlReply.ok
+        case .query:
+            let state = CoreControlStatus.RunState(rawValue: machine.state.rawValue) ?? .stopped
+            return CoreControlStatus(state: state, vcpus: machine.config.vcpus, vcpuTimeNs: machine.vcpuTimes,
+                                     uptimeNs: machine.uptimeNanoseconds, pid: getpid()).line
+        case nil:
             // Echo only printable ASCII, so replies stay one clean line.
             let shown = String(String.UnicodeScalarView(command.unicodeScalars.prefix(64).map {
                 $0.value >= 0x20 && $0.value < 0x7F ? $0 : "?"
             }))
-            return "error unknown command: \(shown)"
+            return CoreControlReply.error("unknown command: \(shown)")
         }
     }
 }

@@ -1,4 +1,5 @@
 // xm network-attach, network-detach, network-list (Xen 3.x tools/python/xen/xm/main.py).
+import XendAPI
 
 extension XM {
     /// `xm network-attach <Domain> [mac=MAC] [bridge=BR] [ip=IP] [script=S] [vifname=N] [rate=R]`

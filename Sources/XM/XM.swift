@@ -1,5 +1,6 @@
 // xm: the Xen 3.x domain management command (tools/python/xen/xm/main.py, create.py,
 // shutdown.py), talking to xend over its Unix socket.
+import XendAPI
 import ConsoleBackend
 import DomainConfig
 import Foundation

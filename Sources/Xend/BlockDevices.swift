@@ -14,7 +14,7 @@ import DomainConfig
 import Foundation
 import Logging
 import Sandbox
-import XM
+import XendAPI
 import XenStore
 #if canImport(Glibc)
 import Glibc
@@ -162,6 +162,7 @@ public final class BlockSupervisor: @unchecked Sendable {
                 do { try spawn(b) } catch { throw XendError(.internalError, "Device \(d.vdev) (vbd) could not be connected. \(error)") }
                 try waitReady(b)
                 writeXenstore(b)
+                FaultInjection.crashPoint("vbd-\(d.vdev)")
             }
         } catch {
             for b in started { halt(b) }

@@ -30,7 +30,7 @@ import Foundation
 import Logging
 import Spawn
 import Sandbox
-import XM
+import XendAPI
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -6,7 +6,7 @@ import Spawn
 import Hummingbird
 import Logging
 import ServiceLifecycle
-import XM
+import XendAPI
 import XenStore
 #if canImport(Glibc)
 import Glibc
@@ -152,7 +152,8 @@ public struct XendDaemon {
         let qemu = QemuEngineDriver(runAs: cfg.qemuUser)
         if let u = qemu.runAs { log.info("QEMU runs as user \(u) (-runas)") }
         else if !cfg.qemuUser.isEmpty { log.info("QEMU runs as xend's user: qemu-user \(cfg.qemuUser) \(geteuid() == 0 ? "does not exist (useradd --system \(cfg.qemuUser))" : "needs xend to run as root")") }
-        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: ["core": core, "qemu": qemu], xenstore: xs, logger: log,
+        let manager = DomainManager(paths: paths, xendConfig: cfg, engines: [core.name: core, qemu.name: qemu],
+                                    autoPrefersQemu: QemuEngineDriver.preferredForAuto, xenstore: xs, logger: log,
                                     consoles: consoles, blocks: blocks, nets: nets)
         manager.adopt()
         manager.startStatusRefresher()

@@ -25,7 +25,7 @@ import Foundation
 import Logging
 import Sandbox
 import Spawn
-import XM
+import XendAPI
 import XenStore
 #if canImport(Glibc)
 import Glibc
@@ -350,7 +350,10 @@ public final class NetSupervisor: @unchecked Sendable {
         for i in plans.indices where emulated.contains(plans[i].devid) { plans[i].emulated = true }
         var made: [Backend] = []
         do throws(XendError) {
-            for p in plans { made.append(try make(domid: domid, name: name, p, socketOwner: socketOwner)) }
+            for p in plans {
+                made.append(try make(domid: domid, name: name, p, socketOwner: socketOwner))
+                FaultInjection.crashPoint("vif-\(p.devid)")
+            }
         } catch {
             for b in made.reversed() { teardown(b) }
             throw error
@@ -679,6 +682,31 @@ public final class NetSupervisor: @unchecked Sendable {
             teardown(b)
         }
         if !records.isEmpty { pruneXenstore(domid) }
+    }
+
+    /// Undoes the vifs of a creation xend did not finish, from the configuration (their
+    /// records may never have been written; their netbacks are already killed): vif script
+    /// `offline` where the tap exists, taps removed, sockets and xenstore entries gone. A
+    /// custom `vifname=` tap is removed only when a record names it (the name may be another
+    /// program's); the default `vifDOMID.DEVID` is xend's by construction.
+    public func releaseUnfinished(domid: Int, name: String, vifs: [(devid: Int, spec: VifSpec)], records: [VifRecord]) {
+        for (devid, spec) in vifs {
+            var rec: VifRecord
+            if let r = records.first(where: { $0.devid == devid }) {
+                rec = r
+            } else {
+                guard spec.vifname == nil else { continue }
+                let script = spec.script ?? defaultScript
+                rec = VifRecord(devid: devid, vifname: "vif\(domid).\(devid)", mac: spec.mac.description, bridge: spec.bridge,
+                                ip: spec.ip, script: script, scriptPath: resolveScript(script, paths: paths, binDir: binDir) ?? "",
+                                rate: nil, socket: socketPath(domid: domid, devid: devid), pid: 0, startTicks: 0, log: "",
+                                broken: false)
+            }
+            rec.pid = 0
+            let b = Backend(domid: domid, domainName: name, record: rec)
+            teardown(b, scriptOffline: !rec.scriptPath.isEmpty && Tap.interfaceExists(rec.vifname))
+        }
+        if !vifs.isEmpty { pruneXenstore(domid) }
     }
 
     /// xend's descriptor of the tap of vif `devid` (made by `start`), for an engine that

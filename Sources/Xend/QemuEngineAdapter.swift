@@ -52,6 +52,29 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) } == .tcg
     }
 
+    public var capabilities: EngineCapabilities { [.balloon, .netHotplug] }
+
+    /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks on
+    /// blkback over vhost-user (one queue: QEMU's vhost-user-blk-pci asks for one), the
+    /// socket files owned by QEMU's unprivileged user so that it reconnects after a blkback
+    /// restart; its serial line on xenconsoled as a stream. Left to QEMU: `ioemu:` disks,
+    /// CD-ROMs, other image formats and, for HVM domains, the IDE disks hda...hdd (the
+    /// emulated controller of Xen's qemu-dm), and NIC models other than virtio-net
+    /// (HVM's rtl8139 or ne2000, or `model=`), emulated on the tap.
+    public func devicePlan(for c: DomainConfiguration) -> DevicePlan {
+        let served = c.disks.filter { d in
+            !d.ioemu && d.deviceType == .disk && d.path != nil && d.format == "raw"
+                && !(c.builder == .hvm && QemuCommandLine.ideSlot(d.vdev) != nil)
+        }
+        let emulated = Set(c.vifs.indices.filter { QemuCommandLine.nicModel(c.vifs[$0], in: c) != "virtio-net-pci" })
+        return DevicePlan(servedDisks: served, diskQueues: 1, emulatedVifs: emulated, socketOwner: runAsIDs, console: .stream)
+    }
+
+    /// The QMP socket and QEMU's pid file.
+    public func runFiles(controlPath: String) -> [String] { [controlPath, controlPath + ".pid", controlPath + ".vnc"] }
+
+    public func displayAddress(_ p: EngineProcess) -> String? { QemuEngineDriver.vncAddress(p) }
+
     static func paths(_ control: String, status: String, log: String) -> QemuDomainPaths {
         QemuDomainPaths(qmpSocket: control, pidfile: control + ".pid", statusFile: status, stderrLog: log)
     }

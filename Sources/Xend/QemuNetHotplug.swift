@@ -7,7 +7,7 @@
 import Foundation
 import QemuEngine
 
-extension QemuEngineDriver: NetHotplugDriver {
+extension QemuEngineDriver {
     /// Empty root ports each q35 domain gets (QemuLaunchInputs.netHotplugSlots).
     public static let netHotplugSlots = 2
 

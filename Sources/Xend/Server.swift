@@ -4,7 +4,7 @@ import Foundation
 import Hummingbird
 import Logging
 import NIOCore
-import XM
+import XendAPI
 
 /// Builds the Hummingbird router for `manager`.
 public enum XendHTTP {

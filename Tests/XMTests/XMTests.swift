@@ -1,3 +1,4 @@
+import XendAPI
 import Foundation
 import Testing
 @testable import XM
@@ -62,4 +63,16 @@ import Testing
     try "kernel = 'k'\nname = 'x'\nmemory = 'lots'\n".write(toFile: dir + "/bad.cfg", atomically: true, encoding: .utf8)
     #expect(bad.run(["create", "-n", "bad.cfg"]) == 1)
     #expect(bad.stderr.hasPrefix("Error: ./bad.cfg:3: key 'memory':"))
+}
+
+/// `xm network-list`'s table and SXP, as Xen 3.x prints them.
+@Test func networkListTableIsXens() {
+    let v = VifInfo(idx: 0, backendId: 0, mac: "00:16:3e:b9:b0:53", handle: 0, state: 4,
+                    bePath: "/local/domain/0/backend/vif/1/0", vifname: "vif1.0", bridge: "xenbr0", ip: nil,
+                    script: "vif-bridge", rate: nil, socket: "/s", pid: 42, broken: false)
+    #expect(XM.networkListTable([v]) == """
+        Idx BE     MAC Addr.     handle state evt-ch tx-/rx-ring-ref BE-path
+        0   0  00:16:3e:b9:b0:53    0     4      -1    -1   /-1      /local/domain/0/backend/vif/1/0  
+        """)
+    #expect(XM.vifSXP(v).contains("(netback-pid 42)"))
 }

@@ -1,6 +1,6 @@
 import DomainConfig
 import Testing
-import XM
+import XendAPI
 @testable import Xend
 
 /// `NetSupervisor.plan`: every check made before a vif is created.
@@ -60,16 +60,5 @@ struct VifPlanTests {
                                        isBridge: { _ in true }, resolve: { $0 })
             Issue.record("accepted a multicast MAC")
         } catch { #expect(error.message.contains("01:16:3e:00:00:01 is not a unicast")) }
-    }
-
-    @Test func networkListTableIsXens() {
-        let v = VifInfo(idx: 0, backendId: 0, mac: "00:16:3e:b9:b0:53", handle: 0, state: 4,
-                        bePath: "/local/domain/0/backend/vif/1/0", vifname: "vif1.0", bridge: "xenbr0", ip: nil,
-                        script: "vif-bridge", rate: nil, socket: "/s", pid: 42, broken: false)
-        #expect(XM.networkListTable([v]) == """
-            Idx BE     MAC Addr.     handle state evt-ch tx-/rx-ring-ref BE-path
-            0   0  00:16:3e:b9:b0:53    0     4      -1    -1   /-1      /local/domain/0/backend/vif/1/0  
-            """)
-        #expect(XM.vifSXP(v).contains("(netback-pid 42)"))
     }
 }

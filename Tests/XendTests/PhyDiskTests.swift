@@ -5,7 +5,7 @@ import DomainConfig
 import Foundation
 import Logging
 import Testing
-import XM
+import XendAPI
 @testable import Xend
 #if canImport(Glibc)
 import Glibc

@@ -4,7 +4,7 @@ import Foundation
 import Hummingbird
 import Logging
 import Testing
-import XM
+import XendAPI
 @testable import Xend
 #if canImport(Glibc)
 import Glibc

@@ -1,0 +1,84 @@
+// The core's control protocol, shared by the core (server) and xend (client), so that
+// neither formats nor parses the other's lines by hand. One command per line, one reply
+// line per command, over the Unix socket given with `xenith-core --control`.
+
+/// A command xend sends to a running core.
+public enum CoreControlCommand: String, Sendable, CaseIterable {
+    /// Stop running the vCPUs (Xen's pause); reply `ok`.
+    case pause
+    /// Run them again; reply `ok`.
+    case unpause
+    /// Press the ACPI power button; reply `ok`.
+    case shutdown
+    /// Reset the domain (the core exits with the reboot status); reply `ok`.
+    case reboot
+    /// Stop at once (exit status 4); reply `ok`.
+    case destroy
+    /// The run state and CPU use: reply ``CoreControlStatus/line``.
+    case query
+
+    /// The command as sent, newline-terminated.
+    public var line: String { rawValue + "\n" }
+}
+
+/// Replies other than a status line.
+public enum CoreControlReply {
+    /// The reply to a command that was done.
+    public static let ok = "ok"
+    /// The reply to a command the core does not know or cannot do: `error TEXT`.
+    public static func error(_ text: String) -> String { "error " + text }
+    /// Whether `reply` reports success (`ok`, possibly followed by fields).
+    public static func isOK(_ reply: String) -> Bool { reply == ok || reply.hasPrefix(ok + " ") }
+}
+
+/// What `query` answers: `ok state=running|paused|stopped vcpus=N vcpu_time_ns=T0,T1,...
+/// uptime_ns=U pid=P` (fields separated by one space; unknown fields are ignored when parsing,
+/// so the core may add some).
+public struct CoreControlStatus: Sendable, Equatable {
+    /// The domain's run state as the core sees it.
+    public enum RunState: String, Sendable { case running, paused, stopped }
+    public var state: RunState
+    /// vCPUs the domain has.
+    public var vcpus: Int
+    /// CPU time of each vCPU thread, nanoseconds, by vCPU index.
+    public var vcpuTimeNs: [UInt64]
+    /// Time since the core started running the guest, nanoseconds.
+    public var uptimeNs: UInt64
+    /// The core's process id.
+    public var pid: Int32
+
+    public init(state: RunState, vcpus: Int, vcpuTimeNs: [UInt64], uptimeNs: UInt64, pid: Int32) {
+        self.state = state; self.vcpus = vcpus; self.vcpuTimeNs = vcpuTimeNs; self.uptimeNs = uptimeNs; self.pid = pid
+    }
+
+    /// Total CPU time of all vCPUs, nanoseconds.
+    public var totalVcpuTimeNs: UInt64 { vcpuTimeNs.reduce(0, &+) }
+
+    /// The reply line (without the newline).
+    public var line: String {
+        "ok state=\(state.rawValue) vcpus=\(vcpus) vcpu_time_ns=\(vcpuTimeNs.map(String.init).joined(separator: ",")) "
+            + "uptime_ns=\(uptimeNs) pid=\(pid)"
+    }
+
+    /// Parses a `query` reply; nil when it is not `ok ...` or lacks `state=`.
+    public init?(parsing reply: String) {
+        guard CoreControlReply.isOK(reply) else { return nil }
+        var state: RunState?
+        var vcpus = 0, uptime: UInt64 = 0, pid: Int32 = 0
+        var times: [UInt64] = []
+        for field in reply.split(separator: " ").dropFirst() {
+            guard let eq = field.firstIndex(of: "=") else { continue }
+            let key = field[..<eq], value = field[field.index(after: eq)...]
+            switch key {
+            case "state": state = RunState(rawValue: String(value))
+            case "vcpus": vcpus = Int(value) ?? 0
+            case "vcpu_time_ns": times = value.split(separator: ",").compactMap { UInt64($0) }
+            case "uptime_ns": uptime = UInt64(value) ?? 0
+            case "pid": pid = Int32(value) ?? 0
+            default: continue
+            }
+        }
+        guard let state else { return nil }
+        self.init(state: state, vcpus: vcpus, vcpuTimeNs: times, uptimeNs: uptime, pid: pid)
+    }
+}

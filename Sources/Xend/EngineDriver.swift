@@ -1,0 +1,191 @@
+// Engines run domains (DESIGN.md "Two engines, one toolstack"). xend talks to them only
+// through `DomainEngineDriver`, so the qemu engine can plug in beside the core.
+import CLinux
+import DomainConfig
+import Foundation
+import Spawn
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What an engine needs to start one domain.
+public struct EngineLaunch: Sendable {
+    public var domid: Int
+    public var name: String
+    public var uuid: String
+    public var config: DomainConfiguration
+    /// The kernel command line (`DomainConfiguration.kernelCommandLine`).
+    public var commandLine: String
+    /// Control socket path, stop-status file path, console log, engine's own stderr log.
+    public var controlPath: String
+    public var statusFile: String
+    public var consoleLog: String
+    public var engineLog: String
+    /// The console ring the engine puts the guest's serial console on (ring memfd,
+    /// outEvent, inEvent; see ConsoleBackend.ConsoleRingChannel), nil for none.
+    public var consoleFDs: [Int32]? = nil
+    /// vhost-user-blk sockets (one blkback each), in the order of the config's disks.
+    public var blockSockets: [String] = []
+    /// vhost-user-net sockets (one netback each), in the order of the config's vifs; the
+    /// MAC is in netback's config space (and on QEMU's device line from the config).
+    public var netSockets: [String] = []
+    /// Per vif, xend's tap descriptor when the engine emulates the NIC on the tap itself
+    /// (qemu: rtl8139, ne2k_pci, …; the socket is "" then), nil for a netback vif.
+    public var netTapFDs: [Int32?] = []
+    /// qemu engine: blkback's vhost-user socket per disk it serves, by vdev (the other
+    /// disks stay QEMU's own drives).
+    public var diskSockets: [String: String] = [:]
+    /// qemu engine: QEMU's end of the serial socketpair whose other end xenconsoled serves
+    /// (`ConsoleSupervisor.createStream`); nil puts the serial line in `consoleLog`.
+    public var serialFD: Int32? = nil
+}
+
+/// A running engine process, as the registry keeps it (enough to re-adopt it).
+public struct EngineProcess: Codable, Sendable, Equatable {
+    public var pid: Int32
+    /// Field 22 of /proc/PID/stat (start time in clock ticks): tells a reused pid apart.
+    public var startTicks: UInt64
+    public var controlPath: String
+    public var statusFile: String
+    /// Size of the engine's stderr log when this process started: its own lines follow
+    /// (nil in records of older xends, and for the core).
+    public var logOffset: Int? = nil
+}
+
+/// Why an engine process ended (the core's status file / exit status).
+public enum EngineStop: Sendable, Equatable {
+    case poweroff
+    case reboot(String)
+    case crash(String)
+    case destroyed
+}
+
+/// A live domain's run state and CPU use.
+public struct EngineStatus: Sendable, Equatable {
+    public var paused: Bool
+    /// Total vCPU time in nanoseconds.
+    public var cpuTimeNs: UInt64
+}
+
+/// Errors engines raise; `message` is shown to the user as is.
+public struct EngineError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    /// Whether the request was at fault (a missing file, a port in use: 400) rather than
+    /// the engine (500).
+    public var isBadRequest = false
+    public init(_ m: String, badRequest: Bool = false) { message = m; isBadRequest = badRequest }
+    public var description: String { message }
+}
+
+/// What an engine can do beyond starting, pausing and stopping a domain. xend checks these
+/// instead of asking which engine a domain runs on.
+public struct EngineCapabilities: OptionSet, Sendable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+    /// `xm mem-set`: a balloon device in the guest (``DomainEngineDriver/setMemoryTarget(_:mib:)``).
+    public static let balloon = EngineCapabilities(rawValue: 1 << 0)
+    /// `xm network-attach`/`-detach` on a running domain (``DomainEngineDriver/attachNet(_:devid:socket:mac:)``).
+    public static let netHotplug = EngineCapabilities(rawValue: 1 << 1)
+    /// `xm block-attach`/`-detach` on a running domain.
+    public static let blockHotplug = EngineCapabilities(rawValue: 1 << 2)
+    /// `xm save`/`restore`: the engine writes and reads its state stream.
+    public static let save = EngineCapabilities(rawValue: 1 << 3)
+    /// `xm migrate --live`: pre-copy with dirty logging.
+    public static let liveMigrate = EngineCapabilities(rawValue: 1 << 4)
+    /// `xm vcpu-set`: vCPUs added and removed at run time.
+    public static let vcpuHotplug = EngineCapabilities(rawValue: 1 << 5)
+}
+
+/// How an engine takes a domain's console.
+public enum ConsoleAttachment: String, Sendable, Codable {
+    /// A console ring (ConsoleBackend.ConsoleRingChannel) the engine's UART writes into.
+    case ring
+    /// A byte stream (one end of a socketpair) on the engine's serial line.
+    case stream
+}
+
+/// What xend must make for one domain before its engine starts, decided by the engine from
+/// the domain's configuration (DESIGN.md "Two engines, one toolstack").
+public struct DevicePlan: Sendable {
+    /// The disks blkback serves over vhost-user, in configuration order; every other disk
+    /// of the configuration is the engine's own (an emulated controller, a CD-ROM).
+    public var servedDisks: [DiskSpec]
+    /// Request queues per served disk (1...64).
+    public var diskQueues: Int
+    /// Indices into the configuration's vifs whose NIC the engine emulates on the tap itself
+    /// (no netback: vhost-user serves virtio only).
+    public var emulatedVifs: Set<Int>
+    /// Owner given to the back-ends' socket files (an unprivileged engine process must
+    /// reconnect to them); nil keeps them root's.
+    public var socketOwner: (uid: uid_t, gid: gid_t)?
+    /// How the console reaches xenconsoled.
+    public var console: ConsoleAttachment
+
+    public init(servedDisks: [DiskSpec], diskQueues: Int, emulatedVifs: Set<Int> = [],
+                socketOwner: (uid: uid_t, gid: gid_t)? = nil, console: ConsoleAttachment) {
+        self.servedDisks = servedDisks; self.diskQueues = max(1, min(diskQueues, 64)); self.emulatedVifs = emulatedVifs
+        self.socketOwner = socketOwner; self.console = console
+    }
+}
+
+/// One engine: starts domain processes and drives them. Implementations must be
+/// thread-safe; every call may block briefly (a control-socket round trip). Callers never
+/// ask which engine they hold: what differs is in ``devicePlan(for:)`` and ``capabilities``.
+public protocol DomainEngineDriver: Sendable {
+    /// `core` or `qemu`: the name domain records and `xm list -l` carry.
+    var name: String { get }
+    /// What the engine can do besides the lifecycle (default: nothing more).
+    var capabilities: EngineCapabilities { get }
+    /// The devices xend makes for a domain with configuration `config` (default: blkback
+    /// serves every disk with one queue per vCPU, the console is a ring).
+    func devicePlan(for config: DomainConfiguration) -> DevicePlan
+    /// Starts the domain running (detached: own session and process group).
+    /// - Throws: `EngineError` with the engine's own message when it fails to start;
+    ///   nothing is left behind then.
+    func start(_ launch: EngineLaunch) throws -> EngineProcess
+    func pause(_ p: EngineProcess) throws
+    func unpause(_ p: EngineProcess) throws
+    /// Asks the guest to power off (ACPI power button).
+    func requestShutdown(_ p: EngineProcess) throws
+    func reboot(_ p: EngineProcess) throws
+    /// Stops the domain at once.
+    func destroy(_ p: EngineProcess) throws
+    func query(_ p: EngineProcess) throws -> EngineStatus
+    /// True when `p` is still the process xend started and answers its control socket.
+    func adopt(_ p: EngineProcess) -> Bool
+    /// Why `p` stopped, after it exited (`waitStatus` is the wait(2) status when xend
+    /// was its parent).
+    func stopReason(_ p: EngineProcess, waitStatus: Int32?) -> EngineStop
+    /// Sets the guest's memory target (`xm mem-set`): the balloon driver in the guest gives
+    /// back or takes up RAM until it has `mib` MiB.
+    /// - Throws: `EngineError` when the engine has no balloon device (the default).
+    func setMemoryTarget(_ p: EngineProcess, mib: Int) throws
+    /// Adds a virtio-net device with `mac` served at `socket`, id derived from `devid`.
+    /// - Throws: `EngineError` when the engine cannot hot-plug NICs (the default).
+    func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws
+    /// Removes the device `attachNet` added.
+    func detachNet(_ p: EngineProcess, devid: Int) throws
+    /// The address of the domain's graphical console (`127.0.0.1:1`), nil without one.
+    func displayAddress(_ p: EngineProcess) -> String?
+    /// Paths the running engine process holds open (control socket, pid file), for the
+    /// clean-up of a domain whose creation xend did not finish.
+    func runFiles(controlPath: String) -> [String]
+}
+
+extension DomainEngineDriver {
+    public var capabilities: EngineCapabilities { [] }
+    public func devicePlan(for config: DomainConfiguration) -> DevicePlan {
+        DevicePlan(servedDisks: config.disks, diskQueues: config.vcpus, console: .ring)
+    }
+    public func setMemoryTarget(_ p: EngineProcess, mib: Int) throws {
+        throw EngineError("the \(name) engine has no balloon device: a domain's memory is set when it is created")
+    }
+    public func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws {
+        throw EngineError("the \(name) engine cannot hot-plug network devices")
+    }
+    public func detachNet(_ p: EngineProcess, devid: Int) throws {
+        throw EngineError("the \(name) engine cannot hot-unplug network devices")
+    }
+    public func displayAddress(_ p: EngineProcess) -> String? { nil }
+    public func runFiles(controlPath: String) -> [String] { [controlPath] }
+}
