@@ -30,6 +30,7 @@ public final class VhostUserBackend: @unchecked Sendable {
     public static let supportedProtocolFeatures: UInt64 = VhostUserProtocolFeature.mq | VhostUserProtocolFeature.replyAck
         | VhostUserProtocolFeature.config | VhostUserProtocolFeature.inflightShmfd
         | VhostUserProtocolFeature.resetDevice | VhostUserProtocolFeature.status
+        | VhostUserProtocolFeature.logShmfd
 
     /// Test hook: order of completions within a batch.
     public var completionOrder: CompletionOrder = .inOrder
@@ -48,6 +49,10 @@ public final class VhostUserBackend: @unchecked Sendable {
     public var log: (String) -> Void = { _ in }
     /// Called once the first request after a (re)connect has completed (for restart timing).
     public var onFirstCompletion: (() -> Void)?
+    /// Guest-memory writes made while VHOST_F_LOG_ALL was negotiated that the dirty log
+    /// could not record: no SET_LOG_BASE yet, or an address past the end of the log the
+    /// front-end sized (vhost-user.rst "Migration"). Each is a page the migration may miss.
+    public internal(set) var unloggedWrites: UInt64 = 0
 
     let listenFd: Int32
     let epfd: Int32
@@ -60,6 +65,14 @@ public final class VhostUserBackend: @unchecked Sendable {
     var status: UInt64 = 0
     var vrings: [Vring]
     var completedSinceConnect = false
+    /// The dirty log of the last SET_LOG_BASE. Kept when the front-end reconnects (it
+    /// restarts rings before it sends the log again, and keeps its own log), replaced by
+    /// the next SET_LOG_BASE.
+    var dirtyLog: DirtyLog?
+    /// The eventfd of SET_LOG_FD, written after logging (-1: none); kept like ``dirtyLog``.
+    var logFd: Int32 = -1
+    var unloggedWriteReported = false
+    var loggedSinceSignal = false
 
     static let tagListen: UInt64 = 1 << 40, tagConn: UInt64 = 1 << 41, tagStop: UInt64 = 1 << 42, tagDone: UInt64 = 1 << 43
     var pool: IOPool?
@@ -95,5 +108,6 @@ public final class VhostUserBackend: @unchecked Sendable {
     deinit {
         teardownConnection()
         close(listenFd); close(epfd); close(stopFd)
+        if logFd >= 0 { close(logFd) }
     }
 }

@@ -42,16 +42,39 @@ public protocol VhostUserDrivenDevice: VhostUserDevice {
     func kicked(_ queue: Int) throws(VirtioError)
 }
 
-/// One usable ring of a ``VhostUserDrivenDevice``: the device view of the split virtqueue
-/// and a way to send the used-buffer notification (call eventfd, virtio 1.2 §2.7.7).
+/// One usable ring of a ``VhostUserDrivenDevice``: the device view of the split virtqueue,
+/// used-ring updates that are logged for live migration, and a way to send the used-buffer
+/// notification (call eventfd, virtio 1.2 §2.7.7).
+///
+/// A driven device takes chains with ``Virtqueue/pop()`` but returns them through
+/// ``addUsed(_:written:)`` and ``publishUsed()`` here, never through the queue's own
+/// methods: while the front-end has VHOST_F_LOG_ALL negotiated, these mark the pages
+/// written in the dirty log (vhost-user.rst "Migration").
 public final class VhostUserRing: @unchecked Sendable {
     /// The device side of the ring in guest memory.
     public let queue: Virtqueue
     unowned let backend: VhostUserBackend
     let index: Int
     init(queue: Virtqueue, backend: VhostUserBackend, index: Int) { self.queue = queue; self.backend = backend; self.index = index }
+    /// Puts `chain` in the used ring (not yet published) with used length `written`: the
+    /// device wrote `written` bytes into the chain's device-writable buffers, from the first
+    /// on (virtio 1.2 §2.7.8). With dirty logging on, those bytes' guest pages and the
+    /// used element (VHOST_VRING_F_LOG) are marked.
+    public func addUsed(_ chain: DescriptorChain, written: UInt32) {
+        let idx = queue.nextUsedIdx
+        queue.addUsed(head: chain.head, length: written)
+        guard backend.loggingAll else { return }
+        backend.logWritable(chain.writable, bytes: UInt64(written), memory: queue.memory)
+        backend.logUsedElement(index, queue, usedIdx: idx)
+    }
+    /// Publishes used->idx for the elements added since the last call (virtio 1.2 §2.7.8)
+    /// and, with dirty logging on, marks it.
+    public func publishUsed() {
+        queue.publishUsed()
+        backend.logPublished(index, queue)
+    }
     /// Writes the call eventfd when the driver wants a notification for what was
-    /// published with ``Virtqueue/publishUsed()`` since the last call.
+    /// published with ``publishUsed()`` since the last call.
     public func notifyIfNeeded() {
         if queue.needsNotification() { notify() }
     }

@@ -9,7 +9,12 @@ import Glibc
 /// I/O threads for large requests: jobs in, results out, an eventfd to wake the event loop.
 final class IOPool: @unchecked Sendable {
     struct Job { let queue: Int; let generation: UInt64; let chain: DescriptorChain; let memory: GuestMemory; let mapping: AnyObject }
-    struct Done { let queue: Int; let generation: UInt64; let head: UInt16; let result: Result<UInt32, VirtioError> }
+    struct Done {
+        let queue: Int; let generation: UInt64; let result: Result<UInt32, VirtioError>
+        /// The request served and the memory it was served in (for dirty logging).
+        let chain: DescriptorChain; let memory: GuestMemory
+        var head: UInt16 { chain.head }
+    }
     let device: any VhostUserDevice
     let doneFd: Int32
     private var lock = pthread_mutex_t()
@@ -55,7 +60,7 @@ final class IOPool: @unchecked Sendable {
             do { r = .success(try device.handle(j.chain, queue: j.queue, memory: j.memory)) }
             catch { r = .failure(error) }
             pthread_mutex_lock(&lock)
-            done.append(Done(queue: j.queue, generation: j.generation, head: j.chain.head, result: r))
+            done.append(Done(queue: j.queue, generation: j.generation, result: r, chain: j.chain, memory: j.memory))
             pthread_mutex_unlock(&lock)
             var one: UInt64 = 1
             _ = write(doneFd, &one, 8)

@@ -41,10 +41,14 @@ extension VhostUserBackend {
         do throws(VhostUserError) {
             switch req {
             case .getFeatures:
-                return try replyU64(m, device.deviceFeatures | vhostUserFProtocolFeatures)
+                return try replyU64(m, device.deviceFeatures | vhostUserFProtocolFeatures | vhostFLogAll)
             case .setFeatures:
+                let was = loggingAll
                 acked = try r.u64()
-                device.setNegotiatedFeatures(acked & ~vhostUserFProtocolFeatures)
+                device.setNegotiatedFeatures(acked & ~(vhostUserFProtocolFeatures | vhostFLogAll))
+                if loggingAll != was {
+                    log("vhost-user: dirty logging \(loggingAll ? "on" : "off")\(loggingAll && dirtyLog == nil ? " (no log area yet)" : "")")
+                }
                 if acked & vhostUserFProtocolFeatures == 0 { for q in vrings.indices { vrings[q].enabled = true } }
             case .getProtocolFeatures:
                 return try replyU64(m, Self.supportedProtocolFeatures)
@@ -80,8 +84,11 @@ extension VhostUserBackend {
                 guard num > 0, num <= 32768, num & (num - 1) == 0 else { throw .protocolViolation("vring size \(num)") }
                 vrings[q].num = UInt16(num)
             case .setVringAddr:
-                let q = try vringIndex(UInt64(try r.u32())); _ = try r.u32()
-                vrings[q].descUser = try r.u64(); vrings[q].usedUser = try r.u64(); vrings[q].availUser = try r.u64()
+                let q = try vringIndex(UInt64(try r.u32())); let flags = try r.u32()
+                guard flags & ~vhostVringFLog == 0 else { throw .protocolViolation("vring flags 0x\(String(flags, radix: 16))") }
+                let desc = try r.u64(), used = try r.u64(), avail = try r.u64(), logAddr = try r.u64()
+                vrings[q].descUser = desc; vrings[q].usedUser = used; vrings[q].availUser = avail
+                vrings[q].flags = flags; vrings[q].logGuestAddr = logAddr
                 vrings[q].addrSet = true
             case .setVringBase:
                 let q = try vringIndex(UInt64(try r.u32())); vrings[q].base = UInt16(truncatingIfNeeded: try r.u32())
@@ -139,6 +146,32 @@ extension VhostUserBackend {
                 guard let fd = takeFd() else { throw .protocolViolation("SET_INFLIGHT_FD without fd") }
                 do { inflight = try InflightRegion(fd: fd, mmapSize: size, mmapOffset: off, numQueues: nq, queueSize: qs) }
                 catch { close(fd); throw error }
+            case .setLogBase:
+                // With LOG_SHMFD the front-end waits for a reply whatever REPLY_ACK says
+                // (vhost-user.rst "Communication"); u64 0 is success, as for an ack.
+                let shm = protocolAcked & VhostUserProtocolFeature.logShmfd != 0
+                let fd = takeFd()
+                do throws(VhostUserError) {
+                    guard shm else { throw .protocolViolation("SET_LOG_BASE without VHOST_USER_PROTOCOL_F_LOG_SHMFD") }
+                    guard let fd else { throw .protocolViolation("SET_LOG_BASE without fd") }
+                    let size = try r.u64(), offset = try r.u64()
+                    dirtyLog = try DirtyLog(fd: fd, size: size, offset: offset)
+                    unloggedWriteReported = false
+                    log("vhost-user: dirty log of \(size) bytes (guest memory up to \(size * 8 * DirtyLog.pageSize >> 20) MiB)")
+                } catch {
+                    if let fd { close(fd) }
+                    // The front-end has moved on from the old log: what cannot be logged is counted.
+                    dirtyLog = nil
+                    if !shm { throw error }
+                    log("vhost-user: SET_LOG_BASE: \(error)")
+                    return try replyU64(m, 1)
+                }
+                if let fd { close(fd) }   // the mapping stays
+                return try replyU64(m, 0)
+            case .setLogFd:
+                guard let fd = takeFd() else { throw .protocolViolation("SET_LOG_FD without fd") }
+                if logFd >= 0 { close(logFd) }
+                logFd = fd
             case .setStatus:
                 status = try r.u64()
             case .getStatus:

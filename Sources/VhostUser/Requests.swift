@@ -26,6 +26,7 @@ extension VhostUserBackend {
         while true {
             let chain: DescriptorChain
             var failedHead: UInt16?
+            var served: DescriptorChain?
             do throws(VirtioError) {
                 if !replay.isEmpty {
                     let h = replay.removeFirst()
@@ -43,10 +44,14 @@ extension VhostUserBackend {
                     pool.submit(IOPool.Job(queue: q, generation: generation[q], chain: chain, memory: mem.memory, mapping: mem))
                     continue
                 }
+                served = chain
                 let len = try device.handle(chain, queue: q, memory: mem.memory)
+                logServed(chain, memory: mem.memory)
                 batch.append((chain.head, len))
                 batchBytes &+= chain.readableLength &+ chain.writableLength
             } catch {
+                // A device that threw may still have written into the request's buffers.
+                if let c = served { logServed(c, memory: mem.memory) }
                 if !batch.isEmpty { complete(q, queue, iq, &batch) }
                 if let h = failedHead { iq?.drop(head: h) }
                 markBroken(q, error.description)
@@ -67,6 +72,7 @@ extension VhostUserBackend {
         var batches: [Int: [(UInt16, UInt32)]] = [:]
         for d in pool.takeDone() {
             outstanding[d.queue] -= 1
+            logServed(d.chain, memory: d.memory)   // written by now, whatever happens to the result
             guard d.generation == generation[d.queue], let queue = vrings[d.queue].queue, !vrings[d.queue].broken else { continue }
             switch d.result {
             case .success(let len): batches[d.queue, default: []].append((d.head, len))
@@ -94,13 +100,20 @@ extension VhostUserBackend {
         }
     }
 
+    /// Puts a batch of served requests (head, used length) in ring `q`'s used ring, publishes
+    /// used->idx once, logs those writes for migration, and notifies the driver if it asks.
     func complete(_ q: Int, _ queue: Virtqueue, _ iq: InflightQueue?, _ batch: inout [(UInt16, UInt32)]) {
         if completionOrder == .reversedBatches { batch.reverse() }
+        let firstUsed = queue.nextUsedIdx
         for (h, l) in batch {
             iq?.linkUsed(head: h)
             queue.addUsed(head: h, length: l)
         }
+        if loggingAll {
+            for i in 0..<batch.count { logUsedElement(q, queue, usedIdx: firstUsed &+ UInt16(truncatingIfNeeded: i)) }
+        }
         queue.publishUsed()
+        logPublished(q, queue)
         iq?.endBatch(heads: batch.lazy.map { $0.0 }, usedIdx: queue.nextUsedIdx)
         batch.removeAll(keepingCapacity: true)
         if queue.needsNotification(), vrings[q].call >= 0 {

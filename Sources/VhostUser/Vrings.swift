@@ -14,6 +14,10 @@ extension VhostUserBackend {
         var num: UInt16 = 0
         var descUser: UInt64 = 0, usedUser: UInt64 = 0, availUser: UInt64 = 0
         var addrSet = false
+        /// SET_VRING_ADDR flags (``vhostVringFLog``) and the guest-physical address at
+        /// which writes to the used ring are logged.
+        var flags: UInt32 = 0
+        var logGuestAddr: UInt64 = 0
         var base: UInt16 = 0
         var kick: Int32 = -1, call: Int32 = -1, err: Int32 = -1
         var enabled = false
