@@ -47,6 +47,10 @@ let package = Package(
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "NetBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
+        // Synthetic virtio-blk/-net drivers behind a vhost-user front-end: tests and the
+        // vhost-user-frontend tool only, so the services never link them.
+        .target(name: "VhostUserTesting", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser", "BlockBackend", "NetBackend"],
+                swiftSettings: swiftSettings),
         // posix_spawn for every child the toolstack starts (engines, back-ends, scripts).
         .target(name: "Spawn", swiftSettings: swiftSettings),
         .target(name: "QemuEngine", dependencies: ["DomainConfig", "Spawn"], swiftSettings: swiftSettings),
@@ -69,7 +73,7 @@ let package = Package(
         .executableTarget(name: "netback", dependencies: ["NetBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux", "DomainConfig"],
                           swiftSettings: swiftSettings),
         // Synthetic vhost-user-blk/-net front-end: workloads, malformed chains, restart tests.
-        .executableTarget(name: "vhost-user-frontend", dependencies: ["BlockBackend", "NetBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"],
+        .executableTarget(name: "vhost-user-frontend", dependencies: ["VhostUserTesting", "BlockBackend", "NetBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"],
                           swiftSettings: swiftSettings),
         .executableTarget(name: "xenconsoled", dependencies: ["ConsoleBackend", "Sandbox"], swiftSettings: swiftSettings),
         .executableTarget(name: "xend", dependencies: ["Xend"], swiftSettings: swiftSettings),
@@ -81,8 +85,8 @@ let package = Package(
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "GuestMemory"]),
-        .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory"]),
-        .testTarget(name: "NetBackendTests", dependencies: ["NetBackend", "VhostUser", "Virtio", "GuestMemory"]),
+        .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "VhostUserTesting", "Virtio", "GuestMemory"]),
+        .testTarget(name: "NetBackendTests", dependencies: ["NetBackend", "VhostUser", "VhostUserTesting", "Virtio", "GuestMemory", "CLinux"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
