@@ -40,7 +40,9 @@ let package = Package(
         .target(name: "VhostUser", dependencies: ["CLinux", "GuestMemory", "Virtio", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: swiftSettings),
         .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap", "Spawn"], swiftSettings: swiftSettings),
         .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
-        .target(name: "DomainConfig", dependencies: [], swiftSettings: swiftSettings),
+        // MACAddress and VifRate: what netback needs of a vif's configuration, without DomainConfig.
+        .target(name: "NetworkTypes", dependencies: [], swiftSettings: swiftSettings),
+        .target(name: "DomainConfig", dependencies: ["NetworkTypes"], swiftSettings: swiftSettings),
         .target(name: "Core", dependencies: ["CLinux", "KVM", "GuestMemory", "Boot", "Virtio", "VhostUser", "ConsoleBackend",
                                             .product(name: "SystemPackage", package: "swift-system")],
                 swiftSettings: swiftSettings),
@@ -70,7 +72,7 @@ let package = Package(
         .executableTarget(name: "blkback", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux"],
                           swiftSettings: swiftSettings),
         // netback: same constraints as blkback.
-        .executableTarget(name: "netback", dependencies: ["NetBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux", "DomainConfig"],
+        .executableTarget(name: "netback", dependencies: ["NetBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux", "NetworkTypes"],
                           swiftSettings: swiftSettings),
         // Synthetic vhost-user-blk/-net front-end: workloads, malformed chains, restart tests.
         .executableTarget(name: "vhost-user-frontend", dependencies: ["VhostUserTesting", "BlockBackend", "NetBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"],
