@@ -55,6 +55,17 @@ public enum Receiver {
         }
     }
 
+    /// `verify`: checks the whole save file from its first byte (README.md §1), writing
+    /// nothing anywhere; reports `config` once the envelope is checked.
+    /// - Parameters:
+    ///   - file: the save file (fd 4), seekable.
+    /// - Throws: as `run`; `.io` when the file cannot seek.
+    public static func verify(file: Descriptor, status: StatusChannel?) throws(MigrationError) -> (config: String, summary: Summary) {
+        try file.seek(to: 0)
+        return try run(input: file, engine: nil, status: status, reportConfig: true, acknowledge: false,
+                       requireEOF: true, progressInterval: 0)
+    }
+
     /// `restore`: checks the whole file first (nothing reaches the engine before every
     /// frame and the end frame check out), reports `config`, then seeks back to the start
     /// and streams the data into `engine`, checking every frame again.

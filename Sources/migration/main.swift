@@ -123,8 +123,7 @@ do {
         summary = try Sender.run(engine: engine, output: stream, status: status, pacer: pacer,
                                  expectAck: mode == .send, progressInterval: interval)
     case .verify:
-        summary = try Receiver.run(input: stream, engine: nil, status: status, reportConfig: true,
-                                   acknowledge: false, requireEOF: true, progressInterval: interval).summary
+        summary = try Receiver.verify(file: stream, status: status).summary
     case .restore:
         summary = try Receiver.restore(file: stream, engine: engine, status: status, progressInterval: interval).summary
     case .receive:
