@@ -268,6 +268,24 @@ func failure(_ messages: [StatusMessage]) -> String? {
         #expect(verifyError(fileContents(file)) == .aborted(reason: "abandoned by xend: QEMU: migration failed"))
     }
 
+    @Test func sigtermCancelsAndTheHalfFileIsRefused() throws {
+        guard migrationBinary() != nil else { print("SKIP: migration not built next to the tests"); return }
+        let file = scratchFile()
+        defer { close(file) }
+        let (engineR, engineW) = pipePair(), (xend, svc) = socketPair()
+        let save = try Service("save", fds: [(engineR, 3), (file, 4), (svc, 5)])
+        close(engineR); close(svc)
+        try StatusChannel(Descriptor(xend, role: "xend")).send(.config(sampleConfig))
+        writeAll(engineW, randomBytes(100_000))          // the engine stalls: no EOF
+        var waited = 0
+        while fileContents(file).count < 100_000 && waited < 500 { usleep(10_000); waited += 1 }
+        kill(save.pid, SIGTERM)
+        let r = save.wait()
+        close(engineW); close(xend)
+        #expect(exitCode(r.status) == 143, "status \(r.status): \(r.stderr)")
+        #expect(verifyError(fileContents(file))?.description.hasPrefix("truncated stream") == true)
+    }
+
     @Test func usageErrors() throws {
         guard migrationBinary() != nil else { print("SKIP: migration not built next to the tests"); return }
         let (a, b) = socketPair(), (r, w) = pipePair(), f = scratchFile()
