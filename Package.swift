@@ -49,6 +49,8 @@ let package = Package(
         .target(name: "NetBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         // posix_spawn for every child the toolstack starts (engines, back-ends, scripts).
         .target(name: "Spawn", swiftSettings: swiftSettings),
+        // Unix stream sockets by path: sockaddr_un, connect, bind+listen (Glibc only).
+        .target(name: "UnixSocket", swiftSettings: swiftSettings),
         .target(name: "QemuEngine", dependencies: ["DomainConfig", "Spawn"], swiftSettings: swiftSettings),
         // xm ↔ xend wire types and the xm command logic (no NIO: xm starts fast).
         .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend"], swiftSettings: swiftSettings),
@@ -86,6 +88,7 @@ let package = Package(
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "UnixSocketTests", dependencies: ["UnixSocket"]),
         .testTarget(name: "QemuEngineTests", dependencies: ["QemuEngine", "DomainConfig"]),
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
         .testTarget(name: "XendTests", dependencies: ["Xend", "XM"]),
