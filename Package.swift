@@ -47,7 +47,8 @@ let package = Package(
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux", "UnixSocket"], swiftSettings: swiftSettings),
         .target(name: "NetBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
-        // posix_spawn for every child the toolstack starts (engines, back-ends, scripts).
+        // posix_spawn for every child the toolstack starts (engines, back-ends, scripts),
+        // and the launcher's end of a readiness channel.
         .target(name: "Spawn", swiftSettings: swiftSettings),
         // Unix stream sockets by path: sockaddr_un, connect, bind+listen (Glibc only).
         .target(name: "UnixSocket", swiftSettings: swiftSettings),
@@ -88,6 +89,7 @@ let package = Package(
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "UnixSocket"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "SpawnTests", dependencies: ["Spawn"]),
         .testTarget(name: "UnixSocketTests", dependencies: ["UnixSocket"]),
         .testTarget(name: "QemuEngineTests", dependencies: ["QemuEngine", "DomainConfig"]),
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
