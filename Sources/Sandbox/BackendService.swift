@@ -25,6 +25,8 @@ public struct BackendService {
     /// `--quiet`: no log lines on stderr.
     public var quiet = false
 
+    /// - Parameter program: the service's name (`blkback`, `netback`): the prefix of its
+    ///   lines and the stem of its manifest's file name.
     public init(program: String) { self.program = program }
 
     /// The help lines of the shared flags (`--ready-fd` included), two-blank indented.
@@ -52,12 +54,14 @@ public struct BackendService {
         return true
     }
 
-    /// Checks the shared flags once all are read (exactly one of `--socket` and
-    /// `--listen-fd`; not both `--manifest` and `--no-sandbox`) and finds the manifest.
+    /// Checks the flags once all are read, in this order: exactly one of `--socket` and
+    /// `--listen-fd`; the service's own device flags (`checkDevice`, which exits on an
+    /// error); not both `--manifest` and `--no-sandbox`. Then finds the manifest.
     /// - Returns: the manifest's path: `--manifest`, else `ServiceManifest.locateOrExit`
     ///   of `PROGRAM.manifest`; nil with `--no-sandbox`.
-    public func manifestPath() -> String? {
+    public func manifestPath(checkingDevice checkDevice: () -> Void = {}) -> String? {
         guard (socketPath == nil) != (listenFd == nil) else { fail("give exactly one of --socket PATH or --listen-fd N") }
+        checkDevice()
         if manifestArgument != nil && noSandbox { fail("--manifest and --no-sandbox exclude each other") }
         if noSandbox { return nil }
         return manifestArgument ?? ServiceManifest.locateOrExit("\(program).manifest", program: program)

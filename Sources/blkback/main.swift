@@ -78,9 +78,10 @@ while let a = args.next() {
     default: fail("unknown argument \(a) (see --help)")
     }
 }
-guard (imageSpec == nil) != (imageFdArg == nil) else { fail("give exactly one of --image IMAGE or --image-fd N") }
 // --manifest, else $XENITH_MANIFESTS, BINDIR/../share/xenith/manifests, or the source tree's.
-let manifestPath = service.manifestPath()
+let manifestPath = service.manifestPath {
+    guard (imageSpec == nil) != (imageFdArg == nil) else { fail("give exactly one of --image IMAGE or --image-fd N") }
+}
 // Tests only: XENITH_BLKBACK_TEST_FORBIDDEN=1 or =PATH (once) arms --test-forbidden-syscall.
 if ServiceSyscallProbe.isArmed(service: "blkback") { testForbiddenSyscall = true }
 

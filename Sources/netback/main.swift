@@ -82,8 +82,9 @@ while let a = args.next() {
     default: fail("unknown argument \(a) (see --help)")
     }
 }
-guard (tapFdArg == nil) != (tapName == nil) else { fail("give exactly one of --tap-fd N or --tap NAME") }
-let manifest = service.manifestPath()
+let manifest = service.manifestPath {
+    guard (tapFdArg == nil) != (tapName == nil) else { fail("give exactly one of --tap-fd N or --tap NAME") }
+}
 let handedTapFd = tapFdArg   // for the serving line: the number the launcher used
 let handedListenFd = service.listenFd
 if let t = tapFdArg {
