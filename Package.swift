@@ -38,35 +38,38 @@ let package = Package(
         .target(name: "KVM", dependencies: ["CLinux", "GuestMemory", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: swiftSettings),
         .target(name: "Boot", dependencies: ["GuestMemory"], swiftSettings: swiftSettings),
         .target(name: "Virtio", dependencies: ["GuestMemory"], swiftSettings: swiftSettings),
-        .target(name: "VhostUser", dependencies: ["CLinux", "GuestMemory", "Virtio", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: swiftSettings),
-        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap", "Spawn"], swiftSettings: swiftSettings),
-        .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
+        .target(name: "VhostUser", dependencies: ["CLinux", "GuestMemory", "Virtio", "UnixSocket", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: swiftSettings),
+        .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap", "Spawn", "UnixSocket"], swiftSettings: swiftSettings),
+        .target(name: "XenStore", dependencies: ["CLinux", "UnixSocket"], swiftSettings: swiftSettings),
         // MACAddress and VifRate: what netback needs of a vif's configuration, without DomainConfig.
         .target(name: "NetworkTypes", dependencies: [], swiftSettings: swiftSettings),
         .target(name: "DomainConfig", dependencies: ["NetworkTypes"], swiftSettings: swiftSettings),
         // The core's control-socket commands and status line (core and xend share it).
         .target(name: "CoreControl", swiftSettings: swiftSettings),
-        .target(name: "Core", dependencies: ["CLinux", "CoreControl", "KVM", "GuestMemory", "Boot", "Virtio", "VhostUser", "ConsoleBackend",
+        .target(name: "Core", dependencies: ["CLinux", "CoreControl", "KVM", "GuestMemory", "Boot", "Virtio", "VhostUser", "ConsoleBackend", "UnixSocket",
                                             .product(name: "SystemPackage", package: "swift-system")],
                 swiftSettings: swiftSettings),
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
-        .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
+        .target(name: "ConsoleBackend", dependencies: ["CLinux", "UnixSocket"], swiftSettings: swiftSettings),
         .target(name: "NetBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         // Synthetic virtio-blk/-net drivers behind a vhost-user front-end: tests and the
         // vhost-user-frontend tool only, so the services never link them.
         .target(name: "VhostUserTesting", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser", "BlockBackend", "NetBackend"],
                 swiftSettings: swiftSettings),
-        // posix_spawn for every child the toolstack starts (engines, back-ends, scripts).
+        // posix_spawn for every child the toolstack starts (engines, back-ends, scripts),
+        // and the launcher's end of a readiness channel.
         .target(name: "Spawn", swiftSettings: swiftSettings),
-        .target(name: "QemuEngine", dependencies: ["DomainConfig", "Spawn"], swiftSettings: swiftSettings),
+        // Unix stream sockets by path: sockaddr_un, connect, bind+listen (Glibc only).
+        .target(name: "UnixSocket", swiftSettings: swiftSettings),
+        .target(name: "QemuEngine", dependencies: ["DomainConfig", "Spawn", "UnixSocket"], swiftSettings: swiftSettings),
         // Save files and the migration stream: envelope, frames, CRC-32C, pacing, status messages.
         // Foundation-free (the migration service runs under seccomp); xend may import it.
         .target(name: "Migration", exclude: ["README.md"], swiftSettings: swiftSettings),
         // The xm ↔ xend API: wire types, routes, the blocking client, the host's paths (no NIO).
-        .target(name: "XendAPI", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
+        .target(name: "XendAPI", dependencies: ["DomainConfig", "UnixSocket"], swiftSettings: swiftSettings),
         // The xm command logic (no NIO: xm starts fast).
         .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend", "XendAPI"], swiftSettings: swiftSettings),
-        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn",
+        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn", "UnixSocket", "Migration",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
@@ -99,9 +102,11 @@ let package = Package(
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "GuestMemory"]),
         .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "VhostUserTesting", "Virtio", "GuestMemory"]),
         .testTarget(name: "NetBackendTests", dependencies: ["NetBackend", "VhostUser", "VhostUserTesting", "Virtio", "GuestMemory", "CLinux"]),
-        .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
+        .testTarget(name: "XenStoreTests", dependencies: ["XenStore", "UnixSocket"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
-        .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),
+        .testTarget(name: "SandboxTests", dependencies: ["Sandbox", "Spawn", "UnixSocket"]),
+        .testTarget(name: "SpawnTests", dependencies: ["Spawn"]),
+        .testTarget(name: "UnixSocketTests", dependencies: ["UnixSocket"]),
         .testTarget(name: "QemuEngineTests", dependencies: ["QemuEngine", "DomainConfig"]),
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
         .testTarget(name: "XendTests", dependencies: ["Xend", "XendAPI"]),

@@ -1,4 +1,5 @@
 import CLinux
+import UnixSocket
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -53,44 +54,29 @@ func makeDirectories(_ path: String) {
     }
 }
 
-func fillSockaddr(_ path: String) throws(ConsoleError) -> sockaddr_un {
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(path.utf8)
-    let cap = MemoryLayout.size(ofValue: addr.sun_path)
-    guard bytes.count < cap else { throw .badMessage("socket path too long: \(path)") }
-    withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-    return addr
+/// A `UnixSocketError` as a `ConsoleError.system`: the call and path, or the whole
+/// description when no call failed (a path too long, not a socket), with its errno.
+func consoleError(_ e: UnixSocketError) -> ConsoleError {
+    if case .system(let op, let path, let code) = e { return .system("\(op) \(path)", code) }
+    return .system(e.description, e.errno)
 }
 
-/// Binds and listens on a Unix stream socket at `path` (a stale socket file is replaced,
-/// missing directories created, mode 0600). Returns the close-on-exec listening fd.
-/// - Throws: ``ConsoleError/system(_:_:)``.
+/// Binds and listens on a Unix stream socket at `path` (any socket file there is replaced,
+/// missing directories created, mode 0600, backlog 64). Returns the close-on-exec
+/// listening fd.
+/// - Throws: ``ConsoleError/system(_:_:)`` naming the path (also when something that is
+///   not a socket is in the way, or the path is longer than 107 bytes).
 public func bindConsoleSocket(path: String) throws(ConsoleError) -> Int32 {
-    var addr = try fillSockaddr(path)
     if let slash = path.lastIndex(of: "/"), slash != path.startIndex { makeDirectories(String(path[..<slash])) }
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    if fd < 0 { throw .system("socket", errno) }
-    unlink(path)
-    let r = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-    if r != 0 { let e = errno; close(fd); throw .system("bind \(path)", e) }
-    _ = chmod(path, 0o600)
-    if listen(fd, 64) != 0 { let e = errno; close(fd); throw .system("listen", e) }
-    return fd
+    do { return try UnixSocket.listen(path: path, backlog: 64, permissions: 0o600, existing: .replace) }
+    catch { throw consoleError(error) }
 }
 
 /// Connects to xenconsoled; the fd is blocking with 5 s send/receive timeouts so a wedged
 /// daemon cannot hang the caller.
 func connectConsoleSocket(_ path: String) throws(ConsoleError) -> Int32 {
-    var addr = try fillSockaddr(path)
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    if fd < 0 { throw .system("socket", errno) }
-    let r = withUnsafePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-    if r != 0 { let e = errno; close(fd); throw .system("connect \(path)", e) }
+    let fd: Int32
+    do { fd = try UnixSocket.connect(path: path) } catch { throw consoleError(error) }
     setTimeouts(fd, seconds: 5)
     return fd
 }

@@ -1,5 +1,6 @@
 import CLinux
 import CoreControl
+import UnixSocket
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -121,35 +122,21 @@ extension String {
     }
 }
 
-/// Creates a listening Unix stream socket at `path`. A socket file nobody listens on is
-/// removed first; one with a live listener is an error naming the path.
-/// - Throws: ``CoreError/badArgument(_:)``.
+/// Creates a listening Unix stream socket at `path` (non-blocking, close-on-exec, backlog
+/// 16). A socket file nobody listens on is removed first; one with a live listener is an
+/// error naming the path.
+/// - Throws: ``CoreError/badArgument(_:)`` naming the path; ``CoreError/system(_:_:)``
+///   when no socket can be made.
 public func bindUnixSocket(path: String) throws(CoreError) -> Int32 {
-    var addr = sockaddr_un()
-    addr.sun_family = sa_family_t(AF_UNIX)
-    let max = MemoryLayout.size(ofValue: addr.sun_path) - 1
-    guard path.utf8.count <= max else { throw .badArgument("socket path \(path) is longer than \(max) bytes") }
-    withUnsafeMutableBytes(of: &addr.sun_path) { p in
-        for (i, b) in path.utf8.enumerated() { p[i] = b }
+    do {
+        return try UnixSocket.listen(path: path, backlog: 16, nonBlocking: true)
+    } catch {
+        switch error {
+        case .inUse: throw .badArgument("socket path \(path) is in use by another process")
+        case .notASocket: throw .badArgument("socket path \(path) exists and is not a socket")
+        case .system("socket", _, let e): throw .system("socket", e)
+        case .system(_, _, let e): throw .badArgument("cannot listen on \(path): \(String(cString: strerror(e)))")
+        case .pathTooLong, .invalidPath: throw .badArgument(error.description)
+        }
     }
-    let len = socklen_t(MemoryLayout<sockaddr_un>.size)
-    // Is somebody already serving this path?
-    var st = stat()
-    if lstat(path, &st) == 0 {
-        guard st.st_mode & S_IFMT == S_IFSOCK else { throw .badArgument("socket path \(path) exists and is not a socket") }
-        let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        let live = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, len) == 0 } }
-        close(probe)
-        if live { throw .badArgument("socket path \(path) is in use by another process") }
-        unlink(path)
-    }
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-    guard fd >= 0 else { throw .system("socket", errno) }
-    let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 } }
-    guard ok, listen(fd, 16) == 0 else {
-        let e = errno
-        close(fd)
-        throw .badArgument("cannot listen on \(path): \(String(cString: strerror(e)))")
-    }
-    return fd
 }

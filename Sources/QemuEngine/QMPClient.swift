@@ -2,6 +2,7 @@
 // (QEMU docs/interop/qmp-spec.rst): greeting, qmp_capabilities, then one command at a
 // time; asynchronous events are delivered to a callback from a reader thread.
 import Foundation
+import UnixSocket
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -57,9 +58,11 @@ public final class QMPClient: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         var fd: Int32 = -1
         while true {
-            fd = QMPClient.connectUnix(path)
-            if fd >= 0 { break }
-            if Date() >= deadline { throw QMPError("\(path): \(String(cString: strerror(errno)))") }
+            do { fd = try UnixSocket.connect(path: path); break } catch {
+                // A path that cannot be a socket address never will be: no point retrying.
+                guard case .system(_, _, let e) = error else { throw QMPError(error.description) }
+                if Date() >= deadline { throw QMPError("\(path): \(String(cString: strerror(e)))") }
+            }
             usleep(20_000)
         }
         self.fd = fd
@@ -168,21 +171,6 @@ public final class QMPClient: @unchecked Sendable {
     }
 
     // MARK: Socket plumbing.
-
-    static func connectUnix(_ path: String) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return -1 }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { Glibc.close(fd); errno = ENAMETOOLONG; return -1 }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if rc != 0 { let e = errno; Glibc.close(fd); errno = e; return -1 }
-        return fd
-    }
 
     private var buffer: [UInt8] = []
 

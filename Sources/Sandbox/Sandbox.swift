@@ -32,7 +32,9 @@ public enum Sandbox {
     /// a single-threaded process) and before reading guest input.
     /// - Parameter keepFds: extra descriptors to keep besides those the manifest names.
     /// - Throws: `SandboxError` naming the step; the process may then be half-sandboxed
-    ///   and must exit (use `applyOrExit`).
+    ///   and must exit (use `applyOrExit`). An adopted readiness descriptor
+    ///   (`ServiceReadiness`) the manifest does not declare as `fd N readiness` is an
+    ///   error before anything changes.
     public static func apply(_ manifest: Manifest, keepFds: [Int32] = []) throws(SandboxError) {
         // Everything that can fail without side effects comes first.
         let filter = try SeccompFilter(manifest: manifest)
@@ -46,8 +48,15 @@ public enum Sandbox {
             }
         }
 
+        if let r = ServiceReadiness.descriptor, !manifest.fds.contains(where: { $0.number == r && $0.name == "readiness" }) {
+            // It would be closed below, and its number reused: the message would land elsewhere.
+            throw SandboxError(step: "readiness descriptor \(r) is not declared in the manifest (fd \(r) readiness optional)", code: 0)
+        }
         var keep = Set<Int32>([0, 1, 2]).union(keepFds)
         for fd in manifest.fds {
+            // A readiness line only keeps the descriptor the service adopted (--ready-fd);
+            // whatever else a launcher left at that number is closed like any stray fd.
+            if fd.name == "readiness" && ServiceReadiness.descriptor != fd.number { continue }
             if try checkHandedFd(fd) { keep.insert(fd.number) }
         }
         try closeAllFds(except: keep)
@@ -73,7 +82,9 @@ public enum Sandbox {
             let child = clinux_sandbox_fork(&lifeline)
             guard child >= 0 else { throw SandboxError(step: "fork into the new PID namespace", code: errno) }
             if child > 0 {
-                // The reaper: no guest input ever reaches it; keep stderr only.
+                // The reaper: no guest input ever reaches it; keep stderr only. The readiness
+                // descriptor stays with the service (the child).
+                ServiceReadiness.forget()
                 try closeAllFds(except: [2, lifeline])
                 let reaper = try SeccompFilter.reaper()
                 guard seccomp_load(reaper.context) == 0 else {
@@ -96,21 +107,25 @@ public enum Sandbox {
     }
 
     /// Loads the manifest at `path` and applies it; on any failure writes
-    /// "sandbox: <service or path>: <error>" to stderr and exits with status 70
-    /// (EX_SOFTWARE). Returns the applied manifest.
+    /// "sandbox: <service or path>: <error>" to stderr, sends the same line as
+    /// `failed: …` on the readiness descriptor (`ServiceReadiness`) and exits with status
+    /// 70 (EX_SOFTWARE). Returns the applied manifest.
     public static func applyOrExit(manifestPath path: String, keepFds: [Int32] = []) -> Manifest {
+        func die(_ line: String) -> Never {
+            writeStderr(line + "\n")
+            ServiceReadiness.failed(line)
+            _exit(70)
+        }
         let manifest: Manifest
         do {
             manifest = try Manifest.load(path: path)
         } catch {
-            writeStderr("sandbox: \(path): cannot load manifest: \(error)\n")
-            _exit(70)
+            die("sandbox: \(path): cannot load manifest: \(error)")
         }
         do {
             try apply(manifest, keepFds: keepFds)
         } catch {
-            writeStderr("sandbox: \(manifest.service): applying \(path) failed: \(error)\n")
-            _exit(70)
+            die("sandbox: \(manifest.service): applying \(path) failed: \(error)")
         }
         return manifest
     }
@@ -163,6 +178,7 @@ public enum Sandbox {
         "socket": [S_IFSOCK], "listener": [S_IFSOCK], "vhost-user": [S_IFSOCK],
         "image": [S_IFREG, S_IFBLK], "disk": [S_IFREG, S_IFBLK],
         "tap": [S_IFCHR], "log": [S_IFREG, S_IFIFO, S_IFCHR],
+        "readiness": [S_IFIFO, S_IFSOCK],
     ]
 
     /// True if the handed fd is open (and of the right kind); false if optional and absent.

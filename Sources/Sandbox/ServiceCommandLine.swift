@@ -1,6 +1,7 @@
 // The command-line plumbing every sandboxed service (blkback, netback, xenconsoled) shares:
-// an argument cursor whose errors name the service and the flag, and the lookup of the
-// service's security manifest. Foundation-free, like the services.
+// an argument cursor whose errors name the service and the flag, the lookup of the
+// service's security manifest, daemonizing, and the forbidden-syscall test hook.
+// Foundation-free, like the services.
 import CLinux
 import Spawn
 #if canImport(Glibc)
@@ -8,7 +9,10 @@ import Glibc
 #endif
 
 /// Reads a service's arguments flag by flag. Every error is one stderr line
-/// `PROGRAM: MESSAGE` and exit status 1 (the services' usage-error convention).
+/// `PROGRAM: MESSAGE` and exit status 1 (the services' usage-error convention), and the
+/// same text as `failed: MESSAGE` on the readiness descriptor when there is one.
+/// `--ready-fd N` is taken here for every service (`ServiceReadiness`), before any other
+/// flag, so that even a usage error reaches the launcher.
 public struct ServiceArguments {
     /// The service's name, the prefix of its error lines (`blkback`).
     public let program: String
@@ -16,10 +20,10 @@ public struct ServiceArguments {
 
     /// - Parameters:
     ///   - program: the prefix of error lines.
-    ///   - arguments: argv without argv[0].
+    ///   - arguments: argv without argv[0]; `--ready-fd N` is adopted and removed.
     public init(program: String, arguments: some Collection<String>) {
         self.program = program
-        rest = ArraySlice(arguments)
+        rest = ArraySlice(ServiceReadiness.adopt(fromArguments: Array(arguments), program: program))
     }
 
     /// The next flag, nil when all are read.
@@ -44,10 +48,12 @@ public struct ServiceArguments {
     /// Writes `PROGRAM: MESSAGE` to stderr and exits with status 1.
     public func fail(_ message: String) -> Never { ServiceArguments.fail(program: program, message) }
 
-    /// Writes `PROGRAM: MESSAGE` to stderr and exits with status 1.
+    /// Writes `PROGRAM: MESSAGE` to stderr, sends `failed: MESSAGE` on the readiness
+    /// descriptor (if any, and nothing was sent yet) and exits with status 1.
     public static func fail(program: String, _ message: String) -> Never {
         var line = "\(program): \(message)\n"
         line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+        ServiceReadiness.failed(message)
         exit(1)
     }
 }
@@ -89,30 +95,46 @@ public enum ServiceManifest {
 
 /// Running a service in the background the way `xenstored` and `xenconsoled` do without
 /// `-N`: the program re-executes itself as a daemon and the caller returns once the
-/// daemon is ready, so a script that starts it can use it on the next line.
+/// daemon says it is ready, so a script that starts it can use it on the next line.
 public enum ServiceDaemon {
-    /// Re-executes this program (/proc/self/exe) with its arguments plus `foregroundFlag`
-    /// in a new session (setsid), stdio on /dev/null and none of the caller's other
-    /// descriptors (all above stderr are marked close-on-exec first), then polls `ready`
-    /// every 25 ms and exits 0 when it returns true. Exits 1 with `PROGRAM: …` on stderr
-    /// when the spawn fails, the daemon exits during start-up, or it is not ready within
-    /// `timeoutSeconds`.
-    public static func detachAndExit(program: String, foregroundFlag: String = "-N", timeoutSeconds: Int = 10,
-                                     ready: () -> Bool) -> Never {
+    /// Re-executes this program (/proc/self/exe) with its arguments (less any
+    /// `--ready-fd`) plus `foregroundFlag` and `--ready-fd READYFD`, in a new session
+    /// (setsid), stdio on /dev/null and none of the caller's other descriptors, with a
+    /// readiness channel's write end at `readyFd` (a number the daemon's manifest keeps,
+    /// `fd READYFD readiness optional`), and waits for the daemon's message. Exits 0 on
+    /// `ready` (first passing it on to this process's own launcher, `ServiceReadiness`).
+    /// Exits 1 with `PROGRAM: …` on stderr (and `failed: …` to its own launcher) when the
+    /// spawn fails, the daemon reports a failure, exits during start-up, or says nothing
+    /// within `timeoutSeconds`.
+    public static func detachAndExit(program: String, foregroundFlag: String = "-N", readyFd: Int32,
+                                     timeoutSeconds: Int = 10) -> Never {
+        var args: [String] = []
+        var it = CommandLine.arguments.makeIterator()
+        while let a = it.next() {
+            if a == ServiceReadiness.option { _ = it.next(); continue }
+            if a.hasPrefix(ServiceReadiness.option + "=") { continue }
+            args.append(a)
+        }
+        let channel: ReadinessChannel
         let pid: pid_t
         var o = SpawnOptions()
         o.executable = "/proc/self/exe"
-        do { pid = try spawnProcess(CommandLine.arguments + [foregroundFlag], o) }
-        catch { ServiceArguments.fail(program: program, "cannot start daemon: \(error.message)") }
-        for _ in 0..<(timeoutSeconds * 40) {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid {
-                ServiceArguments.fail(program: program, "daemon exited during startup (status \(status)); run with \(foregroundFlag) to see why")
-            }
-            if ready() { exit(0) }
-            usleep(25_000)
+        do {
+            channel = try ReadinessChannel.make()
+            o.descriptors = [channel.handOver(at: readyFd)]
+            pid = try spawnProcess(args + [foregroundFlag, ServiceReadiness.option, String(readyFd)], o)
+        } catch { ServiceArguments.fail(program: program, "cannot start daemon: \(error.message)") }
+        switch channel.wait(pid: pid, timeout: .seconds(timeoutSeconds)) {
+        case .ready(let detail):
+            ServiceReadiness.ready(detail)
+            exit(0)
+        case .failed(let reason):
+            ServiceArguments.fail(program: program, "daemon failed to start: \(reason)")
+        case .exited(let status):
+            ServiceArguments.fail(program: program, "daemon exited during startup (status \(status)); run with \(foregroundFlag) to see why")
+        case .timedOut:
+            ServiceArguments.fail(program: program, "daemon did not answer within \(timeoutSeconds) s")
         }
-        ServiceArguments.fail(program: program, "daemon did not answer within \(timeoutSeconds) s")
     }
 }
 

@@ -2,6 +2,7 @@
 // backend (service side, ``VhostUserBackend``) and frontend (core side, ``VhostUserFrontend``).
 import CLinux
 import SystemPackage
+import UnixSocket
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -193,54 +194,31 @@ func writeMessage(_ sock: Int32, _ m: VhostUserMessage) throws(VhostUserError) {
     try sendAll(sock, w.bytes, fds: m.fds)
 }
 
-/// Fills a sockaddr_un for `path`. Throws when the path is too long.
-func withSockaddr<R>(_ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) throws(VhostUserError) -> R {
-    var a = sockaddr_un()
-    a.sun_family = sa_family_t(AF_UNIX)
-    let bytes = Array(path.utf8)
-    let cap = MemoryLayout.size(ofValue: a.sun_path)
-    guard bytes.count < cap else { throw .protocolViolation("socket path longer than \(cap - 1) bytes: \(path)") }
-    withUnsafeMutableBytes(of: &a.sun_path) { p in
-        for (i, c) in bytes.enumerated() { p[i] = c }
-        p[bytes.count] = 0
-    }
-    return withUnsafePointer(to: &a) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+/// A `UnixSocketError` as a `VhostUserError.system` (the errno kept; EEXIST for a path
+/// that is not a socket, as before).
+func vhostUserError(_ e: UnixSocketError) -> VhostUserError {
+    switch e {
+    case .system(let op, let path, let code): .system("\(op)(\(path))", Errno(rawValue: code))
+    case .notASocket: .system(e.description, Errno(rawValue: EEXIST))
+    default: .system(e.description, Errno(rawValue: e.errno))
     }
 }
 
-/// Connects a stream socket to `path`.
+/// Connects a stream socket to `path` (close-on-exec).
+/// - Throws: ``VhostUserError/system(_:_:)`` naming the call and path.
 public func vhostUserConnect(path: String) throws(VhostUserError) -> Int32 {
-    let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    if s < 0 { throw .errno("socket") }
-    let r = try withSockaddr(path) { Glibc.connect(s, $0, $1) }
-    if r != 0 { let e = VhostUserError.errno("connect(\(path))"); close(s); throw e }
-    return s
+    do { return try UnixSocket.connect(path: path) } catch { throw vhostUserError(error) }
 }
 
 /// Whether some process is accepting connections on the Unix socket at `path`.
-public func unixSocketIsLive(path: String) -> Bool {
-    guard let s = try? vhostUserConnect(path: path) else { return false }
-    close(s)
-    return true
-}
+public func unixSocketIsLive(path: String) -> Bool { UnixSocket.isLive(path: path) }
 
-/// Creates a listening Unix socket at `path`. A stale socket file (no listener) is removed
-/// first; a live one is refused.
-/// - Throws: ``VhostUserError/system(_:_:)`` with `EADDRINUSE` when a listener owns `path`.
+/// Creates a listening Unix socket at `path` (close-on-exec, backlog 4). A stale socket
+/// file (no listener) is removed first; a live one is refused.
+/// - Throws: ``VhostUserError/system(_:_:)`` with `EADDRINUSE` when a listener owns `path`,
+///   `EEXIST` when `path` is not a socket.
 public func vhostUserListen(path: String) throws(VhostUserError) -> Int32 {
-    var st = stat()
-    if lstat(path, &st) == 0 {
-        guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw .system("\(path) exists and is not a socket", Errno(rawValue: EEXIST)) }
-        if unixSocketIsLive(path: path) { throw .system("\(path) is in use by a live listener", Errno(rawValue: EADDRINUSE)) }
-        unlink(path)
-    }
-    let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    if s < 0 { throw .errno("socket") }
-    let r = try withSockaddr(path) { Glibc.bind(s, $0, $1) }
-    if r != 0 { let e = VhostUserError.errno("bind(\(path))"); close(s); throw e }
-    if Glibc.listen(s, 4) != 0 { let e = VhostUserError.errno("listen"); close(s); unlink(path); throw e }
-    return s
+    do { return try UnixSocket.listen(path: path, backlog: 4) } catch { throw vhostUserError(error) }
 }
 
 /// Starts `body` on a new dedicated pthread (not Dispatch, not the concurrency pool).

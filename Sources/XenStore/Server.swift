@@ -5,6 +5,7 @@
 import Glibc
 #endif
 import CLinux
+import UnixSocket
 
 /// Errors of `XenStoreServer.listen`, each a one-line message naming the path.
 public enum XenStoreServerError: Error, Sendable, CustomStringConvertible {
@@ -85,25 +86,14 @@ public final class XenStoreServer: @unchecked Sendable {
         if let slash = path.utf8.lastIndex(of: UInt8(ascii: "/")), slash != path.utf8.startIndex {
             try Self.makeDirectories(String(path[path.startIndex..<slash]))
         }
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw .notASocket(path: path) }
-            if XSSocket.isLive(path) { throw .alreadyListening(path: path) }
-            unlink(path)
-        }
-        guard var addr = XSSocket.address(path) else {
-            throw .system(XenStoreSystemError(operation: "bind", path: path, errno: ENAMETOOLONG))
-        }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { throw .system(XenStoreSystemError(operation: "socket", path: path, errno: errno)) }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if rc != 0 || Glibc.listen(fd, 128) != 0 {
-            let e = errno
-            Glibc.close(fd)
-            if e == EADDRINUSE { throw .alreadyListening(path: path) }
-            throw .system(XenStoreSystemError(operation: "bind", path: path, errno: e))
+        let fd: Int32
+        do { fd = try UnixSocket.listen(path: path, backlog: 128, nonBlocking: true) } catch {
+            switch error {
+            case .notASocket: throw .notASocket(path: path)
+            case .inUse, .system(_, _, EADDRINUSE): throw .alreadyListening(path: path)
+            case .system("socket", _, let e): throw .system(XenStoreSystemError(operation: "socket", path: path, errno: e))
+            default: throw .system(XenStoreSystemError(operation: "bind", path: path, errno: error.errno))
+            }
         }
         lock.withLock { listeners[fd] = Listener(path: path, domid: domid) }
         addToEpoll(fd, events: UInt32(EPOLLIN.rawValue))

@@ -5,6 +5,7 @@
 import Glibc
 #endif
 import CLinux
+import UnixSocket
 
 /// A pthread mutex with one condition variable (CLOCK_MONOTONIC for timed waits).
 final class XSCondition: @unchecked Sendable {
@@ -93,47 +94,18 @@ public struct XenStoreSystemError: Error, Sendable, CustomStringConvertible {
 }
 
 enum XSSocket {
-    /// Fills a `sockaddr_un` for `path`; nil if the path does not fit (108 bytes with NUL).
-    static func address(_ path: String) -> sockaddr_un? {
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return nil }
-        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
-            for (i, b) in bytes.enumerated() { raw[i] = b }
-            raw[bytes.count] = 0
-        }
-        return addr
-    }
-
-    /// A connected blocking (or non-blocking) stream socket to `path`.
+    /// A connected blocking (or non-blocking) close-on-exec stream socket to `path`.
+    /// - Throws: `XenStoreSystemError` for `socket` or `connect` (ENAMETOOLONG or EINVAL
+    ///   for a path that cannot be a socket address).
     static func connect(_ path: String, nonBlocking: Bool = false) throws(XenStoreSystemError) -> Int32 {
-        guard var addr = address(path) else { throw XenStoreSystemError(operation: "connect", path: path, errno: ENAMETOOLONG) }
-        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
-        let fd = socket(AF_UNIX, type, 0)
-        guard fd >= 0 else { throw XenStoreSystemError(operation: "socket", path: path, errno: errno) }
-        var rc: Int32
-        repeat {
-            rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
-        } while rc < 0 && errno == EINTR
-        if rc < 0 {
-            let e = errno
-            close(fd)
-            throw XenStoreSystemError(operation: "connect", path: path, errno: e)
+        do { return try UnixSocket.connect(path: path, nonBlocking: nonBlocking) } catch {
+            if case .system("socket", _, let e) = error { throw XenStoreSystemError(operation: "socket", path: path, errno: e) }
+            throw XenStoreSystemError(operation: "connect", path: path, errno: error.errno)
         }
-        return fd
     }
 
     /// Whether something accepts connections on `path` right now.
-    static func isLive(_ path: String) -> Bool {
-        guard let fd = try? connect(path) else { return false }
-        close(fd)
-        return true
-    }
+    static func isLive(_ path: String) -> Bool { UnixSocket.isLive(path: path) }
 
     /// Writes all of `bytes` (retrying EINTR and short writes). MSG_NOSIGNAL: no SIGPIPE.
     static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {

@@ -1,6 +1,7 @@
 // A small blocking HTTP/1.1 client over a Unix socket: xm's side of the management API.
 // (No event loop: xm is a short-lived command and its start-up counts in `xm list`'s latency.)
 import Foundation
+import UnixSocket
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,20 +29,13 @@ public struct XendClient: Sendable {
     /// Sends one request (Connection: close) and reads the whole reply.
     /// - Throws: `XendConnectionError` when the socket cannot be reached or the reply is cut.
     public func send(_ method: String, _ path: String, body: [UInt8]? = nil) throws -> HTTPReply {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw XendConnectionError(path: socketPath, reason: String(cString: strerror(errno))) }
+        let fd: Int32
+        do { fd = try UnixSocket.connect(path: socketPath) } catch {
+            // A refused or missing socket reads as strerror alone; a bad path as its own line.
+            if case .system = error { throw XendConnectionError(path: socketPath, reason: String(cString: strerror(error.errno))) }
+            throw XendConnectionError(path: socketPath, reason: error.description)
+        }
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socketPath.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
-            throw XendConnectionError(path: socketPath, reason: "socket path too long")
-        }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { throw XendConnectionError(path: socketPath, reason: String(cString: strerror(errno))) }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: xend\r\nConnection: close\r\n"
         if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
         else if method == "POST" { head += "Content-Length: 0\r\n" }

@@ -19,8 +19,7 @@ Serves a virtio-net device over vhost-user (QEMU vhost-user.rst) to one front-en
 time, moving frames to and from one tap; keeps listening for a reconnect after the
 front-end goes away (the rings resume where the front-end says, frames in flight are lost).
 
-  --socket PATH       listen on a Unix socket at PATH (a stale socket file is replaced)
-  --listen-fd N       serve on an already listening socket fd (from a supervisor)
+\(BackendService.usageLines)
   --tap-fd N          an open tap fd attached with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (the launcher
                       made vifDOMID.DEVID and plugged it into the bridge)
   --tap NAME          attach to (or create) tap NAME via /dev/net/tun before the sandbox;
@@ -39,20 +38,18 @@ front-end goes away (the rings resume where the front-end says, frames in flight
   --help              this text
 
 SIGUSR1 writes a stats line to stderr; SIGTERM/SIGINT write it and exit 0.
+With the sandbox the listener ends up at fd 3 and the tap at fd 4, the readiness pipe is
+kept at fd 5 (manifests/netback.manifest): a supervisor best hands them there.
 """
 
 func fail(_ msg: String) -> Never { ServiceArguments.fail(program: "netback", msg) }
 
-var socketPath: String?
-var listenFdArg: Int32?
+var service = BackendService(program: "netback")
 var tapFdArg: Int32?
 var tapName: String?
 var mac: [UInt8]?
 var rate: (bytes: UInt64, microseconds: UInt64)?
 var offloads = true
-var manifestPath: String?
-var noSandbox = false
-var quiet = false
 
 var args = ServiceArguments(program: "netback", arguments: CommandLine.arguments.dropFirst())
 /// `BYTES/USEC` or Xen's `rate=` syntax.
@@ -65,9 +62,8 @@ func parseRate(_ s: String) -> (bytes: UInt64, microseconds: UInt64)? {
     return (r.bytesPerInterval, r.intervalMicroseconds)
 }
 while let a = args.next() {
+    if service.take(a, from: &args) { continue }
     switch a {
-    case "--socket": socketPath = args.value(a)
-    case "--listen-fd": listenFdArg = Int32(args.int(a, in: 0...65535))
     case "--tap-fd": tapFdArg = Int32(args.int(a, in: 0...65535))
     case "--tap": tapName = args.value(a)
     case "--mac":
@@ -82,72 +78,52 @@ while let a = args.next() {
         let n = args.int(a, in: 1...64)
         if n != 1 { fail("--num-queues \(n): only one queue pair is supported") }
     case "--no-offload": offloads = false
-    case "--manifest": manifestPath = args.value(a)
-    case "--no-sandbox": noSandbox = true
-    case "--quiet": quiet = true
     case "--help", "-h": print(usage); exit(0)
     default: fail("unknown argument \(a) (see --help)")
     }
 }
-guard (socketPath == nil) != (listenFdArg == nil) else { fail("give exactly one of --socket PATH or --listen-fd N") }
-guard (tapFdArg == nil) != (tapName == nil) else { fail("give exactly one of --tap-fd N or --tap NAME") }
-if manifestPath != nil && noSandbox { fail("--manifest and --no-sandbox exclude each other") }
+let manifest = service.manifestPath {
+    guard (tapFdArg == nil) != (tapName == nil) else { fail("give exactly one of --tap-fd N or --tap NAME") }
+}
+let handedTapFd = tapFdArg   // for the serving line: the number the launcher used
+let handedListenFd = service.listenFd
+if let t = tapFdArg {
+    var st = stat()
+    guard fstat(t, &st) == 0, st.st_mode & S_IFMT == S_IFCHR else { fail("--tap-fd \(t): not an open character device") }
+}
 
-let manifest = noSandbox ? nil : (manifestPath ?? ServiceManifest.locateOrExit("netback.manifest", program: "netback"))
-
-// A launcher running on a Dispatch or concurrency-pool thread hands us a mask with most
-// signals blocked; start from a clean one.
-var noSignals = sigset_t()
-sigemptyset(&noSignals)
-sigprocmask(SIG_SETMASK, &noSignals, nil)
-signal(SIGPIPE, SIG_IGN)
+if manifest != nil {
+    // Handed fds go out of the way first and 3, 4 are held by placeholders until the
+    // listener and tap take them, so placing one never clobbers the other.
+    let moved = service.reserveFixedDescriptors(upTo: 4, moving: [(tapFdArg, "tap fd"), (service.listenFd, "listen fd")])
+    tapFdArg = moved[0]; service.listenFd = moved[1]
+}
+BackendService.resetSignals()
 
 // 1. The tap (before the socket, so a bad tap leaves nothing behind).
 var tapFd: Int32
 if let name = tapName {
     do {
         let t = try TapDevice.open(name: name)
-        tapFd = dup(t.fd)   // `t` closes its own copy
+        tapFd = fcntl(t.fd, F_DUPFD_CLOEXEC, 0)   // `t` closes its own copy
     } catch { fail("\(error)") }
 } else {
     tapFd = tapFdArg!
-    var st = stat()
-    guard fstat(tapFd, &st) == 0, st.st_mode & S_IFMT == S_IFCHR else { fail("--tap-fd \(tapFd): not an open character device") }
 }
 
 // 2. The listening socket.
-var listenFd: Int32
-if let p = socketPath {
-    do { listenFd = try vhostUserListen(path: p) } catch { fail("socket \(p): \(error)") }
-} else {
-    listenFd = listenFdArg!
-}
+var listenFd = service.openListener()
 
 // 3. The manifest names the listener fd 3 and the tap fd 4: move them there.
-func moveHigh(_ fd: Int32) -> Int32 {
-    let h = fcntl(fd, F_DUPFD_CLOEXEC, 100)
-    if h < 0 { fail("F_DUPFD: \(String(cString: strerror(errno)))") }
-    if fd > 4 || fd < 3 { close(fd) }
-    return h
-}
-if listenFd != 3 || tapFd != 4 {
-    let l = moveHigh(listenFd), t = moveHigh(tapFd)
-    if dup2(l, 3) < 0 || dup2(t, 4) < 0 { fail("dup2: \(String(cString: strerror(errno)))") }
-    close(l); close(t)
-    _ = fcntl(3, F_SETFD, FD_CLOEXEC); _ = fcntl(4, F_SETFD, FD_CLOEXEC)
-    listenFd = 3; tapFd = 4
+if manifest != nil {
+    listenFd = service.place(listenFd, at: 3)
+    tapFd = service.place(tapFd, at: 4)
 }
 
 // 4. The sandbox: before the first front-end message or guest byte.
 // Tests only: XENITH_NETBACK_TEST_FORBIDDEN=1 or =PATH (once) makes one forbidden syscall
 // once sandboxed, so the supervisor sees a death by SIGSYS naming it.
-let tripProbe = ServiceSyscallProbe.isArmed(service: "netback")
-if let m = manifest {
-    _ = Sandbox.applyOrExit(manifestPath: m)
-    if tripProbe { ServiceSyscallProbe.trip() }
-} else if !quiet {
-    eprint("netback: running without a sandbox (--no-sandbox)\n")
-}
+service.applySandbox(manifestPath: manifest, probe: ServiceSyscallProbe.isArmed(service: "netback"))
 let sandboxed = manifest != nil
 
 // 5. Signals through a signalfd served by the event loop.
@@ -164,11 +140,11 @@ do { device = try VirtioNetDevice(tap: TapDevice(fd: tapFd), mac: guestMAC, rate
 catch { fail("\(error)") }
 let backend: VhostUserBackend
 do { backend = try VhostUserBackend(device: device, listenFd: listenFd) } catch { fail("\(error)") }
-if !quiet {
+if !service.quiet {
     backend.log = { eprint("netback: \($0)\n") }
     device.log = { eprint("netback: \($0)\n") }
 }
-nonisolated(unsafe) let socketPathC: UnsafeMutablePointer<CChar>? = socketPath.map { strdup($0) }
+nonisolated(unsafe) let socketPathC: UnsafeMutablePointer<CChar>? = service.socketPath.map { strdup($0) }
 do {
     try device.attach(to: backend)
     try backend.watch(fd: sigFd) {
@@ -183,9 +159,9 @@ do {
     }
 } catch { fail("\(error)") }
 
-if !quiet {
-    let m = MACAddress(octets: guestMAC)
-    let r = rate.map { ", rate \($0.bytes) bytes per \($0.microseconds) µs" } ?? ""
-    eprint("netback: serving tap \(tapName ?? "fd \(tapFdArg!)") for MAC \(m)\(r)\(offloads ? "" : ", no offloads") on \(socketPath ?? "fd \(listenFdArg!)")\n")
-}
+let r = rate.map { ", rate \($0.bytes) bytes per \($0.microseconds) µs" } ?? ""
+let serving = "serving tap \(tapName ?? "fd \(handedTapFd!)") for MAC \(MACAddress(octets: guestMAC))\(r)\(offloads ? "" : ", no offloads") on \(service.socketPath ?? "fd \(handedListenFd!)")"
+service.log(serving)
+// The signal for the launcher (the log line above is for people).
+ServiceReadiness.ready(serving)
 do { try backend.run() } catch { fail("\(error)") }

@@ -1,7 +1,7 @@
 // xenconsoled: the console daemon of Domain-0 (the manual's console ring → xenconsoled).
 //
 //   xenconsoled [--no-fork|-N] [--socket PATH] [--log-dir DIR] [--pid-file F]
-//               [--manifest FILE | --no-sandbox]
+//               [--manifest FILE | --no-sandbox] [--ready-fd N]
 //
 // Binds its socket, then applies manifests/xenconsoled.manifest (Sandbox) before serving
 // anything: from then on it opens nothing; rings, eventfds and log files arrive as
@@ -17,7 +17,7 @@ import Sandbox
 struct XenConsoled {
     static let usage = """
     usage: xenconsoled [--no-fork|-N] [--socket PATH] [--log-dir DIR] [--pid-file FILE]
-                       [--manifest FILE | --no-sandbox]
+                       [--manifest FILE | --no-sandbox] [--ready-fd N]
 
     Keep each domain's console log and let xm console attach. Guest output of every
     registered domain is appended to DIR/guest-NAME.log (the registrant opens that file in
@@ -32,6 +32,8 @@ struct XenConsoled {
       --manifest FILE    security manifest (default $XENITH_MANIFESTS/xenconsoled.manifest,
                          else PREFIX/share/xenith/manifests/xenconsoled.manifest, else the source tree's)
       --no-sandbox       run without applying the manifest (debugging only)
+      --ready-fd N       say `ready` (or `failed: REASON`) on descriptor N once serving
+                         (Spawn/ReadinessMessage.swift); the manifest keeps fd 4 for it
       -h, --help         show this help
     """
 
@@ -43,10 +45,11 @@ struct XenConsoled {
     var noSandbox = false
 
     static func main() {
-        var args = Array(CommandLine.arguments.dropFirst())
+        var args = ServiceReadiness.adopt(fromArguments: Array(CommandLine.arguments.dropFirst()), program: "xenconsoled")
         var options = XenConsoled()
         func usageError(_ text: String) -> Never {
             log(text)
+            ServiceReadiness.failed(text)
             var u = usage + "\n"
             u.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
             Glibc.exit(64)
@@ -96,7 +99,7 @@ struct XenConsoled {
         pthread_sigmask(SIG_UNBLOCK, &termSignals, nil)
         if isListening(path) { fail("\(path): another xenconsoled is already listening on this socket") }
         let manifestPath = noSandbox ? nil : (manifest ?? ServiceManifest.locateOrExit("xenconsoled.manifest", program: "xenconsoled"))
-        if !noFork { daemonize(path) }
+        if !noFork { ServiceDaemon.detachAndExit(program: "xenconsoled", readyFd: 4) }
 
         mkdirs(dir)
         var listener: Int32
@@ -108,7 +111,7 @@ struct XenConsoled {
             listener = 3
             _ = fcntl(3, F_SETFD, FD_CLOEXEC)
         }
-        if let pidFile { writePidFile(pidFile) }
+        if let pidFile { ServicePidFile.writeOrExit(pidFile, program: "xenconsoled") }
         // Tests only: XENITH_XENCONSOLED_TEST_FORBIDDEN=1 or =PATH (once) makes one forbidden
         // syscall once sandboxed (a death by SIGSYS for xend to name and restart).
         let tripProbe = ServiceSyscallProbe.isArmed(service: "xenconsoled")
@@ -128,6 +131,8 @@ struct XenConsoled {
         if sigFD >= 0 { server.stopWhenReadable(sigFD) }
         log("listening on \(path), guest logs in \(dir)")
         server.start()
+        // The signal for the launcher (the log line above is for people).
+        ServiceReadiness.ready("listening on \(path)")
         server.wait()
     }
 
@@ -142,23 +147,9 @@ struct XenConsoled {
         for part in path.split(separator: "/") { cur += "/" + part; _ = mkdir(cur, 0o755) }
     }
 
-    private func writePidFile(_ file: String) {
-        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { fail("\(file): cannot write pid file: \(String(cString: strerror(errno)))") }
-        var text = "\(getpid())\n"
-        text.withUTF8 { _ = Glibc.write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-    }
-
     /// True when something accepts connections on `path` and answers `list`.
     private func isListening(_ path: String) -> Bool {
         (try? listConsoles(socketPath: path)) != nil
-    }
-
-    /// Starts the daemon (this program with -N) and exits 0 once it answers on `path`
-    /// with its sandbox applied (ServiceDaemon).
-    private func daemonize(_ path: String) -> Never {
-        ServiceDaemon.detachAndExit(program: "xenconsoled") { isListening(path) }
     }
 }
 
@@ -168,7 +159,5 @@ func log(_ message: String) {
     line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
 }
 
-func fail(_ message: String) -> Never {
-    log(message)
-    Glibc.exit(1)
-}
+/// `xenconsoled: MESSAGE` on stderr, `failed: MESSAGE` to the launcher, exit 1.
+func fail(_ message: String) -> Never { ServiceArguments.fail(program: "xenconsoled", message) }

@@ -1,6 +1,7 @@
 // xenstored: the xenstore daemon (Xen docs/misc/xenstore.txt) on a Unix socket.
 //
 //   xenstored [--no-fork|-N] [--socket PATH] [--pid-file F] [--domain-socket DOMID:PATH]...
+//             [--ready-fd N]
 //
 // Connections on the main socket are domain 0 (privileged). Each --domain-socket adds a
 // socket whose connections act as DOMID (unprivileged, relative paths under
@@ -29,6 +30,10 @@ struct XenStored: ParsableCommand {
     @Option(name: .customLong("domain-socket"), help: "DOMID:PATH — extra socket whose clients act as DOMID.")
     var domainSockets: [String] = []
 
+    @Option(name: .customLong("ready-fd"),
+            help: "Say 'ready' (or 'failed: REASON') on this descriptor once serving (Spawn/ReadinessMessage.swift).")
+    var readyFd: Int32?
+
     func validate() throws {
         for d in domainSockets {
             guard let (domid, path) = Self.parseDomainSocket(d), domid <= 65535, !path.isEmpty else {
@@ -44,6 +49,9 @@ struct XenStored: ParsableCommand {
 
     func run() throws {
         let path = socket ?? XenStoreDefaults.socketPath()
+        if let readyFd, !ServiceReadiness.adopt(readyFd) {
+            fail("--ready-fd \(readyFd): expected an open, writable descriptor above 2")
+        }
         signal(SIGPIPE, SIG_IGN)
         if !noFork { daemonize(path) }
 
@@ -64,7 +72,9 @@ struct XenStored: ParsableCommand {
             fail("\(error)")
         }
         server.start()
-        if let pidFile { writePidFile(pidFile) }
+        if let pidFile { ServicePidFile.writeOrExit(pidFile, program: "xenstored") }
+        // The signal for the launcher: the sockets accept and the pid file is written.
+        ServiceReadiness.ready("listening on \(path)")
 
         while true {
             var sig: Int32 = 0
@@ -76,26 +86,16 @@ struct XenStored: ParsableCommand {
         if let pidFile { unlink(pidFile) }
     }
 
-    private func fail(_ message: String) -> Never {
-        var line = "xenstored: " + message + "\n"
-        line.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
-        Glibc.exit(1)
-    }
+    /// `xenstored: MESSAGE` on stderr, `failed: MESSAGE` to the launcher, exit 1.
+    private func fail(_ message: String) -> Never { ServiceArguments.fail(program: "xenstored", message) }
 
-    private func writePidFile(_ file: String) {
-        let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { fail("\(file): cannot write pid file: \(String(cString: strerror(errno)))") }
-        var text = "\(getpid())\n"
-        text.withUTF8 { _ = Glibc.write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-    }
-
-    /// Starts the daemon (this program with -N) and exits 0 once its socket accepts
-    /// (ServiceDaemon); refuses when another xenstored already listens on `path`.
+    /// Starts the daemon (this program with -N) and exits 0 once it says it is ready
+    /// (ServiceDaemon, readiness at fd 3); refuses when another xenstored already listens
+    /// on `path`.
     private func daemonize(_ path: String) -> Never {
         if XenStoreServer.isListening(path) {
             fail("\(path): another xenstored is already listening on this socket")
         }
-        ServiceDaemon.detachAndExit(program: "xenstored") { XenStoreServer.isListening(path) }
+        ServiceDaemon.detachAndExit(program: "xenstored", readyFd: 3)
     }
 }

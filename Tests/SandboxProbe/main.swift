@@ -7,10 +7,14 @@
 //   sandbox-probe blocked-thread <m>    apply, then call socket(2) from a second thread
 //   sandbox-probe fork <manifest>       apply, then fork(), which the clone filter must kill
 //   sandbox-probe inspect <manifest>    apply, then report what the process can see
+//   sandbox-probe ready <manifest>      apply, do the work, say `ready` on --ready-fd, exit 0
+//   sandbox-probe hang <manifest>       apply, then sleep 30 s without saying anything
+// Every mode takes `--ready-fd N` anywhere (ServiceReadiness); a failing apply reports on it.
 import Glibc
 import Sandbox
 
-let args = CommandLine.arguments
+let args = [CommandLine.arguments[0]] + ServiceReadiness.adopt(fromArguments: Array(CommandLine.arguments.dropFirst()),
+                                                                program: "sandbox-probe")
 guard args.count >= 2 else { out("usage: sandbox-probe baseline|work|blocked|inspect <manifest>"); exit(2) }
 if args[1] == "baseline" {
     out("marker: start")
@@ -38,6 +42,14 @@ case "fork":
     out("calling fork")
     let pid = fork()
     out("fork returned \(pid), still alive")
+    exit(1)
+case "ready":
+    work()
+    ServiceReadiness.ready("probe")
+    exit(0)
+case "hang":
+    var ts = timespec(tv_sec: 30, tv_nsec: 0)
+    nanosleep(&ts, nil)
     exit(1)
 case "inspect":
     out("service=\(manifest.service)")

@@ -40,8 +40,14 @@ let minimal = "allow write -- log\nallow exit_group -- exit\n"
             #expect(m.rules.contains { $0.name == "setpriority" && $0.action == .errno(0) })
         }
         let blk = try Manifest.load(path: "\(manifestsDir)/blkback.manifest")
-        #expect(blk.fds.map(\.number) == [3, 4])
-        #expect(blk.fds.map(\.name) == ["listener", "image"])
+        #expect(blk.fds.map(\.number) == [3, 4, 5])
+        #expect(blk.fds.map(\.name) == ["listener", "image", "readiness"])
+        #expect(blk.fds.map(\.optional) == [false, false, true])
+        // Every service that reports readiness keeps its pipe at a number of its own.
+        let net = try Manifest.load(path: "\(manifestsDir)/netback.manifest")
+        #expect(net.fds.filter { $0.name == "readiness" }.map(\.number) == [5])
+        let cons = try Manifest.load(path: "\(manifestsDir)/xenconsoled.manifest")
+        #expect(cons.fds.filter { $0.name == "readiness" }.map(\.number) == [4])
         #expect(blk.rlimits.first { $0.name == "data" }?.value == 256 << 20)
         let ioctls = blk.rules.filter { $0.name == "ioctl" }
         #expect(ioctls.count == 3)

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import XenStore
+import UnixSocket
 
 /// An in-process daemon on a temporary socket (domain 0) plus a domain socket for domain 5.
 final class TestDaemon {
@@ -203,10 +204,7 @@ func haveUtils(_ test: String) -> Bool {
         #expect(throws: XenStoreServerError.self) { try other.listen(path: d.socket) }
         // A stale socket (nobody accepting) is replaced.
         let stale = d.dir + "/stale"
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = XSSocket.address(stale)!
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        close(fd)
+        close(try UnixSocket.listen(path: stale))   // its file stays; nobody listens
         try other.listen(path: stale)
         other.start()
         #expect(try XenStoreClient(path: stale).readString("/local/domain/0/domid") == "0")
