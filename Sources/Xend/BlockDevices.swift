@@ -45,46 +45,40 @@ public struct DiskRecord: Codable, Sendable, Equatable {
 
 /// Starts, supervises and stops blkback processes.
 public final class BlockSupervisor: @unchecked Sendable {
-    /// Deaths within `burstWindow` seconds after which a vbd is marked broken.
-    public static let burstDeaths = 5
-    public static let burstWindow = 30.0
 
-    final class Backend: RestartableBackend, @unchecked Sendable {
+    /// One vbd: its disk, the descriptors xend holds for it, its blkback process.
+    final class Backend: @unchecked Sendable {
         let domid: Int
         let domainName: String
         let spec: DiskSpec
         let socket: String
-        let logPath: String
         let numQueues: Int
         var imageFD: Int32 = -1
         var listenFD: Int32 = -1
-        var pid: pid_t = 0
-        var startTicks: UInt64 = 0
-        var isChild = false
-        var logOffset: UInt64 = 0
-        var budget = RestartBudget(limit: burstDeaths, window: burstWindow)
         var broken = false
-        var stopping = false
         /// Owner of the socket file (the unprivileged QEMU user), nil for root.
         var socketOwner: (uid: uid_t, gid: gid_t)?
+        let proc: BackendProcess
         init(domid: Int, domainName: String, spec: DiskSpec, socket: String, logPath: String, numQueues: Int,
-             socketOwner: (uid: uid_t, gid: gid_t)? = nil) {
+             socketOwner: (uid: uid_t, gid: gid_t)? = nil, lock: NSRecursiveLock, budget: RestartBudget) {
             self.domid = domid; self.domainName = domainName; self.spec = spec; self.socket = socket
-            self.logPath = logPath; self.numQueues = numQueues; self.socketOwner = socketOwner
+            self.numQueues = numQueues; self.socketOwner = socketOwner
+            proc = BackendProcess(service: "blkback", device: "vbd", label: "domain \(domainName) (\(domid)) vbd \(spec.vdev)",
+                                  logPath: logPath, lock: lock, budget: budget)
         }
+        var logPath: String { proc.logPath }
+        var label: String { proc.label }
         var mode: String { spec.access.rawValue }
         var record: DiskRecord {
-            DiskRecord(vdev: spec.vdev, uname: spec.uname, mode: mode, socket: socket, pid: pid, startTicks: startTicks,
+            DiskRecord(vdev: spec.vdev, uname: spec.uname, mode: mode, socket: socket, pid: proc.pid, startTicks: proc.startTicks,
                        log: logPath, broken: broken, socketUID: socketOwner?.uid, socketGID: socketOwner?.gid)
         }
-        var label: String { "domain \(domainName) (\(domid)) vbd \(spec.vdev)" }
     }
 
-    let paths: XenithPaths
-    let binary: String
-    let manifest: String?
-    let xenstore: XenStoreClient?
-    let log: Logger
+    let host: BackendHost
+    var paths: XenithPaths { host.paths }
+    var xenstore: XenStoreClient? { host.xenstore }
+    var log: Logger { host.log }
     private let lock = NSRecursiveLock()
     private var backends: [Int: [Backend]] = [:]
     /// Called (without locks held) when a domain's disk records change: persist them.
@@ -94,18 +88,11 @@ public final class BlockSupervisor: @unchecked Sendable {
     ///   - binary: the blkback executable (beside xend's).
     ///   - manifest: `blkback.manifest`; nil runs blkback with `--no-sandbox` (logged).
     public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?, logger: Logger) {
-        self.paths = paths
-        self.binary = binary
-        self.manifest = manifest
-        self.xenstore = xenstore
-        self.log = logger
+        host = BackendHost(paths: paths, binary: binary, manifest: manifest, xenstore: xenstore, log: logger)
     }
 
-    /// `$ROOT/run/xenith`: blkback sockets.
-    var runDir: String { paths.resolve("/run/xenith") }
-
     /// The socket path of domain `domid`'s disk `vdev`.
-    public func socketPath(domid: Int, vdev: String) -> String { runDir + "/blkback-\(domid)-\(vdev).sock" }
+    public func socketPath(domid: Int, vdev: String) -> String { host.socketPath("blkback", domid: domid, device: vdev) }
 
     /// The records of a domain's disks (for the registry).
     func records(_ domid: Int) -> [DiskRecord] {
@@ -156,7 +143,7 @@ public final class BlockSupervisor: @unchecked Sendable {
                 }
                 let b = Backend(domid: domid, domainName: name, spec: d, socket: socketPath(domid: domid, vdev: d.vdev),
                                 logPath: paths.logDir + "/blkback-\(domid)-\(d.vdev).log", numQueues: max(1, min(vcpus, 64)),
-                                socketOwner: socketOwner)
+                                socketOwner: socketOwner, lock: lock, budget: host.restartBudget())
                 try open(b)
                 started.append(b)
                 do { try spawn(b) } catch { throw XendError(.internalError, "Device \(d.vdev) (vbd) could not be connected. \(error)") }
@@ -192,7 +179,7 @@ public final class BlockSupervisor: @unchecked Sendable {
             close(fd)
             throw Self.refuse(d, "\(path) is already in use by another back-end\(d.writable ? "" : " read-write"); use mode w! to share it read-write.")
         }
-        XenithPaths.makeDirectories(runDir)
+        XenithPaths.makeDirectories(host.runDir)
         let l: Int32
         do { l = try Self.listen(b.socket, owner: b.socketOwner) } catch { close(fd); throw XendError(.internalError, "\(b.socket): \(error)") }
         b.imageFD = fd
@@ -241,42 +228,22 @@ public final class BlockSupervisor: @unchecked Sendable {
         return nil
     }
 
-    /// Starts blkback on the descriptors of `b` (listener at 3, image at 4).
+    /// Starts blkback on the descriptors of `b` (listener at 3, image at 4, readiness at 5).
     private func spawn(_ b: Backend) throws {
-        var argv = [binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues)]
-        if !b.spec.writable { argv.append("--read-only") }
-        if let m = manifest { argv += ["--manifest", m] } else { argv.append("--no-sandbox") }
-        var st = stat()
-        b.logOffset = stat(b.logPath, &st) == 0 ? UInt64(st.st_size) : 0
-        let pid = try spawnDetached(argv, log: b.logPath, fds: [(b.listenFD, 3), (b.imageFD, 4)])
-        b.pid = pid
-        b.isChild = true
-        b.startTicks = ProcessInfo2.startTicks(pid) ?? 0
+        let argv = [host.binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues)]
+            + (b.spec.writable ? [] : ["--read-only"]) + host.sandboxArguments
+        try b.proc.spawn(argv, descriptors: [(b.listenFD, 3), (b.imageFD, 4)])
     }
 
-    /// blkback's log since its last start.
-    private func recentLog(_ b: Backend) -> String {
-        guard let h = FileHandle(forReadingAtPath: b.logPath) else { return "" }
-        defer { try? h.close() }
-        try? h.seek(toOffset: b.logOffset)
-        return String(decoding: h.readDataToEndOfFile().suffix(16384), as: UTF8.self)
-    }
-
-    /// Waits (up to 10 s) until blkback reports it is serving (after its sandbox).
+    /// Waits (up to 10 s) for blkback's readiness message (sent once its sandbox is applied
+    /// and it serves the socket).
+    /// - Throws: `XendError` 400 naming the disk with blkback's reason when it refused or
+    ///   died, 500 when it said nothing in time.
     private func waitReady(_ b: Backend) throws(XendError) {
-        for _ in 0..<1000 {
-            if recentLog(b).contains("blkback: serving") { return }
-            var status: Int32 = 0
-            if waitpid(b.pid, &status, WNOHANG) == b.pid {
-                b.pid = 0
-                let text = recentLog(b)
-                let last = text.split(separator: "\n").last(where: { !$0.isEmpty }).map(String.init)
-                    ?? Sandbox.describeDeath(service: "blkback", status: status, stderr: text)
-                throw Self.refuse(b.spec, last.hasPrefix("blkback: ") ? String(last.dropFirst(9)) : last)
-            }
-            usleep(10_000)
+        do { try b.proc.waitReady() } catch {
+            if error.refused { throw Self.refuse(b.spec, error.message) }
+            throw XendError(.internalError, "Device \(b.spec.vdev) (vbd) could not be connected. \(error.message)")
         }
-        throw XendError(.internalError, "Device \(b.spec.vdev) (vbd) could not be connected. blkback did not start within 10 s; see \(b.logPath)")
     }
 
     /// Writes the vbd entries of a domain's working back-ends again (a new xenstored).
@@ -305,23 +272,15 @@ public final class BlockSupervisor: @unchecked Sendable {
     /// Watches `b`'s process; restarts it with backoff when it dies, or marks the vbd
     /// broken after `burstDeaths` deaths within `burstWindow` seconds.
     private func watch(_ b: Backend) {
-        let t = Thread { [self] in supervise(b) }
-        t.name = "blkback-\(b.domid)-\(b.spec.vdev)"
-        t.start()
-    }
-
-    private func supervise(_ b: Backend) {
-        superviseRestarts(b, service: "blkback", device: "vbd", lock: lock, log: log, stderr: { recentLog($0) },
-                          restart: { b throws in
-                              if b.imageFD < 0 || b.listenFD < 0 {
-                                  // Re-adopted after an xend restart: this xend holds no descriptors yet.
-                                  if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
-                                  if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
-                                  do throws(XendError) { try open(b) } catch { throw EngineError(error.message) }
-                              }
-                              try spawn(b)
-                          },
-                          giveUp: { markBroken($0, $1) }, restarted: { changed($0.domid) })
+        b.proc.watch(log: log, restart: { [self] _ in
+            if b.imageFD < 0 || b.listenFD < 0 {
+                // Re-adopted after an xend restart: this xend holds no descriptors yet.
+                if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+                if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
+                do throws(XendError) { try open(b) } catch { throw EngineError(error.message) }
+            }
+            try spawn(b)
+        }, giveUp: { [self] why in markBroken(b, why) }, restarted: { [self] in changed(b.domid) })
     }
 
     /// Gives up on a vbd: its socket is closed and removed (a front-end must not connect
@@ -329,7 +288,7 @@ public final class BlockSupervisor: @unchecked Sendable {
     /// domain runs on, its I/O to that disk failing.
     private func markBroken(_ b: Backend, _ why: String) {
         lock.lock()
-        b.broken = true; b.pid = 0
+        b.broken = true; b.proc.pid = 0
         if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
         if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
         unlink(b.socket)
@@ -349,25 +308,10 @@ public final class BlockSupervisor: @unchecked Sendable {
     /// Stops one back-end: SIGTERM, SIGKILL after 2 s; closes its descriptors, removes its
     /// socket file.
     private func halt(_ b: Backend) {
-        lock.lock(); b.stopping = true; let pid = b.pid, child = b.isChild, ticks = b.startTicks; lock.unlock()
-        if pid > 0 && ProcessInfo2.startTicks(pid) == ticks {
-            kill(pid, SIGTERM)
-            var status: Int32 = 0
-            var gone = false
-            for _ in 0..<200 {
-                if child { if waitpid(pid, &status, WNOHANG) == pid { gone = true; break } }
-                else if ProcessInfo2.startTicks(pid) != ticks { gone = true; break }
-                usleep(10_000)
-            }
-            if !gone {
-                kill(pid, SIGKILL)
-                if child { waitpid(pid, &status, 0) }
-            }
-        }
+        b.proc.halt()
         lock.lock()
         if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
         if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
-        b.pid = 0
         lock.unlock()
         unlink(b.socket)
     }
@@ -379,13 +323,7 @@ public final class BlockSupervisor: @unchecked Sendable {
             halt(b)
             if let xs = xenstore, let dev = device(b) { try? xs.removeDevice(dev) }
         }
-        // No empty `backend/vbd/DOMID` or `backend/vbd` directories left behind.
-        if !bs.isEmpty, let xs = xenstore {
-            let base = "/local/domain/0/backend/vbd"
-            if (try? xs.directory(base + "/\(domid)"))?.isEmpty == true { try? xs.rm(base + "/\(domid)") }
-            if (try? xs.directory(base))?.isEmpty == true { try? xs.rm(base) }
-            if (try? xs.directory("/local/domain/0/backend"))?.isEmpty == true { try? xs.rm("/local/domain/0/backend") }
-        }
+        if !bs.isEmpty { host.pruneBackendDirectories(type: "vbd", domid: domid) }
     }
 
     /// After an xend restart: takes over a domain's blkbacks from its registry records.
@@ -397,18 +335,16 @@ public final class BlockSupervisor: @unchecked Sendable {
             guard let spec = disks.first(where: { $0.vdev == r.vdev }) else { continue }
             let owner = r.socketUID.flatMap { u in r.socketGID.map { (uid: uid_t(u), gid: gid_t($0)) } }
             let b = Backend(domid: domid, domainName: name, spec: spec, socket: r.socket, logPath: r.log,
-                            numQueues: max(1, min(vcpus, 64)), socketOwner: owner)
+                            numQueues: max(1, min(vcpus, 64)), socketOwner: owner, lock: lock, budget: host.restartBudget())
             b.broken = r.broken
             if !r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
-                b.pid = r.pid; b.startTicks = r.startTicks; b.isChild = false
-                var st = stat()
-                b.logOffset = stat(b.logPath, &st) == 0 ? UInt64(st.st_size) : 0
+                b.proc.adoptRunning(pid: r.pid, startTicks: r.startTicks)
                 log.info("\(b.label): re-adopted blkback, pid \(r.pid)")
             } else if !r.broken {
                 do {
                     try open(b)
                     try spawn(b)
-                    log.info("\(b.label): blkback was gone; started a new one, pid \(b.pid)")
+                    log.info("\(b.label): blkback was gone; started a new one, pid \(b.proc.pid)")
                 } catch {
                     log.error("\(b.label): cannot restart blkback: \(error)")
                     b.broken = true
@@ -417,13 +353,13 @@ public final class BlockSupervisor: @unchecked Sendable {
             bs.append(b)
         }
         lock.lock(); backends[domid] = bs; lock.unlock()
-        for b in bs where b.pid > 0 { watch(b) }
+        for b in bs where b.proc.pid > 0 { watch(b) }
         changed(domid)
     }
 
     /// The pids of a domain's running blkbacks (tests, diagnostics).
     public func pids(domid: Int) -> [Int32] {
         lock.lock(); defer { lock.unlock() }
-        return (backends[domid] ?? []).map(\.pid).filter { $0 > 0 }
+        return (backends[domid] ?? []).map(\.proc.pid).filter { $0 > 0 }
     }
 }

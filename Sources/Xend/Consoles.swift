@@ -148,31 +148,41 @@ public final class ConsoleSupervisor: @unchecked Sendable {
         t.start()
     }
 
-    /// Starts a new daemon and waits (up to 10 s) until it answers. False on failure.
+    /// The descriptor xenconsoled's readiness pipe is handed at (its manifest's `fd 4
+    /// readiness optional`).
+    static let readyFD: Int32 = 4
+
+    /// Starts a new daemon and waits (up to 10 s) for its readiness message. False on failure.
     private func spawn() -> Bool {
         XenithPaths.makeDirectories(paths.consoleLogDir)
         XenithPaths.makeDirectories((socketPath as NSString).deletingLastPathComponent)
-        var argv = [binary, "-N", "--socket", socketPath, "--log-dir", paths.consoleLogDir, "--pid-file", pidFile]
+        var argv = [binary, "-N", "--socket", socketPath, "--log-dir", paths.consoleLogDir, "--pid-file", pidFile,
+                    "--ready-fd", String(Self.readyFD)]
         if let m = manifest { argv += ["--manifest", m] } else {
             argv.append("--no-sandbox")
             log.warning("no xenconsoled.manifest found (set XENITH_MANIFESTS): xenconsoled runs without a sandbox")
         }
         let p: pid_t
-        do { p = try spawnDetached(argv, log: logPath) } catch {
+        let ready: ReadinessChannel
+        do {
+            ready = try ReadinessChannel.make()
+            p = try spawnDetached(argv, log: logPath, fds: [ready.handOver(at: Self.readyFD)])
+        } catch {
             log.error("cannot start xenconsoled: \(error)")
             return false
         }
         lock.lock(); pid = p; isChild = true; lock.unlock()
-        for _ in 0..<1000 {
-            if (try? listConsoles(socketPath: socketPath)) != nil {
-                log.info("started xenconsoled, pid \(p), socket \(socketPath)")
-                return true
-            }
-            if ProcessInfo2.startTicks(p) == nil { return false }   // died (a zombie counts as dead)
-            usleep(10_000)
+        switch ready.wait(pid: p, timeout: .seconds(10)) {
+        case .ready:
+            log.info("started xenconsoled, pid \(p), socket \(socketPath)")
+            return true
+        case .timedOut:
+            log.error("xenconsoled did not say it was ready within 10 s; see \(logPath)")
+            return false
+        case let other:
+            log.error("xenconsoled did not start: \(other)")
+            return false
         }
-        log.error("xenconsoled did not answer on \(socketPath) within 10 s")
-        return false
     }
 
     /// Waits for the daemon to die; restarts it with backoff (0.1 s doubling to 5 s, reset

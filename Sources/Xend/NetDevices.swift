@@ -200,35 +200,38 @@ func runScript(_ argv: [String], env extra: [String: String], log: String, timeo
 /// Creates, supervises and removes the host side of vifs: taps, vif scripts, xenstore
 /// entries and netback processes.
 public final class NetSupervisor: @unchecked Sendable {
-    /// Deaths within `burstWindow` seconds after which a vif is marked broken.
-    public static let burstDeaths = 5
-    public static let burstWindow = 30.0
 
-    final class Backend: RestartableBackend, @unchecked Sendable {
+    /// One vif: its record (pid and start time from `proc`), the descriptors xend holds
+    /// for it, its netback process.
+    final class Backend: @unchecked Sendable {
         let domid: Int
         let domainName: String
         var rec: VifRecord
-        var pid: Int32 { get { rec.pid } set { rec.pid = newValue } }
-        var startTicks: UInt64 { rec.startTicks }
         var tapFD: Int32 = -1
         var listenFD: Int32 = -1
-        var isChild = false
-        var logOffset: UInt64 = 0
-        var budget = RestartBudget(limit: burstDeaths, window: burstWindow)
-        var stopping = false
-        init(domid: Int, domainName: String, record: VifRecord) {
+        let proc: BackendProcess
+        init(domid: Int, domainName: String, record: VifRecord, lock: NSRecursiveLock, budget: RestartBudget) {
             self.domid = domid; self.domainName = domainName; self.rec = record
+            proc = BackendProcess(service: "netback", device: "vif",
+                                  label: "domain \(domainName) (\(domid)) vif \(record.devid) (\(record.vifname))",
+                                  logPath: record.log, lock: lock, budget: budget)
         }
-        var label: String { "domain \(domainName) (\(domid)) vif \(rec.devid) (\(rec.vifname))" }
+        var label: String { proc.label }
+        /// The record as stored: `rec` with the current process.
+        var record: VifRecord {
+            var r = rec
+            r.pid = proc.pid; r.startTicks = proc.startTicks
+            return r
+        }
     }
 
-    let paths: XenithPaths
-    let binary: String
+    let host: BackendHost
+    var paths: XenithPaths { host.paths }
+    var xenstore: XenStoreClient? { host.xenstore }
+    var log: Logger { host.log }
+    /// Where the vif scripts are looked for besides the root's (BINDIR/../share/xenith/scripts).
     let binDir: String
-    let manifest: String?
-    let xenstore: XenStoreClient?
     let defaultScript: String
-    let log: Logger
     private let lock = NSRecursiveLock()
     private var backends: [Int: [Backend]] = [:]
     /// Devids being attached (network-attach in progress), per domain.
@@ -245,25 +248,18 @@ public final class NetSupervisor: @unchecked Sendable {
     ///   - defaultScript: xend-config's `vif-script` (`vif-bridge`).
     public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?,
                 defaultScript: String = "vif-bridge", logger: Logger) {
-        self.paths = paths
-        self.binary = binary
+        host = BackendHost(paths: paths, binary: binary, manifest: manifest, xenstore: xenstore, log: logger)
         self.binDir = (binary as NSString).deletingLastPathComponent
-        self.manifest = manifest
-        self.xenstore = xenstore
         self.defaultScript = defaultScript
-        self.log = logger
     }
 
-    /// `$ROOT/run/xenith`: netback sockets.
-    var runDir: String { paths.resolve("/run/xenith") }
-
     /// The socket path of domain `domid`'s vif `devid`.
-    public func socketPath(domid: Int, devid: Int) -> String { runDir + "/netback-\(domid)-\(devid).sock" }
+    public func socketPath(domid: Int, devid: Int) -> String { host.socketPath("netback", domid: domid, device: String(devid)) }
 
     /// The records of a domain's vifs (for the registry and `xm network-list`), by devid.
     public func records(_ domid: Int) -> [VifRecord] {
         lock.lock(); defer { lock.unlock() }
-        return (backends[domid] ?? []).map(\.rec).sorted { $0.devid < $1.devid }
+        return (backends[domid] ?? []).map(\.record).sorted { $0.devid < $1.devid }
     }
 
     func changed(_ domid: Int) { onChange?(domid, records(domid)) }
@@ -370,7 +366,7 @@ public final class NetSupervisor: @unchecked Sendable {
                             pid: 0, startTicks: 0, log: paths.logDir + "/netback-\(domid)-\(p.devid).log", broken: false,
                             emulated: p.emulated ? true : nil,
                             socketUID: socketOwner.map { UInt32($0.uid) }, socketGID: socketOwner.map { UInt32($0.gid) })
-        let b = Backend(domid: domid, domainName: name, record: rec)
+        let b = Backend(domid: domid, domainName: name, record: rec, lock: lock, budget: host.restartBudget())
         var online = false
         do throws(XendError) {
             do { b.tapFD = try Tap.open(p.vifname, persist: true) }
@@ -396,7 +392,7 @@ public final class NetSupervisor: @unchecked Sendable {
                 log.info("\(b.label): online\(p.bridge.map { " on \($0)" } ?? ""), NIC emulated by the engine on the tap")
                 return b
             }
-            XenithPaths.makeDirectories(runDir)
+            XenithPaths.makeDirectories(host.runDir)
             do { b.listenFD = try BlockSupervisor.listen(rec.socket, owner: socketOwner) }
             catch { throw XendError(.internalError, "Device \(p.devid) (vif) could not be connected. \(rec.socket): \(error)") }
             do { try spawn(b) } catch { throw XendError(.internalError, "Device \(p.devid) (vif) could not be connected. \(error)") }
@@ -406,7 +402,7 @@ public final class NetSupervisor: @unchecked Sendable {
             teardown(b, scriptOffline: online)
             throw error
         }
-        log.info("\(b.label): online\(p.bridge.map { " on \($0)" } ?? ""), netback pid \(b.rec.pid)")
+        log.info("\(b.label): online\(p.bridge.map { " on \($0)" } ?? ""), netback pid \(b.proc.pid)")
         return b
     }
 
@@ -467,55 +463,28 @@ public final class NetSupervisor: @unchecked Sendable {
         return r
     }
 
-    /// Starts netback on the descriptors of `b` (listener at 3, tap at 4).
+    /// Starts netback on the descriptors of `b` (listener at 3, tap at 4, readiness at 5).
     private func spawn(_ b: Backend) throws {
-        var argv = [binary, "--listen-fd", "3", "--tap-fd", "4", "--mac", b.rec.mac]
+        var argv = [host.binary, "--listen-fd", "3", "--tap-fd", "4", "--mac", b.rec.mac]
         if let r = b.rec.rate, let rate = VifRate(r) { argv += ["--rate", "\(rate.bytesPerInterval)/\(rate.intervalMicroseconds)"] }
-        if let m = manifest { argv += ["--manifest", m] } else { argv.append("--no-sandbox") }
-        var st = stat()
-        b.logOffset = stat(b.rec.log, &st) == 0 ? UInt64(st.st_size) : 0
-        let pid = try spawnDetached(argv, log: b.rec.log, fds: [(b.listenFD, 3), (b.tapFD, 4)])
-        b.rec.pid = pid
-        b.isChild = true
-        b.rec.startTicks = ProcessInfo2.startTicks(pid) ?? 0
+        argv += host.sandboxArguments
+        try b.proc.spawn(argv, descriptors: [(b.listenFD, 3), (b.tapFD, 4)])
     }
 
-    private func recentLog(_ b: Backend) -> String {
-        guard let h = FileHandle(forReadingAtPath: b.rec.log) else { return "" }
-        defer { try? h.close() }
-        try? h.seek(toOffset: b.logOffset)
-        return String(decoding: h.readDataToEndOfFile().suffix(16384), as: UTF8.self)
-    }
-
-    /// Waits (up to 10 s) until netback reports it is serving (after its sandbox).
+    /// Waits (up to 10 s) for netback's readiness message (sent once its sandbox is applied
+    /// and it serves the socket).
+    /// - Throws: `XendError` 500 naming the device and netback's reason.
     private func waitReady(_ b: Backend) throws(XendError) {
-        for _ in 0..<1000 {
-            if recentLog(b).contains("netback: serving") { return }
-            var status: Int32 = 0
-            if waitpid(b.rec.pid, &status, WNOHANG) == b.rec.pid {
-                b.rec.pid = 0
-                let text = recentLog(b)
-                let last = text.split(separator: "\n").last(where: { !$0.isEmpty }).map(String.init)
-                    ?? Sandbox.describeDeath(service: "netback", status: status, stderr: text)
-                throw XendError(.internalError, "Device \(b.rec.devid) (vif) could not be connected. \(last)")
-            }
-            usleep(10_000)
+        do { try b.proc.waitReady() } catch {
+            throw XendError(.internalError, "Device \(b.rec.devid) (vif) could not be connected. \(error.message)")
         }
-        throw XendError(.internalError, "Device \(b.rec.devid) (vif) could not be connected. netback did not start within 10 s; see \(b.rec.log)")
     }
 
     // MARK: supervision
 
     private func watch(_ b: Backend) {
-        let t = Thread { [self] in supervise(b) }
-        t.name = "netback-\(b.domid)-\(b.rec.devid)"
-        t.start()
-    }
-
-    private func supervise(_ b: Backend) {
-        superviseRestarts(b, service: "netback", device: "vif", lock: lock, log: log, stderr: { recentLog($0) },
-                          restart: { b throws in try reopen(b); try spawn(b) },
-                          giveUp: { markBroken($0, $1) }, restarted: { changed($0.domid) })
+        b.proc.watch(log: log, restart: { [self] _ in try reopen(b); try spawn(b) },
+                     giveUp: { [self] why in markBroken(b, why) }, restarted: { [self] in changed(b.domid) })
     }
 
     /// After an xend restart this xend holds no descriptors: attach to the tap again and
@@ -523,7 +492,7 @@ public final class NetSupervisor: @unchecked Sendable {
     private func reopen(_ b: Backend) throws {
         if b.tapFD < 0 { b.tapFD = try Tap.open(b.rec.vifname, persist: true) }
         if b.listenFD < 0 {
-            XenithPaths.makeDirectories(runDir)
+            XenithPaths.makeDirectories(host.runDir)
             let owner = b.rec.socketUID.flatMap { u in b.rec.socketGID.map { (uid: uid_t(u), gid: gid_t($0)) } }
             b.listenFD = try BlockSupervisor.listen(b.rec.socket, owner: owner)
         }
@@ -535,7 +504,7 @@ public final class NetSupervisor: @unchecked Sendable {
     /// main loop waits on it); the domain runs on without that link.
     private func markBroken(_ b: Backend, _ why: String) {
         lock.lock()
-        b.rec.broken = true; b.rec.pid = 0
+        b.rec.broken = true; b.proc.pid = 0
         if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
         if !b.rec.socket.isEmpty { unlink(b.rec.socket) }
         lock.unlock()
@@ -552,20 +521,7 @@ public final class NetSupervisor: @unchecked Sendable {
     // MARK: stop, detach, adopt
 
     /// Stops netback: SIGTERM, SIGKILL after 2 s.
-    private func halt(_ b: Backend) {
-        lock.lock(); b.stopping = true; let pid = b.rec.pid, child = b.isChild, ticks = b.rec.startTicks; lock.unlock()
-        guard pid > 0, ProcessInfo2.startTicks(pid) == ticks else { return }
-        kill(pid, SIGTERM)
-        var status: Int32 = 0
-        for _ in 0..<200 {
-            if child { if waitpid(pid, &status, WNOHANG) == pid { b.rec.pid = 0; return } }
-            else if ProcessInfo2.startTicks(pid) != ticks { b.rec.pid = 0; return }
-            usleep(10_000)
-        }
-        kill(pid, SIGKILL)
-        if child { waitpid(pid, &status, 0) }
-        b.rec.pid = 0
-    }
+    private func halt(_ b: Backend) { b.proc.halt() }
 
     /// Undoes one vif: netback stopped, script offline, tap removed, socket and xenstore
     /// entries gone.
@@ -587,11 +543,8 @@ public final class NetSupervisor: @unchecked Sendable {
 
     /// Removes empty `backend/vif/DOMID`, `backend/vif`, `backend` directories.
     private func pruneXenstore(_ domid: Int) {
+        host.pruneBackendDirectories(type: "vif", domid: domid)
         guard let xs = xenstore else { return }
-        let base = "/local/domain/0/backend/vif"
-        if (try? xs.directory(base + "/\(domid)"))?.isEmpty == true { try? xs.rm(base + "/\(domid)") }
-        if (try? xs.directory(base))?.isEmpty == true { try? xs.rm(base) }
-        if (try? xs.directory("/local/domain/0/backend"))?.isEmpty == true { try? xs.rm("/local/domain/0/backend") }
         let fe = "/local/domain/\(domid)/device/vif"
         if (try? xs.directory(fe))?.isEmpty == true { try? xs.rm(fe) }
     }
@@ -624,7 +577,7 @@ public final class NetSupervisor: @unchecked Sendable {
         lock.lock(); backends[domid, default: []].append(b); lock.unlock()
         watch(b)
         changed(domid)
-        return b.rec
+        return b.record
     }
 
     /// Removes vif `devid` of `domid` (`xm network-detach`).
@@ -646,20 +599,17 @@ public final class NetSupervisor: @unchecked Sendable {
     public func adopt(domid: Int, name: String, records: [VifRecord]) {
         var bs: [Backend] = []
         for r in records {
-            let b = Backend(domid: domid, domainName: name, record: r)
+            let b = Backend(domid: domid, domainName: name, record: r, lock: lock, budget: host.restartBudget())
             if !r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
-                b.isChild = false
-                var st = stat()
-                b.logOffset = stat(r.log, &st) == 0 ? UInt64(st.st_size) : 0
+                b.proc.adoptRunning(pid: r.pid, startTicks: r.startTicks)
                 log.info("\(b.label): re-adopted netback, pid \(r.pid)")
             } else if r.emulated == true {
                 log.info("\(b.label): re-adopted (NIC emulated by the engine on the tap)")
             } else if !r.broken {
-                b.rec.pid = 0
                 do {
                     try reopen(b)
                     try spawn(b)
-                    log.info("\(b.label): netback was gone; started a new one, pid \(b.rec.pid)")
+                    log.info("\(b.label): netback was gone; started a new one, pid \(b.proc.pid)")
                 } catch {
                     log.error("\(b.label): cannot restart netback: \(error)")
                     b.rec.broken = true
@@ -668,7 +618,7 @@ public final class NetSupervisor: @unchecked Sendable {
             bs.append(b)
         }
         lock.lock(); backends[domid] = bs; lock.unlock()
-        for b in bs where b.rec.pid > 0 { watch(b) }
+        for b in bs where b.proc.pid > 0 { watch(b) }
         changed(domid)
     }
 
@@ -677,8 +627,7 @@ public final class NetSupervisor: @unchecked Sendable {
     public func release(domid: Int, name: String, records: [VifRecord]) {
         for r in records {
             if r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks { kill(r.pid, SIGKILL) }
-            let b = Backend(domid: domid, domainName: name, record: r)
-            b.rec.pid = 0
+            let b = Backend(domid: domid, domainName: name, record: r, lock: lock, budget: host.restartBudget())
             teardown(b)
         }
         if !records.isEmpty { pruneXenstore(domid) }
@@ -703,7 +652,7 @@ public final class NetSupervisor: @unchecked Sendable {
                                 broken: false)
             }
             rec.pid = 0
-            let b = Backend(domid: domid, domainName: name, record: rec)
+            let b = Backend(domid: domid, domainName: name, record: rec, lock: lock, budget: host.restartBudget())
             teardown(b, scriptOffline: !rec.scriptPath.isEmpty && Tap.interfaceExists(rec.vifname))
         }
         if !vifs.isEmpty { pruneXenstore(domid) }
@@ -719,7 +668,7 @@ public final class NetSupervisor: @unchecked Sendable {
     /// The pids of a domain's running netbacks (tests, diagnostics).
     public func pids(domid: Int) -> [Int32] {
         lock.lock(); defer { lock.unlock() }
-        return (backends[domid] ?? []).map(\.rec.pid).filter { $0 > 0 }
+        return (backends[domid] ?? []).map(\.proc.pid).filter { $0 > 0 }
     }
 
     /// Runs xend-config's `network-script` (`network-bridge netdev=eth1`) with `start`
