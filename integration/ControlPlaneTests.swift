@@ -59,6 +59,8 @@ import Testing
         let trav = try xm("create", cfg, "name=../../../tmp/x")
         #expect(trav.stderr == "Error: Invalid VM Name '../../../tmp/x': use at most 64 of A-Z a-z 0-9 _ - . : + (no '/')\n", "\(trav.stderr)")
         #expect(!FileManager.default.fileExists(atPath: root + "/var/log/xen/console/guest-../../../tmp/x.log"))
+        let dots = try xm("create", cfg, "name=..")
+        #expect(dots.stderr == "Error: Invalid VM Name '..': '.' and '..' name directories\n", "\(dots.stderr)")
         // SIGKILL xend: the domain keeps running and is re-adopted.
         let pid = Int32(try String(contentsOfFile: root + "/run/xend.pid", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
         kill(pid, SIGKILL)

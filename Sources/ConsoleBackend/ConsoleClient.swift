@@ -26,7 +26,7 @@ func consoleCommand(_ fd: Int32, _ reader: inout LineReader, _ line: String, fds
 /// keeps its own descriptors. Call again after xenconsoled restarts: it starts with no
 /// registrations, and the ring's indices carry over so no output is lost.
 ///
-/// The log: when `logFD` is nil, this opens `DIR/guest-NAME.log` (O_APPEND|O_CREAT, 0644,
+/// The log: when `logFD` is nil, this opens `DIR/guest-NAME.log` (O_APPEND|O_CREAT, 0640,
 /// no symlinks) where DIR is what xenconsoled answers to `logdir` (its `--log-dir`), so the
 /// sandboxed daemon never opens files itself.
 /// - Parameters:
@@ -109,8 +109,10 @@ func openConsoleLog(_ fd: Int32, _ reader: inout LineReader, name: String) throw
     guard dir.hasPrefix("/") else { throw .badMessage("xenconsoled gave log directory '\(dir)'") }
     makeDirectories(dir)
     let path = dir + "/" + ConsolePaths.logFileName(domainName: name)
-    let log = clinux_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o644)
+    // 0640: a console carries what the guest prints, passwords typed at a prompt included.
+    let log = clinux_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o640)
     if log < 0 { throw .system("open \(path)", errno) }
+    _ = fchmod(log, 0o640)   // a log made by an older version keeps its mode otherwise
     return log
 }
 

@@ -18,8 +18,8 @@ public struct CoreEngine: DomainEngineDriver {
 
     public func start(_ l: EngineLaunch) throws -> EngineProcess {
         guard let kernel = l.config.kernel else { throw EngineError("No kernel specified", badRequest: true) }
-        guard access(kernel, R_OK) == 0 else { throw EngineError("Kernel image does not exist: \(kernel)", badRequest: true) }
-        if let r = l.config.ramdisk, access(r, R_OK) != 0 { throw EngineError("Kernel ramdisk does not exist: \(r)", badRequest: true) }
+        try EngineError.checkBootFile(kernel, "Kernel image")
+        if let r = l.config.ramdisk { try EngineError.checkBootFile(r, "Kernel ramdisk") }
         guard access(binary, X_OK) == 0 else { throw EngineError("\(binary): the core engine binary is missing") }
         unlink(l.controlPath); unlink(l.statusFile)
         var args = [binary, "--kernel", kernel]
@@ -34,7 +34,7 @@ public struct CoreEngine: DomainEngineDriver {
         }
         // Own session and process group, so the domain outlives xend; the console ring at
         // fixed numbers (coreConsoleFDs); COM1 to the console log when there is no ring.
-        var o = SpawnOptions(stdout: l.consoleFDs == nil ? .file(l.consoleLog) : .devNull,
+        var o = SpawnOptions(stdout: l.consoleFDs == nil ? .file(l.consoleLog, mode: 0o640) : .devNull,
                              stderr: .file(l.engineLog, append: false))
         if let fds = l.consoleFDs {
             o.descriptors = zip(fds.prefix(3), [coreConsoleFDs.ring, coreConsoleFDs.out, coreConsoleFDs.input])

@@ -9,8 +9,11 @@ import Glibc
 
 extension DomainManager {
     /// The running domain `dom`: its record, engine process and engine.
-    /// - Throws: `XendError` 404 no such domain, 409 not running.
-    func live(_ dom: String) throws(XendError) -> (DomainRecord, EngineProcess, any DomainEngineDriver) {
+    /// - Parameter operation: what is asked (`pause`, `shut down`, ...), for the refusal of
+    ///   Domain-0 in Xen's words ("Cannot pause privileged domain 0").
+    /// - Throws: `XendError` 400 for Domain-0, 404 no such domain, 409 not running.
+    func live(_ dom: String, for operation: String) throws(XendError) -> (DomainRecord, EngineProcess, any DomainEngineDriver) {
+        if dom == "0" || dom == "Domain-0" { throw XendError(.badRequest, "Cannot \(operation) privileged domain 0") }
         guard let r = find(dom) else { throw .noDomain(dom) }
         guard let p = r.process, let e = engines[r.engine] else { throw XendError(.conflict, "Domain '\(dom)' is not running.") }
         return (r, p, e)
@@ -21,14 +24,14 @@ extension DomainManager {
     }
 
     public func pause(_ dom: String) throws(XendError) -> DomainInfo {
-        let (r, p, e) = try live(dom)
+        let (r, p, e) = try live(dom, for: "pause")
         try engineCall { try e.pause(p) }
         statuses.setPaused(r.domid, true)
         return info(r, long: false)
     }
 
     public func unpause(_ dom: String) throws(XendError) -> DomainInfo {
-        let (r, p, e) = try live(dom)
+        let (r, p, e) = try live(dom, for: "unpause")
         try engineCall { try e.unpause(p) }
         statuses.setPaused(r.domid, false)
         return info(r, long: false)
@@ -40,7 +43,7 @@ extension DomainManager {
     /// - Throws: `XendError` 400 below 16 MiB or above what the domain was started with
     ///   (or its maxmem), 503 when its engine has no balloon device, 404 no such domain.
     public func memSet(_ dom: String, mib: Int) throws(XendError) -> DomainInfo {
-        let (r, p, e) = try live(dom)
+        let (r, p, e) = try live(dom, for: "set the memory of")
         var cfg = r.config
         let booted = r.bootMemory ?? max(cfg.memory, cfg.maxmem ?? 0)
         let ceiling = min(booted, cfg.maxmem ?? booted)
@@ -65,6 +68,7 @@ extension DomainManager {
     /// next start gives it.
     /// - Throws: `XendError` 400 below the current target, 404 no such domain.
     public func memMax(_ dom: String, mib: Int) throws(XendError) -> DomainInfo {
+        if dom == "0" || dom == "Domain-0" { throw XendError(.badRequest, "Cannot set the maximum memory of privileged domain 0") }
         guard let r = find(dom) else { throw XendError.noDomain(dom) }
         var cfg = r.config
         guard mib >= cfg.memory else {
@@ -81,7 +85,7 @@ extension DomainManager {
     /// `mode`: poweroff or halt (ACPI power button), reboot.
     public func shutdown(_ dom: String, mode: String) throws(XendError) -> DomainInfo {
         guard ["poweroff", "halt", "reboot"].contains(mode) else { throw XendError(.badRequest, "Invalid shutdown mode: \(mode)") }
-        let (r, p, e) = try live(dom)
+        let (r, p, e) = try live(dom, for: mode == "reboot" ? "reboot" : "shut down")
         // Xen's xm reboot asks the guest to shut down with reason reboot, then xend applies
         // on_reboot. Here the guest gets the ACPI power button, and its poweroff counts as
         // a reboot (a hard reset would cut off what the guest had not written yet).

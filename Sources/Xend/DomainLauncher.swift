@@ -29,6 +29,10 @@ extension DomainManager {
         if Self.nameRegex.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) == nil || name.count > 64 {
             throw XendError(.badRequest, "Invalid VM Name '\(name)': use at most 64 of A-Z a-z 0-9 _ - . : + (no '/')")
         }
+        if name == "." || name == ".." {
+            // Files are named after the domain (guest-NAME.log): these name directories.
+            throw XendError(.badRequest, "Invalid VM Name '\(name)': '.' and '..' name directories")
+        }
         if let d = cfg.disks.first(where: { $0.script != nil }) {
             throw XendError(.badRequest, "Device \(d.vdev) (vbd) could not be connected. Block script \(d.script!) is not supported here: use file: or phy: (disk '\(d.uname),\(d.dev),\(d.access.rawValue)')")
         }
@@ -47,7 +51,12 @@ extension DomainManager {
         let record = DomainRecord(domid: 0, name: name, uuid: cfg.uuid!, config: cfg, engine: engine.name,
                                   process: nil, startTime: 0, restartCount: 0, previousRestartTime: nil,
                                   stoppedState: nil, consoleLog: paths.consoleLogDir + "/guest-\(name).log")
-        let r = try launch(record, engine: engine)
+        let r: DomainRecord
+        do { r = try launch(record, engine: engine) } catch {
+            // xend.log and `xm dmesg` say why a create failed, as they say why a domain ended.
+            dmesg("Domain \(name): not created: \(error.message)")
+            throw error
+        }
         if paused, let p = r.process { try? engine.pause(p) }
         return info(r, long: false)
     }

@@ -189,3 +189,21 @@ extension DomainEngineDriver {
     public func displayAddress(_ p: EngineProcess) -> String? { nil }
     public func runFiles(controlPath: String) -> [String] { [controlPath] }
 }
+
+extension EngineError {
+    /// Checks a file an engine boots from (kernel, ramdisk, CD-ROM image): it must exist, be
+    /// readable and be a regular file (`/dev/zero` as a kernel would never finish loading).
+    /// - Parameters:
+    ///   - what: `Kernel image`, `Kernel ramdisk`, `CD-ROM image`, for the message.
+    ///   - blockDeviceAllowed: a block device will do too (a CD-ROM drive, `/dev/sr0`).
+    /// - Throws: `EngineError` (the request's fault) naming the file.
+    static func checkBootFile(_ path: String, _ what: String, blockDeviceAllowed: Bool = false) throws {
+        var st = stat()
+        guard stat(path, &st) == 0, access(path, R_OK) == 0 else {
+            throw EngineError("\(what) does not exist: \(path)", badRequest: true)
+        }
+        guard st.st_mode & S_IFMT == S_IFREG || (blockDeviceAllowed && st.st_mode & S_IFMT == S_IFBLK) else {
+            throw EngineError("\(what) is not a regular file: \(path)", badRequest: true)
+        }
+    }
+}

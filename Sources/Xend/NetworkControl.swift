@@ -19,7 +19,7 @@ extension DomainManager {
     /// `xm network-list`: the vifs of a running domain, by devid.
     /// - Throws: `XendError` no such domain (404), not running (409).
     public func networkList(_ dom: String) throws(XendError) -> [VifInfo] {
-        let (r, _, _) = try live(dom)
+        let (r, _, _) = try live(dom, for: "list the network devices of")
         let recs = nets?.records(r.domid) ?? r.vifs ?? []
         return recs.map { vifInfo(r.domid, $0) }
     }
@@ -30,7 +30,7 @@ extension DomainManager {
     /// - Parameter spec: the vif spec (`mac=..,bridge=..,script=..,ip=..,vifname=..,rate=..`).
     /// - Throws: `XendError`: bad spec (400), engine without hot-plug (503), script failure (400).
     public func networkAttach(_ dom: String, spec: String) throws(XendError) -> VifInfo {
-        let (r, p, e) = try live(dom)
+        let (r, p, e) = try live(dom, for: "attach a network device to")
         let v: VifSpec
         do { v = try VifSpec(parsing: spec) } catch { throw XendError(.badRequest, "bad vif spec: \(error.message)") }
         guard let nets else { throw XendError(.unavailable, "network interfaces are not available without netback") }
@@ -50,7 +50,7 @@ extension DomainManager {
     /// `xm network-detach DOM DEVID`.
     /// - Throws: `XendError`: no such vif (400), engine without hot-unplug (503).
     public func networkDetach(_ dom: String, devid: Int) throws(XendError) -> [VifInfo] {
-        let (r, p, e) = try live(dom)
+        let (r, p, e) = try live(dom, for: "detach a network device from")
         guard let nets, nets.records(r.domid).contains(where: { $0.devid == devid }) else {
             throw XendError(.badRequest, "Device \(devid) not connected")
         }

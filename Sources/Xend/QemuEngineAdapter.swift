@@ -83,8 +83,8 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         let qemu: String
         do { qemu = try QemuDomain.findBinary(binary) } catch { throw EngineError("\(error)") }
         let c = l.config
-        if let k = c.kernel, access(k, R_OK) != 0 { throw EngineError("Kernel image does not exist: \(k)", badRequest: true) }
-        if let r = c.ramdisk, access(r, R_OK) != 0 { throw EngineError("Kernel ramdisk does not exist: \(r)", badRequest: true) }
+        if let k = c.kernel { try EngineError.checkBootFile(k, "Kernel image") }
+        if let r = c.ramdisk { try EngineError.checkBootFile(r, "Kernel ramdisk") }
         var fds: [Int32] = []
         defer { for fd in fds { close(fd) } }
         func open1(_ path: String, _ flags: Int32, _ what: String) throws -> Int32 {
@@ -107,7 +107,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         }
         var cdrom: QemuDiskBackend?
         if c.builder == .hvm, let iso = c.hvm.cdrom, !iso.isEmpty {
-            guard access(iso, R_OK) == 0 else { throw EngineError("CD-ROM image does not exist: \(iso)", badRequest: true) }
+            try EngineError.checkBootFile(iso, "CD-ROM image", blockDeviceAllowed: true)
             cdrom = .fd(try open1(iso, O_RDONLY, "cdrom"))
         }
         // VNC: HVM with vnc=1 (the manual's default), on localhost unless vnclisten says.
