@@ -158,7 +158,7 @@ extension VhostUserBackend {
                     let size = try r.u64(), offset = try r.u64()
                     dirtyLog = try DirtyLog(fd: fd, size: size, offset: offset)
                     unloggedWriteReported = false
-                    log("vhost-user: dirty log of \(size) bytes (guest memory up to \(size * 8 * DirtyLog.pageSize >> 20) MiB)")
+                    log("vhost-user: dirty log of \(size) bytes (covers guest memory up to \((size * 8 * DirtyLog.pageSize) >> 20) MiB)")
                 } catch {
                     if let fd { close(fd) }
                     // The front-end has moved on from the old log: what cannot be logged is counted.
