@@ -197,6 +197,13 @@ func failure(_ messages: [StatusMessage]) -> String? {
         let measured = Double(sent.microseconds) / 1e6
         #expect(measured > expected * 0.8 && measured < expected * 1.2, "took \(measured) s, expected \(expected) s")
         #expect(wall > expected * 0.8 && wall < expected * 1.2 + 1.0, "wall \(wall) s, expected \(expected) s")
+        // Progress about every 250 ms, engine bytes rising, at about the paced rate (5 MB/s).
+        let progress = senderMessages.compactMap { m -> (UInt64, UInt64)? in
+            if case .progress(let b, let r) = m { (b, r) } else { nil }
+        }
+        #expect(progress.count >= 2 && progress.count <= 6, "\(progress)")
+        #expect(zip(progress, progress.dropFirst()).allSatisfy { $0.0 < $1.0 })
+        #expect(progress.dropFirst().allSatisfy { $0.1 > 3_000_000 && $0.1 < 7_000_000 }, "\(progress)")
         print("paced send: \(sent.wireBytes) bytes in \(measured) s (expected \(expected) s), wall \(wall) s")
     }
 
