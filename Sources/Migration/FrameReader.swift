@@ -34,6 +34,7 @@ public struct FrameReader {
     public private(set) var dataChecksum: UInt32 = 0
     private let buffer = PayloadBuffer(StreamFormat.maxPayload)
 
+    /// A reader at the current offset of `input`; its one 1 MiB payload buffer is allocated here.
     public init(input: Descriptor) { self.input = input }
 
     /// Reads exactly `count` bytes into `to`, or throws `.truncated(what)` at EOF.

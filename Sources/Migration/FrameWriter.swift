@@ -17,6 +17,7 @@ public struct FrameWriter {
     public private(set) var dataFrames: UInt64 = 0
     public private(set) var dataChecksum: UInt32 = 0
 
+    /// A writer onto `output`, paced by `pacer` when given.
     public init(output: Descriptor, pacer: Pacer? = nil) { self.output = output; self.pacer = pacer }
 
     /// Writes the envelope (signature, length, `config`) and the stream header.
