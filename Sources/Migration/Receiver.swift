@@ -45,7 +45,7 @@ public enum Receiver {
                 try writer.writeAck(end)
             }
             return (config, Summary(bytes: reader.dataBytes, wireBytes: reader.offset, frames: reader.dataFrames,
-                                    microseconds: progress.elapsedMicroseconds, checksum: reader.dataCRC.value))
+                                    microseconds: progress.elapsedMicroseconds, checksum: reader.dataChecksum))
         } catch {
             if acknowledge {
                 var writer = FrameWriter(output: input)
