@@ -58,28 +58,49 @@ enum PyValue: Equatable, Sendable {
         }
     }
 
-    /// Python's `str()`.
-    var str: String {
+    /// Python's `str()`, or nil when it would be longer than `limit` bytes.
+    func str(limit: Int) -> String? {
+        let s: String
         switch self {
-        case .int(let i): return String(i)
-        case .float(let d): return String(d)
-        case .string(let s): return s
-        case .bool(let b): return b ? "True" : "False"
-        case .none: return "None"
-        case .list, .tuple: return repr
-        case .function(let f): return "<function \(f.name)>"
-        case .builtin(let n): return "<built-in \(n)>"
-        case .exception(_, let m): return m
+        case .int(let i): s = String(i)
+        case .float(let d): s = String(d)
+        case .string(let t): s = t
+        case .bool(let b): s = b ? "True" : "False"
+        case .none: s = "None"
+        case .list, .tuple: return repr(limit: limit)
+        case .function(let f): s = "<function \(f.name)>"
+        case .builtin(let n): s = "<built-in \(n)>"
+        case .exception(_, let m): s = m
         }
+        return s.utf8.count <= limit ? s : nil
     }
 
-    /// Python's `repr()`.
-    var repr: String {
+    /// Python's `repr()`, or nil when it would be longer than `limit` bytes: a list of
+    /// 65536 copies of one 16 MiB string is small to hold but a terabyte to print.
+    func repr(limit: Int) -> String? {
+        var out = ""
+        return write(repr: &out, limit: limit) ? out : nil
+    }
+
+    /// `repr()` for messages: at most about 200 bytes, `...` where cut.
+    var shortRepr: String {
+        var out = ""
+        if write(repr: &out, limit: 200) { return out }
+        return String(decoding: out.utf8.prefix(200), as: UTF8.self) + "..."
+    }
+
+    /// `str()` for messages (`raise ValueError("...")`): up to 4096 bytes, else `shortRepr`.
+    var messageText: String { str(limit: 4096) ?? shortRepr }
+
+    /// Appends `repr()` to `out`; false, with `out` holding at least a prefix, once `out`
+    /// passes `limit` bytes. The work done is about `limit`, whatever the value's size.
+    func write(repr out: inout String, limit: Int) -> Bool {
         switch self {
         case .string(let s):
             let q: Character = s.contains("'") && !s.contains("\"") ? "\"" : "'"
-            var out = String(q)
-            for ch in s.unicodeScalars {
+            let fits = out.utf8.count + s.utf8.count + 2 <= limit
+            out.append(q)
+            for ch in fits ? s.unicodeScalars[...] : s.unicodeScalars.prefix(max(0, limit - out.utf8.count)) {
                 switch ch {
                 case "\\": out += "\\\\"
                 case "\n": out += "\\n"
@@ -89,13 +110,24 @@ enum PyValue: Equatable, Sendable {
                     if Character(ch) == q { out += "\\" + String(q) } else { out.unicodeScalars.append(ch) }
                 }
             }
-            return out + String(q)
-        case .exception(let k, let m): return "\(k)(\(PyValue.string(m).repr))"
-        case .list(let items): return "[" + items.map(\.repr).joined(separator: ", ") + "]"
-        case .tuple(let items):
-            return items.count == 1 ? "(\(items[0].repr),)" : "(" + items.map(\.repr).joined(separator: ", ") + ")"
-        default: return str
+            guard fits else { return false }
+            out.append(q)
+        case .exception(let k, let m):
+            out += k + "("
+            guard PyValue.string(m).write(repr: &out, limit: limit) else { return false }
+            out += ")"
+        case .list(let items), .tuple(let items):
+            let isList = if case .list = self { true } else { false }
+            out += isList ? "[" : "("
+            for (i, x) in items.enumerated() {
+                if i > 0 { out += ", " }
+                guard x.write(repr: &out, limit: limit) else { return false }
+            }
+            out += isList ? "]" : items.count == 1 ? ",)" : ")"
+        default:
+            out += str(limit: limit) ?? ""
         }
+        return out.utf8.count <= limit
     }
 }
 

@@ -96,10 +96,15 @@ extension PyInterpreter {
             }
         case "str":
             try arity(0, 1)
-            return .string(args.first?.str ?? "")
+            guard let v = args.first else { return .string("") }
+            guard let t = v.str(limit: pyMaxStringBytes) else { throw fail("str() of this \(v.typeName) would be more than \(pyMaxStringBytes) bytes", line) }
+            return .string(t)
         case "repr":
             try arity(1, 1)
-            return .string(args[0].repr)
+            guard let t = args[0].repr(limit: pyMaxStringBytes) else {
+                throw fail("repr() of this \(args[0].typeName) would be more than \(pyMaxStringBytes) bytes", line)
+            }
+            return .string(t)
         case "bool":
             try arity(0, 1)
             return .bool(args.first.map(truthy) ?? false)
@@ -183,7 +188,7 @@ extension PyInterpreter {
         if base == 16, t.lowercased().hasPrefix("0x") { t = t.dropFirst(2) }
         guard !t.isEmpty, t.first != "-", t.first != "+", let m = UInt(t, radix: base),
               m <= UInt(Int.max) + (negative ? 1 : 0) else {
-            throw fail("ValueError: invalid literal for int() with base \(base): \(PyValue.string(s).repr)", line)
+            throw fail("ValueError: invalid literal for int() with base \(base): \(PyValue.string(s).shortRepr)", line)
         }
         return .int(negative ? Int(truncatingIfNeeded: 0 &- m) : Int(m))
     }
@@ -236,7 +241,7 @@ extension PyInterpreter {
             case "index":
                 try arity(1, 1)
                 guard let k = items.firstIndex(where: { PyInterpreter.equal($0, args[0]) }) else {
-                    throw fail("ValueError: \(args[0].repr) is not in \(value.typeName)", line)
+                    throw fail("ValueError: \(args[0].shortRepr) is not in \(value.typeName)", line)
                 }
                 return .int(k)
             case "count":
@@ -296,6 +301,7 @@ extension PyInterpreter {
             } else {
                 let sep = try arg(0, "separator")
                 guard !sep.isEmpty else { throw fail("ValueError: empty separator", line) }
+                try chargeSearch(s, sep, line)
                 var rest = Substring(s)
                 while parts.count < limit, let r = rest.firstRange(of: sep) {
                     try add(rest[..<r.lowerBound])
@@ -321,6 +327,7 @@ extension PyInterpreter {
         case "replace":
             try arity(2, 3)
             let old = try arg(0, "old"), new = try arg(1, "new")
+            try chargeSearch(s, old, line)
             var limit = Int.max
             if args.count == 3 { let m = try integer(args[2], "replace() count", line); if m >= 0 { limit = m } }
             if old.isEmpty {
@@ -360,6 +367,7 @@ extension PyInterpreter {
         case "find", "rfind", "index", "count":
             try arity(1, 1)
             let sub = try arg(0, "argument")
+            try chargeSearch(s, sub, line)
             let scalars = Array(s.unicodeScalars), needle = Array(sub.unicodeScalars)
             var hits: [Int] = []
             if needle.count <= scalars.count {
@@ -373,7 +381,6 @@ extension PyInterpreter {
                         k += 1
                     }
                 }
-                try step(line, scalars.count / 64)
             }
             if method == "count" { return .int(hits.count) }
             guard let k = method == "rfind" ? hits.last : hits.first else {

@@ -53,8 +53,13 @@ func pyFormat(_ fmt: String, _ args: [PyValue]) throws(FormatError) -> String {
         var numeric = false
         switch conv {
         case "%": out.append("%"); continue
-        case "s": body = try nextArg().str; if let p = precision { body = String(body.prefix(p)) }
-        case "r": body = try nextArg().repr; if let p = precision { body = String(body.prefix(p)) }
+        case "s", "r":
+            let v = try nextArg()
+            guard let t = conv == "s" ? v.str(limit: pyMaxStringBytes) : v.repr(limit: pyMaxStringBytes) else {
+                throw FormatError(message: "%\(conv) of this \(v.typeName) would be more than \(pyMaxStringBytes) bytes")
+            }
+            body = t
+            if let p = precision { body = String(body.prefix(p)) }
         case "c":
             let v = try nextArg()
             switch v {

@@ -118,6 +118,18 @@ struct PyInterpreter {
         return d + 1
     }
 
+    /// Counts a substring search before it runs: a plain search can compare every byte
+    /// of `needle` at every place in `haystack`, so one `'a'*8000000+'b' in s` could
+    /// otherwise run for hours inside a single step.
+    mutating func chargeSearch(_ haystack: String, _ needle: String, _ line: Int) throws(ConfigError) {
+        let (h, n) = (haystack.utf8.count, needle.utf8.count)
+        let (pairs, overflow) = h.multipliedReportingOverflow(by: max(1, n))
+        if overflow || pairs / 64 > pyMaxSteps - steps {
+            throw fail("searching \(h) bytes for a string of \(n) bytes is too much work for a config file", line)
+        }
+        try step(line, pairs / 64)
+    }
+
     /// Refuses a container deeper than `pyMaxNestingDepth`.
     mutating func checkNesting(_ items: [PyValue], _ line: Int) throws(ConfigError) {
         if try nestingDepth(of: items, line) > pyMaxNestingDepth {
@@ -279,7 +291,7 @@ struct PyInterpreter {
         case .string(let s): kind = "error"; text = s
         case let v: return fail("TypeError: exceptions must be classes or instances, not \(v.typeName)", line)
         }
-        if let message { text = try eval(message).str }
+        if let message { text = try eval(message).messageText }
         return fail(text.isEmpty ? kind : "\(kind): \(text)", line)
     }
 
@@ -550,8 +562,8 @@ struct PyInterpreter {
             return try callFunction(fn, args.positional, args.keywords, line)
         case .builtin(let n) where pyExceptionNames.contains(n):
             guard args.keywords.isEmpty else { throw fail("TypeError: \(n)() takes no keyword arguments", line) }
-            let text = args.positional.count == 1 ? args.positional[0].str
-                : args.positional.isEmpty ? "" : PyValue.tuple(args.positional).str
+            let text = args.positional.count == 1 ? args.positional[0].messageText
+                : args.positional.isEmpty ? "" : PyValue.tuple(args.positional).messageText
             return .exception(n, text)
         case .builtin(let n) where n != "xm_vars":
             let r = try callBuiltin(n, args.positional, args.keywords, line)
@@ -650,7 +662,7 @@ struct PyInterpreter {
                 defer { key = savedKey }
                 let context = value == .none
                     ? " (\(name) is not set: give \(name)=VALUE on the xm create command line; xm_vars.check() at line \(line))"
-                    : " (checking \(name)=\(value.repr) for xm_vars.check() at line \(line))"
+                    : " (checking \(name)=\(value.shortRepr) for xm_vars.check() at line \(line))"
                 let result: PyValue
                 do {
                     switch check {
@@ -758,7 +770,7 @@ struct PyInterpreter {
     }
 
     /// `a OP b` for `== != < <= > >= in not in is is not`.
-    func compare(_ op: String, _ a: PyValue, _ b: PyValue, _ line: Int) throws(ConfigError) -> Bool {
+    mutating func compare(_ op: String, _ a: PyValue, _ b: PyValue, _ line: Int) throws(ConfigError) -> Bool {
         switch op {
         case "==": return PyInterpreter.equal(a, b)
         case "!=": return !PyInterpreter.equal(a, b)
@@ -781,8 +793,11 @@ struct PyInterpreter {
                 guard case .string(let sub) = a else {
                     throw fail("TypeError: 'in <string>' requires a string on the left, not \(a.typeName)", line)
                 }
+                try chargeSearch(s, sub, line)
                 found = sub.isEmpty || s.firstRange(of: sub) != nil
-            case .list(let items), .tuple(let items): found = items.contains { PyInterpreter.equal(a, $0) }
+            case .list(let items), .tuple(let items):
+                try step(line, items.count / 64)
+                found = items.contains { PyInterpreter.equal(a, $0) }
             default: throw fail("TypeError: argument of type '\(b.typeName)' is not iterable", line)
             }
             return op == "in" ? found : !found
@@ -842,7 +857,7 @@ struct PyInterpreter {
             return x.count < y.count ? -1 : x.count == y.count ? 0 : 1
         default:
             if let x = number(a), let y = number(b) { return x < y ? -1 : x == y ? 0 : 1 }
-            throw fail("TypeError: cannot compare \(a.typeName) \(a.repr) \(op) \(b.typeName) \(b.repr) "
+            throw fail("TypeError: cannot compare \(a.typeName) \(a.shortRepr) \(op) \(b.typeName) \(b.shortRepr) "
                        + "(convert with int() or str() first)", line)
         }
     }

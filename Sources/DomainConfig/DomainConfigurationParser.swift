@@ -223,7 +223,7 @@ struct Converter {
     func describe(_ v: PyValue) -> String {
         switch v {
         case .string(let s): return "'\(s)'"
-        default: return "\(v.typeName) \(v.repr)"
+        default: return "\(v.typeName) \(v.shortRepr)"
         }
     }
 

@@ -52,6 +52,18 @@ import Testing
         #expect(error("extra = ('x' * 100000).replace('', 'y' * 200)\n")
                 .hasPrefix("h.cfg:3: key 'extra': string of "))
         #expect(error("l = (' ' * 200000).split(' ')\n") == "h.cfg:3: key 'l': list of 65537 elements is too large (limit 65536)")
+        // Small to hold, huge to print: a list of 65536 references to one 1 MB string.
+        let wide = "s = 'x' * 1000000\nl = [s] * 65536\n"
+        #expect(error(wide + "extra = str(l)\n") == "h.cfg:5: key 'extra': str() of this list would be more than 16777216 bytes")
+        #expect(error(wide + "extra = '%s' % (l,)\n") == "h.cfg:5: key 'extra': %s of this list would be more than 16777216 bytes")
+        #expect(error(wide + "memory = l\n").hasPrefix("h.cfg:5: key 'memory': expected an integer (MiB), found list ['xxxxx"))
+        #expect(error(wide + "memory = l\n").count < 400)
+        // A search that would compare too many bytes is refused before it runs.
+        let search = "h = 'a' * 16000000\nn = 'a' * 8000000 + 'b'\n"
+        let tooMuch = "h.cfg:5: key 'memory': searching 16000000 bytes for a string of 8000001 bytes is too much work for a config file"
+        #expect(error(search + "memory = n in h\n") == tooMuch)
+        #expect(error(search + "memory = h.count(n)\n") == tooMuch)
+        #expect(error(search + "memory = len(h.split(n))\n") == tooMuch)
     }
 
     /// The deepest the evaluator can be driven: calls at the limit, each inside the most
