@@ -359,6 +359,8 @@ struct PyParser {
             throw unsupported("augmented assignment '\(o)'")
         default: break
         }
+        // A string on its own is a docstring or a comment.
+        if case .literal(.string) = e.kind { return PyStatement(kind: .pass, line: line) }
         guard case .call = e.kind else {
             if case .name(let n) = e.kind { throw unsupported("bare expression '\(n)'") }
             throw unsupported("expression statement (only calls may stand alone)")

@@ -98,6 +98,7 @@ import Testing
     @Test func expressionsAndMethods() throws {
         let c = try parse("""
         def pick(xs, i=-1):
+            \"""The i-th of xs (a docstring is a statement of its own).\"""
             return xs[i]
         words = ' a, b ,c '.split(',')
         clean = []
