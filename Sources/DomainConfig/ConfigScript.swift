@@ -5,7 +5,8 @@
 // own bounded evaluator (ConfigScriptInterpreter.swift); nothing is imported, nothing is
 // read or written, and every loop, call and value is bounded.
 //
-// Statements: `NAME = EXPR` and `A, B = EXPR`, expression statements (calls), `def` with
+// Statements: `NAME = EXPR` and `A, B = EXPR`, calls standing alone (`xm_vars.check()`,
+// `disk.append(...)`) and strings standing alone (docstrings), `def` with
 // positional parameters, defaults and `return`, `if`/`elif`/`else`, `for NAME in EXPR`,
 // `while`, `break`, `continue`, `pass`, `global`, `raise E`, `raise E(msg)`, `raise E, msg`;
 // one per logical line or `;`-separated, blocks by indentation (tabs to multiples of 8,
@@ -15,6 +16,9 @@
 // (`str % args` is printf-style formatting), comparisons `== != < <= > >= in not in is
 // is not` (chained), `and`/`or`/`not`, calls with keyword arguments, subscripts and
 // slices, and the methods and built-in functions of ConfigScriptBuiltins.swift.
+// Where this differs from Python 2 on purpose: lists are values (`b = a; b.append(x)`
+// leaves `a` as it was), and ordering unlike types (`'3' < 0`, which Python 2 answered
+// silently) is an error.
 // A UTF-8 byte order mark at the start is skipped. Anything else (`import`, `class`,
 // `lambda`, dictionaries, `try`, conditional expressions, augmented assignment) is refused
 // as "unsupported Python: ...".

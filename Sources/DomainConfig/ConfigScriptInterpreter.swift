@@ -19,6 +19,7 @@ public struct ConfigVariable: Sendable, Hashable {
     /// 1-based line of the `xm_vars.var` call.
     public var line: Int
 
+    /// A declared variable: its name, its `use` text (empty for none), its 1-based line.
     public init(name: String, use: String, line: Int) {
         self.name = name
         self.use = use
