@@ -1,15 +1,27 @@
-// The Python-assignment subset of xm/xl domain configuration files.
+// The Python subset of xm/xl domain configuration files: values and the lexer.
 //
-// Accepted: `NAME = EXPR` statements, one per logical line (lists and parentheses may
-// span lines, trailing commas allowed, `\` continues a line, `;` separates statements),
-// `#` comments. EXPR: integers (decimal, 0x, 0o, Python 2 leading-0 octal), floats,
+// Xen 3.0's `xm create` ran a config file as Python (tools/examples/xmexample2 uses `def`,
+// `if`, `raise` and `xm_vars`). Xenith reads the part of Python 2 such files use, with its
+// own bounded evaluator (ConfigScriptInterpreter.swift); nothing is imported, nothing is
+// read or written, and every loop, call and value is bounded.
+//
+// Statements: `NAME = EXPR` and `A, B = EXPR`, calls standing alone (`xm_vars.check()`,
+// `disk.append(...)`) and strings standing alone (docstrings), `def` with
+// positional parameters, defaults and `return`, `if`/`elif`/`else`, `for NAME in EXPR`,
+// `while`, `break`, `continue`, `pass`, `global`, `raise E`, `raise E(msg)`, `raise E, msg`;
+// one per logical line or `;`-separated, blocks by indentation (tabs to multiples of 8,
+// as Python 2). Expressions: integers (decimal, 0x, 0o, Python 2 leading-0 octal), floats,
 // strings ('...', "...", triple-quoted, r/u prefixes, adjacent literals concatenated),
-// True/False/None, names bound earlier or on the command line, lists `[...]`,
-// parenthesised tuples, unary `-`/`+`, binary `+ - * / // %` with Python precedence;
-// `%` on a string is printf-style formatting (Python's `str % args`).
-// As in Python, a statement may not be indented and `;` may not stand alone; a UTF-8
-// byte order mark at the start is skipped. Nesting is limited to `pyMaxNestingDepth`.
-// Anything else is refused as "unsupported Python: ...".
+// True/False/None, names, lists `[...]`, tuples, unary `-`/`+`, binary `+ - * / // %`
+// (`str % args` is printf-style formatting), comparisons `== != < <= > >= in not in is
+// is not` (chained), `and`/`or`/`not`, calls with keyword arguments, subscripts and
+// slices, and the methods and built-in functions of ConfigScriptBuiltins.swift.
+// Where this differs from Python 2 on purpose: lists are values (`b = a; b.append(x)`
+// leaves `a` as it was), and ordering unlike types (`'3' < 0`, which Python 2 answered
+// silently) is an error.
+// A UTF-8 byte order mark at the start is skipped. Anything else (`import`, `class`,
+// `lambda`, dictionaries, `try`, conditional expressions, augmented assignment) is refused
+// as "unsupported Python: ...".
 
 /// A value computed by a configuration script.
 enum PyValue: Equatable, Sendable {
@@ -20,6 +32,12 @@ enum PyValue: Equatable, Sendable {
     case none
     case list([PyValue])
     case tuple([PyValue])
+    /// A function the file defined with `def`.
+    case function(PyFunction)
+    /// A built-in function or object (`int`, `range`, `ValueError`, `xm_vars`), by name.
+    case builtin(String)
+    /// An exception instance: `ValueError("bad vmid")`, ready for `raise`.
+    case exception(String, String)
 
     var typeName: String {
         switch self {
@@ -30,28 +48,63 @@ enum PyValue: Equatable, Sendable {
         case .none: return "NoneType"
         case .list: return "list"
         case .tuple: return "tuple"
+        case .function: return "function"
+        case .builtin(let n): return n == "xm_vars" ? "Vars" : "builtin_function_or_method"
+        case .exception(let k, _): return k
         }
     }
 
-    /// Python's `str()`.
-    var str: String {
+    /// Whether this is data a domain configuration key can hold (not a function or exception).
+    var isData: Bool {
         switch self {
-        case .int(let i): return String(i)
-        case .float(let d): return String(d)
-        case .string(let s): return s
-        case .bool(let b): return b ? "True" : "False"
-        case .none: return "None"
-        case .list, .tuple: return repr
+        case .function, .builtin, .exception: return false
+        default: return true
         }
     }
 
-    /// Python's `repr()`.
-    var repr: String {
+    /// Python's `str()`, or nil when it would be longer than `limit` bytes.
+    func str(limit: Int) -> String? {
+        let s: String
+        switch self {
+        case .int(let i): s = String(i)
+        case .float(let d): s = String(d)
+        case .string(let t): s = t
+        case .bool(let b): s = b ? "True" : "False"
+        case .none: s = "None"
+        case .list, .tuple: return repr(limit: limit)
+        case .function(let f): s = "<function \(f.name)>"
+        case .builtin(let n): s = "<built-in \(n)>"
+        case .exception(_, let m): s = m
+        }
+        return s.utf8.count <= limit ? s : nil
+    }
+
+    /// Python's `repr()`, or nil when it would be longer than `limit` bytes: a list of
+    /// 65536 copies of one 16 MiB string is small to hold but a terabyte to print.
+    func repr(limit: Int) -> String? {
+        var out = ""
+        return write(repr: &out, limit: limit) ? out : nil
+    }
+
+    /// `repr()` for messages: at most about 200 bytes, `...` where cut.
+    var shortRepr: String {
+        var out = ""
+        if write(repr: &out, limit: 200) { return out }
+        return String(decoding: out.utf8.prefix(200), as: UTF8.self) + "..."
+    }
+
+    /// `str()` for messages (`raise ValueError("...")`): up to 4096 bytes, else `shortRepr`.
+    var messageText: String { str(limit: 4096) ?? shortRepr }
+
+    /// Appends `repr()` to `out`; false, with `out` holding at least a prefix, once `out`
+    /// passes `limit` bytes. The work done is about `limit`, whatever the value's size.
+    func write(repr out: inout String, limit: Int) -> Bool {
         switch self {
         case .string(let s):
             let q: Character = s.contains("'") && !s.contains("\"") ? "\"" : "'"
-            var out = String(q)
-            for ch in s.unicodeScalars {
+            let fits = out.utf8.count + s.utf8.count + 2 <= limit
+            out.append(q)
+            for ch in fits ? s.unicodeScalars[...] : s.unicodeScalars.prefix(max(0, limit - out.utf8.count)) {
                 switch ch {
                 case "\\": out += "\\\\"
                 case "\n": out += "\\n"
@@ -61,12 +114,24 @@ enum PyValue: Equatable, Sendable {
                     if Character(ch) == q { out += "\\" + String(q) } else { out.unicodeScalars.append(ch) }
                 }
             }
-            return out + String(q)
-        case .list(let items): return "[" + items.map(\.repr).joined(separator: ", ") + "]"
-        case .tuple(let items):
-            return items.count == 1 ? "(\(items[0].repr),)" : "(" + items.map(\.repr).joined(separator: ", ") + ")"
-        default: return str
+            guard fits else { return false }
+            out.append(q)
+        case .exception(let k, let m):
+            out += k + "("
+            guard PyValue.string(m).write(repr: &out, limit: limit) else { return false }
+            out += ")"
+        case .list(let items), .tuple(let items):
+            let isList = if case .list = self { true } else { false }
+            out += isList ? "[" : "("
+            for (i, x) in items.enumerated() {
+                if i > 0 { out += ", " }
+                guard x.write(repr: &out, limit: limit) else { return false }
+            }
+            out += isList ? "]" : items.count == 1 ? ",)" : ")"
+        default:
+            out += str(limit: limit) ?? ""
         }
+        return out.utf8.count <= limit
     }
 }
 
@@ -79,8 +144,10 @@ struct PyToken: Equatable {
         case float(Double)
         case string(String)
         case op(String)
-        /// Blank space before a statement (Python's unexpected indent; the parser refuses it).
+        /// A line indented deeper than the one before: a block starts.
         case indent
+        /// A line indented less: a block ends (one per block).
+        case dedent
         case newline
         case eof
     }
@@ -109,20 +176,43 @@ struct PyLexer {
         self.file = file
     }
 
-    /// At the start of a logical line: emits `.indent` when blank space precedes a
-    /// statement (Python's IndentationError; blank and comment-only lines may be indented).
-    mutating func checkIndentation() {
+    /// Indentation columns of the open blocks; the module level is 0.
+    var indents: [Int] = [0]
+
+    /// At the start of a logical line: emits `.indent` when the statement is indented
+    /// deeper than the enclosing block and one `.dedent` per block it leaves (blank and
+    /// comment-only lines do not count). Tabs advance to the next multiple of 8 (Python 2).
+    ///
+    /// - Throws: "unindent does not match any outer indentation level".
+    mutating func checkIndentation() throws(ConfigError) {
         atLineStart = false
         var p = pos
-        var indented = false
-        while p < s.count, s[p] == UInt8(ascii: " ") || s[p] == UInt8(ascii: "\t") || s[p] == 0x0C {
-            if s[p] != 0x0C { indented = true }
+        var column = 0
+        while p < s.count {
+            switch s[p] {
+            case UInt8(ascii: " "): column += 1
+            case UInt8(ascii: "\t"): column = (column / 8 + 1) * 8
+            case 0x0C: column = 0
+            default: break
+            }
+            guard s[p] == UInt8(ascii: " ") || s[p] == UInt8(ascii: "\t") || s[p] == 0x0C else { break }
             p += 1
         }
-        guard indented, p < s.count else { return }
+        guard p < s.count else { return }
         let c = s[p]
         if c == UInt8(ascii: "\n") || c == UInt8(ascii: "\r") || c == UInt8(ascii: "#") { return }
-        emit(.indent)
+        if column > indents[indents.count - 1] {
+            indents.append(column)
+            emit(.indent)
+            return
+        }
+        while column < indents[indents.count - 1] {
+            indents.removeLast()
+            emit(.dedent)
+        }
+        if column != indents[indents.count - 1] {
+            throw fail("syntax error: unindent does not match any outer indentation level")
+        }
     }
 
     /// The key of the statement being read: `NAME` when the tokens since the last
@@ -130,6 +220,7 @@ struct PyLexer {
     var currentKey: String? {
         var start = tokens.count
         while start > 0 && tokens[start - 1].kind != .newline { start -= 1 }
+        while start < tokens.count, tokens[start].kind == .indent || tokens[start].kind == .dedent { start += 1 }
         guard start + 1 < tokens.count, case .name(let n) = tokens[start].kind,
               tokens[start + 1].kind == .op("=") else { return nil }
         return n
@@ -151,7 +242,7 @@ struct PyLexer {
 
     mutating func run() throws(ConfigError) -> [PyToken] {
         while pos < s.count {
-            if atLineStart { checkIndentation() }
+            if atLineStart { try checkIndentation() }
             let c = s[pos]
             switch c {
             case UInt8(ascii: " "), UInt8(ascii: "\t"), 0x0C, UInt8(ascii: "\r"):
@@ -198,6 +289,7 @@ struct PyLexer {
             throw fail("'\(openChars.last!)' opened at line \(open) is never closed", line: open)
         }
         emit(.newline)
+        while indents.count > 1 { indents.removeLast(); emit(.dedent) }
         emit(.eof)
         return tokens
     }

@@ -1,7 +1,7 @@
-// Parser and evaluator for the configuration-script subset (see ConfigScript.swift).
+// Syntax tree and parser for the configuration-script subset (see ConfigScript.swift).
 
-struct PyExpr {
-    indirect enum Kind {
+struct PyExpr: Sendable {
+    indirect enum Kind: Sendable {
         case literal(PyValue)
         case name(String)
         case list([PyExpr])
@@ -10,23 +10,107 @@ struct PyExpr {
         /// A left-associative chain of one precedence level, `first op1 x1 op2 x2 …`, kept
         /// flat so a long `1+1+…+1` neither builds nor walks a tree as deep as it is long.
         case chain(PyExpr, [PyOperation])
+        /// `a and b and c` / `a or b or c`, flat, evaluated left to right with short circuit.
+        case boolean(String, [PyExpr])
+        case not(PyExpr)
+        /// `a < b <= c`: each `op operand` compares with the operand before it.
+        case compare(PyExpr, [PyOperation])
+        /// `f(args, key=value)`.
+        case call(PyExpr, [PyExpr], [(String, PyExpr)])
+        /// `x.name`; only a call's callee (`s.upper()`, `xm_vars.var(...)`).
+        case attribute(PyExpr, String)
+        /// `x[i]`.
+        case index(PyExpr, PyExpr)
+        /// `x[a:b]`, `x[a:b:c]`.
+        case slice(PyExpr, PyExpr?, PyExpr?, PyExpr?)
     }
     var kind: Kind
     var line: Int
 }
 
-/// One `op operand` step of a `PyExpr.Kind.chain`; `line` is the operator's line.
-struct PyOperation {
+/// One `op operand` step of a `PyExpr.Kind.chain` or `.compare`; `line` is the operator's line.
+struct PyOperation: Sendable {
     var op: String
     var operand: PyExpr
     var line: Int
 }
 
-/// `NAME = EXPR` at `line`.
-struct PyAssignment {
-    var name: String
-    var value: PyExpr
+/// A statement at `line`. `key` is the configuration key an assignment sets (errors in it
+/// name that key).
+struct PyStatement: Sendable {
+    indirect enum Kind: Sendable {
+        /// `NAME = EXPR`, or `A, B = EXPR` (several targets unpack a list or tuple).
+        case assign([String], PyExpr)
+        /// A call made for its effect: `xm_vars.check()`, `disk.append('...')`.
+        case expression(PyExpr)
+        case def(PyFunctionDefinition)
+        /// `if`/`elif` branches in order, then the `else` block (empty when absent).
+        case conditional([(PyExpr, [PyStatement])], [PyStatement])
+        case forLoop([String], PyExpr, [PyStatement])
+        case whileLoop(PyExpr, [PyStatement])
+        case returnValue(PyExpr?)
+        /// `raise`, `raise E`, `raise E(msg)`, `raise E, msg`.
+        case raise(PyExpr?, PyExpr?)
+        case pass
+        case breakLoop
+        case continueLoop
+        case global([String])
+    }
+    var kind: Kind
     var line: Int
+    var key: String?
+}
+
+/// `def NAME(PARAMS): BODY` as written; the interpreter makes a `PyFunction` of it.
+struct PyFunctionDefinition: Sendable {
+    var name: String
+    var parameters: [String]
+    /// Default values of the last `defaults.count` parameters.
+    var defaults: [PyExpr]
+    var body: [PyStatement]
+    var line: Int
+}
+
+/// A function a configuration script defined: its code and the values of its defaults.
+/// Two functions are equal only when they are the same definition run.
+final class PyFunction: Sendable, Equatable {
+    let name: String
+    let parameters: [String]
+    let defaults: [PyValue]
+    let body: [PyStatement]
+    let line: Int
+    /// Names the body assigns (its locals, as Python decides at compile time), less `global` ones.
+    let locals: Set<String>
+
+    init(_ d: PyFunctionDefinition, defaults: [PyValue]) {
+        name = d.name
+        parameters = d.parameters
+        self.defaults = defaults
+        body = d.body
+        line = d.line
+        var assigned = Set(d.parameters)
+        var globals = Set<String>()
+        PyFunction.collect(d.body, &assigned, &globals)
+        locals = assigned.subtracting(globals)
+    }
+
+    static func collect(_ block: [PyStatement], _ assigned: inout Set<String>, _ globals: inout Set<String>) {
+        for st in block {
+            switch st.kind {
+            case .assign(let names, _): assigned.formUnion(names)
+            case .forLoop(let names, _, let body): assigned.formUnion(names); collect(body, &assigned, &globals)
+            case .whileLoop(_, let body): collect(body, &assigned, &globals)
+            case .conditional(let branches, let other):
+                for (_, b) in branches { collect(b, &assigned, &globals) }
+                collect(other, &assigned, &globals)
+            case .global(let names): globals.formUnion(names)
+            case .def(let d): assigned.insert(d.name)
+            default: break
+            }
+        }
+    }
+
+    static func == (a: PyFunction, b: PyFunction) -> Bool { a === b }
 }
 
 let pythonKeywords: Set<String> = [
@@ -35,18 +119,19 @@ let pythonKeywords: Set<String> = [
     "not", "or", "pass", "print", "raise", "return", "try", "while", "with", "yield", "async", "await",
 ]
 
-/// Deepest nesting of brackets, parentheses and unary operators one expression may have.
-/// The parser recurses once per level, so the limit keeps hostile input from exhausting
-/// the stack (Python 2's own parser gives up at about the same depth).
-let pyMaxNestingDepth = 100
-
 struct PyParser {
     var tokens: [PyToken]
     let file: String
     var i = 0
     var currentKey: String?
-    /// Current nesting level of `(`, `[` and unary operators.
+    /// Current nesting level of `(`, `[`, unary operators and trailers.
     var depth = 0
+    /// Current nesting level of blocks.
+    var blockDepth = 0
+    /// Inside a `def` body (where `return` and `global` belong).
+    var inFunction = false
+    /// Inside a loop body (where `break` and `continue` belong).
+    var inLoop = false
 
     init(tokens: [PyToken], file: String) {
         self.tokens = tokens
@@ -59,61 +144,239 @@ struct PyParser {
         ConfigError(file: file, line: line ?? tok.line, key: currentKey, message: message)
     }
     func unsupported(_ what: String, line: Int? = nil) -> ConfigError {
-        fail("unsupported Python: \(what) (only KEY = VALUE assignments are allowed)", line: line)
+        fail("unsupported Python: \(what)", line: line)
     }
 
     func isOp(_ o: String) -> Bool { tok.kind == .op(o) }
+    func isName(_ n: String) -> Bool { tok.kind == .name(n) }
 
-    mutating func program() throws(ConfigError) -> [PyAssignment] {
-        var out: [PyAssignment] = []
+    mutating func expectOp(_ o: String, _ context: String) throws(ConfigError) {
+        guard isOp(o) else { throw fail("syntax error: expected '\(o)' \(context)") }
+        i += 1
+    }
+
+    mutating func identifier(_ context: String) throws(ConfigError) -> String {
+        guard case .name(let n) = tok.kind, !pythonKeywords.contains(n), !["True", "False", "None"].contains(n) else {
+            throw fail("syntax error: expected a name \(context)")
+        }
+        i += 1
+        return n
+    }
+
+    /// The whole file.
+    mutating func program() throws(ConfigError) -> [PyStatement] {
+        var out: [PyStatement] = []
         while tok.kind != .eof {
             if tok.kind == .newline { i += 1; continue }
             if tok.kind == .indent { throw fail("syntax error: unexpected indent (a statement must start in column 1)") }
-            // As Python: `;` ends a statement; it never stands alone (`;;`, a leading `;`).
-            if isOp(";") { throw fail("syntax error: ';' with no statement before it") }
-            out.append(try statement())
-            currentKey = nil
-            if isOp(";") { i += 1 }
+            try statement(into: &out)
         }
         return out
     }
 
-    mutating func statement() throws(ConfigError) -> PyAssignment {
-        let line = tok.line
-        guard case .name(let name) = tok.kind else {
-            if isOp("@") { throw unsupported("decorator") }
-            throw unsupported("expression statement")
+    /// One statement: a compound statement, or simple statements separated by `;` up to
+    /// the end of the line.
+    mutating func statement(into out: inout [PyStatement]) throws(ConfigError) {
+        if case .name(let n) = tok.kind, ["def", "if", "for", "while"].contains(n) {
+            out.append(try compound(n))
+            return
         }
-        if pythonKeywords.contains(name) {
-            throw unsupported("'\(name)' statement")
+        while true {
+            // As Python: `;` ends a statement; it never stands alone (`;;`, a leading `;`).
+            if isOp(";") { throw fail("syntax error: ';' with no statement before it") }
+            out.append(try simple())
+            if isOp(";") {
+                currentKey = nil
+                i += 1
+                if tok.kind == .newline { break }
+                continue
+            }
+            guard tok.kind == .newline else { throw trailingError() }
+            currentKey = nil
+            break
         }
         i += 1
-        if !isOp("=") {
-            switch tok.kind {
-            case .op("("): throw unsupported("function call \(name)(...)")
-            case .op("."): throw unsupported("attribute access \(name).…")
-            case .op("["): throw unsupported("subscript assignment")
-            case .op(","): throw unsupported("tuple assignment")
-            case .op(let o) where o.count >= 2 && o.hasSuffix("="): throw unsupported("augmented assignment '\(o)'")
-            case .newline: throw unsupported("bare expression '\(name)'")
-            default: throw unsupported("expected '=' after '\(name)'")
+    }
+
+    /// An indented block after `:`, or simple statements on the same line.
+    mutating func suite() throws(ConfigError) -> [PyStatement] {
+        try expectOp(":", "before the block")
+        blockDepth += 1
+        defer { blockDepth -= 1 }
+        if blockDepth > pyMaxBlockDepth {
+            throw fail("nesting too deep (more than \(pyMaxBlockDepth) nested blocks)")
+        }
+        var body: [PyStatement] = []
+        if tok.kind != .newline {
+            try statement(into: &body)
+            return body
+        }
+        i += 1
+        while tok.kind == .newline { i += 1 }
+        guard tok.kind == .indent else { throw fail("syntax error: expected an indented block") }
+        i += 1
+        while tok.kind != .dedent && tok.kind != .eof {
+            if tok.kind == .newline { i += 1; continue }
+            if tok.kind == .indent { throw fail("syntax error: unexpected indent") }
+            try statement(into: &body)
+        }
+        if tok.kind == .dedent { i += 1 }
+        return body
+    }
+
+    mutating func compound(_ keyword: String) throws(ConfigError) -> PyStatement {
+        let line = tok.line
+        i += 1
+        switch keyword {
+        case "def":
+            if inFunction { throw unsupported("'def' inside a function") }
+            let name = try identifier("after 'def'")
+            try expectOp("(", "after the function name")
+            var params: [String] = []
+            var defaults: [PyExpr] = []
+            while !isOp(")") {
+                if isOp("*") || isOp("**") { throw unsupported("*args or **kwargs parameters") }
+                let p = try identifier("in the parameter list")
+                if params.contains(p) { throw fail("syntax error: duplicate parameter '\(p)'") }
+                params.append(p)
+                if isOp("=") {
+                    i += 1
+                    defaults.append(try test())
+                } else if !defaults.isEmpty {
+                    throw fail("syntax error: non-default parameter '\(p)' follows a default one")
+                }
+                if isOp(",") { i += 1; continue }
+                guard isOp(")") else { throw fail("syntax error: expected ',' or ')' in the parameter list") }
+            }
+            i += 1
+            let (savedFunction, savedLoop) = (inFunction, inLoop)
+            inFunction = true
+            inLoop = false
+            defer { inFunction = savedFunction; inLoop = savedLoop }
+            let body = try suite()
+            let d = PyFunctionDefinition(name: name, parameters: params, defaults: defaults, body: body, line: line)
+            return PyStatement(kind: .def(d), line: line)
+        case "if":
+            var branches: [(PyExpr, [PyStatement])] = []
+            branches.append((try test(), try suite()))
+            var other: [PyStatement] = []
+            while true {
+                if isName("elif") {
+                    i += 1
+                    branches.append((try test(), try suite()))
+                } else if isName("else") {
+                    i += 1
+                    other = try suite()
+                    break
+                } else {
+                    break
+                }
+            }
+            return PyStatement(kind: .conditional(branches, other), line: line)
+        case "for":
+            var names = [try identifier("after 'for'")]
+            while isOp(",") { i += 1; names.append(try identifier("after ','")) }
+            guard isName("in") else { throw fail("syntax error: expected 'in' after the loop variable") }
+            i += 1
+            let iterable = try testList()
+            let saved = inLoop
+            inLoop = true
+            defer { inLoop = saved }
+            let body = try suite()
+            if isName("else") { throw unsupported("'else' after a loop") }
+            return PyStatement(kind: .forLoop(names, iterable, body), line: line)
+        default: // while
+            let cond = try test()
+            let saved = inLoop
+            inLoop = true
+            defer { inLoop = saved }
+            let body = try suite()
+            if isName("else") { throw unsupported("'else' after a loop") }
+            return PyStatement(kind: .whileLoop(cond, body), line: line)
+        }
+    }
+
+    mutating func simple() throws(ConfigError) -> PyStatement {
+        let line = tok.line
+        if isOp("@") { throw unsupported("decorator") }
+        if case .name(let n) = tok.kind, pythonKeywords.contains(n) {
+            switch n {
+            case "pass": i += 1; return PyStatement(kind: .pass, line: line)
+            case "break", "continue":
+                guard inLoop else { throw fail("syntax error: '\(n)' outside a loop") }
+                i += 1
+                return PyStatement(kind: n == "break" ? .breakLoop : .continueLoop, line: line)
+            case "return":
+                guard inFunction else { throw fail("syntax error: 'return' outside a function") }
+                i += 1
+                if tok.kind == .newline || isOp(";") { return PyStatement(kind: .returnValue(nil), line: line) }
+                return PyStatement(kind: .returnValue(try testList()), line: line)
+            case "raise":
+                i += 1
+                if tok.kind == .newline || isOp(";") { return PyStatement(kind: .raise(nil, nil), line: line) }
+                let e = try test()
+                var message: PyExpr?
+                if isOp(",") { i += 1; message = try test() }
+                return PyStatement(kind: .raise(e, message), line: line)
+            case "global":
+                guard inFunction else { throw unsupported("'global' outside a function") }
+                i += 1
+                var names = [try identifier("after 'global'")]
+                while isOp(",") { i += 1; names.append(try identifier("after ','")) }
+                return PyStatement(kind: .global(names), line: line)
+            case "elif", "else": throw fail("syntax error: '\(n)' without 'if'")
+            case "import", "from": throw unsupported("'\(n)' statement (a config file cannot import modules)")
+            case "print": throw unsupported("'print' statement (a config file has no output)")
+            case "not", "lambda": break // an expression statement
+            default: throw unsupported("'\(n)' statement")
             }
         }
-        i += 1
-        currentKey = name
-        let value = try expression()
-        if isOp("=") { throw unsupported("chained assignment") }
-        guard tok.kind == .newline || isOp(";") else {
-            throw trailingError()
+        // Assignment targets: NAME, or NAME, NAME... before '='.
+        var names: [String] = []
+        var j = i
+        while case .name(let n) = tokens[j].kind, !pythonKeywords.contains(n) {
+            names.append(n)
+            j += 1
+            if tokens[j].kind == .op(",") { j += 1; continue }
+            break
         }
-        return PyAssignment(name: name, value: value, line: line)
+        if !names.isEmpty, tokens[j].kind == .op("=") {
+            i = j + 1
+            currentKey = names.count == 1 ? names[0] : nil
+            let value = try testList()
+            if isOp("=") { throw unsupported("chained assignment") }
+            return PyStatement(kind: .assign(names, value), line: line, key: currentKey)
+        }
+        let e = try testList()
+        switch tok.kind {
+        case .op("="):
+            switch e.kind {
+            case .index, .slice: throw unsupported("subscript assignment")
+            case .attribute: throw unsupported("attribute assignment")
+            default: throw fail("syntax error: cannot assign to an expression")
+            }
+        case .op(let o) where o.count >= 2 && o.hasSuffix("=") && !["==", "!=", "<=", ">="].contains(o):
+            throw unsupported("augmented assignment '\(o)'")
+        default: break
+        }
+        // A string on its own is a docstring or a comment.
+        if case .literal(.string) = e.kind { return PyStatement(kind: .pass, line: line) }
+        guard case .call = e.kind else {
+            if case .name(let n) = e.kind { throw unsupported("bare expression '\(n)'") }
+            throw unsupported("expression statement (only calls may stand alone)")
+        }
+        return PyStatement(kind: .expression(e), line: line)
     }
 
     func trailingError() -> ConfigError {
         switch tok.kind {
+        case .name("if"): return unsupported("conditional expression 'X if C else Y'")
         case .name(let n) where pythonKeywords.contains(n): return unsupported("'\(n)' in an expression")
         case .name, .int, .float, .string: return fail("syntax error: missing operator or comma")
+        case .op(let o) where o.count >= 2 && o.hasSuffix("=") && !["==", "!=", "<=", ">="].contains(o):
+            return unsupported("augmented assignment '\(o)'")
         case .op(let o): return unsupported("operator '\(o)'")
+        case .indent: return fail("syntax error: unexpected indent")
         default: return fail("syntax error")
         }
     }
@@ -127,6 +390,67 @@ struct PyParser {
         }
     }
 
+    /// `test (',' test)* [',']`: a tuple when there is a comma (`x = 1, 2`, `return a, b`).
+    mutating func testList() throws(ConfigError) -> PyExpr {
+        let first = try test()
+        guard isOp(",") else { return first }
+        var items = [first]
+        while isOp(",") {
+            i += 1
+            if tok.kind == .newline || isOp(";") || isOp("=") || isOp(":") { break }
+            items.append(try test())
+        }
+        return PyExpr(kind: .tuple(items), line: first.line)
+    }
+
+    /// `or_test`; a conditional expression (`X if C else Y`, Python 2.5) is refused.
+    mutating func test() throws(ConfigError) -> PyExpr {
+        if isName("lambda") { throw unsupported("lambda") }
+        return try boolean("or")
+    }
+
+    mutating func boolean(_ op: String) throws(ConfigError) -> PyExpr {
+        let first = op == "or" ? try boolean("and") : try notTest()
+        guard isName(op) else { return first }
+        var items = [first]
+        while isName(op) {
+            i += 1
+            items.append(op == "or" ? try boolean("and") : try notTest())
+        }
+        return PyExpr(kind: .boolean(op, items), line: first.line)
+    }
+
+    mutating func notTest() throws(ConfigError) -> PyExpr {
+        guard isName("not") else { return try comparison() }
+        let line = tok.line
+        i += 1
+        try enter()
+        defer { depth -= 1 }
+        return PyExpr(kind: .not(try notTest()), line: line)
+    }
+
+    mutating func comparison() throws(ConfigError) -> PyExpr {
+        let first = try expression()
+        var rest: [PyOperation] = []
+        while true {
+            let line = tok.line
+            var op: String
+            switch tok.kind {
+            case .op(let o) where ["==", "!=", "<", "<=", ">", ">="].contains(o): op = o; i += 1
+            case .name("in"): op = "in"; i += 1
+            case .name("not") where tokens[i + 1].kind == .name("in"): op = "not in"; i += 2
+            case .name("is"):
+                i += 1
+                op = "is"
+                if isName("not") { i += 1; op = "is not" }
+            default:
+                return rest.isEmpty ? first : PyExpr(kind: .compare(first, rest), line: first.line)
+            }
+            rest.append(PyOperation(op: op, operand: try expression(), line: line))
+        }
+    }
+
+    /// `arith_expr`: terms joined by `+` and `-`.
     mutating func expression() throws(ConfigError) -> PyExpr {
         let first = try term()
         var rest: [PyOperation] = []
@@ -158,13 +482,66 @@ struct PyParser {
             return PyExpr(kind: .unary(o, try unary()), line: line)
         }
         if case .op("~") = tok.kind { throw unsupported("operator '~'") }
-        let e = try primary()
-        switch tok.kind {
-        case .op("("): throw unsupported("function call")
-        case .op("."): throw unsupported("attribute access")
-        case .op("["): throw unsupported("subscript")
-        case .op("**"): throw unsupported("operator '**'")
-        default: return e
+        let saved = depth
+        defer { depth = saved }
+        var e = try primary()
+        // Trailers: calls, subscripts, attributes; each one a level of nesting.
+        while true {
+            let line = tok.line
+            switch tok.kind {
+            case .op("("):
+                try enter()
+                i += 1
+                var args: [PyExpr] = []
+                var keywords: [(String, PyExpr)] = []
+                while !isOp(")") {
+                    if isOp("*") || isOp("**") { throw unsupported("*args or **kwargs in a call") }
+                    if case .name(let k) = tok.kind, tokens[i + 1].kind == .op("=") {
+                        i += 2
+                        if keywords.contains(where: { $0.0 == k }) { throw fail("syntax error: keyword argument '\(k)' repeated") }
+                        keywords.append((k, try test()))
+                    } else {
+                        if !keywords.isEmpty { throw fail("syntax error: positional argument after a keyword argument") }
+                        args.append(try test())
+                    }
+                    if isOp(",") { i += 1; continue }
+                    if case .name("for") = tok.kind { throw unsupported("generator expression") }
+                    guard isOp(")") else { throw fail("syntax error: expected ',' or ')' in the call") }
+                }
+                i += 1
+                e = PyExpr(kind: .call(e, args, keywords), line: line)
+            case .op("["):
+                try enter()
+                i += 1
+                var parts: [PyExpr?] = [nil]
+                var colons = 0
+                while !isOp("]") {
+                    if isOp(":") {
+                        colons += 1
+                        guard colons <= 2 else { throw fail("syntax error: too many ':' in a slice") }
+                        parts.append(nil)
+                        i += 1
+                        continue
+                    }
+                    guard parts[parts.count - 1] == nil else { throw fail("syntax error: expected ']'") }
+                    parts[parts.count - 1] = try test()
+                }
+                i += 1
+                if colons == 0 {
+                    guard let index = parts[0] else { throw fail("syntax error: empty subscript") }
+                    e = PyExpr(kind: .index(e, index), line: line)
+                } else {
+                    e = PyExpr(kind: .slice(e, parts[0], parts[1], parts.count > 2 ? parts[2] : nil), line: line)
+                }
+            case .op("."):
+                try enter()
+                i += 1
+                guard case .name(let n) = tok.kind else { throw fail("syntax error: expected a name after '.'") }
+                i += 1
+                e = PyExpr(kind: .attribute(e, n), line: line)
+            case .op("**"): throw unsupported("operator '**'")
+            default: return e
+            }
         }
     }
 
@@ -179,6 +556,7 @@ struct PyParser {
             case "True": i += 1; return PyExpr(kind: .literal(.bool(true)), line: t.line)
             case "False": i += 1; return PyExpr(kind: .literal(.bool(false)), line: t.line)
             case "None": i += 1; return PyExpr(kind: .literal(.none), line: t.line)
+            case "lambda": throw unsupported("lambda")
             default:
                 if pythonKeywords.contains(n) { throw unsupported("'\(n)' in an expression") }
                 i += 1
@@ -190,7 +568,7 @@ struct PyParser {
             i += 1
             var items: [PyExpr] = []
             while !isOp("]") {
-                items.append(try expression())
+                items.append(try test())
                 if isOp(",") { i += 1; continue }
                 if isOp("]") { break }
                 if case .name("for") = tok.kind { throw unsupported("list comprehension") }
@@ -205,7 +583,7 @@ struct PyParser {
             var items: [PyExpr] = []
             var sawComma = false
             while !isOp(")") {
-                items.append(try expression())
+                items.append(try test())
                 if isOp(",") { i += 1; sawComma = true; continue }
                 if isOp(")") { break }
                 if case .name("for") = tok.kind { throw unsupported("generator expression") }
@@ -216,273 +594,8 @@ struct PyParser {
             return PyExpr(kind: .tuple(items), line: t.line)
         case .op("{"): throw unsupported("dictionary or set")
         case .op("`"): throw unsupported("backquote")
-        case .newline, .eof, .indent: throw fail("syntax error: missing value")
+        case .newline, .eof, .indent, .dedent: throw fail("syntax error: missing value")
         case .op(let o): throw unsupported("operator '\(o)'")
         }
     }
-}
-
-/// Evaluates expressions against the variables bound so far.
-struct PyEvaluator {
-    let file: String
-    var env: [String: PyValue] = [:]
-    /// Names read by some expression (so they are variables, not unknown keys).
-    var referenced: Set<String> = []
-    /// Upper bound of the list/tuple nesting of each bound name's value.
-    var nesting: [String: Int] = [:]
-
-    init(file: String) { self.file = file }
-
-    func fail(_ message: String, _ line: Int, _ key: String?) -> ConfigError {
-        ConfigError(file: file, line: line, key: key, message: message)
-    }
-
-    /// An upper bound of how deeply the value of `e` nests lists and tuples, given the
-    /// bounds in `nesting`. `a = [a]` repeated would otherwise build a value deeper than the
-    /// parser's limit, one statement at a time.
-    func nestingBound(_ e: PyExpr) -> Int {
-        switch e.kind {
-        case .literal, .unary: return 0
-        case .name(let n): return nesting[n] ?? 0
-        case .list(let items), .tuple(let items): return 1 + (items.map(nestingBound).max() ?? 0)
-        case .chain(let first, let rest): return rest.map { nestingBound($0.operand) }.reduce(nestingBound(first), max)
-        }
-    }
-
-    /// Evaluates the statement `a` and binds its name.
-    ///
-    /// - Throws: `ConfigError` as `eval`, or "nesting too deep" when the value could nest
-    ///   lists/tuples more than `pyMaxNestingDepth` levels.
-    mutating func assign(_ a: PyAssignment) throws(ConfigError) -> PyValue {
-        let depth = nestingBound(a.value)
-        guard depth <= pyMaxNestingDepth else {
-            throw fail("nesting too deep (more than \(pyMaxNestingDepth) levels of lists or tuples)", a.line, a.name)
-        }
-        let v = try eval(a.value, key: a.name)
-        env[a.name] = v
-        nesting[a.name] = depth
-        return v
-    }
-
-    mutating func eval(_ e: PyExpr, key: String?) throws(ConfigError) -> PyValue {
-        switch e.kind {
-        case .literal(let v): return v
-        case .name(let n):
-            referenced.insert(n)
-            guard let v = env[n] else {
-                throw fail("name '\(n)' is not defined (set it earlier in the file or as \(n)=VALUE on the command line)", e.line, key)
-            }
-            return v
-        case .list(let items):
-            var out: [PyValue] = []
-            for x in items { out.append(try eval(x, key: key)) }
-            return .list(out)
-        case .tuple(let items):
-            var out: [PyValue] = []
-            for x in items { out.append(try eval(x, key: key)) }
-            return .tuple(out)
-        case .unary(let op, let x):
-            let v = try eval(x, key: key)
-            switch v {
-            case .int(let i):
-                if op == "+" { return .int(i) }
-                guard i != Int.min else { throw fail("integer overflow", e.line, key) }
-                return .int(-i)
-            case .float(let d): return .float(op == "-" ? -d : d)
-            case .bool(let b): return .int(op == "-" ? -(b ? 1 : 0) : (b ? 1 : 0))
-            default: throw fail("bad operand type for unary \(op): '\(v.typeName)'", e.line, key)
-            }
-        case .chain(let first, let rest):
-            var a = try eval(first, key: key)
-            for step in rest {
-                let b = try eval(step.operand, key: key)
-                a = try binary(step.op, a, b, line: step.line, key: key)
-            }
-            return a
-        }
-    }
-
-    func binary(_ op: String, _ a: PyValue, _ b: PyValue, line: Int, key: String?) throws(ConfigError) -> PyValue {
-        func asInt(_ v: PyValue) -> Int? {
-            switch v {
-            case .int(let i): return i
-            case .bool(let b): return b ? 1 : 0
-            default: return nil
-            }
-        }
-        func overflow() -> ConfigError { fail("integer overflow", line, key) }
-        if op == "%", case .string(let fmt) = a {
-            let args: [PyValue]
-            if case .tuple(let t) = b { args = t } else { args = [b] }
-            do { return .string(try pyFormat(fmt, args)) } catch { throw fail(error.message, line, key) }
-        }
-        if let x = asInt(a), let y = asInt(b) {
-            switch op {
-            case "+": let (r, o) = x.addingReportingOverflow(y); if o { throw overflow() }; return .int(r)
-            case "-": let (r, o) = x.subtractingReportingOverflow(y); if o { throw overflow() }; return .int(r)
-            case "*": let (r, o) = x.multipliedReportingOverflow(by: y); if o { throw overflow() }; return .int(r)
-            case "/", "//", "%":
-                guard y != 0 else { throw fail("integer division or modulo by zero", line, key) }
-                guard !(x == Int.min && y == -1) else { throw overflow() }
-                var q = x / y, m = x % y
-                if m != 0 && ((m < 0) != (y < 0)) { q -= 1; m += y }
-                return .int(op == "%" ? m : q)
-            default: break
-            }
-        }
-        // A config is at most 16 MiB of text; no value it computes may be larger (`'x' * 2**40`).
-        func tooLarge(_ what: String, _ n: Int) -> ConfigError {
-            fail("\(what) of \(n) \(what == "string" ? "bytes" : "elements") is too large (limit \(what == "string" ? pyMaxStringBytes : pyMaxListElements))", line, key)
-        }
-        switch (op, a, b) {
-        case ("+", .string(let x), .string(let y)):
-            if x.utf8.count + y.utf8.count > pyMaxStringBytes { throw tooLarge("string", x.utf8.count + y.utf8.count) }
-            return .string(x + y)
-        case ("+", .list(let x), .list(let y)):
-            if x.count + y.count > pyMaxListElements { throw tooLarge("list", x.count + y.count) }
-            return .list(x + y)
-        case ("+", .tuple(let x), .tuple(let y)):
-            if x.count + y.count > pyMaxListElements { throw tooLarge("tuple", x.count + y.count) }
-            return .tuple(x + y)
-        case ("*", .string(let x), _) where asInt(b) != nil:
-            let n = max(0, asInt(b)!)
-            let (total, o) = x.utf8.count.multipliedReportingOverflow(by: n)
-            if o || total > pyMaxStringBytes { throw tooLarge("string", o ? Int.max : total) }
-            return .string(String(repeating: x, count: n))
-        case ("*", .list(let x), _) where asInt(b) != nil:
-            let n = max(0, asInt(b)!)
-            let (total, o) = x.count.multipliedReportingOverflow(by: n)
-            if o || total > pyMaxListElements { throw tooLarge("list", o ? Int.max : total) }
-            return .list(Array(repeatElement(x, count: n).joined()))
-        default: break
-        }
-        if case .float = a, op != "%" { return try floatOp(op, a, b, line: line, key: key) }
-        if case .float = b, op != "%" { return try floatOp(op, a, b, line: line, key: key) }
-        throw fail("unsupported operand types for \(op): '\(a.typeName)' and '\(b.typeName)'", line, key)
-    }
-
-    func floatOp(_ op: String, _ a: PyValue, _ b: PyValue, line: Int, key: String?) throws(ConfigError) -> PyValue {
-        func d(_ v: PyValue) -> Double? {
-            switch v {
-            case .int(let i): return Double(i)
-            case .float(let f): return f
-            default: return nil
-            }
-        }
-        guard let x = d(a), let y = d(b) else {
-            throw fail("unsupported operand types for \(op): '\(a.typeName)' and '\(b.typeName)'", line, key)
-        }
-        switch op {
-        case "+": return .float(x + y)
-        case "-": return .float(x - y)
-        case "*": return .float(x * y)
-        case "/": guard y != 0 else { throw fail("float division by zero", line, key) }; return .float(x / y)
-        default: throw fail("unsupported operand types for \(op): '\(a.typeName)' and '\(b.typeName)'", line, key)
-        }
-    }
-}
-
-struct FormatError: Error { var message: String }
-
-/// Largest width or precision `pyFormat` accepts: enough for any real padding, small
-/// enough that `"%999999999d"` cannot make a gigabyte string.
-let pyFormatFieldMax = 4096
-/// The largest string (bytes) and list or tuple (elements) a config may compute.
-let pyMaxStringBytes = 16 << 20
-let pyMaxListElements = 1 << 16
-
-/// Python's `fmt % args` for the conversions `d i u s r x X o c %`, with flags `-+ 0#`,
-/// a width (digits, or `*` taking an int argument; negative means left-justified) and a
-/// precision, each at most `pyFormatFieldMax`.
-func pyFormat(_ fmt: String, _ args: [PyValue]) throws(FormatError) -> String {
-    var out = ""
-    var argIndex = 0
-    let chars = Array(fmt)
-    var k = 0
-    func nextArg() throws(FormatError) -> PyValue {
-        guard argIndex < args.count else { throw FormatError(message: "not enough arguments for format string") }
-        defer { argIndex += 1 }
-        return args[argIndex]
-    }
-    while k < chars.count {
-        let c = chars[k]
-        k += 1
-        if c != "%" { out.append(c); continue }
-        var flags = Set<Character>()
-        while k < chars.count, "-+ 0#".contains(chars[k]) { flags.insert(chars[k]); k += 1 }
-        let tooWide = FormatError(message: "format width or precision larger than \(pyFormatFieldMax)")
-        var width = 0
-        if k < chars.count, chars[k] == "*" {
-            guard case .int(let w) = try nextArg() else { throw FormatError(message: "* wants int") }
-            guard w.magnitude <= UInt(pyFormatFieldMax) else { throw tooWide }
-            if w < 0 { flags.insert("-") }
-            width = abs(w); k += 1
-        }
-        // Each step checks the bound first, so `width * 10 + d` stays far from overflow.
-        while k < chars.count, let d = chars[k].wholeNumberValue, chars[k].isASCII {
-            width = width * 10 + d; k += 1
-            guard width <= pyFormatFieldMax else { throw tooWide }
-        }
-        var precision: Int?
-        if k < chars.count, chars[k] == "." {
-            k += 1
-            var p = 0
-            while k < chars.count, let d = chars[k].wholeNumberValue, chars[k].isASCII {
-                p = p * 10 + d; k += 1
-                guard p <= pyFormatFieldMax else { throw tooWide }
-            }
-            precision = p
-        }
-        while k < chars.count, "hlL".contains(chars[k]) { k += 1 }
-        guard k < chars.count else { throw FormatError(message: "incomplete format") }
-        let conv = chars[k]
-        k += 1
-        var body: String
-        var numeric = false
-        switch conv {
-        case "%": out.append("%"); continue
-        case "s": body = try nextArg().str; if let p = precision { body = String(body.prefix(p)) }
-        case "r": body = try nextArg().repr; if let p = precision { body = String(body.prefix(p)) }
-        case "c":
-            let v = try nextArg()
-            switch v {
-            case .string(let s) where s.count == 1: body = s
-            case .int(let i): guard let u = Unicode.Scalar(UInt32(truncatingIfNeeded: i)), i >= 0 else {
-                throw FormatError(message: "%c arg not in range") }
-                body = String(Character(u))
-            default: throw FormatError(message: "%c requires int or char")
-            }
-        case "d", "i", "u", "x", "X", "o":
-            let v = try nextArg()
-            let n: Int
-            switch v {
-            case .int(let i): n = i
-            case .bool(let b): n = b ? 1 : 0
-            case .float(let f) where conv == "d" || conv == "i" || conv == "u":
-                guard f.isFinite, abs(f) < 9e18 else { throw FormatError(message: "float out of range") }
-                n = Int(f)
-            default: throw FormatError(message: "%\(conv) format: a number is required, not \(v.typeName)")
-            }
-            numeric = true
-            let radix = conv == "x" || conv == "X" ? 16 : conv == "o" ? 8 : 10
-            var digits = String(n.magnitude, radix: radix, uppercase: conv == "X")
-            if let p = precision, digits.count < p { digits = String(repeating: "0", count: p - digits.count) + digits }
-            if flags.contains("#") && radix != 10 { digits = (radix == 16 ? (conv == "X" ? "0X" : "0x") : "0o") + digits }
-            let sign = n < 0 ? "-" : flags.contains("+") ? "+" : flags.contains(" ") ? " " : ""
-            if flags.contains("0") && !flags.contains("-") && sign.count + digits.count < width {
-                digits = String(repeating: "0", count: width - sign.count - digits.count) + digits
-            }
-            body = sign + digits
-        default:
-            throw FormatError(message: "unsupported format character '\(conv)'")
-        }
-        _ = numeric
-        if body.count < width {
-            let pad = String(repeating: " ", count: width - body.count)
-            body = flags.contains("-") ? body + pad : pad + body
-        }
-        out += body
-    }
-    if argIndex < args.count { throw FormatError(message: "not all arguments converted during string formatting") }
-    return out
 }

@@ -25,28 +25,37 @@ extension DomainConfiguration {
         return out
     }
 
-    /// Reads a domain configuration file's text.
+    /// Reads a domain configuration file's text: runs it as Python (the subset of
+    /// ConfigScript.swift, bounded by ConfigScriptLimits.swift) and reads the keys it set.
     ///
-    /// `arguments` are command-line `KEY=VALUE` settings (`["vmid=1"]`): they are bound
-    /// before the file runs, so the file may use them (`name = "VM%d" % vmid`), and they
-    /// win over the file's own assignments to the same name (which act as defaults).
-    /// A command-line value for a known key is converted like the file's text would be
-    /// (`memory=512` → 512 MiB); for any other name, digits make an integer, anything
-    /// else a string.
+    /// `arguments` are command-line `KEY=VALUE` settings (`["vmid=1"]`), bound before the
+    /// file runs. A variable the file declares with `xm_vars.var` gets the text given (as
+    /// Xen's xm did; its check function converts it); any other name gets an integer for
+    /// digits and a string otherwise; a known key is converted like the file's text would
+    /// be (`memory=512` → 512 MiB). A command-line value wins over the file's own
+    /// module-level assignments to that name when they do not read it (`vmid = 1` is a
+    /// default and is skipped; `vmid = int(vmid)` runs). `xm_vars.check()` calls each
+    /// declared variable's check function with its name and value (None when not given)
+    /// and binds what it returns.
     ///
-    /// A name assigned in the file that is neither a known key, nor a key xm accepted
-    /// (`ignoredKeys`, warned about), nor read by a later expression, is an unknown key.
+    /// A module-level name the file binds to data that is neither a known key, nor a key
+    /// xm accepted (`ignoredKeys`, warned about by name), nor read by any expression, nor a
+    /// `for` loop variable, is an unknown key. Functions the file defines are not keys.
     ///
     /// - Parameters:
     ///   - file: the name used in errors and warnings.
     ///   - rng: source of random MAC addresses for vifs that give none.
-    /// - Throws: `ConfigError` naming file, line and key: syntax errors (unterminated
-    ///   string, an indented statement, `;;`...), "nesting too deep" past 100 levels of
-    ///   brackets, unary operators or nested lists, a `%` format width or precision above
-    ///   4096, "unsupported Python: ..." for anything but assignments, undefined
-    ///   names, type errors in expressions, unknown keys, bad values (memory as text, bad
-    ///   disk or vif spec, duplicate vdev, bad MAC, vcpus < 1...), and missing `name` or
-    ///   (for the linux builder without a bootloader) `kernel`.
+    /// - Throws: `ConfigError` naming file, line and (where one applies) key: syntax errors
+    ///   (unterminated string, bad indentation, `;;`...), "nesting too deep" past 100 levels
+    ///   of brackets, unary operators or nested lists, or 20 nested blocks, a `%` format
+    ///   width or precision above 4096, "unsupported Python: ..." (imports, `open()`,
+    ///   classes, lambdas, dictionaries...), undefined names, Python's errors
+    ///   (`ValueError: ...`, `TypeError: ...`, from `raise` or a built-in; inside a check
+    ///   function the key is the variable), a `while` loop past 100000 iterations, more than
+    ///   50 nested calls, 2000000 steps, 5 seconds or 256 MiB built in all, a string above
+    ///   16 MiB or a list above 65536 elements, unknown keys, bad values (memory as text,
+    ///   bad disk or vif spec, duplicate vdev, bad MAC, vcpus < 1...), and missing `name`
+    ///   or (for the linux builder without a bootloader) `kernel`.
     public init<G: RandomNumberGenerator>(parsing text: String, file: String = "<config>",
                                           arguments: [String] = [], using rng: inout G) throws(ConfigError) {
         let args = try DomainConfiguration.parseArguments(arguments)
@@ -67,6 +76,22 @@ extension DomainConfiguration {
         var reader = DomainConfigReader(file: file)
         let args = overrides.keys.sorted().map { (key: $0, value: overrides[$0]!) }
         self = try reader.read(text: text, arguments: args, rng: &g, lineOffset: -1)
+    }
+
+    /// The variables a configuration file declares with `xm_vars.var(NAME, use=TEXT,
+    /// check=F)`, in order: what `xm create --help_config FILE` lists (Xen 3.0
+    /// tools/python/xen/xm/help.py).
+    ///
+    /// The file runs as for Xen's help: `xm_vars.check()` checks nothing, and a runtime
+    /// error (a variable the file needs is not given) ends the run quietly with what was
+    /// declared so far. `arguments` are command-line `KEY=VALUE` settings, as for
+    /// `init(parsing:file:arguments:)`.
+    ///
+    /// - Throws: `ConfigError` for syntax errors and malformed `arguments` only.
+    public static func declaredVariables(parsing text: String, file: String = "<config>",
+                                         arguments: [String] = []) throws(ConfigError) -> [ConfigVariable] {
+        let args = try parseArguments(arguments)
+        return try DomainConfigReader(file: file).declaredVariables(text: text, arguments: args)
     }
 
     /// Reads a domain configuration file from disk.
@@ -90,14 +115,17 @@ struct DomainConfigReader {
 
     init(file: String) { self.file = file }
 
-    mutating func read<G: RandomNumberGenerator>(text: String, arguments: [(key: String, value: String)],
-                                                rng: inout G, lineOffset: Int = 0) throws(ConfigError) -> DomainConfiguration {
+    /// The file's statements.
+    static func parse(_ text: String, file: String) throws(ConfigError) -> [PyStatement] {
         var lexer = PyLexer(text, file: file)
         let tokens = try lexer.run()
         var parser = PyParser(tokens: tokens, file: file)
-        let statements = try parser.program()
+        return try parser.program()
+    }
 
-        var eval = PyEvaluator(file: file)
+    /// An interpreter with the command-line settings bound, and their bindings.
+    func start(_ arguments: [(key: String, value: String)], lineOffset: Int) -> (PyInterpreter, [String: Binding]) {
+        var interpreter = PyInterpreter(file: file)
         var bindings: [String: Binding] = [:]
         for (i, a) in arguments.enumerated() {
             let v: PyValue
@@ -108,17 +136,43 @@ struct DomainConfigReader {
             } else {
                 v = .string(a.value)
             }
-            eval.env[a.key] = v
+            interpreter.globals[a.key] = v
+            interpreter.commandLine[a.key] = a.value
             let line = lineOffset < 0 ? 0 : i + 1
             bindings[a.key] = Binding(value: v, line: line, elementLines: [], file: DomainConfiguration.commandLineFile,
                                       fromCommandLine: true)
         }
-        for st in statements {
-            if bindings[st.name]?.fromCommandLine == true { continue }
-            let v = try eval.assign(st)
-            var lines: [Int] = []
-            if case .list(let items) = st.value.kind { lines = items.map(\.line) }
-            bindings[st.name] = Binding(value: v, line: st.line, elementLines: lines, file: file, fromCommandLine: false)
+        return (interpreter, bindings)
+    }
+
+    /// Runs the file for `xm create --help_config`: the variables it declares.
+    func declaredVariables(text: String, arguments: [(key: String, value: String)]) throws(ConfigError) -> [ConfigVariable] {
+        let statements = try DomainConfigReader.parse(text, file: file)
+        var (interpreter, _) = start(arguments, lineOffset: 0)
+        interpreter.helpMode = true
+        // As Xen's help run: the file may stop early (a variable it needs is not given);
+        // what it declared before that is the answer.
+        do { try interpreter.run(program: statements) } catch {}
+        return interpreter.declared.map(\.variable)
+    }
+
+    mutating func read<G: RandomNumberGenerator>(text: String, arguments: [(key: String, value: String)],
+                                                rng: inout G, lineOffset: Int = 0) throws(ConfigError) -> DomainConfiguration {
+        let statements = try DomainConfigReader.parse(text, file: file)
+        var (eval, bindings) = start(arguments, lineOffset: lineOffset)
+        try eval.run(program: statements)
+        var referenced = eval.referenced
+        PyInterpreter.namesRead(statements, into: &referenced)
+        for (name, value) in eval.globals where value.isData {
+            if eval.boundByFile.contains(name) {
+                bindings[name] = Binding(value: value, line: eval.lines[name] ?? 1, elementLines: eval.elementLines[name] ?? [],
+                                         file: file, fromCommandLine: false)
+            } else {
+                bindings[name]?.value = value
+            }
+        }
+        for (name, value) in eval.globals where !value.isData && eval.boundByFile.contains(name) {
+            bindings[name] = nil
         }
 
         var cfg = DomainConfiguration(name: "")
@@ -130,7 +184,7 @@ struct DomainConfigReader {
         }
         // Unknown keys first: they are the likeliest typo.
         for (key, b) in ordered where !b.fromCommandLine {
-            if DomainConfiguration.knownKeys.contains(key) || eval.referenced.contains(key) { continue }
+            if DomainConfiguration.knownKeys.contains(key) || referenced.contains(key) || eval.loopVariables.contains(key) { continue }
             if DomainConfiguration.ignoredKeys.contains(key) {
                 cfg.warnings.append(ConfigWarning(file: b.file, line: b.line, key: key,
                                                   message: "accepted by xm, ignored by Xenith"))
@@ -142,7 +196,7 @@ struct DomainConfigReader {
             if DomainConfiguration.knownKeys.contains(key) {
                 if key == "name" { sawName = true }
                 try conv.apply(key: key, binding: b, to: &cfg, rng: &rng)
-            } else if b.fromCommandLine && !eval.referenced.contains(key) {
+            } else if b.fromCommandLine && !referenced.contains(key) {
                 cfg.warnings.append(ConfigWarning(file: b.file, line: b.line, key: key,
                     message: DomainConfiguration.ignoredKeys.contains(key)
                         ? "accepted by xm, ignored by Xenith" : "set on the command line but not used by the file"))
@@ -169,7 +223,7 @@ struct Converter {
     func describe(_ v: PyValue) -> String {
         switch v {
         case .string(let s): return "'\(s)'"
-        default: return "\(v.typeName) \(v.repr)"
+        default: return "\(v.typeName) \(v.shortRepr)"
         }
     }
 

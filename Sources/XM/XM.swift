@@ -63,6 +63,7 @@ public final class XM {
                    ("-f FILE", "--defconfig=FILE", "Use the given Python configuration script."),
                    ("-F FILE", "--config=FILE", "Domain configuration to use (SXP)."),
                    ("-q", "--quiet", "Quiet."),
+                   ("", "--help_config", "Print the variables the configuration script declares (xm_vars.var)."),
                    ("", "--path=PATH", "Search path for configuration scripts.")],
         "shutdown": [("-a", "--all", "Shutdown all domains."), ("-w", "--wait", "Wait for shutdown to complete."),
                      ("-H", "--halt", "Shutdown without reboot."), ("-R", "--reboot", "Shutdown and reboot.")],
@@ -122,8 +123,9 @@ public final class XM {
     func dispatch(_ argv: [String]) throws {
         guard let first = argv.first else { shortHelp(); throw XMExit(status: 1) }
         if first == "--help" || first == "-h" { longHelp(); return }
+        // `xm CMD --help` is a request, not a mistake: usage on stdout, status 0.
         if argv.dropFirst().contains("--help") || argv.dropFirst().contains("-h") {
-            cmdHelp(first); throw XMExit(status: 1)
+            cmdHelp(first); return
         }
         guard let cmd = XM.lookup(first) else {
             err("Subcommand \(first) not found!")
@@ -297,9 +299,9 @@ public final class XM {
     func xmCreate(_ args: [String]) throws {
         let (opts, params) = try gnuGetopt(args, short: "hqf:F:npc",
                                            long: ["help", "quiet", "defconfig=", "config=", "dryrun", "paused",
-                                                  "console_autoconnect", "path="])
+                                                  "console_autoconnect", "path=", "help_config"])
         var defconfig: String? = nil, sxpFile: String? = nil
-        var dry = false, paused = false, console = false, quiet = false
+        var dry = false, paused = false, console = false, quiet = false, helpConfig = false
         var path = ".:" + paths.etcXen
         for (k, v) in opts {
             switch k {
@@ -310,6 +312,7 @@ public final class XM {
             case "-c", "--console_autoconnect": console = true
             case "-q", "--quiet": quiet = true
             case "--path": path = v
+            case "--help_config": helpConfig = true
             case "-h", "--help": cmdHelp("create"); return
             default: break
             }
@@ -339,6 +342,12 @@ public final class XM {
             let text: String
             do { text = try readConfigText(absolute(file)) }
             catch { err("Unable to read config file \(file): \(error.message)"); throw XMExit(status: 1) }
+            if helpConfig {
+                // As Xen's create.py: run the script for help and list what xm_vars.var declared.
+                let declared = try DomainConfiguration.declaredVariables(parsing: text, file: file, arguments: vars)
+                stdout += XM.variablesHelp(file: file, declared)
+                return
+            }
             config = try DomainConfiguration(parsing: text, file: file, arguments: vars)
         }
         // Relative paths in the config are relative to xm's working directory.
@@ -348,7 +357,7 @@ public final class XM {
             if let t = config.disks[i].target, !t.isEmpty { config.disks[i].target = absolute(t) }
         }
         if let cd = config.hvm.cdrom, !cd.isEmpty { config.hvm.cdrom = absolute(cd) }
-        for w in config.warnings { stderr += "Warning: \(w.message)\n" }
+        for w in config.warnings { stderr += XM.warningLine(w) }
         let sxp = config.toSXP()
         if dry { out(sxp.prettyPrinted()); return }
         let info = try client().call("POST", "/api/v1/domains", body: CreateRequest(config: sxp.description, paused: paused),
@@ -359,6 +368,23 @@ public final class XM {
             flush()
             try attachConsole(info, quiet: false)
         }
+    }
+
+    /// One `Warning:` line naming the place and the key (`pci`, `vtpm`) the warning is about.
+    static func warningLine(_ w: ConfigWarning) -> String {
+        "Warning: \(w.file):\(w.line): " + (w.key.map { "key '\($0)': " } ?? "") + w.message + "\n"
+    }
+
+    /// `xm create --help_config` output: Xen's help.py layout, a name padded to 12
+    /// columns and its `use` text per variable.
+    static func variablesHelp(file: String, _ declared: [ConfigVariable]) -> String {
+        guard !declared.isEmpty else { return "\(file) declares no variables (xm_vars.var).\n" }
+        var s = "\nConfiguration variables for \(file):\n\n"
+        for v in declared {
+            let name = v.name.count >= 12 ? v.name : v.name + String(repeating: " ", count: 12 - v.name.count)
+            s += name + " " + v.use + "\n"
+        }
+        return s + "\n"
     }
 
     func absolute(_ p: String) -> String {

@@ -120,11 +120,13 @@ import Testing
         #expect(c.toSXP().prettyPrinted() == expected)
     }
 
-    @Test(arguments: ["example1.cfg", "myvmconf", "hvm.cfg", "allkeys.cfg", "xl-style.cfg", "pygrub.cfg"])
+    @Test(arguments: ["example1.cfg", "myvmconf", "hvm.cfg", "allkeys.cfg", "xl-style.cfg", "pygrub.cfg", "xmvars.cfg",
+                      "scripted.cfg"])
     func roundTripThroughSXP(_ file: String) throws {
         var g = SeededGenerator(state: 3)
         let c = try DomainConfiguration(parsing: Corpus.read(Corpus.root + "/good/" + file), file: file,
-                                        arguments: file == "myvmconf" ? ["vmid=2"] : [], using: &g)
+                                        arguments: ["myvmconf", "xmvars.cfg", "scripted.cfg"].contains(file) ? ["vmid=2"] : [],
+                                        using: &g)
         let sxp = c.toSXP()
         let printed = sxp.prettyPrinted()
         let back = try DomainConfiguration(sxp: SXP.parse(printed))

@@ -30,6 +30,56 @@ import Testing
         #expect(try parse("extra = 'ab' * 40000\n").extra == String(repeating: "ab", count: 40000))
     }
 
+    @Test func loopsRecursionAndGrowthAreBounded() throws {
+        #expect(error("while True:\n    pass\n") == "h.cfg:3: 'while' loop still running after 100000 iterations (a config file must finish)")
+        #expect(error("while 1: x = 1\n").hasPrefix("h.cfg:3: 'while' loop still running"))
+        #expect(error("for i in range(100000000):\n    pass\n") == "h.cfg:3: range() of 100000000 elements is too large (limit 65536)")
+        // Nested loops of bounded size still meet the step budget (or the clock).
+        let nested = error("for a in range(60000):\n    for b in range(60000):\n        x = b\n")
+        #expect(nested.hasPrefix("h.cfg:") && nested.contains("(a loop that never ends?)"), "\(nested)")
+        #expect(error("def f(n):\n    return f(n + 1)\nmemory = f(1)\n")
+                == "h.cfg:4: key 'memory': recursion too deep: more than 50 nested calls (calling f())")
+        // Values grown one step at a time meet the same limits as values built at once.
+        #expect(error("a = []\nwhile True:\n    a = [a]\n") == "h.cfg:5: key 'a': nesting too deep (more than 100 levels of lists or tuples)")
+        #expect(error("a = []\nfor i in range(200):\n    b = []\n    b.append(a)\n    a = b\n")
+                == "h.cfg:6: nesting too deep (more than 100 levels of lists or tuples)")
+        #expect(error("l = []\nfor i in range(2):\n    for j in range(40000):\n        l.append(j)\n")
+                == "h.cfg:6: list of 65537 elements is too large (limit 65536)")
+        #expect(error("s = 'x' * 1000000\nl = []\nfor i in range(60000):\n    l.append(s + str(i))\n")
+                == "h.cfg:6: the file built more than 256 MiB of strings and lists in all")
+        #expect(error("extra = 'x'.ljust(100000000)\n") == "h.cfg:3: key 'extra': string of 100000000 bytes is too large (limit 16777216)")
+        #expect(error("extra = '-'.join(['x' * 1000000] * 20)\n") == "h.cfg:3: key 'extra': string of 20000019 bytes is too large (limit 16777216)")
+        #expect(error("extra = ('x' * 100000).replace('', 'y' * 200)\n")
+                .hasPrefix("h.cfg:3: key 'extra': string of "))
+        #expect(error("l = (' ' * 200000).split(' ')\n") == "h.cfg:3: key 'l': list of 65537 elements is too large (limit 65536)")
+        // Small to hold, huge to print: a list of 65536 references to one 1 MB string.
+        let wide = "s = 'x' * 1000000\nl = [s] * 65536\n"
+        #expect(error(wide + "extra = str(l)\n") == "h.cfg:5: key 'extra': str() of this list would be more than 16777216 bytes")
+        #expect(error(wide + "extra = '%s' % (l,)\n") == "h.cfg:5: key 'extra': %s of this list would be more than 16777216 bytes")
+        #expect(error(wide + "memory = l\n").hasPrefix("h.cfg:5: key 'memory': expected an integer (MiB), found list ['xxxxx"))
+        #expect(error(wide + "memory = l\n").count < 400)
+        // A search that would compare too many bytes is refused before it runs.
+        let search = "h = 'a' * 16000000\nn = 'a' * 8000000 + 'b'\n"
+        let tooMuch = "h.cfg:5: key 'memory': searching 16000000 bytes for a string of 8000001 bytes is too much work for a config file"
+        #expect(error(search + "memory = n in h\n") == tooMuch)
+        #expect(error(search + "memory = h.count(n)\n") == tooMuch)
+        #expect(error(search + "memory = len(h.split(n))\n") == tooMuch)
+    }
+
+    /// The deepest the evaluator can be driven: calls at the limit, each inside the most
+    /// nested blocks and brackets the parser allows. It must end in an error, not a crash.
+    @Test func deepestEvaluationFitsTheStack() throws {
+        var body = "def f(n):\n"
+        var indent = "    "
+        for _ in 0..<19 { body += indent + "if n >= 0:\n"; indent += "    " }
+        body += indent + "return " + String(repeating: "(", count: 95) + "f(n + 1)" + String(repeating: ")", count: 95) + "\n"
+        body += "memory = f(0)\n"
+        #expect(error(body).hasPrefix("h.cfg:23: key 'memory': recursion too deep: more than 50 nested calls"))
+        let tooManyBlocks = (0..<21).map { String(repeating: "    ", count: $0) + "if 1:\n" }.joined()
+            + String(repeating: "    ", count: 21) + "pass\n"
+        #expect(error(tooManyBlocks).hasPrefix("h.cfg:23: nesting too deep (more than 20 nested blocks)"))
+    }
+
     @Test func binaryAndNonUTF8FilesAreRefusedByName() throws {
         let dir = "/tmp/xenith-cfg-\(getpid())"
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

@@ -76,3 +76,59 @@ import Testing
         """)
     #expect(XM.vifSXP(v).contains("(netback-pid 42)"))
 }
+
+/// services/examples, from this file's place in the repository.
+let examples: String = {
+    var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3) // XMTests.swift, XMTests, Tests
+    return parts.joined(separator: "/") + "/services/examples"
+}()
+
+@Test func commandHelpIsARequestNotAnError() {
+    for argv in [["create", "--help"], ["list", "-h"], ["shutdown", "--help"], ["network-list", "--help"]] {
+        let xm = XM(paths: XenithPaths(root: "/nonexistent"), cwd: "/")
+        #expect(xm.run(argv) == 0, "\(argv)")
+        #expect(xm.stdout.hasPrefix("Usage: xm \(argv[0]) "), "\(argv): \(xm.stdout)")
+        #expect(xm.stderr.isEmpty)
+    }
+    let xm = XM(paths: XenithPaths(root: "/nonexistent"), cwd: "/")
+    #expect(xm.run(["create", "--help"]) == 0)
+    #expect(xm.stdout.contains("--help_config"))
+}
+
+@Test func xmVarsScriptRunsAndListsItsVariables() throws {
+    let xm = XM(paths: XenithPaths(root: "/nonexistent"), cwd: examples)
+    #expect(xm.run(["create", "-n", "guest-set.cfg", "vmid=3", "size=big"]) == 0, "\(xm.stderr)")
+    #expect(xm.stdout.contains("(name guest03)") && xm.stdout.contains("(memory 512)") && xm.stdout.contains("(vcpus 2)"))
+    #expect(xm.stdout.contains("VMID=3 SIZE=BIG"))
+    #expect(xm.stderr.isEmpty)
+
+    let help = XM(paths: XenithPaths(root: "/nonexistent"), cwd: examples)
+    #expect(help.run(["create", "--help_config", "guest-set.cfg"]) == 0)
+    #expect(help.stdout == """
+        Using config file "./guest-set.cfg".
+
+        Configuration variables for ./guest-set.cfg:
+
+        vmid         Guest number, 1 to 99.
+        size         small (256 MiB, 1 vCPU) or big (512 MiB, 2 vCPUs); default small.
+
+
+        """)
+
+    let bad = XM(paths: XenithPaths(root: "/nonexistent"), cwd: examples)
+    #expect(bad.run(["create", "-n", "guest-set.cfg", "vmid=100"]) == 1)
+    #expect(bad.stderr == "Error: ./guest-set.cfg:15: key 'vmid': ValueError: vmid must be a number from 1 to 99, not 100 "
+            + "(checking vmid='100' for xm_vars.check() at line 29)\n")
+}
+
+@Test func ignoredKeysAreWarnedAboutByName() throws {
+    let dir = NSTemporaryDirectory() + "xm-warn-\(getpid())"
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try "name = 'w'\nkernel = '/k'\npci = ['0000:01:00.0']\nvtpm = ['instance=1,backend=0']\n"
+        .write(toFile: dir + "/w.cfg", atomically: true, encoding: .utf8)
+    let xm = XM(paths: XenithPaths(root: dir + "/root"), cwd: dir)
+    #expect(xm.run(["create", "-n", "w.cfg"]) == 0)
+    #expect(xm.stderr == "Warning: ./w.cfg:3: key 'pci': accepted by xm, ignored by Xenith\n"
+            + "Warning: ./w.cfg:4: key 'vtpm': accepted by xm, ignored by Xenith\n")
+}
