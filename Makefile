@@ -110,7 +110,7 @@ install: release
 	$(MAKE) install-tree BUILT="$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)"
 
 SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
-	    -e '/# set by make install$$/s|:-[^}]*}|:-$(BINDIR)}|'
+	    -e '/set by make install$$/s|:-[^}]*}|:-$(BINDIR)}|'
 install-tree:
 	@test -n "$(BUILT)" || { echo "install-tree: set BUILT to the directory holding the binaries" >&2; exit 1; }
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/manifests $(DESTDIR)$(DATADIR)/scripts \
