@@ -32,7 +32,10 @@ final class XendomainsHost: @unchecked Sendable {
 
     /// The test guest named `name`, printing `NAME-tick-N` on its console every second.
     static func ticker(_ name: String) -> String {
-        let loop = "i=0; while true; do echo \(name)-tick-$i; i=$((i+1)); sleep 1; done &"
+        // In the background (busybox init acts on poweroff only once the run script ends),
+        // deaf to the SIGHUP of that script's shell exiting, and writing to /dev/console
+        // afresh each time (the script's own tty descriptor is hung up when it exits).
+        let loop = "trap '' HUP; i=0; while true; do echo \(name)-tick-$i >/dev/console; i=$((i+1)); sleep 1; done &"
         return "name = '\(name)'\n" + BadInputHost.testGuest(run: loop) + "on_poweroff = 'destroy'\non_crash = 'destroy'\n"
     }
 
