@@ -17,7 +17,8 @@ BUILD   ?= build
 GUEST   ?= $(BUILD)/guest
 # Release binaries link the Swift runtime statically: small, fast-starting processes.
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
-BINARIES := xenith-core xenstored blkback netback xenconsoled xend xm
+# What `make install` puts in BINDIR: the executable products of Package.swift.
+BINARIES := $(shell sed -n 's/.*\.executable.name: "\([^"]*\)".*/\1/p' Package.swift)
 
 .PHONY: all deps release run stop run-core fixtures guest debian-image hvm-iso test unit integration integration-images bench install install-tree clean
 

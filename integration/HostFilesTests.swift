@@ -170,7 +170,13 @@ private func manRender(_ path: String) throws -> RunResult? {
         #expect(r.status == 0, "make install-tree: \(r.stderr)")
         let fm = FileManager.default
         func executable(_ p: String) -> Bool { fm.isExecutableFile(atPath: dest + p) }
-        for b in ["xenith-core", "xenstored", "blkback", "netback", "xenconsoled", "xend", "xm"] {
+        // Every executable product of Package.swift.
+        let products = try text("Package.swift").split(separator: "\n").compactMap { l -> String? in
+            guard let r = l.range(of: ".executable(name: \"") else { return nil }
+            return String(l[r.upperBound...].prefix { $0 != "\"" })
+        }
+        #expect(products.contains("xm") && products.contains("xend"), "products: \(products)")
+        for b in products {
             #expect(executable("/usr/bin/" + b), "missing /usr/bin/\(b)")
         }
         let manifests = (try? fm.contentsOfDirectory(atPath: dest + "/usr/share/xenith/manifests")) ?? []
