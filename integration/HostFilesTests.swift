@@ -195,6 +195,17 @@ private func manRender(_ path: String) throws -> RunResult? {
         #expect(xendUnit.contains("ExecStart=/usr/bin/xend start") && !xendUnit.contains("@"), "xend.service: \(xendUnit)")
         let domUnit = (try? String(contentsOfFile: dest + "/usr/lib/systemd/system/xendomains.service", encoding: .utf8)) ?? ""
         #expect(domUnit.contains("ExecStop=/etc/init.d/xendomains stop") && !domUnit.contains("@"), "xendomains.service: \(domUnit)")
+        // systemd's own reading of the units: no unknown key or bad value (commands and man
+        // pages that do not exist on this host, and the missing targets under --root, aside).
+        if fm.isExecutableFile(atPath: "/usr/bin/systemd-analyze") {
+            let v = try run("/usr/bin/systemd-analyze", ["verify", "--root=\(dest)", dest + "/usr/lib/systemd/system/xend.service",
+                                                         dest + "/usr/lib/systemd/system/xendomains.service"])
+            let bad = (v.stdout + v.stderr).split(separator: "\n").filter {
+                $0.contains("Unknown") || $0.contains("nvalid") || $0.contains("bad unit file") || $0.contains("Failed to parse")
+                    || $0.contains("Neither a valid")
+            }
+            #expect(bad.isEmpty, "systemd-analyze verify: \(bad)")
+        }
         #expect(fm.fileExists(atPath: dest + "/etc/default/xendomains"))
         #expect(fm.fileExists(atPath: dest + "/etc/xen/xend-config.sxp"))
         var isDir: ObjCBool = false

@@ -94,7 +94,13 @@ final class XendomainsHost: @unchecked Sendable {
                 "\(noXend.stderr)")
         #expect(try x.xendomains("status").status == 3)
 
-        guard try h.start() else { return }
+        // xend through its init script.
+        let xend = Env.root.appendingPathComponent("services/init.d/xend").path
+        let started = try h.tool(xend, ["start"], env: ["XENITH_BINDIR": Env.binDir.path])
+        #expect(started.status == 0, "init.d/xend start: \(started.stderr)")
+        let running = try h.tool(xend, ["status"], env: ["XENITH_BINDIR": Env.binDir.path])
+        #expect(running.status == 0 && running.stdout.contains("xend is running"), "\(running.stdout)\(running.stderr)")
+        guard started.status == 0 else { return }
         try x.auto("xd1.cfg", XendomainsHost.ticker("xd1"))
         try x.auto("broken.cfg", "name = 'xdbad'\nmemory = 'lots'\n")
         try x.auto("xd1.cfg~", "an editor's backup: never read\n")
