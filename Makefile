@@ -1,6 +1,15 @@
-# Xenith — see README.md. Every target works from a fresh clone after .ci/run's packages.
+# Xenith — see README.md. `make run` and `make test` first run `make deps`, which installs
+# what is missing on a Debian 12 machine (as root); every other target assumes it has run.
 PREFIX  ?= /usr/local
 DESTDIR ?=
+# Install directories (`make install`): init scripts and settings go to /etc whatever PREFIX.
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+DATADIR    ?= $(PREFIX)/share/xenith
+# The Swift toolchain's usual place on these machines, after whatever PATH already has.
+export PATH := $(PATH):/opt/swift/usr/bin
 SWIFT   ?= swift
 CC      ?= cc
 LD      ?= ld
@@ -8,14 +17,20 @@ BUILD   ?= build
 GUEST   ?= $(BUILD)/guest
 # Release binaries link the Swift runtime statically: small, fast-starting processes.
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
-BINARIES := xenith-core xenstored blkback netback xenconsoled xend xm migration
+# What `make install` puts in BINDIR: the executable products of Package.swift.
+BINARIES := $(shell sed -n 's/.*\.executable.name: "\([^"]*\)".*/\1/p' Package.swift)
 
-.PHONY: all release run stop run-core fixtures guest debian-image hvm-iso test unit integration integration-images bench install clean
+.PHONY: all deps release run stop run-core fixtures guest debian-image hvm-iso test unit integration integration-images bench install install-tree clean
 
 all: release
 
 release:
 	$(SWIFT) build $(RELEASE_FLAGS)
+
+# Debian packages, Python modules and the QEMU user (.ci/deps); a no-op when all are there.
+# As a user other than root it names what is missing and stops: `sudo make deps`.
+deps:
+	@bash .ci/deps
 
 include fixtures/Makefile.inc
 
@@ -27,7 +42,7 @@ include fixtures/Makefile.inc
 RUN_ROOT   ?= $(CURDIR)/$(BUILD)/root
 RUN_CONFIG ?= services/examples/debian.cfg
 BIN = $$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)
-run: release debian-image
+run: deps release debian-image
 	@XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xend" status >/dev/null 2>&1 || XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xend" start
 	XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xm" create -c $(RUN_CONFIG)
 	@echo "xend keeps running in $(RUN_ROOT): XENITH_ROOT=$(RUN_ROOT) $(BIN)/xm list; make stop"
@@ -64,7 +79,7 @@ hvm-iso:
 # Guest images first, so the tests that boot them run rather than skip. Suites run one
 # at a time: several boot real guests under TCG or run supervisors with timing-sensitive
 # restarts, and on 2 cores in parallel they starve each other.
-test: fixtures guest debian-image hvm-iso
+test: deps fixtures guest debian-image hvm-iso
 	$(SWIFT) build --build-tests
 	XENITH_TEST_KERNEL=$(CURDIR)/$(GUEST)/vmlinuz timeout 3000 $(SWIFT) test --skip-build --no-parallel
 	$(MAKE) integration-images
@@ -72,7 +87,7 @@ test: fixtures guest debian-image hvm-iso
 unit:
 	$(SWIFT) test --skip IntegrationTests
 
-integration: fixtures guest debian-image hvm-iso
+integration: deps fixtures guest debian-image hvm-iso
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --no-parallel --filter IntegrationTests
 	$(MAKE) integration-images
@@ -88,11 +103,34 @@ bench: release fixtures guest
 	python3 bench/net.py
 	python3 bench/qemu_overhead.py
 
+# Binaries, manifests, host scripts, init scripts (SysV and systemd), settings and man pages
+# under $(DESTDIR): BINDIR, DATADIR (manifests, network scripts), SYSCONFDIR (init.d,
+# default/xendomains, xen/xend-config.sxp and xen/auto; existing settings are kept), UNITDIR,
+# MANDIR. install-tree lays the same out from the binaries in BUILT, without building.
 install: release
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/xenith/manifests
-	for b in $(BINARIES); do install -m 0755 "$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)/$$b" $(DESTDIR)$(PREFIX)/bin/; done
-	[ ! -d manifests ] || cp -r manifests/. $(DESTDIR)$(PREFIX)/share/xenith/manifests/
-	install -d $(DESTDIR)$(PREFIX)/share/xenith/scripts && cp services/scripts/* $(DESTDIR)$(PREFIX)/share/xenith/scripts/
+	$(MAKE) install-tree BUILT="$$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)"
+
+SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	    -e '/set by make install$$/s|:-[^}]*}|:-$(BINDIR)}|'
+install-tree:
+	@test -n "$(BUILT)" || { echo "install-tree: set BUILT to the directory holding the binaries" >&2; exit 1; }
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/manifests $(DESTDIR)$(DATADIR)/scripts \
+	    $(DESTDIR)$(SYSCONFDIR)/init.d $(DESTDIR)$(SYSCONFDIR)/default $(DESTDIR)$(SYSCONFDIR)/xen/auto \
+	    $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5
+	for b in $(BINARIES); do install -m 0755 "$(BUILT)/$$b" $(DESTDIR)$(BINDIR)/; done
+	cp -r manifests/. $(DESTDIR)$(DATADIR)/manifests/
+	for f in services/scripts/*; do case $$f in *.md) ;; *.sh) install -m 0644 $$f $(DESTDIR)$(DATADIR)/scripts/ ;; \
+	    *) install -m 0755 $$f $(DESTDIR)$(DATADIR)/scripts/ ;; esac; done
+	for f in xend xendomains; do $(SUBST) services/init.d/$$f > $(DESTDIR)$(SYSCONFDIR)/init.d/$$f; \
+	    chmod 0755 $(DESTDIR)$(SYSCONFDIR)/init.d/$$f; done
+	for f in services/systemd/*.service; do $(SUBST) $$f > $(DESTDIR)$(UNITDIR)/$${f##*/}; \
+	    chmod 0644 $(DESTDIR)$(UNITDIR)/$${f##*/}; done
+	@for f in default/xendomains:services/default/xendomains xen/xend-config.sxp:services/xend-config.sxp; do \
+	    dst=$(DESTDIR)$(SYSCONFDIR)/$${f%%:*}; \
+	    if [ -e $$dst ]; then echo "kept $$dst (the new one is $${f#*:})"; \
+	    else echo "install -m 0644 $${f#*:} $$dst"; install -m 0644 $${f#*:} $$dst; fi; done
+	install -m 0644 services/man/xm.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 services/man/xmdomain.cfg.5 services/man/xend-config.sxp.5 $(DESTDIR)$(MANDIR)/man5/
 	@id xenith-qemu >/dev/null 2>&1 || echo "note: qemu domains run QEMU as root until the user exists: useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin xenith-qemu"
 
 clean:
