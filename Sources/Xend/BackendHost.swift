@@ -2,8 +2,12 @@
 // and shares: the host's paths, the service's executable and manifest, xenstore, the log,
 // the socket directory, the restart budget, and the tidying of a kind's xenstore directories.
 import Logging
+import UnixSocket
 import XenStore
 import XendAPI
+#if canImport(Glibc)
+import Glibc
+#endif
 
 struct BackendHost: @unchecked Sendable {
     /// Deaths within `burstWindow` seconds after which a device is given up (marked broken).
@@ -24,6 +28,15 @@ struct BackendHost: @unchecked Sendable {
     /// The socket of one device: `$ROOT/run/xenith/SERVICE-DOMID-DEVICE.sock`.
     func socketPath(_ service: String, domid: Int, device: String) -> String {
         runDir + "/\(service)-\(domid)-\(device).sock"
+    }
+
+    /// Binds and listens on a back-end's socket at `path` (mode 0600, a stale socket file
+    /// replaced, close-on-exec), owned by `owner` when given (an unprivileged engine must
+    /// reconnect to it after a back-end restart).
+    /// - Throws: `EngineError` naming the path and the failing step; nothing is left behind.
+    func listen(_ path: String, owner: (uid: uid_t, gid: gid_t)? = nil) throws -> Int32 {
+        do { return try UnixSocket.listen(path: path, backlog: 8, permissions: 0o600, owner: owner, existing: .replace) }
+        catch { throw EngineError("\(error)") }
     }
 
     /// A fresh restart budget for one back-end.

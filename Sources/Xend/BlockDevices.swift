@@ -181,35 +181,9 @@ public final class BlockSupervisor: @unchecked Sendable {
         }
         XenithPaths.makeDirectories(host.runDir)
         let l: Int32
-        do { l = try Self.listen(b.socket, owner: b.socketOwner) } catch { close(fd); throw XendError(.internalError, "\(b.socket): \(error)") }
+        do { l = try host.listen(b.socket, owner: b.socketOwner) } catch { close(fd); throw XendError(.internalError, "\(b.socket): \(error)") }
         b.imageFD = fd
         b.listenFD = l
-    }
-
-    /// Binds and listens on a Unix socket (a stale file is replaced), mode 0600, close-on-exec.
-    /// Binds and listens on a Unix socket at `path` (mode 0600, a stale file replaced),
-    /// owned by `owner` when given (an unprivileged QEMU must reconnect to it).
-    /// - Throws: `EngineError` naming the failing step; nothing is left behind then.
-    static func listen(_ path: String, owner: (uid: uid_t, gid: gid_t)? = nil) throws -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw EngineError(String(cString: strerror(errno))) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { close(fd); throw EngineError("socket path too long") }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, c) in bytes.enumerated() { p[i] = c } }
-        unlink(path)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { let e = errno; close(fd); throw EngineError("bind: \(String(cString: strerror(e)))") }
-        chmod(path, 0o600)
-        if let o = owner, chown(path, o.uid, o.gid) != 0 {
-            let e = errno; close(fd); unlink(path)
-            throw EngineError("chown to \(o.uid):\(o.gid): \(String(cString: strerror(e)))")
-        }
-        guard Glibc.listen(fd, 8) == 0 else { let e = errno; close(fd); throw EngineError("listen: \(String(cString: strerror(e)))") }
-        return fd
     }
 
     /// The mount point where block device `rdev` is mounted read-write, if any

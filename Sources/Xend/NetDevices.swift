@@ -393,7 +393,7 @@ public final class NetSupervisor: @unchecked Sendable {
                 return b
             }
             XenithPaths.makeDirectories(host.runDir)
-            do { b.listenFD = try BlockSupervisor.listen(rec.socket, owner: socketOwner) }
+            do { b.listenFD = try host.listen(rec.socket, owner: socketOwner) }
             catch { throw XendError(.internalError, "Device \(p.devid) (vif) could not be connected. \(rec.socket): \(error)") }
             do { try spawn(b) } catch { throw XendError(.internalError, "Device \(p.devid) (vif) could not be connected. \(error)") }
             try waitReady(b)
@@ -494,7 +494,7 @@ public final class NetSupervisor: @unchecked Sendable {
         if b.listenFD < 0 {
             XenithPaths.makeDirectories(host.runDir)
             let owner = b.rec.socketUID.flatMap { u in b.rec.socketGID.map { (uid: uid_t(u), gid: gid_t($0)) } }
-            b.listenFD = try BlockSupervisor.listen(b.rec.socket, owner: owner)
+            b.listenFD = try host.listen(b.rec.socket, owner: owner)
         }
     }
 

@@ -1,6 +1,7 @@
 // Facts about host processes that every supervisor needs: is this still the process we
 // started (pid + start time), and one round trip to a line-based control socket.
 import Foundation
+import UnixSocket
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,16 +21,12 @@ public enum ProcessInfo2 {
 
     /// Sends one line to a Unix-socket control server and returns the reply line.
     public static func control(_ path: String, _ command: String, timeoutMs: Int32 = 2000) throws -> String {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw EngineError("socket: \(String(cString: strerror(errno)))") }
-        defer { Glibc.close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() where i < p.count - 1 { p[i] = b } }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        let fd: Int32
+        do { fd = try UnixSocket.connect(path: path) } catch {
+            if case .system(_, _, let e) = error { throw EngineError("\(path): \(String(cString: strerror(e)))") }
+            throw EngineError("\(error)")
         }
-        guard rc == 0 else { throw EngineError("\(path): \(String(cString: strerror(errno)))") }
+        defer { Glibc.close(fd) }
         let line = command + "\n"
         _ = line.withCString { write(fd, $0, strlen($0)) }
         var reply: [UInt8] = []
