@@ -164,9 +164,11 @@ private func manRender(_ path: String) throws -> RunResult? {
         let dest = NSTemporaryDirectory() + "xenith-install-\(getpid())"
         try? FileManager.default.removeItem(atPath: dest)
         defer { try? FileManager.default.removeItem(atPath: dest) }
-        let make = ["-C", Env.root.path, "--no-print-directory", "install-tree", "BUILT=\(Env.binDir.path)",
-                    "DESTDIR=\(dest)", "PREFIX=/usr"]
-        let r = try run("/usr/bin/make", make, timeout: 120)
+        // Run from `make test`, make's own variables (PREFIX=... on its command line) would
+        // reach this make through MAKEFLAGS: leave them out.
+        let make = ["-u", "MAKEFLAGS", "-u", "MFLAGS", "-u", "MAKELEVEL", "/usr/bin/make", "-C", Env.root.path,
+                    "--no-print-directory", "install-tree", "BUILT=\(Env.binDir.path)", "DESTDIR=\(dest)", "PREFIX=/usr"]
+        let r = try run("/usr/bin/env", make, timeout: 120)
         #expect(r.status == 0, "make install-tree: \(r.stderr)")
         let fm = FileManager.default
         func executable(_ p: String) -> Bool { fm.isExecutableFile(atPath: dest + p) }
@@ -218,7 +220,7 @@ private func manRender(_ path: String) throws -> RunResult? {
 
         // A second install keeps the host's edited settings.
         try "(loglevel INFO)\n".write(toFile: dest + "/etc/xen/xend-config.sxp", atomically: true, encoding: .utf8)
-        let again = try run("/usr/bin/make", make, timeout: 120)
+        let again = try run("/usr/bin/env", make, timeout: 120)
         #expect(again.status == 0, "make install-tree again: \(again.stderr)")
         #expect(again.stdout.contains("kept \(dest)/etc/xen/xend-config.sxp"), "\(again.stdout)")
         #expect((try? String(contentsOfFile: dest + "/etc/xen/xend-config.sxp", encoding: .utf8)) == "(loglevel INFO)\n")
