@@ -95,8 +95,13 @@ extension DomainConfiguration {
         guard sxp.name == "vm" else { throw fail(nil, "expected a (vm ...) element") }
         guard let name = sxp.childText("name"), !name.isEmpty else { throw fail("name", "missing") }
         self.init(name: name)
-        func int(_ k: String, _ v: SXP) throws(ConfigError) -> Int {
+        func int(_ k: String, _ v: SXP, _ range: ClosedRange<Int>, _ unit: String) throws(ConfigError) -> Int {
             guard let i = v.intValue else { throw fail(k, "expected an integer, found \(v)") }
+            // The ranges `xm create` applies to a config file: an SXP request reaches xend
+            // without xm, and a negative or huge value must not reach arithmetic there.
+            guard range.contains(i) else {
+                throw fail(k, "\(i) is out of range \(range.lowerBound)...\(range.upperBound) (\(unit))")
+            }
             return i
         }
         func action(_ k: String) throws(ConfigError) -> LifecycleAction? {
@@ -104,9 +109,9 @@ extension DomainConfiguration {
             guard let a = LifecycleAction(rawValue: t) else { throw fail(k, "bad action '\(t)'") }
             return a
         }
-        if let v = sxp.childValue("memory") { memory = try int("memory", v) }
-        if let v = sxp.childValue("maxmem") { maxmem = try int("maxmem", v) }
-        if let v = sxp.childValue("vcpus") { vcpus = try int("vcpus", v) }
+        if let v = sxp.childValue("memory") { memory = try int("memory", v, 1...(1 << 22), "MiB") }
+        if let v = sxp.childValue("maxmem") { maxmem = try int("maxmem", v, 1...(1 << 22), "MiB") }
+        if let v = sxp.childValue("vcpus") { vcpus = try int("vcpus", v, 1...255, "vCPU count") }
         guard vcpus >= 1 else { throw fail("vcpus", "vcpus must be at least 1") }
         uuid = sxp.childText("uuid")
         cpus = sxp.childText("cpus")

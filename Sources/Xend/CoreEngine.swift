@@ -42,6 +42,7 @@ public struct CoreEngine: DomainEngineDriver {
         }
         let pid: pid_t
         do { pid = try spawnProcess(args, o) } catch { throw EngineError(error.message) }
+        FaultInjection.crashPoint("engine-spawned")   // before the core binds its control socket
         // Wait until the control socket answers, or the core gives up.
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {

@@ -68,9 +68,9 @@ extension DomainManager {
         sockets += diskSockets + vifSockets
         for d in r.disks ?? [] where d.pid > 0 && ProcessInfo2.startTicks(d.pid) == d.startTicks { kill(d.pid, SIGKILL) }
         for v in r.vifs ?? [] where v.pid > 0 && ProcessInfo2.startTicks(v.pid) == v.startTicks { kill(v.pid, SIGKILL) }
-        let killed = OrphanSweep.killHolders(ofSocketsAt: sockets)
+        let killed = OrphanSweep.killHolders(ofSocketsAt: sockets, orNaming: controlPath(domid))
         nets?.releaseUnfinished(domid: domid, name: r.name, vifs: cfg.vifs.enumerated().map { ($0.offset, $0.element) },
-                                records: r.vifs ?? [])
+                                records: r.vifs ?? [], planned: r.plannedTaps ?? [])
         for s in sockets + [statusFile(domid)] { unlink(s) }
         if listed.contains(domid), let c = consoles { try? unregisterConsole(socketPath: c.socketPath, domid: domid) }
         if let xs = xenstore {

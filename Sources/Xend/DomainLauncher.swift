@@ -101,7 +101,8 @@ extension DomainManager {
             guard let nets else { throw XendError(.unavailable, "network interfaces are not available without netback") }
             launch.netSockets = try nets.start(domid: domid, name: r.name, vifs: cfg.vifs.enumerated().map { ($0.offset, $0.element) },
                                                inUse: registry.vifsInUse(except: domid), emulated: plan.emulatedVifs,
-                                               socketOwner: plan.socketOwner)
+                                               socketOwner: plan.socketOwner,
+                                               planned: { names in r.plannedTaps = names; registry.persist(r) })
             launch.netTapFDs = cfg.vifs.indices.map { plan.emulatedVifs.contains($0) ? nets.tapDescriptor(domid: domid, devid: $0) : nil }
             r.vifs = nets.records(domid)
             registry.persist(r)
@@ -140,6 +141,7 @@ extension DomainManager {
         FaultInjection.crashPoint("engine")
         r.process = process
         r.creating = nil
+        r.plannedTaps = nil
         r.startTime = Date().timeIntervalSince1970
         r.bootMemory = max(cfg.memory, cfg.maxmem ?? 0)
         registry.store(r)

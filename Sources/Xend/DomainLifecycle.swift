@@ -66,20 +66,26 @@ extension DomainManager {
                 r.uuid = UUID().uuidString.lowercased()
                 registry.store(r)
             } else {
-                cleanup(domid)
+                // The stopped record stays listed until its successor is (`xm reboot -w` and
+                // `xm list` never see the domain missing in between); it holds no devices.
+                cleanup(domid, keepingRecord: true)
             }
             next.restartCount += 1
             next.previousRestartTime = now
             do { _ = try launch(next, engine: engine) } catch {
                 log.error("Failed to restart domain \(next.name): \(error.message)")
             }
+            if action != .renameRestart { registry.remove(domid) }
         }
     }
 
     /// Forgets a domain: registry file, xenstore entries, devices, run files.
-    func cleanup(_ domid: Int) {
+    /// - Parameter keepingRecord: leave its (stopped) record in the registry, for the caller
+    ///   to remove once a successor is stored.
+    func cleanup(_ domid: Int, keepingRecord: Bool = false) {
         lifecycle.lock(); defer { lifecycle.unlock() }
-        guard let r = registry.remove(domid) else { return }
+        guard let r = keepingRecord ? registry[domid] : registry.remove(domid) else { return }
+        if keepingRecord { registry.removeFile(domid) }   // a restarted xend must not find it
         releaseDevices(domid)
         statuses[domid] = nil
         if let p = r.process { unlink(p.controlPath); unlink(p.statusFile) }

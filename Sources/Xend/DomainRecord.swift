@@ -29,6 +29,8 @@ public struct DomainRecord: Codable, Sendable {
     /// Set while xend makes the domain (written before the first device): a record still
     /// marked when xend starts belongs to a creation that xend did not finish, and is undone.
     public var creating: Bool? = nil
+    /// While `creating`: the tap names that passed the vif checks and are about to be made.
+    public var plannedTaps: [String]? = nil
 
     /// Whether the domain runs (has an engine process).
     var isLive: Bool { process != nil }

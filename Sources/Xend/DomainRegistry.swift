@@ -28,6 +28,9 @@ final class DomainRegistry: @unchecked Sendable {
         if FileManager.default.createFile(atPath: tmp, contents: data) { rename(tmp, recordPath(r.domid)) }
     }
 
+    /// Deletes `domid`'s file, keeping its record in memory (a domain about to be replaced).
+    func removeFile(_ domid: Int) { unlink(recordPath(domid)) }
+
     /// Reads every record file (after an xend restart); unreadable files are skipped.
     func loadFiles() -> [DomainRecord] {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: paths.registryDir)) ?? []

@@ -312,7 +312,7 @@ public final class NetSupervisor: @unchecked Sendable {
             let bridging = (script as NSString).lastPathComponent.hasPrefix("vif-bridge")
             let bridge = spec.bridge ?? (bridging ? "xenbr0" : nil)
             if let b = bridge, spec.bridge != nil || bridging, !isBridge(b) {
-                throw refuse(devid, "Bridge \(b) does not exist (create it first, e.g. network-bridge start bridge=\(b)).")
+                throw refuse(devid, "Bridge \(b) does not exist (create it first: network-bridge start bridge=\(b) netdev=none makes one without an uplink; netdev=eth0 moves eth0's address onto it).")
             }
             let macText = mac.description
             if let other = inUse.first(where: { $0.vif.mac == macText && $0.vif.bridge == bridge }) {
@@ -337,12 +337,16 @@ public final class NetSupervisor: @unchecked Sendable {
     /// - Returns: the vhost-user sockets in vif order, for the engine ("" for emulated NICs).
     /// - Throws: `XendError` (400) when a vif is refused or its script fails (the script's
     ///   stderr in the message), 500 when netback does not come up; nothing is left behind.
+    ///   - planned: called with the interface names once every vif passed its checks and
+    ///     before the first tap is made (the launcher writes them into its intent record).
     public func start(domid: Int, name: String, vifs: [(devid: Int, spec: VifSpec)],
                       inUse: [(domain: String, vif: VifRecord)], emulated: Set<Int> = [],
-                      socketOwner: (uid: uid_t, gid: gid_t)? = nil) throws(XendError) -> [String] {
+                      socketOwner: (uid: uid_t, gid: gid_t)? = nil,
+                      planned: ([String]) -> Void = { _ in }) throws(XendError) -> [String] {
         var plans = try Self.plan(domid: domid, vifs: vifs, defaultScript: defaultScript, inUse: inUse,
                                   interfaceExists: interfaceExists, isBridge: isBridge,
                                   resolve: { resolveScript($0, paths: paths, binDir: binDir) })
+        planned(plans.map(\.vifname))
         for i in plans.indices where emulated.contains(plans[i].devid) { plans[i].emulated = true }
         var made: [Backend] = []
         do throws(XendError) {
@@ -636,17 +640,19 @@ public final class NetSupervisor: @unchecked Sendable {
     /// Undoes the vifs of a creation xend did not finish, from the configuration (their
     /// records may never have been written; their netbacks are already killed): vif script
     /// `offline` where the tap exists, taps removed, sockets and xenstore entries gone. A
-    /// custom `vifname=` tap is removed only when a record names it (the name may be another
-    /// program's); the default `vifDOMID.DEVID` is xend's by construction.
-    public func releaseUnfinished(domid: Int, name: String, vifs: [(devid: Int, spec: VifSpec)], records: [VifRecord]) {
+    /// custom `vifname=` tap is removed only when a record or `planned` (the names that
+    /// passed the checks, so none was another program's then) names it; the default
+    /// `vifDOMID.DEVID` is xend's by construction.
+    public func releaseUnfinished(domid: Int, name: String, vifs: [(devid: Int, spec: VifSpec)], records: [VifRecord],
+                                  planned: [String] = []) {
         for (devid, spec) in vifs {
             var rec: VifRecord
             if let r = records.first(where: { $0.devid == devid }) {
                 rec = r
             } else {
-                guard spec.vifname == nil else { continue }
+                if let custom = spec.vifname, !planned.contains(custom) { continue }
                 let script = spec.script ?? defaultScript
-                rec = VifRecord(devid: devid, vifname: "vif\(domid).\(devid)", mac: spec.mac.description, bridge: spec.bridge,
+                rec = VifRecord(devid: devid, vifname: spec.vifname ?? "vif\(domid).\(devid)", mac: spec.mac.description, bridge: spec.bridge,
                                 ip: spec.ip, script: script, scriptPath: resolveScript(script, paths: paths, binDir: binDir) ?? "",
                                 rate: nil, socket: socketPath(domid: domid, devid: devid), pid: 0, startTicks: 0, log: "",
                                 broken: false)

@@ -40,12 +40,27 @@ enum OrphanSweep {
         return out
     }
 
-    /// SIGKILLs every process holding a socket bound at one of `paths` and waits (up to
-    /// 2 s) until they are gone.
+    /// Pids other than this process whose command line has an argument containing `text`
+    /// (an engine started with its control socket's path, which it may not have bound yet).
+    static func processes(withArgumentContaining text: String) -> [Int32] {
+        let me = getpid()
+        var out: [Int32] = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), pid != me,
+                  let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { continue }
+            if data.split(separator: 0).contains(where: { String(decoding: $0, as: UTF8.self).contains(text) }) { out.append(pid) }
+        }
+        return out
+    }
+
+    /// SIGKILLs every process holding a socket bound at one of `paths`, and every process
+    /// whose arguments name `argument` (an engine not yet listening on its control socket),
+    /// and waits (up to 2 s) until they are gone.
     /// - Returns: the pids killed.
     @discardableResult
-    static func killHolders(ofSocketsAt paths: [String]) -> [Int32] {
-        let pids = holders(of: socketInodes(boundAt: Set(paths)))
+    static func killHolders(ofSocketsAt paths: [String], orNaming argument: String? = nil) -> [Int32] {
+        var pids = holders(of: socketInodes(boundAt: Set(paths)))
+        if let argument { pids += processes(withArgumentContaining: argument).filter { !pids.contains($0) } }
         let ticks = pids.map { ProcessInfo2.startTicks($0) }
         for p in pids { kill(p, SIGKILL) }
         for _ in 0..<200 where zip(pids, ticks).contains(where: { $1 != nil && ProcessInfo2.startTicks($0) == $1 }) {

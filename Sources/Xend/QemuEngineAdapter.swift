@@ -88,6 +88,12 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         var fds: [Int32] = []
         defer { for fd in fds { close(fd) } }
         func open1(_ path: String, _ flags: Int32, _ what: String) throws -> Int32 {
+            // Only a regular file or a block device: opening a FIFO would wait for a writer,
+            // holding up every create behind this one.
+            var st = stat()
+            if stat(path, &st) == 0, st.st_mode & S_IFMT != S_IFREG, st.st_mode & S_IFMT != S_IFBLK {
+                throw EngineError("\(what) \(path) is neither a regular file nor a block device", badRequest: true)
+            }
             let fd = open(path, flags | O_CLOEXEC)
             guard fd >= 0 else { throw EngineError("\(what) \(path): \(String(cString: strerror(errno)))") }
             fds.append(fd)

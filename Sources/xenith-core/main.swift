@@ -186,13 +186,15 @@ struct UsageError: Error {
     init(_ m: String?) { message = m }
 }
 
-/// Feeds stdin to COM1 (raw mode when stdin is a terminal, restored on exit).
+/// Feeds stdin to COM1 (raw mode when stdin is a terminal, restored on exit). On a terminal,
+/// Ctrl-] (0x1d, the escape of `xm console`) destroys the domain: Ctrl-C goes to the guest.
 final class StdinConsole: @unchecked Sendable {
     private var saved = termios()
     private var isTTY = false
 
     init?(machine: Machine) {
-        isTTY = isatty(0) != 0
+        let isTTY = isatty(0) != 0
+        self.isTTY = isTTY
         if isTTY {
             tcgetattr(0, &saved)
             var raw = saved
@@ -205,7 +207,10 @@ final class StdinConsole: @unchecked Sendable {
             try machine.loop.add(0) { [weak machine] _ in
                 var buf = [UInt8](repeating: 0, count: 256)
                 let n = buf.withUnsafeMutableBytes { read(0, $0.baseAddress, 256) }
-                if n > 0 { machine?.serial.receive(buf[0..<n]) }
+                if n > 0, isTTY, let esc = buf[0..<n].firstIndex(of: 0x1d) {
+                    if esc > 0 { machine?.serial.receive(buf[0..<esc]) }
+                    machine?.stop(.destroyed)
+                } else if n > 0 { machine?.serial.receive(buf[0..<n]) }
                 else if n == 0 || (errno != EAGAIN && errno != EINTR) { machine?.loop.remove(0) }
             }
         } catch { return nil }

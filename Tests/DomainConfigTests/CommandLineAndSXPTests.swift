@@ -136,3 +136,19 @@ import Testing
         #expect(back.vifs.map(\.mac) == c.vifs.map(\.mac))
     }
 }
+
+/// An SXP configuration reaches xend without xm's checks (the HTTP API): memory, maxmem and
+/// vcpus out of xm's ranges are refused there too, naming the key (a negative memory used to
+/// trap in xend's arithmetic).
+@Test func sxpOutOfRangeNumbersAreRefused() {
+    for (form, key) in [("(memory -5)", "memory"), ("(memory 32) (maxmem -1)", "maxmem"),
+                        ("(memory 9223372036854775807)", "memory"), ("(memory 32) (vcpus 100000)", "vcpus"),
+                        ("(memory 32) (vcpus 0)", "vcpus")] {
+        do {
+            _ = try DomainConfiguration(sxp: SXP.parse("(vm (name x) \(form))"))
+            Issue.record("accepted \(form)")
+        } catch {
+            #expect(error.description.contains(key) && error.description.contains("out of range"), "\(form): \(error)")
+        }
+    }
+}
