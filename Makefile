@@ -8,7 +8,7 @@ BUILD   ?= build
 GUEST   ?= $(BUILD)/guest
 # Release binaries link the Swift runtime statically: small, fast-starting processes.
 RELEASE_FLAGS ?= -c release --static-swift-stdlib
-BINARIES := xenith-core xenstored blkback netback xenconsoled xend xm
+BINARIES := xenith-core xenstored blkback netback xenconsoled xend xm migration
 
 .PHONY: all release run stop run-core fixtures guest debian-image hvm-iso test unit integration integration-images bench install clean
 

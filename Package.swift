@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "xenconsoled", targets: ["xenconsoled"]),
         .executable(name: "xend", targets: ["xend"]),
         .executable(name: "xm", targets: ["xm"]),
+        .executable(name: "migration", targets: ["migration"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -52,11 +53,14 @@ let package = Package(
         // posix_spawn for every child the toolstack starts (engines, back-ends, scripts).
         .target(name: "Spawn", swiftSettings: swiftSettings),
         .target(name: "QemuEngine", dependencies: ["DomainConfig", "Spawn"], swiftSettings: swiftSettings),
+        // Save files and the migration stream: envelope, frames, CRC-32C, pacing, status messages.
+        // Foundation-free (the migration service runs under seccomp); xend may import it.
+        .target(name: "Migration", exclude: ["README.md"], swiftSettings: swiftSettings),
         // The xm ↔ xend API: wire types, routes, the blocking client, the host's paths (no NIO).
         .target(name: "XendAPI", dependencies: ["DomainConfig"], swiftSettings: swiftSettings),
         // The xm command logic (no NIO: xm starts fast).
         .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend", "XendAPI"], swiftSettings: swiftSettings),
-        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn",
+        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn", "Migration",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log")],
                 swiftSettings: swiftSettings),
@@ -78,6 +82,8 @@ let package = Package(
         .executableTarget(name: "xenconsoled", dependencies: ["ConsoleBackend", "Sandbox"], swiftSettings: swiftSettings),
         .executableTarget(name: "xend", dependencies: ["Xend"], swiftSettings: swiftSettings),
         .executableTarget(name: "xm", dependencies: ["XM"], swiftSettings: swiftSettings),
+        // migration: same constraints as blkback (no Foundation, sandboxed, handed every fd).
+        .executableTarget(name: "migration", dependencies: ["Migration", "Sandbox"], swiftSettings: swiftSettings),
 
         // Unit tests mirror the library targets; integration/ boots guests on /dev/kvm.
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
@@ -94,6 +100,7 @@ let package = Package(
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
         .testTarget(name: "XendTests", dependencies: ["Xend", "XendAPI"]),
         .testTarget(name: "XMTests", dependencies: ["XM", "XendAPI"]),
+        .testTarget(name: "MigrationTests", dependencies: ["Migration", "Spawn"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
         .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend", "QemuEngine", "DomainConfig"], path: "integration", exclude: ["README.md"]),
     ]

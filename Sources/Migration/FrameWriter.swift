@@ -1,0 +1,122 @@
+// Writing the stream (README.md §1): envelope and header, data frames, end or abort frame.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Writes a stream onto a handed descriptor (the save file or the peer socket), paced
+/// when given a `Pacer`, counting what it wrote.
+public struct FrameWriter {
+    /// Where the frames go.
+    public let output: Descriptor
+    /// The pacer for the bytes written, if any.
+    public var pacer: Pacer?
+    /// Bytes written to `output` so far (envelope, header and frames).
+    public private(set) var wireBytes: UInt64 = 0
+    /// Engine-stream bytes and data frames written so far, and their running CRC-32C.
+    public private(set) var dataBytes: UInt64 = 0
+    public private(set) var dataFrames: UInt64 = 0
+    public private(set) var dataCRC = CRC32C()
+
+    public init(output: Descriptor, pacer: Pacer? = nil) { self.output = output; self.pacer = pacer }
+
+    /// Writes the envelope (signature, length, `config`) and the stream header.
+    /// - Throws: `MigrationError` for a config that cannot be enveloped, or a write error.
+    public mutating func writeStart(config: String) throws(MigrationError) {
+        let envelope = try SaveEnvelope.encode(config: config)
+        let header = StreamFormat.header(configCRC: CRC32C.checksum(config.utf8))
+        try put(envelope + header)
+    }
+
+    /// Writes raw bytes (the envelope and header), paced and counted.
+    mutating func put(_ bytes: [UInt8]) throws(MigrationError) {
+        pacer?.consume(bytes.count)
+        try output.writeAll(bytes)
+        wireBytes += UInt64(bytes.count)
+    }
+
+    /// Writes `count` engine-stream bytes at `bytes` as data frames of at most 1 MiB each.
+    /// - Throws: `MigrationError.io`.
+    public mutating func writeData(_ bytes: UnsafeRawPointer, _ count: Int) throws(MigrationError) {
+        var done = 0
+        while done < count {
+            let n = min(count - done, StreamFormat.maxPayload)
+            let payload = UnsafeRawBufferPointer(start: bytes + done, count: n)
+            try writeFrame(.data, payload)
+            dataCRC.update(payload)
+            dataBytes += UInt64(n); dataFrames += 1
+            done += n
+        }
+    }
+
+    /// Writes the end frame for what was written and returns it.
+    /// - Throws: `MigrationError.io`.
+    @discardableResult
+    public mutating func writeEnd() throws(MigrationError) -> EndRecord {
+        let end = EndRecord(bytes: dataBytes, frames: dataFrames, checksum: dataCRC.value)
+        try withBytes(end.encoded) { (p) throws(MigrationError) in try writeFrame(.end, p) }
+        return end
+    }
+
+    /// Writes an abort frame carrying `reason` (cut to 4096 bytes at a character boundary).
+    /// - Throws: `MigrationError.io`.
+    public mutating func writeAbort(reason: String) throws(MigrationError) {
+        let bytes = Array(truncatedUTF8(reason, to: StreamFormat.maxReason).utf8)
+        try withBytes(bytes) { (p) throws(MigrationError) in try writeFrame(.abort, p) }
+    }
+
+    /// Writes an ack frame for `end` (receiver → sender).
+    /// - Throws: `MigrationError.io`.
+    public mutating func writeAck(_ end: EndRecord) throws(MigrationError) {
+        try withBytes(end.encoded) { (p) throws(MigrationError) in try writeFrame(.ack, p) }
+    }
+
+    /// One frame: type and length, payload, CRC-32C of the three, in one writev.
+    mutating func writeFrame(_ type: FrameType, _ payload: UnsafeRawBufferPointer) throws(MigrationError) {
+        precondition(type.allowedLengths.contains(payload.count))
+        var head: [UInt8] = []
+        BigEndian.append(type.rawValue, to: &head)
+        BigEndian.append(UInt32(payload.count), to: &head)
+        var crc = CRC32C()
+        crc.update(head)
+        crc.update(payload)
+        var tail: [UInt8] = []
+        BigEndian.append(crc.value, to: &tail)
+        let total = head.count + payload.count + tail.count
+        pacer?.consume(total)
+        try withBytes(head) { (h) throws(MigrationError) in
+            try withBytes(tail) { (t) throws(MigrationError) in
+                try writeVectored([h, payload, t])
+            }
+        }
+        wireBytes += UInt64(total)
+    }
+
+    /// writev of `parts` until every byte is out (short writes continue where they stopped).
+    private func writeVectored(_ parts: [UnsafeRawBufferPointer]) throws(MigrationError) {
+        var rest = parts.filter { $0.count > 0 }
+        while !rest.isEmpty {
+            var iov = rest.map { iovec(iov_base: UnsafeMutableRawPointer(mutating: $0.baseAddress), iov_len: $0.count) }
+            let n = writev(output.fd, &iov, Int32(iov.count))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .io(operation: "writing the \(output.role)", errno: errno)
+            }
+            var left = n
+            while left > 0, let first = rest.first {
+                if left >= first.count { left -= first.count; rest.removeFirst() }
+                else { rest[0] = UnsafeRawBufferPointer(rebasing: first[left...]); left = 0 }
+            }
+        }
+    }
+}
+
+/// `s` cut to at most `limit` UTF-8 bytes without splitting a character.
+func truncatedUTF8(_ s: String, to limit: Int) -> String {
+    if s.utf8.count <= limit { return s }
+    var out = ""
+    for ch in s {
+        if out.utf8.count + String(ch).utf8.count > limit { break }
+        out.append(ch)
+    }
+    return out
+}

@@ -1,0 +1,44 @@
+import Testing
+@testable import Migration
+
+/// The bit-at-a-time definition, to check the slicing-by-8 tables against.
+func referenceCRC32C(_ bytes: [UInt8]) -> UInt32 {
+    var crc: UInt32 = 0xFFFF_FFFF
+    for b in bytes {
+        crc ^= UInt32(b)
+        for _ in 0..<8 { crc = crc & 1 != 0 ? (crc >> 1) ^ 0x82F6_3B78 : crc >> 1 }
+    }
+    return ~crc
+}
+
+@Suite struct CRC32CTests {
+    @Test func checkValues() {
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(CRC32C.checksum([UInt8]()) == 0)
+        // RFC 3720 B.4: 32 bytes of zeros, of 0xFF.
+        #expect(CRC32C.checksum([UInt8](repeating: 0, count: 32)) == 0x8A91_36AA)
+        #expect(CRC32C.checksum([UInt8](repeating: 0xFF, count: 32)) == 0x62A8_AB43)
+    }
+
+    @Test func slicingMatchesTheDefinitionAtEveryAlignmentAndLength() {
+        let data = randomBytes(4096)
+        for start in 0..<9 {
+            for length in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000, 4000] where start + length <= data.count {
+                let slice = Array(data[start..<(start + length)])
+                #expect(CRC32C.checksum(slice) == referenceCRC32C(slice), "start \(start) length \(length)")
+            }
+        }
+    }
+
+    @Test func piecewiseUpdatesEqualOneUpdate() {
+        let data = randomBytes(100_003)
+        var c = CRC32C()
+        var i = 0, step = 1
+        while i < data.count {
+            let j = min(data.count, i + step)
+            c.update(data[i..<j])
+            i = j; step = step * 3 % 9973 + 1
+        }
+        #expect(c.value == CRC32C.checksum(data))
+    }
+}
