@@ -41,7 +41,9 @@ let package = Package(
         .target(name: "VhostUser", dependencies: ["CLinux", "GuestMemory", "Virtio", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: swiftSettings),
         .target(name: "Sandbox", dependencies: ["CLinux", "CSeccomp", "CCap", "Spawn"], swiftSettings: swiftSettings),
         .target(name: "XenStore", dependencies: ["CLinux"], swiftSettings: swiftSettings),
-        .target(name: "DomainConfig", dependencies: [], swiftSettings: swiftSettings),
+        // MACAddress and VifRate: what netback needs of a vif's configuration, without DomainConfig.
+        .target(name: "NetworkTypes", dependencies: [], swiftSettings: swiftSettings),
+        .target(name: "DomainConfig", dependencies: ["NetworkTypes"], swiftSettings: swiftSettings),
         // The core's control-socket commands and status line (core and xend share it).
         .target(name: "CoreControl", swiftSettings: swiftSettings),
         .target(name: "Core", dependencies: ["CLinux", "CoreControl", "KVM", "GuestMemory", "Boot", "Virtio", "VhostUser", "ConsoleBackend",
@@ -50,6 +52,10 @@ let package = Package(
         .target(name: "BlockBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
         .target(name: "ConsoleBackend", dependencies: ["CLinux"], swiftSettings: swiftSettings),
         .target(name: "NetBackend", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser"], swiftSettings: swiftSettings),
+        // Synthetic virtio-blk/-net drivers behind a vhost-user front-end: tests and the
+        // vhost-user-frontend tool only, so the services never link them.
+        .target(name: "VhostUserTesting", dependencies: ["CLinux", "GuestMemory", "Virtio", "VhostUser", "BlockBackend", "NetBackend"],
+                swiftSettings: swiftSettings),
         // posix_spawn for every child the toolstack starts (engines, back-ends, scripts).
         .target(name: "Spawn", swiftSettings: swiftSettings),
         .target(name: "QemuEngine", dependencies: ["DomainConfig", "Spawn"], swiftSettings: swiftSettings),
@@ -74,10 +80,10 @@ let package = Package(
         .executableTarget(name: "blkback", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux"],
                           swiftSettings: swiftSettings),
         // netback: same constraints as blkback.
-        .executableTarget(name: "netback", dependencies: ["NetBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux", "DomainConfig"],
+        .executableTarget(name: "netback", dependencies: ["NetBackend", "VhostUser", "Virtio", "GuestMemory", "Sandbox", "CLinux", "NetworkTypes"],
                           swiftSettings: swiftSettings),
         // Synthetic vhost-user-blk/-net front-end: workloads, malformed chains, restart tests.
-        .executableTarget(name: "vhost-user-frontend", dependencies: ["BlockBackend", "NetBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"],
+        .executableTarget(name: "vhost-user-frontend", dependencies: ["VhostUserTesting", "BlockBackend", "NetBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"],
                           swiftSettings: swiftSettings),
         .executableTarget(name: "xenconsoled", dependencies: ["ConsoleBackend", "Sandbox"], swiftSettings: swiftSettings),
         .executableTarget(name: "xend", dependencies: ["Xend"], swiftSettings: swiftSettings),
@@ -91,8 +97,8 @@ let package = Package(
         .testTarget(name: "CoreTests", dependencies: ["Core"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "GuestMemory"]),
-        .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "Virtio", "GuestMemory"]),
-        .testTarget(name: "NetBackendTests", dependencies: ["NetBackend", "VhostUser", "Virtio", "GuestMemory"]),
+        .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "VhostUserTesting", "Virtio", "GuestMemory"]),
+        .testTarget(name: "NetBackendTests", dependencies: ["NetBackend", "VhostUser", "VhostUserTesting", "Virtio", "GuestMemory", "CLinux"]),
         .testTarget(name: "XenStoreTests", dependencies: ["XenStore"]),
         .testTarget(name: "DomainConfigTests", dependencies: ["DomainConfig"], exclude: ["corpus"]),
         .testTarget(name: "SandboxTests", dependencies: ["Sandbox"]),

@@ -51,6 +51,9 @@ public struct NetStats: Sendable, Equatable {
 /// VIRTIO_NET_F_MRG_RXBUF into as many as it needs (num_buffers set in the header, §5.1.6.4).
 /// When the guest has posted too few buffers, the chains taken are put back, the frame
 /// waits and the tap is not read until the next kick.
+///
+/// Chains go back through ``VhostUserRing/addUsed(_:written:)`` with the bytes written, so
+/// during a live migration the received frames' pages and the used ring are logged.
 public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
     /// Largest Ethernet frame accepted from the guest with a GSO type (64 KiB IP packet +
     /// Ethernet and VLAN headers).
@@ -195,7 +198,7 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
         guard let ring = txRing, !txWaiting else { return }
         let q = ring.queue
         var done = 0
-        defer { if done > 0 { q.publishUsed(); ring.notifyIfNeeded() } }
+        defer { if done > 0 { ring.publishUsed(); ring.notifyIfNeeded() } }
         while let chain = try q.pop() {
             if let frame = prepare(chain, memory: q.memory) {
                 if limiter != nil {
@@ -209,9 +212,9 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
                 }
                 send(frame)
             }
-            q.addUsed(head: chain.head, length: 0)
+            ring.addUsed(chain, written: 0)
             done += 1
-            if done >= 64 { q.publishUsed(); ring.notifyIfNeeded(); done = 0 }
+            if done >= 64 { ring.publishUsed(); ring.notifyIfNeeded(); done = 0 }
         }
     }
 
@@ -289,8 +292,8 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
         let mergeable = features & VirtioNetFeature.mrgRxbuf != 0
         let hl = headerLength
         var published = 0
-        defer { if published > 0 { q.publishUsed(); ring.notifyIfNeeded() } }
-        var chains: [(head: UInt16, bufs: [UnsafeMutableRawBufferPointer], room: Int)] = []
+        defer { if published > 0 { ring.publishUsed(); ring.notifyIfNeeded() } }
+        var chains: [(chain: DescriptorChain, bufs: [UnsafeMutableRawBufferPointer], room: Int)] = []
         for _ in 0..<256 {
             if rxLen == 0 {
                 let n = read(tap.fd, rxBuf.baseAddress, rxBuf.count)
@@ -327,13 +330,13 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
                     // (the driver drops zero-length buffers), so a frame's chains stay
                     // contiguous in the used ring; the frame then starts over.
                     stats.rxMalformed &+= 1; note("rx malformed", "receive chain \(c.head) has readable or invalid buffers")
-                    for g in chains { q.addUsed(head: g.head, length: 0); published += 1 }
-                    q.addUsed(head: c.head, length: 0); published += 1
+                    for g in chains { ring.addUsed(g.chain, written: 0); published += 1 }
+                    ring.addUsed(c, written: 0); published += 1
                     chains.removeAll(keepingCapacity: true); room = 0
                     start = q.lastAvailIdx
                     continue
                 }
-                chains.append((c.head, bufs, r))
+                chains.append((c, bufs, r))
                 room += r
                 if !mergeable { break }
             }
@@ -355,12 +358,12 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
                     b.baseAddress!.copyMemory(from: rxBuf.baseAddress! + off, byteCount: n)
                     off += n; written += n
                 }
-                q.addUsed(head: c.head, length: UInt32(written))
+                ring.addUsed(c.chain, written: UInt32(written))
                 published += 1
             }
             stats.rxFrames &+= 1; stats.rxBytes &+= UInt64(rxLen - hl)
             rxLen = 0
-            if published >= 64 { q.publishUsed(); ring.notifyIfNeeded(); published = 0 }
+            if published >= 64 { ring.publishUsed(); ring.notifyIfNeeded(); published = 0 }
         }
     }
 }

@@ -49,6 +49,10 @@ public final class VhostUserFrontend: @unchecked Sendable {
     /// Rings started with ``startQueue(_:)``, re-sent by ``reconnect(timeoutMs:)``.
     public private(set) var queues: [Int: QueueSetup] = [:]
 
+    /// Whether the back-end is asked to log its writes (``setDirtyLogging(_:)``); kept
+    /// across ``reconnect(timeoutMs:retryMs:)``.
+    public private(set) var dirtyLogging = false
+
     var inflightFd: Int32 = -1
     var inflightSize: UInt64 = 0
     var inflightShape: (UInt16, UInt16) = (0, 0)
@@ -56,6 +60,7 @@ public final class VhostUserFrontend: @unchecked Sendable {
     /// Protocol features this front-end asks for.
     public static let wantedProtocolFeatures: UInt64 = VhostUserProtocolFeature.mq | VhostUserProtocolFeature.replyAck
         | VhostUserProtocolFeature.config | VhostUserProtocolFeature.inflightShmfd | VhostUserProtocolFeature.status
+        | VhostUserProtocolFeature.logShmfd
 
     /// - Parameters:
     ///   - memory: guest RAM; every region must have a shareable `fd` (memfd).
@@ -126,7 +131,7 @@ public final class VhostUserFrontend: @unchecked Sendable {
                 protocolFeatures = pf
             }
             negotiatedFeatures = deviceFeatures & wantedFeatures & ~vhostUserFProtocolFeatures
-            try setU64(.setFeatures, negotiatedFeatures | (deviceFeatures & vhostUserFProtocolFeatures))
+            try setU64(.setFeatures, featuresToAck)
             maxQueues = protocolFeatures & VhostUserProtocolFeature.mq != 0 ? Int(try getU64(.getQueueNum)) : 1
             try sendMemTable()
             if inflightFd >= 0 { try sendInflight() }
@@ -134,6 +139,12 @@ public final class VhostUserFrontend: @unchecked Sendable {
             close(socketFd); socketFd = -1
             throw error
         }
+    }
+
+    /// SET_FEATURES value: the negotiated features, the protocol-features bit when offered,
+    /// VHOST_F_LOG_ALL while dirty logging.
+    var featuresToAck: UInt64 {
+        negotiatedFeatures | (deviceFeatures & vhostUserFProtocolFeatures) | (dirtyLogging ? vhostFLogAll : 0)
     }
 
     func sendMemTable() throws(VhostUserError) {
@@ -179,19 +190,13 @@ public final class VhostUserFrontend: @unchecked Sendable {
     ///   found in guest memory (what a restarted back-end must resume from).
     /// - Throws: ``VhostUserError/protocolViolation(_:)`` when a ring is outside guest memory.
     public func startQueue(_ q: QueueSetup, base: UInt16? = nil) throws(VhostUserError) {
-        func host(_ gpa: UInt64, _ len: Int) throws(VhostUserError) -> UInt64 {
-            do { return UInt64(UInt(bitPattern: try memory.slice(at: gpa, count: len).baseAddress!)) }
-            catch { throw .protocolViolation("ring at 0x\(String(gpa, radix: 16)) outside guest memory") }
-        }
-        let n = Int(q.size)
-        let d = try host(q.descTable, 16 * n), a = try host(q.availRing, 6 + 2 * n), u = try host(q.usedRing, 6 + 8 * n)
+        let addr = try vringAddr(q)
         let usedIdx: UInt16 = (try? memory.load(at: q.usedRing + 2)) ?? 0
         var w = PayloadWriter(); w.u32(UInt32(q.index)); w.u32(UInt32(q.size))
         try send(.setVringNum, w.bytes)
         w = PayloadWriter(); w.u32(UInt32(q.index)); w.u32(UInt32(base ?? usedIdx))
         try send(.setVringBase, w.bytes)
-        w = PayloadWriter(); w.u32(UInt32(q.index)); w.u32(0); w.u64(d); w.u64(u); w.u64(a); w.u64(0)
-        try send(.setVringAddr, w.bytes)
+        try send(.setVringAddr, addr)
         try setU64(.setVringCall, UInt64(q.index) | (q.callFd < 0 ? 0x100 : 0), fds: q.callFd < 0 ? [] : [q.callFd])
         try setU64(.setVringErr, UInt64(q.index) | (q.errFd < 0 ? 0x100 : 0), fds: q.errFd < 0 ? [] : [q.errFd])
         try setU64(.setVringKick, UInt64(q.index) | (q.kickFd < 0 ? 0x100 : 0), fds: q.kickFd < 0 ? [] : [q.kickFd])
@@ -200,6 +205,46 @@ public final class VhostUserFrontend: @unchecked Sendable {
             try send(.setVringEnable, w.bytes)
         }
         queues[q.index] = q
+    }
+
+    /// Hands the back-end the dirty-page log of a live migration (SET_LOG_BASE with
+    /// VHOST_USER_PROTOCOL_F_LOG_SHMFD, vhost-user.rst "Migration"): `size` bytes of bitmap at
+    /// `offset` in `fd`, one bit per 4 KiB guest-physical page. `fd` stays the caller's.
+    /// - Throws: ``VhostUserError/rejected(_:)`` when the back-end lacks LOG_SHMFD or
+    ///   refuses the log; other ``VhostUserError``s from the socket.
+    public func setLogBase(fd: Int32, size: UInt64, offset: UInt64 = 0) throws(VhostUserError) {
+        guard protocolFeatures & VhostUserProtocolFeature.logShmfd != 0 else { throw .rejected(.setLogBase) }
+        var w = PayloadWriter(); w.u64(size); w.u64(offset)
+        try send(.setLogBase, w.bytes, fds: [fd], ack: false)
+        var r = PayloadReader(try receive(.setLogBase).payload)
+        if r.remaining >= 8, try r.u64() != 0 { throw .rejected(.setLogBase) }
+    }
+
+    /// Starts (`true`) or stops logging of the back-end's writes: SET_FEATURES with or
+    /// without VHOST_F_LOG_ALL, then SET_VRING_ADDR of every started ring with or without
+    /// VHOST_VRING_F_LOG (its used ring logged at its own guest-physical address).
+    /// - Throws: ``VhostUserError/rejected(_:)`` when the back-end does not offer
+    ///   VHOST_F_LOG_ALL; other ``VhostUserError``s from the socket.
+    public func setDirtyLogging(_ on: Bool) throws(VhostUserError) {
+        guard deviceFeatures & vhostFLogAll != 0 else { throw .rejected(.setFeatures) }
+        dirtyLogging = on
+        try setU64(.setFeatures, featuresToAck)
+        for q in queues.values.sorted(by: { $0.index < $1.index }) { try send(.setVringAddr, try vringAddr(q)) }
+    }
+
+    /// The SET_VRING_ADDR payload of ring `q`: its areas as this process's addresses, with
+    /// VHOST_VRING_F_LOG and its used ring as log address while dirty logging.
+    /// - Throws: ``VhostUserError/protocolViolation(_:)`` when a ring is outside guest memory.
+    func vringAddr(_ q: QueueSetup) throws(VhostUserError) -> [UInt8] {
+        func host(_ gpa: UInt64, _ len: Int) throws(VhostUserError) -> UInt64 {
+            do { return UInt64(UInt(bitPattern: try memory.slice(at: gpa, count: len).baseAddress!)) }
+            catch { throw .protocolViolation("ring at 0x\(String(gpa, radix: 16)) outside guest memory") }
+        }
+        let n = Int(q.size)
+        let d = try host(q.descTable, 16 * n), a = try host(q.availRing, 6 + 2 * n), u = try host(q.usedRing, 6 + 8 * n)
+        var w = PayloadWriter(); w.u32(UInt32(q.index)); w.u32(dirtyLogging ? vhostVringFLog : 0)
+        w.u64(d); w.u64(u); w.u64(a); w.u64(dirtyLogging ? q.usedRing : 0)
+        return w.bytes
     }
 
     /// Stops one ring (GET_VRING_BASE) and returns the next avail index the back-end would take.

@@ -1,8 +1,8 @@
 // netback: the Xenith network back-end. Serves one vif as a vhost-user virtio-net device
 // on one tap. Glibc, CLinux and Foundation-free modules only, so it can run under seccomp.
 import CLinux
-import DomainConfig
 import NetBackend
+import NetworkTypes
 import Sandbox
 import VhostUser
 #if canImport(Glibc)

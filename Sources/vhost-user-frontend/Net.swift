@@ -4,6 +4,7 @@ import CLinux
 import GuestMemory
 import NetBackend
 import VhostUser
+import VhostUserTesting
 import Virtio
 #if canImport(Glibc)
 import Glibc

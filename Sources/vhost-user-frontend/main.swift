@@ -4,6 +4,7 @@ import BlockBackend
 import CLinux
 import GuestMemory
 import VhostUser
+import VhostUserTesting
 import Virtio
 #if canImport(Glibc)
 import Glibc

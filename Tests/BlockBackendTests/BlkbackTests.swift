@@ -2,6 +2,7 @@ import Testing
 import Foundation
 import GuestMemory
 import VhostUser
+import VhostUserTesting
 import Virtio
 @testable import BlockBackend
 

@@ -1,5 +1,6 @@
 import Testing
 @testable import NetBackend
+import VhostUserTesting
 
 @Suite struct RateLimiterTests {
     @Test func longRunRateMatchesCredit() {

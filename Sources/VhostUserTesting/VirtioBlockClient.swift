@@ -1,3 +1,4 @@
+import BlockBackend
 import CLinux
 import GuestMemory
 import Virtio

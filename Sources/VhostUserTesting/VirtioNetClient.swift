@@ -1,5 +1,6 @@
 import CLinux
 import GuestMemory
+import NetBackend
 import Virtio
 import VhostUser
 #if canImport(Glibc)

@@ -1,0 +1,69 @@
+// I/O threads that serve large requests off the event-loop thread.
+import CLinux
+import GuestMemory
+import Virtio
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// I/O threads for large requests: jobs in, results out, an eventfd to wake the event loop.
+final class IOPool: @unchecked Sendable {
+    struct Job { let queue: Int; let generation: UInt64; let chain: DescriptorChain; let memory: GuestMemory; let mapping: AnyObject }
+    struct Done {
+        let queue: Int; let generation: UInt64; let result: Result<UInt32, VirtioError>
+        /// The request served and the memory it was served in (for dirty logging).
+        let chain: DescriptorChain; let memory: GuestMemory
+        var head: UInt16 { chain.head }
+    }
+    let device: any VhostUserDevice
+    let doneFd: Int32
+    private var lock = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var jobs: [Job] = []
+    private var done: [Done] = []
+
+    init(device: any VhostUserDevice, threads: Int) throws(VhostUserError) {
+        self.device = device
+        doneFd = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
+        if doneFd < 0 { throw .errno("eventfd") }
+        pthread_mutex_init(&lock, nil)
+        pthread_cond_init(&cond, nil)
+        for _ in 0..<threads {
+            let me = Unmanaged.passUnretained(self)   // the pool lives as long as its back-end's process
+            _ = me.retain()
+            spawnThread { me.takeUnretainedValue().work() }
+        }
+    }
+
+    func submit(_ j: Job) {
+        pthread_mutex_lock(&lock)
+        jobs.append(j)
+        pthread_cond_signal(&cond)
+        pthread_mutex_unlock(&lock)
+    }
+
+    func takeDone() -> [Done] {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        let d = done
+        done.removeAll(keepingCapacity: true)
+        return d
+    }
+
+    private func work() {
+        while true {
+            pthread_mutex_lock(&lock)
+            while jobs.isEmpty { pthread_cond_wait(&cond, &lock) }
+            let j = jobs.removeFirst()
+            pthread_mutex_unlock(&lock)
+            let r: Result<UInt32, VirtioError>
+            do { r = .success(try device.handle(j.chain, queue: j.queue, memory: j.memory)) }
+            catch { r = .failure(error) }
+            pthread_mutex_lock(&lock)
+            done.append(Done(queue: j.queue, generation: j.generation, result: r, chain: j.chain, memory: j.memory))
+            pthread_mutex_unlock(&lock)
+            var one: UInt64 = 1
+            _ = write(doneFd, &one, 8)
+        }
+    }
+}
