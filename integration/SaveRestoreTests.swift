@@ -24,7 +24,7 @@ import Testing
     }
     /// The disk contents the guest read, line by line.
     func diskReads(_ name: String) -> [String] {
-        consoleLog(name).components(separatedBy: "disk=").dropFirst().map { String($0.prefix(while: { $0 != "\n" && $0 != "\r" })) }
+        consoleLog(name).components(separatedBy: "disk=").dropFirst().map { String($0.prefix(while: { !$0.isNewline })) }
     }
     func waitUntil(_ timeout: Double, _ cond: () throws -> Bool) rethrows -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
@@ -65,7 +65,7 @@ import Testing
         try FileManager.default.createDirectory(atPath: root + "/etc/xen", withIntermediateDirectories: true)
         try "(domain-engine qemu)\n".write(toFile: root + "/etc/xen/xend-config.sxp", atomically: true, encoding: .utf8)
         let img = root + "/disk.img"
-        FileManager.default.createFile(atPath: img, contents: nil)
+        _ = FileManager.default.createFile(atPath: img, contents: nil)
         let h = try FileHandle(forWritingTo: URL(fileURLWithPath: img)); try h.truncate(atOffset: 16 << 20); try h.close()
         // The guest writes a mark on its disk, then every 0.5 s prints a counter and the
         // first 16 bytes of the disk, read past the page cache.

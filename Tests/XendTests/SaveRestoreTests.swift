@@ -35,6 +35,7 @@ let migrationBinary: String = URL(fileURLWithPath: "/proc/self/exe").resolvingSy
             let rr = try client.send("POST", "/api/v1/restore", body: Array(try XendClient.encoder.encode(RestoreRequest(file: root + "/none"))))
             #expect(rr.status == 503)   // no migration service in this manager
             #expect(validate(json(rr), schemaFor("POST", "/api/v1/restore", 503)).isEmpty)
+            #expect(try client.send("POST", "/api/v1/domains/t1/destroy").status == 200)
         }
     }
 
@@ -73,7 +74,7 @@ let migrationBinary: String = URL(fileURLWithPath: "/proc/self/exe").resolvingSy
                                     logger: Logger(label: "test"), migration: service)
         func refusal(_ bytes: [UInt8]) -> XendError? {
             let f = root + "/file-\(bytes.count)"
-            FileManager.default.createFile(atPath: f, contents: Data(bytes))
+            _ = FileManager.default.createFile(atPath: f, contents: Data(bytes))
             do { _ = try manager.restore(file: f, paused: false); return nil } catch { return error }
         }
         let junk = refusal(Array("hello, world, this is not a save file".utf8))
