@@ -168,6 +168,35 @@ import Testing
         #expect(try xm("list", "sr").stdout.contains("r-----"))
         #expect((try? Data(contentsOf: URL(fileURLWithPath: file2)))?.prefix(16) == Data("LinuxGuestRecord".utf8))
 
+        // While a save runs xm list shows the domain as migrating-sr, as Xen renamed it.
+        let bg = Process()
+        bg.executableURL = URL(fileURLWithPath: Env.binary("xm"))
+        bg.arguments = ["save", "-c", "sr", root + "/sr3.chk"]
+        try bg.run()
+        var listed: Set<String> = []
+        while bg.isRunning { listed.formUnion(try domainNames()); usleep(50_000) }
+        bg.waitUntilExit()
+        #expect(bg.terminationStatus == 0)
+        #expect(listed.contains("migrating-sr"), "\(listed)")
+        #expect(try domainNames().contains("sr"))
+
+        // A save that fails (no space left) leaves the guest running where it was and no file.
+        let small = root + "/small"
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        if try run("/bin/mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs", small]).status == 0 {
+            defer { _ = try? run("/bin/umount", [small]) }
+            let full = try xm("save", "sr", small + "/sr.chk")
+            #expect(full.status == 1 && full.stderr.hasPrefix("Error: Save failed on domain sr: ")
+                    && full.stderr.contains("No space left on device"), "\(full.stderr)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: small).isEmpty)
+            #expect(try xm("list", "sr").stdout.contains("r-----"))
+            let atFailure = counts("sr").last ?? 0
+            #expect(waitUntil(30) { (counts("sr").last ?? 0) >= atFailure + 2 }, "the guest did not run on after a failed save")
+            #expect(processes(Env.binary("migration")).isEmpty)
+        } else {
+            print("SKIP: \(#function): failed-save part: cannot mount a tmpfs")
+        }
+
         // The core engine has no state stream: a clear refusal, the domain untouched.
         if Env.kvmUnavailable == nil {
             try "kernel = '\(Env.fixture("pvh.elf"))'\nmemory = 32\nname = 'sr-core'\nextra = 't'\nengine = 'core'\n"

@@ -12,7 +12,9 @@ import Glibc
 let migrationBinary: String = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
     .deletingLastPathComponent().appendingPathComponent("migration").path
 
-@Suite(.serialized) struct SaveRestoreAPITests {
+// In ServerTests (serialized): two servers at once, each test blocking a thread of the
+// cooperative pool with synchronous requests, starve the handlers on a 2-core machine.
+extension ServerTests {
     /// An engine without `.save` is refused in one line, before any file is made; an unknown
     /// domain is a 404; the transfer list has the documented shape.
     @Test func saveIsRefusedForAnEngineWithoutState() async throws {
@@ -38,6 +40,9 @@ let migrationBinary: String = URL(fileURLWithPath: "/proc/self/exe").resolvingSy
             #expect(try client.send("POST", "/api/v1/domains/t1/destroy").status == 200)
         }
     }
+}
+
+@Suite(.serialized) struct SaveRestoreAPITests {
 
     /// While a save runs the domain is listed as `migrating-NAME` (Xen's rename), and
     /// only then; a second save of it is refused.
