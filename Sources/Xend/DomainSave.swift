@@ -39,7 +39,9 @@ extension DomainManager {
             throw XendError(.conflict, "Domain \(r.name) is already being saved, or \(file) is in use by another save or restore")
         }
         defer { transfers.end(file: file) }
+        // The cached run state would show the stopped vCPUs for up to a second afterwards.
         statuses[r.domid] = nil
+        defer { statuses[r.domid] = nil }
 
         // The new file is written beside the old one and renamed over it when complete.
         let dir = (file as NSString).deletingLastPathComponent
@@ -111,7 +113,6 @@ extension DomainManager {
                     throw XendError(.internalError, "Domain \(r.name) was saved to \(file) but could not be resumed: \(error)")
                 }
             }
-            statuses[r.domid] = nil
         } else {
             _ = try destroy(String(r.domid))
         }
