@@ -106,7 +106,7 @@ let package = Package(
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
         .testTarget(name: "XendTests", dependencies: ["Xend", "XendAPI"]),
         .testTarget(name: "XMTests", dependencies: ["XM", "XendAPI"]),
-        .testTarget(name: "MigrationTests", dependencies: ["Migration", "Spawn"]),
+        .testTarget(name: "MigrationTests", dependencies: ["Migration", "Spawn", "CLinux"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
         .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend", "QemuEngine", "DomainConfig"], path: "integration", exclude: ["README.md"]),
     ]

@@ -61,6 +61,49 @@ public struct CRC32C: Sendable, Equatable {
         var c = CRC32C(); c.update(bytes); return c.value
     }
 
+    /// The CRC-32C of A followed by B, from `crcA` = CRC-32C(A), `crcB` = CRC-32C(B) and
+    /// B's length in bytes, without reading either again (zlib's crc32_combine method:
+    /// appending n zero bytes is a linear map on the CRC; its powers of two are precomputed).
+    /// A frame's CRC and the whole stream's CRC are built this way from one pass over each
+    /// payload. Cost: at most one 32×32 bit-matrix product per set bit of `lengthB`.
+    public static func combine(_ crcA: UInt32, _ crcB: UInt32, lengthB: Int) -> UInt32 {
+        precondition(lengthB >= 0 && lengthB < 1 << 32)
+        var v = crcA
+        var n = lengthB, k = 0
+        zeroOperators.withUnsafeBufferPointer { ops in
+            while n != 0 {
+                if n & 1 != 0 { v = times(ops, row: k * 32, v) }
+                n >>= 1; k += 1
+            }
+        }
+        return v ^ crcB
+    }
+
+    /// The 32×32 bit matrix at `ops[row..<row+32]` (column i = image of bit i) times `vector`.
+    private static func times(_ ops: UnsafeBufferPointer<UInt32>, row: Int, _ vector: UInt32) -> UInt32 {
+        var sum: UInt32 = 0, vec = vector, i = row
+        while vec != 0 {
+            if vec & 1 != 0 { sum ^= ops[i] }
+            vec >>= 1; i += 1
+        }
+        return sum
+    }
+
+    /// 32 matrices: matrix k appends 2^k zero bytes to the message behind a CRC.
+    private static let zeroOperators: [UInt32] = {
+        func square(_ m: [UInt32]) -> [UInt32] {
+            m.withUnsafeBufferPointer { mp in (0..<32).map { times(mp, row: 0, m[$0]) } }
+        }
+        // One zero bit: shift right, folding the polynomial in when bit 0 falls out.
+        var op = [UInt32](repeating: 0, count: 32)
+        op[0] = 0x82F6_3B78
+        for n in 1..<32 { op[n] = 1 << (n - 1) }
+        op = square(square(square(op)))                // 8 bits: one zero byte
+        var all: [UInt32] = []
+        for _ in 0..<32 { all += op; op = square(op) }
+        return all
+    }()
+
     /// Eight tables of 256 entries: table k maps a byte to its CRC after k more zero bytes.
     private static let tables: [UInt32] = {
         var t = [UInt32](repeating: 0, count: 8 * 256)

@@ -15,6 +15,7 @@ public struct Descriptor: Sendable {
     /// What it is, for error messages, e.g. "save file (fd 4)".
     public let role: String
 
+    /// Wraps handed descriptor `fd`; `role` names it in error messages.
     public init(_ fd: Int32, role: String) { self.fd = fd; self.role = role }
 
     /// Reads up to `count` bytes into `buffer`, retrying EINTR.

@@ -28,12 +28,13 @@ public struct FrameReader {
     public private(set) var offset: UInt64 = 0
     /// Frames read so far, of every type.
     public private(set) var framesRead: UInt64 = 0
-    /// Engine-stream bytes and data frames read so far, and their running CRC-32C.
+    /// Engine-stream bytes and data frames read so far, and the CRC-32C of those bytes.
     public private(set) var dataBytes: UInt64 = 0
     public private(set) var dataFrames: UInt64 = 0
-    public private(set) var dataCRC = CRC32C()
+    public private(set) var dataChecksum: UInt32 = 0
     private let buffer = PayloadBuffer(StreamFormat.maxPayload)
 
+    /// A reader at the current offset of `input`; its one 1 MiB payload buffer is allocated here.
     public init(input: Descriptor) { self.input = input }
 
     /// Reads exactly `count` bytes into `to`, or throws `.truncated(what)` at EOF.
@@ -104,23 +105,25 @@ public struct FrameReader {
         try withUnsafeMutableBytes(of: &trailer) { (p) throws(MigrationError) in
             try readExactly(p.baseAddress!, 4, "frame \(number) (its CRC)")
         }
-        var crc = CRC32C()
-        withUnsafeBytes(of: &head) { crc.update($0) }
-        crc.update(payload)
-        guard crc.value == UInt32(bigEndian: trailer) else { throw .frameChecksum(frame: number, offset: start) }
+        // Each payload byte is read once: its CRC serves the frame check and the stream's.
+        let payloadCRC = CRC32C.checksum(payload)
+        let headCRC = withUnsafeBytes(of: &head) { CRC32C.checksum($0) }
+        guard CRC32C.combine(headCRC, payloadCRC, lengthB: Int(length)) == UInt32(bigEndian: trailer) else {
+            throw .frameChecksum(frame: number, offset: start)
+        }
         framesRead = number
 
         switch type {
         case .data:
-            dataCRC.update(payload)
+            dataChecksum = CRC32C.combine(dataChecksum, payloadCRC, lengthB: Int(length))
             dataBytes += UInt64(length); dataFrames += 1
             return .data(payload)
         case .end:
             let end = EndRecord(payload)
             guard end.frames == dataFrames else { throw .endMismatch(what: "data frame count", expected: end.frames, found: dataFrames) }
             guard end.bytes == dataBytes else { throw .endMismatch(what: "byte count", expected: end.bytes, found: dataBytes) }
-            guard end.checksum == dataCRC.value else {
-                throw .endMismatch(what: "stream CRC-32C", expected: UInt64(end.checksum), found: UInt64(dataCRC.value))
+            guard end.checksum == dataChecksum else {
+                throw .endMismatch(what: "stream CRC-32C", expected: UInt64(end.checksum), found: UInt64(dataChecksum))
             }
             return .end(end)
         case .ack:

@@ -12,11 +12,12 @@ public struct FrameWriter {
     public var pacer: Pacer?
     /// Bytes written to `output` so far (envelope, header and frames).
     public private(set) var wireBytes: UInt64 = 0
-    /// Engine-stream bytes and data frames written so far, and their running CRC-32C.
+    /// Engine-stream bytes and data frames written so far, and the CRC-32C of those bytes.
     public private(set) var dataBytes: UInt64 = 0
     public private(set) var dataFrames: UInt64 = 0
-    public private(set) var dataCRC = CRC32C()
+    public private(set) var dataChecksum: UInt32 = 0
 
+    /// A writer onto `output`, paced by `pacer` when given.
     public init(output: Descriptor, pacer: Pacer? = nil) { self.output = output; self.pacer = pacer }
 
     /// Writes the envelope (signature, length, `config`) and the stream header.
@@ -41,8 +42,8 @@ public struct FrameWriter {
         while done < count {
             let n = min(count - done, StreamFormat.maxPayload)
             let payload = UnsafeRawBufferPointer(start: bytes + done, count: n)
-            try writeFrame(.data, payload)
-            dataCRC.update(payload)
+            let payloadCRC = try writeFrame(.data, payload)
+            dataChecksum = CRC32C.combine(dataChecksum, payloadCRC, lengthB: n)
             dataBytes += UInt64(n); dataFrames += 1
             done += n
         }
@@ -52,7 +53,7 @@ public struct FrameWriter {
     /// - Throws: `MigrationError.io`.
     @discardableResult
     public mutating func writeEnd() throws(MigrationError) -> EndRecord {
-        let end = EndRecord(bytes: dataBytes, frames: dataFrames, checksum: dataCRC.value)
+        let end = EndRecord(bytes: dataBytes, frames: dataFrames, checksum: dataChecksum)
         try withBytes(end.encoded) { (p) throws(MigrationError) in try writeFrame(.end, p) }
         return end
     }
@@ -70,17 +71,18 @@ public struct FrameWriter {
         try withBytes(end.encoded) { (p) throws(MigrationError) in try writeFrame(.ack, p) }
     }
 
-    /// One frame: type and length, payload, CRC-32C of the three, in one writev.
-    mutating func writeFrame(_ type: FrameType, _ payload: UnsafeRawBufferPointer) throws(MigrationError) {
+    /// One frame: type and length, payload, CRC-32C of the three, in one writev. Each
+    /// payload byte is read once: its CRC is combined with the header's.
+    /// - Returns: the CRC-32C of the payload alone.
+    @discardableResult
+    mutating func writeFrame(_ type: FrameType, _ payload: UnsafeRawBufferPointer) throws(MigrationError) -> UInt32 {
         precondition(type.allowedLengths.contains(payload.count))
         var head: [UInt8] = []
         BigEndian.append(type.rawValue, to: &head)
         BigEndian.append(UInt32(payload.count), to: &head)
-        var crc = CRC32C()
-        crc.update(head)
-        crc.update(payload)
+        let payloadCRC = CRC32C.checksum(payload)
         var tail: [UInt8] = []
-        BigEndian.append(crc.value, to: &tail)
+        BigEndian.append(CRC32C.combine(CRC32C.checksum(head), payloadCRC, lengthB: payload.count), to: &tail)
         let total = head.count + payload.count + tail.count
         pacer?.consume(total)
         try withBytes(head) { (h) throws(MigrationError) in
@@ -89,6 +91,7 @@ public struct FrameWriter {
             }
         }
         wireBytes += UInt64(total)
+        return payloadCRC
     }
 
     /// writev of `parts` until every byte is out (short writes continue where they stopped).

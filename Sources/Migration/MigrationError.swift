@@ -52,6 +52,7 @@ public enum MigrationError: Error, Equatable, Sendable, CustomStringConvertible 
     /// A bad command-line choice caught by the library (e.g. a rate of 0).
     case invalidArgument(String)
 
+    /// The one-line message for xend and stderr.
     public var description: String {
         switch self {
         case .notAGuestStateFile(let found):

@@ -19,7 +19,7 @@ struct ProgressReporter {
         guard let status, intervalNanoseconds > 0 else { return }
         let now = monotonicNanoseconds()
         guard now - lastTime >= intervalNanoseconds else { return }
-        let rate = (bytes - lastBytes) * 1_000_000_000 / max(1, now - lastTime)
+        let rate = UInt64(Double(bytes - lastBytes) * 1e9 / Double(now - lastTime))   // no overflow on long intervals
         try status.send(.progress(bytes: bytes, bytesPerSecond: rate))
         lastTime = now; lastBytes = bytes
     }

@@ -45,7 +45,7 @@ public enum Receiver {
                 try writer.writeAck(end)
             }
             return (config, Summary(bytes: reader.dataBytes, wireBytes: reader.offset, frames: reader.dataFrames,
-                                    microseconds: progress.elapsedMicroseconds, checksum: reader.dataCRC.value))
+                                    microseconds: progress.elapsedMicroseconds, checksum: reader.dataChecksum))
         } catch {
             if acknowledge {
                 var writer = FrameWriter(output: input)
@@ -56,14 +56,16 @@ public enum Receiver {
     }
 
     /// `verify`: checks the whole save file from its first byte (README.md §1), writing
-    /// nothing anywhere; reports `config` once the envelope is checked.
+    /// nothing anywhere; reports `config` only once the whole file checked out.
     /// - Parameters:
     ///   - file: the save file (fd 4), seekable.
     /// - Throws: as `run`; `.io` when the file cannot seek.
     public static func verify(file: Descriptor, status: StatusChannel?) throws(MigrationError) -> (config: String, summary: Summary) {
         try file.seek(to: 0)
-        return try run(input: file, engine: nil, status: status, reportConfig: true, acknowledge: false,
-                       requireEOF: true, progressInterval: 0)
+        let checked = try run(input: file, engine: nil, status: nil, reportConfig: false, acknowledge: false,
+                              requireEOF: true, progressInterval: 0)
+        try status?.send(.config(checked.config))
+        return checked
     }
 
     /// `restore`: checks the whole file first (nothing reaches the engine before every

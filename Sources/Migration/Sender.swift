@@ -38,7 +38,7 @@ public enum Sender {
                 try writer.writeData(buffer.storage.baseAddress!, n)
                 try progress.update(bytes: writer.dataBytes)
             }
-            try status.send(.drained(bytes: writer.dataBytes, checksum: writer.dataCRC.value))
+            try status.send(.drained(bytes: writer.dataBytes, checksum: writer.dataChecksum))
             switch try status.receive() {
             case .commit?: break
             case .abort(let reason)?: throw MigrationError.abandoned(reason: reason)
@@ -69,7 +69,7 @@ public enum Sender {
             }
         }
         return Summary(bytes: writer.dataBytes, wireBytes: writer.wireBytes, frames: writer.dataFrames,
-                       microseconds: progress.elapsedMicroseconds, checksum: writer.dataCRC.value)
+                       microseconds: progress.elapsedMicroseconds, checksum: writer.dataChecksum)
     }
 
     /// A write to the peer failed: if the receiver said why before it went away (an abort

@@ -14,6 +14,7 @@ public struct Summary: Sendable, Equatable {
     /// CRC-32C of the engine stream.
     public var checksum: UInt32
 
+    /// The figures as named above.
     public init(bytes: UInt64, wireBytes: UInt64, frames: UInt64, microseconds: UInt64, checksum: UInt32) {
         self.bytes = bytes; self.wireBytes = wireBytes; self.frames = frames
         self.microseconds = microseconds; self.checksum = checksum
@@ -47,6 +48,7 @@ public enum StatusMessage: Sendable, Equatable {
     /// The largest payload of any message, in bytes (a 1 MiB config plus room).
     public static let maxPayload = SaveEnvelope.maxConfigBytes + 64
 
+    /// The message's wire type.
     public var kind: Kind {
         switch self {
         case .config: .config; case .progress: .progress; case .drained: .drained; case .commit: .commit
@@ -103,6 +105,7 @@ public struct StatusChannel: Sendable {
     /// The channel's descriptor.
     public let channel: Descriptor
 
+    /// The channel on `channel` (fd 5 in the service; xend's end of the socketpair in xend).
     public init(_ channel: Descriptor) { self.channel = channel }
 
     /// Sends `message`.

@@ -75,6 +75,7 @@ public struct EndRecord: Sendable, Equatable {
     /// CRC-32C of all data bytes in order.
     public var checksum: UInt32
 
+    /// The record for `bytes` engine-stream bytes in `frames` data frames with CRC-32C `checksum`.
     public init(bytes: UInt64, frames: UInt64, checksum: UInt32) {
         self.bytes = bytes; self.frames = frames; self.checksum = checksum
     }

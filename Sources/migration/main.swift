@@ -100,6 +100,10 @@ var noSignals = sigset_t()
 sigemptyset(&noSignals)
 sigprocmask(SIG_SETMASK, &noSignals, nil)
 signal(SIGPIPE, SIG_IGN)
+// As PID 1 of its namespace the service would ignore SIGTERM without a handler; xend's
+// cancel (SIGTERM, forwarded by the sandbox's reaper) ends it at once. A half-written
+// file then has no end frame and is refused as truncated.
+signal(SIGTERM) { _ in _exit(143) }
 
 // Every descriptor this mode needs must be handed; say which one is missing, by role.
 let engine = Descriptor(3, role: "engine stream (fd 3)")

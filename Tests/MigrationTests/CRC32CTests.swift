@@ -41,4 +41,15 @@ func referenceCRC32C(_ bytes: [UInt8]) -> UInt32 {
         }
         #expect(c.value == CRC32C.checksum(data))
     }
+
+    @Test func combineEqualsTheCRCOfTheConcatenation() {
+        let data = randomBytes(1 << 20 + 3)
+        let whole = CRC32C.checksum(data)
+        for cut in [0, 1, 5, 8, 4096, 65535, 1 << 19, data.count - 1, data.count] + (0..<20).map({ _ in Int.random(in: 0...data.count) }) {
+            let a = CRC32C.checksum(data[0..<cut]), b = CRC32C.checksum(data[cut...])
+            #expect(CRC32C.combine(a, b, lengthB: data.count - cut) == whole, "cut \(cut)")
+        }
+        #expect(CRC32C.combine(0, 0xE306_9283, lengthB: 9) == 0xE306_9283)
+        #expect(CRC32C.combine(CRC32C.checksum(Array("1234".utf8)), CRC32C.checksum(Array("56789".utf8)), lengthB: 5) == 0xE306_9283)
+    }
 }

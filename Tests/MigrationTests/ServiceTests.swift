@@ -197,6 +197,13 @@ func failure(_ messages: [StatusMessage]) -> String? {
         let measured = Double(sent.microseconds) / 1e6
         #expect(measured > expected * 0.8 && measured < expected * 1.2, "took \(measured) s, expected \(expected) s")
         #expect(wall > expected * 0.8 && wall < expected * 1.2 + 1.0, "wall \(wall) s, expected \(expected) s")
+        // Progress about every 250 ms, engine bytes rising, at about the paced rate (5 MB/s).
+        let progress = senderMessages.compactMap { m -> (UInt64, UInt64)? in
+            if case .progress(let b, let r) = m { (b, r) } else { nil }
+        }
+        #expect(progress.count >= 2 && progress.count <= 6, "\(progress)")
+        #expect(zip(progress, progress.dropFirst()).allSatisfy { $0.0 < $1.0 })
+        #expect(progress.dropFirst().allSatisfy { $0.1 > 3_000_000 && $0.1 < 7_000_000 }, "\(progress)")
         print("paced send: \(sent.wireBytes) bytes in \(measured) s (expected \(expected) s), wall \(wall) s")
     }
 
@@ -220,6 +227,46 @@ func failure(_ messages: [StatusMessage]) -> String? {
         var reader = FrameReader(input: Descriptor(peerA, role: "peer"))
         if case .abort(let reason) = try reader.next() { #expect(reason.contains("CRC-32C")) } else { Issue.record("no abort frame") }
         close(peerA)
+    }
+
+    @Test func theSenderReportsTheReceiversReason() throws {
+        guard migrationBinary() != nil else { print("SKIP: migration not built next to the tests"); return }
+        // sender ⇄ relay (flips one byte on the way) ⇄ receiver
+        let (senderPeer, relayA) = socketPair(), (relayB, receiverPeer) = socketPair()
+        let (srcR, srcW) = pipePair(), (dstR, dstW) = pipePair()
+        let (xendS, svcS) = socketPair(), (xendR, svcR) = socketPair()
+        let receiver = try Service("receive", fds: [(dstW, 3), (receiverPeer, 4), (svcR, 5)])
+        let sender = try Service("send", fds: [(srcR, 3), (senderPeer, 4), (svcS, 5)])
+        for fd in [senderPeer, receiverPeer, srcR, dstW, svcS, svcR] { close(fd) }
+        let back = Worker {                               // receiver → sender: its abort frame
+            writeAll(relayA, readToEOF(relayB)); shutdown(relayA, Int32(SHUT_WR))
+        }
+        let forth = Worker {
+            var seen = 0
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = chunk.withUnsafeMutableBytes { read(relayA, $0.baseAddress, $0.count) }
+                if n <= 0 { break }
+                if seen <= 100_000 && seen + n > 100_000 { chunk[100_000 - seen] ^= 0x01 }
+                seen += n
+                let ok = chunk.withUnsafeBytes { send(relayB, $0.baseAddress, n, Int32(MSG_NOSIGNAL)) } == n
+                if !ok { break }
+            }
+            back.join()                                   // the abort frame is through first
+            shutdown(relayA, Int32(SHUT_RDWR))
+        }
+        let feeder = feed(srcW, randomBytes(4 << 20))
+        let (drainer, _) = drain(dstR)
+        let receiverMessages = Slot<[StatusMessage]>()
+        let receiverSide = Worker { receiverMessages.value = (try? xendSide(xendR, config: nil)) ?? [] }
+        let senderMessages = try xendSide(xendS, config: sampleConfig)
+        forth.join(); feeder.join(); drainer.join(); receiverSide.join()
+        for fd in [relayA, relayB, xendS, xendR] { close(fd) }
+        let s = sender.wait(), r = receiver.wait()
+        #expect(exitCode(r.status) == 3 && exitCode(s.status) == 3, "\(r.stderr) \(s.stderr)")
+        let theirs = try #require(failure(receiverMessages.value ?? []))
+        #expect(theirs.contains("fails its CRC-32C check"))
+        #expect(failure(senderMessages) == "the receiver did not acknowledge the stream: \(theirs)", "\(senderMessages)")
     }
 
     @Test func badSaveFilesFailWithTheirReason() throws {
@@ -266,6 +313,24 @@ func failure(_ messages: [StatusMessage]) -> String? {
         #expect(exitCode(r.status) == 3)
         #expect(failure(messages) == "abandoned by xend: QEMU: migration failed")
         #expect(verifyError(fileContents(file)) == .aborted(reason: "abandoned by xend: QEMU: migration failed"))
+    }
+
+    @Test func sigtermCancelsAndTheHalfFileIsRefused() throws {
+        guard migrationBinary() != nil else { print("SKIP: migration not built next to the tests"); return }
+        let file = scratchFile()
+        defer { close(file) }
+        let (engineR, engineW) = pipePair(), (xend, svc) = socketPair()
+        let save = try Service("save", fds: [(engineR, 3), (file, 4), (svc, 5)])
+        close(engineR); close(svc)
+        try StatusChannel(Descriptor(xend, role: "xend")).send(.config(sampleConfig))
+        writeAll(engineW, randomBytes(100_000))          // the engine stalls: no EOF
+        var waited = 0
+        while fileContents(file).count < 100_000 && waited < 500 { usleep(10_000); waited += 1 }
+        kill(save.pid, SIGTERM)
+        let r = save.wait()
+        close(engineW); close(xend)
+        #expect(exitCode(r.status) == 143, "status \(r.status): \(r.stderr)")
+        #expect(verifyError(fileContents(file))?.description.hasPrefix("truncated stream") == true)
     }
 
     @Test func usageErrors() throws {

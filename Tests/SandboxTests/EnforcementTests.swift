@@ -218,7 +218,7 @@ let commonInclude = "include \(manifestsDir)/common.manifest\n"
             ("blkback", [3: listener, 4: image]),
             ("xenconsoled", [3: listener]),
             ("pciback", [:]),
-            ("migration", [3: listener]),
+            ("migration", [4: image, 5: listener]),   // fd 3 (engine) is optional: verify has none
         ] + (tap >= 0 ? [("netback", [3: listener, 4: tap])] : [])
         if tap < 0 { print("SKIP: netback: no /dev/net/tun") }
         for (service, fds) in cases {
