@@ -22,8 +22,9 @@ public enum CompletionOrder: Sendable {
 /// connection and every kick eventfd. Memory regions are mapped from SET_MEM_TABLE fds and
 /// unmapped on a new table or disconnect; call eventfds are written after used-ring updates
 /// when the driver wants them; in-flight requests are tracked in the shared region of
-/// GET/SET_INFLIGHT_FD and resubmitted when a ring starts. After a disconnect the back-end
-/// listens again.
+/// GET/SET_INFLIGHT_FD and resubmitted when a ring starts. While the front-end negotiates
+/// VHOST_F_LOG_ALL (a live migration), every page the back-end or its device writes is marked
+/// in the SET_LOG_BASE bitmap (DirtyLog.swift). After a disconnect the back-end listens again.
 public final class VhostUserBackend: @unchecked Sendable {
     public let device: any VhostUserDevice
     /// Protocol features offered.

@@ -8,15 +8,17 @@ import Glibc
 
 /// A virtio device served over vhost-user by ``VhostUserBackend``.
 public protocol VhostUserDevice: AnyObject {
-    /// Virtio device feature bits offered (include VERSION_1 and ring bits);
-    /// the back-end adds VHOST_USER_F_PROTOCOL_FEATURES.
+    /// Virtio device feature bits offered (include VERSION_1 and ring bits); the back-end
+    /// adds VHOST_USER_F_PROTOCOL_FEATURES and VHOST_F_LOG_ALL (it does the dirty logging).
     var deviceFeatures: UInt64 { get }
     /// Number of virtqueues (GET_QUEUE_NUM).
     var numQueues: Int { get }
     /// Device configuration space bytes `[offset, offset+count)` (GET_CONFIG); short or
     /// empty when out of range.
     func readConfig(offset: Int, count: Int) -> [UInt8]
-    /// The features the front-end acked (SET_FEATURES).
+    /// The features the front-end acked (SET_FEATURES), without the vhost-user bits
+    /// (VHOST_USER_F_PROTOCOL_FEATURES, VHOST_F_LOG_ALL). Called again on every SET_FEATURES,
+    /// e.g. when a migration turns dirty logging on or off.
     func setNegotiatedFeatures(_ features: UInt64)
     /// Serves one request of queue `queue` and returns the bytes written into its
     /// device-writable buffers (the used length). Request-level failures are answered in

@@ -86,7 +86,8 @@ extension VhostUserBackend {
             case .setVringAddr:
                 let q = try vringIndex(UInt64(try r.u32())); let flags = try r.u32()
                 guard flags & ~vhostVringFLog == 0 else { throw .protocolViolation("vring flags 0x\(String(flags, radix: 16))") }
-                let desc = try r.u64(), used = try r.u64(), avail = try r.u64(), logAddr = try r.u64()
+                let desc = try r.u64(), used = try r.u64(), avail = try r.u64()
+                let logAddr = r.remaining >= 8 ? try r.u64() : 0   // older peers may stop after avail
                 vrings[q].descUser = desc; vrings[q].usedUser = used; vrings[q].availUser = avail
                 vrings[q].flags = flags; vrings[q].logGuestAddr = logAddr
                 vrings[q].addrSet = true
@@ -157,7 +158,7 @@ extension VhostUserBackend {
                     let size = try r.u64(), offset = try r.u64()
                     dirtyLog = try DirtyLog(fd: fd, size: size, offset: offset)
                     unloggedWriteReported = false
-                    log("vhost-user: dirty log of \(size) bytes (guest memory up to \(size * 8 * DirtyLog.pageSize >> 20) MiB)")
+                    log("vhost-user: dirty log of \(size) bytes (covers guest memory up to \((size * 8 * DirtyLog.pageSize) >> 20) MiB)")
                 } catch {
                     if let fd { close(fd) }
                     // The front-end has moved on from the old log: what cannot be logged is counted.
