@@ -87,6 +87,7 @@ bench: release fixtures guest
 	python3 bench/control_plane.py
 	python3 bench/net.py
 	python3 bench/qemu_overhead.py
+	python3 bench/save_restore.py
 
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/xenith/manifests
