@@ -98,9 +98,12 @@ public final class QMPClient: @unchecked Sendable {
     public var isClosed: Bool { lock.lock(); defer { lock.unlock() }; return closed }
 
     /// Runs one command and returns its `return` member.
+    /// - Parameter passing: a descriptor sent with the command's bytes (SCM_RIGHTS), as
+    ///   `getfd` and `add-fd` want; QEMU gets its own copy, the caller keeps this one.
     /// - Throws: `QMPError` with QEMU's `error.desc`, on timeout (seconds), or when closed.
     @discardableResult
-    public func execute(_ command: String, _ arguments: [String: Any]? = nil, timeout: Double = 10) throws -> Any {
+    public func execute(_ command: String, _ arguments: [String: Any]? = nil, timeout: Double = 10,
+                        passing passedFD: Int32? = nil) throws -> Any {
         sendLock.lock()
         defer { sendLock.unlock() }
         lock.lock()
@@ -115,6 +118,13 @@ public final class QMPClient: @unchecked Sendable {
         data.append(10)
         let ok = data.withUnsafeBytes { p -> Bool in
             var off = 0
+            if let passedFD {
+                // The descriptor rides on the first bytes of the command (QEMU attaches it to
+                // the monitor that reads them).
+                let n = QMPClient.sendWithDescriptor(fd, p, passedFD)
+                if n <= 0 { return false }
+                off = n
+            }
             while off < p.count {
                 let n = send(fd, p.baseAddress! + off, p.count - off, Int32(MSG_NOSIGNAL))
                 if n < 0 && errno == EINTR { continue }
@@ -171,6 +181,38 @@ public final class QMPClient: @unchecked Sendable {
     }
 
     // MARK: Socket plumbing.
+
+    /// One sendmsg(2) of `bytes` on `socket` carrying `passed` as SCM_RIGHTS; the bytes
+    /// sent (≤ 0 on failure, errno set). EINTR is retried.
+    static func sendWithDescriptor(_ socket: Int32, _ bytes: UnsafeRawBufferPointer, _ passed: Int32) -> Int {
+        let space = Int(CMSG_SPACE_INT)
+        let control = UnsafeMutableRawPointer.allocate(byteCount: space, alignment: MemoryLayout<cmsghdr>.alignment)
+        defer { control.deallocate() }
+        control.initializeMemory(as: UInt8.self, repeating: 0, count: space)
+        let h = control.assumingMemoryBound(to: cmsghdr.self)
+        h.pointee.cmsg_len = Int(CMSG_LEN_INT)
+        h.pointee.cmsg_level = SOL_SOCKET
+        h.pointee.cmsg_type = Int32(SCM_RIGHTS)
+        (control + MemoryLayout<cmsghdr>.size).storeBytes(of: passed, as: Int32.self)
+        var iov = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+        return withUnsafeMutablePointer(to: &iov) { iovp in
+            var msg = msghdr()
+            msg.msg_iov = iovp
+            msg.msg_iovlen = 1
+            msg.msg_control = control
+            msg.msg_controllen = space
+            while true {
+                let n = sendmsg(socket, &msg, Int32(MSG_NOSIGNAL))
+                if n < 0 && errno == EINTR { continue }
+                return n
+            }
+        }
+    }
+
+    /// CMSG_SPACE(sizeof(int)) and CMSG_LEN(sizeof(int)) on Linux x86-64 (the macros do not
+    /// import): a 16-byte header, the int padded to 8.
+    static let CMSG_LEN_INT = MemoryLayout<cmsghdr>.size + MemoryLayout<Int32>.size
+    static let CMSG_SPACE_INT = MemoryLayout<cmsghdr>.size + 8
 
     private var buffer: [UInt8] = []
 

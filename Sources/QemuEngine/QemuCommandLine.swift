@@ -82,6 +82,10 @@ public struct QemuLaunchInputs: Sendable, Hashable {
     /// Empty PCIe root ports (`hpnet0`...) for NICs added later over QMP (`device_add`),
     /// on q35 only; any value above 0 also makes guest RAM a shared memfd (vhost-user).
     public var netHotplugSlots: Int = 0
+    /// Start as the target of a restore or migration: `-incoming defer` (the stream is
+    /// named later with QMP `migrate-incoming`, PLATFORM.md) and `-S`, so the guest stays
+    /// stopped after its state arrived until xend says `cont`.
+    public var incoming: Bool = false
 
     public init(accelerator: QemuAccelerator, qmpSocket: String, pidfile: String, serial: QemuSerial,
                 disks: [QemuDiskBackend?] = [], cdrom: QemuDiskBackend? = nil, vifs: [QemuNetBackend] = [],
@@ -113,7 +117,7 @@ public struct QemuConfigError: Error, Sendable, Equatable, CustomStringConvertib
 ///
 /// Shape, in order: identity (`-name`, `-uuid`), platform (`-machine`, `-accel`, `-cpu`,
 /// `-m`, `-smp`, memory backend), lifecycle (`-no-reboot`, `-no-shutdown`, pvpanic,
-/// `-action panic=pause`), control (`-qmp`, `-pidfile`, `-sandbox`, `-runas`), boot
+/// `-action panic=pause`), control (`-qmp`, `-pidfile`, `-sandbox`, `-runas`, `-incoming defer -S`), boot
 /// (`-kernel/-initrd/-append` or `-boot order=`), console, disks, CD-ROM, NICs, display,
 /// clock, USB. Xen HVM semantics (manual, "HVM guest domains"; xm create.py) map as
 /// documented on each helper below.
@@ -188,6 +192,7 @@ public enum QemuCommandLine {
         if let u = i.runAs { a += ["-runas", u] }
         // Timestamps on QEMU's own messages (its stderr goes to the per-domain log).
         a += ["-msg", "timestamp=on"]
+        if i.incoming { a += ["-incoming", "defer", "-S"] }
 
         // Boot.
         if let k = i.kernel ?? c.kernel {

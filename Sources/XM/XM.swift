@@ -35,6 +35,8 @@ public final class XM {
         ("list", "[options] [Domain, ...]", "List information about all/some domains."),
         ("pause", "<Domain>", "Pause execution of a domain."),
         ("reboot", "<Domain> [-wa]", "Reboot a domain."),
+        ("restore", "[-p] <File>", "Restore a domain from a saved state."),
+        ("save", "[-c] <Domain> <File>", "Save a domain state to restore later."),
         ("shutdown", "<Domain> [-waRH]", "Shutdown a domain."),
         ("unpause", "<Domain>", "Unpause a paused domain."),
         ("uptime", "[-s] <Domain>", "Print uptime for a domain."),
@@ -69,6 +71,8 @@ public final class XM {
                      ("-H", "--halt", "Shutdown without reboot."), ("-R", "--reboot", "Shutdown and reboot.")],
         "reboot": [("-a", "--all", "Reboot all domains."), ("-w", "--wait", "Wait for reboot to complete.")],
         "network-list": [("-l", "--long", "List resources as SXP")],
+        "save": [("-c", "--checkpoint", "Leave domain running after creating snapshot")],
+        "restore": [("-p", "--paused", "Do not unpause domain after restoring it")],
     ]
     static let commandNames: [String] = help.map { $0.0 }
 
@@ -158,6 +162,8 @@ public final class XM {
         case "network-attach": try xmNetworkAttach(args)
         case "network-detach": try xmNetworkDetach(args)
         case "network-list": try xmNetworkList(args)
+        case "save": try xmSave(args)
+        case "restore": try xmRestore(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)
         }
     }

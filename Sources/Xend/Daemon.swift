@@ -149,12 +149,18 @@ public struct XendDaemon {
             if let e = NetSupervisor.runNetworkScript(ns, paths: paths, binDir: binDir) { log.error("\(e)") }
             else { log.info("network-script \(ns) start: done") }
         }
+        // The migration service (xm save/restore), found and sandboxed as blkback is.
+        let migrationManifest: String? = manifests.map { $0 + "/migration.manifest" }.flatMap { access($0, R_OK) == 0 ? $0 : nil }
+        let migration = MigrationService(binary: binDir + "/migration", manifest: migrationManifest,
+                                         logPath: paths.logDir + "/migration.log")
+        if access(migration.binary, X_OK) != 0 { log.error("\(migration.binary) is missing: xm save and xm restore are refused") }
         let qemu = QemuEngineDriver(runAs: cfg.qemuUser)
         if let u = qemu.runAs { log.info("QEMU runs as user \(u) (-runas)") }
         else if !cfg.qemuUser.isEmpty { log.info("QEMU runs as xend's user: qemu-user \(cfg.qemuUser) \(geteuid() == 0 ? "does not exist (useradd --system \(cfg.qemuUser))" : "needs xend to run as root")") }
         let manager = DomainManager(paths: paths, xendConfig: cfg, engines: [core.name: core, qemu.name: qemu],
                                     autoPrefersQemu: QemuEngineDriver.preferredForAuto, xenstore: xs, logger: log,
-                                    consoles: consoles, blocks: blocks, nets: nets)
+                                    consoles: consoles, blocks: blocks, nets: nets,
+                                    migration: access(migration.binary, X_OK) == 0 ? migration : nil)
         manager.adopt()
         manager.startStatusRefresher()
         let router = XendHTTP.router(manager, logPath: logPath)

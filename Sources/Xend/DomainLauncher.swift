@@ -67,8 +67,9 @@ extension DomainManager {
 
     /// Allocates a domid, records the intent, writes xenstore, makes the devices of the
     /// engine's plan, starts the engine, registers and watches it.
+    /// - Parameter incoming: start the engine waiting for a restored state (`xm restore`).
     /// - Throws: `XendError`; everything made is undone first.
-    func launch(_ base: DomainRecord, engine: any DomainEngineDriver) throws(XendError) -> DomainRecord {
+    func launch(_ base: DomainRecord, engine: any DomainEngineDriver, incoming: Bool = false) throws(XendError) -> DomainRecord {
         lifecycle.lock(); defer { lifecycle.unlock() }
         var r = base
         r.domid = registry.allocateDomid()
@@ -89,6 +90,7 @@ extension DomainManager {
                                   commandLine: cfg.kernelCommandLine, controlPath: controlPath(domid),
                                   statusFile: statusFile(domid), consoleLog: r.consoleLog,
                                   engineLog: paths.logDir + "/\(engine.name)-\(r.name).log")
+        launch.incoming = incoming
         if let xs = xenstore {
             undo.add { try? xs.removeDomain(UInt32(domid)) }
             do { try xs.writeDomain(Self.xenstoreInfo(r, cfg, startTime: Date().timeIntervalSince1970)) }

@@ -33,7 +33,7 @@ extension DomainManager {
         unlink(p.controlPath); unlink(p.statusFile)
         releaseDevices(domid)
         let cfg = r.config
-        let action: LifecycleAction
+        var action: LifecycleAction
         switch why {
         case .poweroff: action = cfg.onPoweroff; dmesg("Domain \(r.name) (\(domid)) has shut down (poweroff)")
         case .reboot(let s): action = cfg.onReboot; dmesg("Domain \(r.name) (\(domid)) has shut down (reboot: \(s))")
@@ -43,6 +43,8 @@ extension DomainManager {
             dmesg("Domain \(r.name) (\(domid)) has crashed: \(s); console log: \(r.consoleLog)")
         case .destroyed: action = .destroy; dmesg("Domain \(r.name) (\(domid)) destroyed")
         }
+        // A domain whose restore failed (its engine refused the state) is removed, never restarted.
+        if transfers.isRestoring(domid) { action = .destroy }
         r.process = nil
         registry.store(r, persisting: false)
         switch action {

@@ -36,6 +36,10 @@ public final class DomainManager: @unchecked Sendable {
     let registry: DomainRegistry
     let dmesgRing: DmesgRing
     let statuses = StatusCache()
+    /// Saves and restores under way (DomainSave.swift, Transfers.swift).
+    let transfers = TransferTable()
+    /// The migration service for `xm save`/`restore` (nil: both are refused).
+    let migration: MigrationService?
     /// Serialises lifecycle changes: create, launch, exit handling, destroy, re-adoption.
     let lifecycle = NSRecursiveLock()
     /// Domains `xm reboot` asked to shut down: their poweroff is a reboot (under `lifecycle`).
@@ -51,10 +55,12 @@ public final class DomainManager: @unchecked Sendable {
     ///   - consoles: xenconsoled's supervisor; nil puts core consoles in the log file directly.
     ///   - blocks: blkback's supervisor; nil refuses domains whose engine wants disks served.
     ///   - nets: netback's supervisor; nil refuses domains with vifs.
+    ///   - migration: the migration service; nil refuses `xm save` and `xm restore`.
     public init(paths: XenithPaths, xendConfig: XendConfig, engines: [String: any DomainEngineDriver],
                 autoPrefersQemu: Bool = false,
                 xenstore: XenStoreClient?, logger: Logger, consoles: ConsoleSupervisor? = nil,
-                blocks: BlockSupervisor? = nil, nets: NetSupervisor? = nil) {
+                blocks: BlockSupervisor? = nil, nets: NetSupervisor? = nil, migration: MigrationService? = nil) {
+        self.migration = migration
         self.nets = nets
         self.consoles = consoles
         self.blocks = blocks
@@ -128,7 +134,7 @@ public final class DomainManager: @unchecked Sendable {
             }
             sxp = vm.prettyPrinted()
         }
-        return DomainInfo(domid: r.domid, name: r.name, uuid: r.uuid, memory: cfg.memory,
+        return DomainInfo(domid: r.domid, name: transfers.listedName(r.domid, r.name), uuid: r.uuid, memory: cfg.memory,
                           maxmem: cfg.maxmem ?? cfg.memory, vcpus: cfg.vcpus,
                           onlineVcpus: r.process == nil ? 0 : cfg.vcpus, state: state, cpuTime: cpu,
                           startTime: r.startTime, restartCount: r.restartCount, engine: r.engine,

@@ -38,6 +38,10 @@ public struct EngineLaunch: Sendable {
     /// qemu engine: QEMU's end of the serial socketpair whose other end xenconsoled serves
     /// (`ConsoleSupervisor.createStream`); nil puts the serial line in `consoleLog`.
     public var serialFD: Int32? = nil
+    /// Start as the target of a restore: the engine waits for the guest's state
+    /// (``DomainEngineDriver/restoreState(_:from:onProgress:)``) instead of booting it,
+    /// and keeps the guest stopped until ``DomainEngineDriver/unpause(_:)``.
+    public var incoming: Bool = false
 }
 
 /// A running engine process, as the registry keeps it (enough to re-adopt it).
@@ -170,6 +174,21 @@ public protocol DomainEngineDriver: Sendable {
     /// Paths the running engine process holds open (control socket, pid file), for the
     /// clean-up of a domain whose creation xend did not finish.
     func runFiles(controlPath: String) -> [String]
+    /// `xm save`: writes the domain's whole state as the engine's state stream into `fd`
+    /// (the write end of a pipe; the caller keeps and closes its copy), with the vCPUs
+    /// stopped (Xen 3.0 saves are not live). On success the engine has closed its copy
+    /// and the guest stays stopped: the caller destroys it or resumes it with
+    /// ``unpause(_:)``. `onProgress` gets the engine's bytes so far (about every 100 ms).
+    /// - Returns: whether the guest was running before the save.
+    /// - Throws: `EngineError` when the engine cannot save (the default) or the save
+    ///   failed; the guest is then running again (if it was) and nothing else changed.
+    func saveState(_ p: EngineProcess, into fd: Int32, onProgress: @escaping (UInt64) -> Void) throws -> Bool
+    /// `xm restore`: loads the guest's state stream from `fd` (the read end of a pipe)
+    /// into an engine started with ``EngineLaunch/incoming``; returns once all of it is in.
+    /// The guest stays stopped until ``unpause(_:)``.
+    /// - Throws: `EngineError` when the engine cannot restore (the default) or refused the
+    ///   stream; the caller then destroys the domain.
+    func restoreState(_ p: EngineProcess, from fd: Int32, onProgress: @escaping (UInt64) -> Void) throws
 }
 
 extension DomainEngineDriver {
@@ -188,6 +207,12 @@ extension DomainEngineDriver {
     }
     public func displayAddress(_ p: EngineProcess) -> String? { nil }
     public func runFiles(controlPath: String) -> [String] { [controlPath] }
+    public func saveState(_ p: EngineProcess, into fd: Int32, onProgress: @escaping (UInt64) -> Void) throws -> Bool {
+        throw EngineError("the \(name) engine cannot save a domain's state")
+    }
+    public func restoreState(_ p: EngineProcess, from fd: Int32, onProgress: @escaping (UInt64) -> Void) throws {
+        throw EngineError("the \(name) engine cannot restore a domain's state")
+    }
 }
 
 extension EngineError {

@@ -52,7 +52,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) } == .tcg
     }
 
-    public var capabilities: EngineCapabilities { [.balloon, .netHotplug] }
+    public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .save] }
 
     /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks on
     /// blkback over vhost-user (one queue: QEMU's vhost-user-blk-pci asks for one), the
@@ -150,6 +150,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
                                       vifs: vifs, vncDisplay: display,
                                       kernelCommandLine: c.kernel != nil ? l.commandLine : nil, runAs: runAs)
         inputs.netHotplugSlots = QemuEngineDriver.netHotplugSlots
+        inputs.incoming = l.incoming
         let args: [String]
         do { args = try QemuCommandLine.arguments(for: c, inputs) } catch { throw EngineError(error.message) }
         let logStart = (try? FileManager.default.attributesOfItem(atPath: paths.stderrLog)[.size] as? Int) ?? 0
@@ -165,7 +166,8 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         }
         // RAM is max(memory, maxmem); the balloon takes the guest down to `memory` (the
         // target holds until the guest's virtio_balloon driver loads).
-        if let mx = c.maxmem, mx > c.memory { try? d.setMemory(mib: c.memory) }
+        // A restored guest brings its balloon target in its state.
+        if let mx = c.maxmem, mx > c.memory, !l.incoming { try? d.setMemory(mib: c.memory) }
         lock.lock(); sessions[d.pid] = d; logStarts[d.pid] = logStart; lock.unlock()
         return EngineProcess(pid: d.pid, startTicks: d.startTicks, controlPath: l.controlPath, statusFile: l.statusFile,
                              logOffset: logStart)

@@ -101,6 +101,20 @@ public enum XendHTTP {
             let d = ctx.parameters.get("domain") ?? ""
             return await offload { json(try m.destroy(d)) }
         }
+        r.post("/api/v1/domains/:domain/save") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let s = try await body(req, SaveRequest.self)
+                return await offload { json(try m.save(d, file: s.file, checkpoint: s.checkpoint)) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.post("/api/v1/restore") { req, _ in
+            do {
+                let s = try await body(req, RestoreRequest.self)
+                return await offload { json(try m.restore(file: s.file, paused: s.paused), status: .created) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.get("/api/v1/transfers") { _, _ in json(TransferList(transfers: m.transferList())) }
         r.get("/api/v1/domains/:domain/vifs") { _, ctx in
             let d = ctx.parameters.get("domain") ?? ""
             return await offload { json(VifList(vifs: try m.networkList(d))) }

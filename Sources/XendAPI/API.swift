@@ -23,6 +23,9 @@ public enum XendAPI {
         XendRoute("POST", "/api/v1/domains/{domain}/shutdown"),
         XendRoute("POST", "/api/v1/domains/{domain}/memory"),
         XendRoute("POST", "/api/v1/domains/{domain}/destroy"),
+        XendRoute("POST", "/api/v1/domains/{domain}/save"),
+        XendRoute("POST", "/api/v1/restore"),
+        XendRoute("GET", "/api/v1/transfers"),
         XendRoute("GET", "/api/v1/domains/{domain}/vifs"),
         XendRoute("POST", "/api/v1/domains/{domain}/vifs"),
         XendRoute("DELETE", "/api/v1/domains/{domain}/vifs/{devid}"),
@@ -103,6 +106,54 @@ public struct MemoryRequest: Codable, Sendable, Equatable {
     /// New maximum memory, MiB.
     public var max: Int?
     public init(target: Int? = nil, max: Int? = nil) { self.target = target; self.max = max }
+}
+
+/// `POST /api/v1/domains/{domain}/save` body (`xm save`). The reply is the domain's
+/// `DomainInfo` as it was before the save.
+public struct SaveRequest: Codable, Sendable, Equatable {
+    /// Absolute path of the save file to write (replaced only once the save succeeded).
+    public var file: String
+    /// Leave the domain running after the save (`xm save -c`, a checkpoint).
+    public var checkpoint: Bool
+    public init(file: String, checkpoint: Bool = false) { self.file = file; self.checkpoint = checkpoint }
+}
+
+/// `POST /api/v1/restore` body (`xm restore`). The reply (201) is the restored domain's `DomainInfo`.
+public struct RestoreRequest: Codable, Sendable, Equatable {
+    /// Absolute path of the save file to read.
+    public var file: String
+    /// Leave the restored domain paused (`xm restore -p`).
+    public var paused: Bool
+    public init(file: String, paused: Bool = false) { self.file = file; self.paused = paused }
+}
+
+/// A save or restore in progress (`GET /api/v1/transfers`).
+public struct TransferInfo: Codable, Sendable, Equatable {
+    /// `save` or `restore`.
+    public var kind: String
+    /// The save file's absolute path.
+    public var file: String
+    /// The domain's name (without the `migrating-` prefix `xm list` shows during a save).
+    public var domain: String
+    /// Its domid; nil for a restore whose domain does not exist yet.
+    public var domid: Int?
+    /// Bytes of the engine's state stream moved so far.
+    public var bytes: UInt64
+    /// The current rate, bytes per second.
+    public var bytesPerSecond: UInt64
+    /// When it started, seconds since the Unix epoch.
+    public var startTime: Double
+    public init(kind: String, file: String, domain: String, domid: Int?, bytes: UInt64, bytesPerSecond: UInt64, startTime: Double) {
+        self.kind = kind; self.file = file; self.domain = domain; self.domid = domid
+        self.bytes = bytes; self.bytesPerSecond = bytesPerSecond; self.startTime = startTime
+    }
+}
+
+/// `GET /api/v1/transfers` reply.
+public struct TransferList: Codable, Sendable, Equatable {
+    /// Oldest first.
+    public var transfers: [TransferInfo]
+    public init(transfers: [TransferInfo]) { self.transfers = transfers }
 }
 
 /// `GET /api/v1/info` reply: `xm info`'s ordered key/value pairs.

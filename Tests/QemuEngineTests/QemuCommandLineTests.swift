@@ -62,6 +62,20 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         #expect(pair(a, "-sandbox", "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"))
     }
 
+    /// A restore's target waits for its state (`-incoming defer`, the stream named later
+    /// over QMP) and stays stopped after it (`-S`) until xend resumes it; no `exec:` or
+    /// `file:` anywhere (PLATFORM.md), and QEMU's sandbox stays on.
+    @Test func incomingTargetWaitsStopped() throws {
+        var c = DomainConfiguration(name: "r")
+        c.kernel = "/g/vmlinuz"
+        #expect(!(try QemuCommandLine.arguments(for: c, inputs)).contains("-incoming"))
+        var i = inputs
+        i.incoming = true
+        let a = try QemuCommandLine.arguments(for: c, i)
+        #expect(pair(a, "-incoming", "defer") && a.contains("-S"))
+        #expect(values(a, "-sandbox").first?.contains("spawn=deny") == true)
+    }
+
     @Test func kvmWhenHardwareBacked() throws {
         var c = DomainConfiguration(name: "k")
         c.kernel = "/k"

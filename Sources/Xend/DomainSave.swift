@@ -1,0 +1,245 @@
+// `xm save` and `xm restore` (Xen's XendCheckpoint.save/restore, DESIGN.md "Save, restore
+// and migration (round 2)"). xend opens the file and makes every descriptor; the sandboxed
+// migration service (MigrationService.swift) writes or checks Xen's envelope and Xenith's
+// checksummed frames; the engine writes or reads its own state stream through a pipe.
+//
+// Nothing lost: a save that fails leaves the guest running where it was and no file (an
+// existing file is replaced only by a complete one, by rename); a restore checks the
+// whole file before anything starts and removes everything it made when a later step
+// fails. Every wait is bounded (README.md "Save and restore").
+import DomainConfig
+import Foundation
+import Migration
+import XendAPI
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension DomainManager {
+    /// Seconds the migration service has, once the engine is done, for its last messages.
+    static let serviceFinishTimeout = 30.0
+
+    /// `xm save [-c] DOM FILE`: writes the domain's state to `file`, then destroys the
+    /// domain (or, with `checkpoint`, lets it run on).
+    /// - Returns: the domain as it was before the save.
+    /// - Throws: `XendError`: 404 no such domain; 409 not running or already being saved;
+    ///   400 the file cannot be created; 503 the engine cannot save or the migration
+    ///   service is missing; 500 the save failed (the domain keeps running, no file left).
+    public func save(_ dom: String, file: String, checkpoint: Bool) throws(XendError) -> DomainInfo {
+        let (r, p, engine) = try live(dom, for: "save")
+        guard engine.capabilities.contains(.save) else {
+            throw XendError(.unavailable, "Cannot save domain \(r.name): the \(engine.name) engine cannot save a domain's state")
+        }
+        guard let service = migration else {
+            throw XendError(.unavailable, "Cannot save domain \(r.name): the migration service is not installed beside xend")
+        }
+        guard file.hasPrefix("/") else { throw XendError(.badRequest, "xm save: the file must be an absolute path: \(file)") }
+        let before = info(r, long: false)
+        guard transfers.begin(kind: "save", file: file, domain: r.name, domid: r.domid) else {
+            throw XendError(.conflict, "Domain \(r.name) is already being saved, or \(file) is in use by another save or restore")
+        }
+        defer { transfers.end(file: file) }
+        // The cached run state would show the stopped vCPUs for up to a second afterwards.
+        statuses[r.domid] = nil
+        defer { statuses[r.domid] = nil }
+
+        // The new file is written beside the old one and renamed over it when complete.
+        let dir = (file as NSString).deletingLastPathComponent
+        let partial = dir + "/." + (file as NSString).lastPathComponent + ".partial-\(r.domid)"
+        let fileFD = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fileFD >= 0 else {
+            throw XendError(.badRequest, "xm save: Unable to create file \(file): \(String(cString: strerror(errno)))")
+        }
+        var kept = false
+        defer { if !kept { unlink(partial) } }
+        var stream: [Int32] = [-1, -1]
+        guard streamPipe(&stream) else {
+            close(fileFD)
+            throw XendError(.internalError, "Save failed on domain \(r.name): pipe: \(String(cString: strerror(errno)))")
+        }
+        let run: MigrationRun
+        do { run = try service.start(.save, engine: stream[0], file: fileFD) } catch {
+            close(fileFD); close(stream[0]); close(stream[1])
+            throw error
+        }
+        close(fileFD); close(stream[0])
+        run.onProgress = { [transfers] bytes, rate in transfers.progress(file: file, bytes: bytes, bytesPerSecond: rate) }
+        dmesg("Domain \(r.name) (\(r.domid)): saving to \(file)")
+
+        // The SXP names its engine, so the restore picks the same one.
+        var cfg = r.config
+        cfg.engine = DomainEngine(rawValue: engine.name) ?? cfg.engine
+        let wasRunning: Bool
+        do throws(XendError) {
+            try run.send(.config(cfg.toSXP().description))
+            do { wasRunning = try engine.saveState(p, into: stream[1]) { _ in } }
+            catch { throw XendError(.internalError, "\(error)") }
+        } catch {
+            close(stream[1])
+            // A service that failed first (a full disk) knows the better reason.
+            let why = Self.serviceReason(run) ?? error.message
+            try? run.send(.abort("xend: \(error.message)"))
+            run.finish(timeout: 5)
+            dmesg("Domain \(r.name) (\(r.domid)): save failed: \(why)")
+            throw XendError(.internalError, "Save failed on domain \(r.name): \(why)")
+        }
+        close(stream[1])
+
+        // The engine wrote everything: the service must have drained it; then commit.
+        do throws(XendError) {
+            let drained = try run.next(timeout: Self.serviceFinishTimeout)
+            guard case .drained = drained else { throw XendError(.internalError, Self.describe(drained)) }
+            try run.send(.commit)
+            let last = try run.next(timeout: Self.serviceFinishTimeout)
+            guard case .done(let summary) = last else { throw XendError(.internalError, Self.describe(last)) }
+            run.finish(timeout: 5)
+            guard rename(partial, file) == 0 else {
+                throw XendError(.internalError, "rename to \(file): \(String(cString: strerror(errno)))")
+            }
+            kept = true
+            let secs = Double(summary.microseconds) / 1e6
+            dmesg("Domain \(r.name) (\(r.domid)): saved to \(file): \(summary.wireBytes) bytes in \(String(format: "%.2f", secs)) s")
+        } catch {
+            try? run.send(.abort("xend: \(error.message)"))
+            run.finish(timeout: 5)
+            if wasRunning { try? engine.unpause(p) }
+            dmesg("Domain \(r.name) (\(r.domid)): save failed: \(error.message)")
+            throw XendError(.internalError, "Save failed on domain \(r.name): \(error.message)")
+        }
+
+        if checkpoint {
+            if wasRunning {
+                do { try engine.unpause(p) } catch {
+                    throw XendError(.internalError, "Domain \(r.name) was saved to \(file) but could not be resumed: \(error)")
+                }
+            }
+        } else {
+            _ = try destroy(String(r.domid))
+        }
+        return before
+    }
+
+    /// `xm restore [-p] FILE`: checks the whole save file, creates the domain its SXP
+    /// describes with its devices (the engine waiting for the state), streams the state in
+    /// and resumes the guest (unless `paused`).
+    /// - Throws: `XendError`: 400 unreadable or not a valid guest state file (nothing was
+    ///   started), or a configuration `create` would refuse; 409 a domain of that name
+    ///   exists; 503 the engine cannot restore or the migration service is missing; 500 the
+    ///   engine or the service failed (the new domain is removed).
+    public func restore(file: String, paused: Bool) throws(XendError) -> DomainInfo {
+        guard let service = migration else {
+            throw XendError(.unavailable, "Cannot restore: the migration service is not installed beside xend")
+        }
+        guard file.hasPrefix("/") else { throw XendError(.badRequest, "xm restore: the file must be an absolute path: \(file)") }
+        let fileFD = open(file, O_RDONLY | O_CLOEXEC)
+        guard fileFD >= 0 else {
+            throw XendError(.badRequest, "xm restore: Unable to read file \(file): \(String(cString: strerror(errno)))")
+        }
+        var st = stat()
+        guard fstat(fileFD, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
+            close(fileFD)
+            throw XendError(.badRequest, "xm restore: \(file) is not a regular file")
+        }
+        guard transfers.begin(kind: "restore", file: file, domain: "", domid: nil) else {
+            close(fileFD)
+            throw XendError(.conflict, "\(file) is in use by another save or restore")
+        }
+        defer { transfers.end(file: file) }
+        var stream: [Int32] = [-1, -1]
+        guard streamPipe(&stream) else {
+            close(fileFD)
+            throw XendError(.internalError, "Restore failed: pipe: \(String(cString: strerror(errno)))")
+        }
+        var readEnd: Int32? = stream[0]
+        defer { if let fd = readEnd { close(fd) } }
+        let run: MigrationRun
+        do { run = try service.start(.restore, engine: stream[1], file: fileFD) } catch {
+            close(fileFD); close(stream[1])
+            throw error
+        }
+        close(fileFD); close(stream[1])
+        var finished = false
+        defer { if !finished { run.kill() } }
+        run.onProgress = { [transfers] bytes, rate in transfers.progress(file: file, bytes: bytes, bytesPerSecond: rate) }
+
+        // 1. The service checks every byte of the file before it reports the configuration.
+        let verifyTimeout = 30 + Double(st.st_size) / 100e6
+        let first = try run.next(timeout: verifyTimeout)
+        guard case .config(let sxpText) = first else {
+            let why = Self.describe(first)
+            throw XendError(.badRequest, "Restore failed: \(file): \(why)")
+        }
+        var cfg: DomainConfiguration
+        do { cfg = try DomainConfiguration(sxp: SXP.parse(sxpText, file: file), file: file) }
+        catch { throw XendError(.badRequest, "Restore failed: \(file): not a valid guest state file: config parse: \(error)") }
+        let name = cfg.name
+        if Self.nameRegex.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) == nil || name.count > 64 {
+            throw XendError(.badRequest, "Restore failed: \(file): not a valid guest state file: invalid VM name '\(name)'")
+        }
+        let engine = try engines.choose(for: cfg, configured: xendConfig.domainEngine)
+        guard engine.capabilities.contains(.save) else {
+            throw XendError(.unavailable, "Cannot restore \(file): the \(engine.name) engine cannot restore a domain's state")
+        }
+
+        // 2. The domain, its devices and an engine waiting for the state. The name check and
+        // the launch are one step under the lifecycle lock; the domain is marked restoring
+        // before its watcher can act on an early exit (a refused stream ends QEMU).
+        lifecycle.lock()
+        let r: DomainRecord
+        do {
+            defer { lifecycle.unlock() }
+            if name == "Domain-0" { throw XendError(.conflict, "Restore failed: \(file): VM name 'Domain-0' already exists as domain 0") }
+            if let other = registry.named(name) {
+                throw XendError(.conflict, "Restore failed: \(file): VM name '\(name)' already exists as domain \(other.domid)")
+            }
+            if cfg.uuid == nil { cfg.uuid = UUID().uuidString.lowercased() }
+            let base = DomainRecord(domid: 0, name: name, uuid: cfg.uuid!, config: cfg, engine: engine.name,
+                                    process: nil, startTime: 0, restartCount: 0, previousRestartTime: nil,
+                                    stoppedState: nil, consoleLog: paths.consoleLogDir + "/guest-\(name).log")
+            r = try launch(base, engine: engine, incoming: true)
+            transfers.attach(file: file, domid: r.domid, domain: name)
+        }
+        defer { transfers.detach(domid: r.domid) }
+        dmesg("Domain \(name) (\(r.domid)): restoring from \(file)")
+
+        // 3. The state, then the service's last word, then the guest runs.
+        do throws(XendError) {
+            guard let p = r.process else { throw XendError(.internalError, "the domain has no engine process") }
+            do { try engine.restoreState(p, from: readEnd!) { _ in } }
+            catch { throw XendError(.internalError, "\(error)") }
+            close(readEnd!); readEnd = nil
+            let last = try run.next(timeout: Self.serviceFinishTimeout)
+            guard case .done = last else { throw XendError(.internalError, Self.describe(last)) }
+            run.finish(timeout: 5)
+            finished = true
+            if !paused { do { try engine.unpause(p) } catch { throw XendError(.internalError, "resume: \(error)") } }
+        } catch {
+            if let fd = readEnd { close(fd); readEnd = nil }
+            run.kill(); finished = true
+            _ = try? destroy(String(r.domid))
+            dmesg("Domain \(name): restore from \(file) failed: \(error.message)")
+            throw XendError(.internalError, "Restore failed: \(file): \(error.message)")
+        }
+        statuses[r.domid] = nil
+        dmesg("Domain \(name) (\(r.domid)) restored from \(file)")
+        return info(registry[r.domid] ?? r, long: false)
+    }
+
+    /// The saves and restores under way.
+    public func transferList() -> [TransferInfo] { transfers.all }
+
+    /// A message that should not have come, as a reason: the service's own failure text.
+    static func describe(_ m: StatusMessage) -> String {
+        switch m {
+        case .failed(let why): why
+        default: "the migration service sent an unexpected \(m.kind) message"
+        }
+    }
+
+    /// The service's failure reason if it has already sent one (it explains an engine
+    /// error better: the file system was full), waiting at most a second for it.
+    static func serviceReason(_ run: MigrationRun) -> String? {
+        if case .failed(let why)? = try? run.next(timeout: 1) { return why }
+        return nil
+    }
+}

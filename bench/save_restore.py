@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Save/restore benchmark (make bench): `xm save` / `xm restore` next to raw QEMU.
+
+The same test guest (make guest; 256 MiB, 1 vCPU, counting on its console) under QEMU TCG:
+
+  xenith  `xm save DOM FILE` and `xm restore FILE` through xend (qemu engine, the
+          sandboxed migration service writing Xen's envelope and CRC-checked frames;
+          save includes destroying the domain, restore re-making it and resuming it)
+  raw     QEMU alone: QMP `stop`, `migrate fd:` straight into the file, `quit`; then a new
+          QEMU with `-incoming defer -S`, `migrate-incoming fd:` from the file, `cont`
+
+alternately, BENCH_RUNS times each; medians side by side with the ratio. Target: xenith
+within 1.1x of raw.
+
+Environment: BIN (directory with xend, xm, migration, xenstored, xenconsoled; default
+.build/release), BENCH_RUNS (3), BENCH_MEMORY (MiB, 256).
+Needs root, qemu-system-x86_64 and build/guest; prints SKIP otherwise.
+"""
+import json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.environ.get("BIN", os.path.join(ROOT, ".build", "release"))
+RUNS = int(os.environ.get("BENCH_RUNS", "3"))
+MEM = int(os.environ.get("BENCH_MEMORY", "256"))
+GUEST = os.path.join(ROOT, "build", "guest")
+SCRIPT = "i=0; while true; do echo count=$i; i=$((i+1)); sleep 0.5; done"
+EXTRA = "quiet cryptomgr.notests xenith.run=" + urllib.parse.quote(SCRIPT, safe="")
+
+
+def skip(why):
+    print("SKIP: save_restore: " + why)
+    sys.exit(0)
+
+
+class QMP:
+    def __init__(self, path, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            try:
+                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.s.connect(path)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.02)
+        self.f = self.s.makefile("r")
+        self.f.readline()
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, name, args=None, fd=None):
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        data = (json.dumps(msg) + "\n").encode()
+        if fd is None:
+            self.s.sendall(data)
+        else:
+            socket.send_fds(self.s, [data], [fd])
+        while True:
+            r = json.loads(self.f.readline())
+            if "return" in r:
+                return r["return"]
+            if "error" in r:
+                raise RuntimeError("%s: %s" % (name, r["error"]["desc"]))
+
+    def wait_migration(self):
+        while True:
+            st = self.cmd("query-migrate").get("status")
+            if st == "completed":
+                return
+            if st in ("failed", "cancelled"):
+                raise RuntimeError("migration " + st)
+            time.sleep(0.01)
+
+
+def raw_qemu(tmp, incoming):
+    qmp = os.path.join(tmp, "raw.qmp")
+    if os.path.exists(qmp):
+        os.unlink(qmp)
+    args = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-machine", "q35", "-accel", "tcg,thread=multi",
+            "-cpu", "max", "-m", "%dM" % MEM, "-smp", "1", "-kernel", GUEST + "/vmlinuz", "-initrd", GUEST + "/initrd.img",
+            "-append", EXTRA + " console=ttyS0", "-serial", "file:" + os.path.join(tmp, "raw.console"),
+            "-display", "none", "-qmp", "unix:%s,server=on,wait=off" % qmp,
+            "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    if incoming:
+        args += ["-incoming", "defer", "-S"]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return p, QMP(qmp)
+
+
+def wait_count(path, at_least, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            text = open(path, errors="replace").read()
+            if text.count("count=") >= at_least:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def raw_round(tmp):
+    """One raw save and restore; returns (save_s, restore_s, bytes)."""
+    con = os.path.join(tmp, "raw.console")
+    if os.path.exists(con):
+        os.unlink(con)
+    p, q = raw_qemu(tmp, False)
+    if not wait_count(con, 3):
+        p.kill()
+        raise RuntimeError("raw guest did not boot")
+    f = os.path.join(tmp, "raw.state")
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    t0 = time.monotonic()
+    q.cmd("stop")
+    q.cmd("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+    q.cmd("getfd", {"fdname": "m"}, fd=fd)
+    q.cmd("migrate", {"uri": "fd:m"})
+    q.wait_migration()
+    os.fsync(fd)
+    try:
+        q.cmd("quit")
+    except Exception:
+        pass
+    p.wait()
+    save = time.monotonic() - t0
+    os.close(fd)
+    size = os.path.getsize(f)
+    t1 = time.monotonic()
+    p, q = raw_qemu(tmp, True)
+    fd = os.open(f, os.O_RDONLY)
+    q.cmd("getfd", {"fdname": "m"}, fd=fd)
+    q.cmd("migrate-incoming", {"uri": "fd:m"})
+    q.wait_migration()
+    q.cmd("cont")
+    restore = time.monotonic() - t1
+    os.close(fd)
+    try:
+        q.cmd("quit")
+    except Exception:
+        pass
+    p.wait()
+    os.unlink(f)
+    return save, restore, size
+
+
+def main():
+    if os.geteuid() != 0:
+        skip("needs root")
+    if not shutil.which("qemu-system-x86_64"):
+        skip("qemu-system-x86_64 is not installed")
+    if not os.path.exists(GUEST + "/vmlinuz"):
+        skip("no test guest: run `make guest`")
+    for b in ("xend", "xm", "migration"):
+        if not os.access(os.path.join(BIN, b), os.X_OK):
+            skip("no %s in %s (make release, or BIN=...)" % (b, BIN))
+    tmp = tempfile.mkdtemp(prefix="xenith-bench-save-")
+    env = dict(os.environ, XENITH_ROOT=tmp)
+    os.makedirs(tmp + "/etc/xen")
+    open(tmp + "/etc/xen/xend-config.sxp", "w").write("(domain-engine qemu)\n")
+    cfg = tmp + "/b.cfg"
+    open(cfg, "w").write('kernel = "%s/vmlinuz"\nramdisk = "%s/initrd.img"\nmemory = %d\nvcpus = 1\nname = "b"\nextra = "%s"\n'
+                         % (GUEST, GUEST, MEM, EXTRA))
+
+    def xm(*args):
+        r = subprocess.run([os.path.join(BIN, "xm")] + list(args), env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError("xm %s: %s" % (" ".join(args), r.stderr.strip()))
+        return r
+
+    subprocess.run([os.path.join(BIN, "xend"), "start"], env=env, check=True)
+    results = {"xenith": ([], []), "raw": ([], [])}
+    sizes = {}
+    try:
+        xm("create", cfg)
+        con = tmp + "/var/log/xen/console/guest-b.log"
+        for n in range(RUNS):
+            # xenith: the domain runs (counting) before each save.
+            if not wait_count(con, 3 + n * 6):
+                raise RuntimeError("xenith guest is not counting")
+            f = tmp + "/b.chk"
+            t0 = time.monotonic()
+            xm("save", "b", f)
+            results["xenith"][0].append(time.monotonic() - t0)
+            sizes["xenith"] = os.path.getsize(f)
+            t1 = time.monotonic()
+            xm("restore", f)
+            results["xenith"][1].append(time.monotonic() - t1)
+            os.unlink(f)
+            s, r, size = raw_round(tmp)
+            results["raw"][0].append(s)
+            results["raw"][1].append(r)
+            sizes["raw"] = size
+        xm("destroy", "b")
+    finally:
+        subprocess.run([os.path.join(BIN, "xm"), "destroy", "b"], env=env, capture_output=True)
+        subprocess.run([os.path.join(BIN, "xend"), "stop"], env=env, capture_output=True)
+        for d in ("xenstored", "xenconsoled"):
+            try:
+                os.kill(int(open("%s/run/%s/%s.pid" % (tmp, d, d)).read()), 15)
+            except (OSError, ValueError):
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    load = os.getloadavg()[0]
+    print("save/restore, test guest %d MiB, QEMU TCG, %d runs each, alternating (medians; load average %.1f)" % (MEM, RUNS, load))
+    print("%-8s %12s %12s %14s" % ("", "save (s)", "restore (s)", "file (MiB)"))
+    med = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in results.items()}
+    for k in ("xenith", "raw"):
+        print("%-8s %12.2f %12.2f %14.1f" % (k, med[k][0], med[k][1], sizes[k] / 1048576))
+    rs, rr = med["xenith"][0] / med["raw"][0], med["xenith"][1] / med["raw"][1]
+    print("ratio    %11.2fx %11.2fx   (target <= 1.1x: save %s, restore %s)"
+          % (rs, rr, "met" if rs <= 1.1 else "NOT met", "met" if rr <= 1.1 else "NOT met"))
+
+
+if __name__ == "__main__":
+    main()
