@@ -240,13 +240,17 @@ extension PyInterpreter {
             switch method {
             case "index":
                 try arity(1, 1)
-                guard let k = items.firstIndex(where: { PyInterpreter.equal($0, args[0]) }) else {
+                var found: Int? = nil
+                for (k, x) in items.enumerated() where try equal(x, args[0], line) { found = k; break }
+                guard let k = found else {
                     throw fail("ValueError: \(args[0].shortRepr) is not in \(value.typeName)", line)
                 }
                 return .int(k)
             case "count":
                 try arity(1, 1)
-                return .int(items.filter { PyInterpreter.equal($0, args[0]) }.count)
+                var n = 0
+                for x in items where try equal(x, args[0], line) { n += 1 }
+                return .int(n)
             default: break
             }
         default: break
@@ -363,6 +367,7 @@ extension PyInterpreter {
             case .tuple(let t): for x in t { candidates.append(try string(x, "\(method)() prefix", line)) }
             case let v: throw fail("TypeError: \(method)() argument must be a string or a tuple of strings, not \(v.typeName)", line)
             }
+            for c in candidates { try step(line, 1 + min(c.utf8.count, s.utf8.count) / 4096) }
             return .bool(candidates.contains { method == "startswith" ? s.hasPrefix($0) : s.hasSuffix($0) })
         case "find", "rfind", "index", "count":
             try arity(1, 1)

@@ -773,8 +773,8 @@ struct PyInterpreter {
     /// `a OP b` for `== != < <= > >= in not in is is not`.
     mutating func compare(_ op: String, _ a: PyValue, _ b: PyValue, _ line: Int) throws(ConfigError) -> Bool {
         switch op {
-        case "==": return PyInterpreter.equal(a, b)
-        case "!=": return !PyInterpreter.equal(a, b)
+        case "==": return try equal(a, b, line)
+        case "!=": return !(try equal(a, b, line))
         case "is", "is not":
             var same: Bool
             switch (a, b) {
@@ -798,7 +798,7 @@ struct PyInterpreter {
                 found = sub.isEmpty || s.firstRange(of: sub) != nil
             case .list(let items), .tuple(let items):
                 try step(line, items.count / 64)
-                found = items.contains { PyInterpreter.equal(a, $0) }
+                found = try contains(items, a, line)
             default: throw fail("TypeError: argument of type '\(b.typeName)' is not iterable", line)
             }
             return op == "in" ? found : !found
@@ -811,6 +811,30 @@ struct PyInterpreter {
             default: return c >= 0
             }
         }
+    }
+
+    /// `==` with its work counted: comparing containers walks them element by element, so
+    /// two lists of 65536 lists of 65536 elements would otherwise be billions of comparisons
+    /// inside one step (a config could hang `xm create`).
+    mutating func equal(_ a: PyValue, _ b: PyValue, _ line: Int) throws(ConfigError) -> Bool {
+        switch (a, b) {
+        case (.list(let x), .list(let y)), (.tuple(let x), .tuple(let y)):
+            guard x.count == y.count else { return false }
+            try step(line, 1 + x.count / 64)
+            for (p, q) in zip(x, y) where !(try equal(p, q, line)) { return false }
+            return true
+        case (.string(let x), .string(let y)):
+            try step(line, min(x.utf8.count, y.utf8.count) / 4096)
+            return x == y
+        default:
+            return PyInterpreter.equal(a, b)
+        }
+    }
+
+    /// Whether `items` holds a value equal to `v`, the comparisons counted.
+    mutating func contains(_ items: [PyValue], _ v: PyValue, _ line: Int) throws(ConfigError) -> Bool {
+        for x in items where try equal(x, v, line) { return true }
+        return false
     }
 
     /// Python's `==`: numbers by value across int, float and bool; containers element-wise.
@@ -839,7 +863,7 @@ struct PyInterpreter {
 
     /// -1, 0 or 1 for `a` before, equal to or after `b`; refuses values of unlike types
     /// (Python 2 ordered `'3' < 0` silently, a classic bug with command-line values).
-    func order(_ a: PyValue, _ b: PyValue, _ op: String, _ line: Int) throws(ConfigError) -> Int {
+    mutating func order(_ a: PyValue, _ b: PyValue, _ op: String, _ line: Int) throws(ConfigError) -> Int {
         func number(_ v: PyValue) -> Double? {
             switch v {
             case .int(let i): return Double(i)
@@ -854,7 +878,7 @@ struct PyInterpreter {
             if x == y { return 0 }
             return x.utf8.lexicographicallyPrecedes(y.utf8) ? -1 : 1
         case (.list(let x), .list(let y)), (.tuple(let x), .tuple(let y)):
-            for (p, q) in zip(x, y) where !PyInterpreter.equal(p, q) { return try order(p, q, op, line) }
+            for (p, q) in zip(x, y) where !(try equal(p, q, line)) { return try order(p, q, op, line) }
             return x.count < y.count ? -1 : x.count == y.count ? 0 : 1
         default:
             if let x = number(a), let y = number(b) { return x < y ? -1 : x == y ? 0 : 1 }

@@ -45,7 +45,7 @@ extension DomainManager {
         let needKiB = cfg.memory * 1024
         let free = HostFacts.freeKiB()
         if needKiB > free {
-            throw XendError(.unavailable, "Not enough free memory and dom0_min_mem is 0, so I cannot release any more.  I need \(needKiB) KiB but only have \(free).")
+            throw XendError(.unavailable, "Not enough free memory and dom0_min_mem is 0, so I cannot release any more.  I need \(needKiB) KiB but only have \(free) KiB (lower the domain's memory, or stop other domains).")
         }
         if cfg.uuid == nil { cfg.uuid = UUID().uuidString.lowercased() }
         let record = DomainRecord(domid: 0, name: name, uuid: cfg.uuid!, config: cfg, engine: engine.name,

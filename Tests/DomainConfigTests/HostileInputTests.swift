@@ -30,6 +30,22 @@ import Testing
         #expect(try parse("extra = 'ab' * 40000\n").extra == String(repeating: "ab", count: 40000))
     }
 
+    /// Found by an adversarial run: comparing big nested lists and `startswith` with a tuple
+    /// of long prefixes were not counted, so one expression could keep `xm create` busy for
+    /// minutes inside the 5 s bound.
+    @Test func comparisonsAndPrefixTestsAreCounted() throws {
+        let start = Date()
+        let eq = error("a = [0] * 65536\nb = [0] * 65536\nx = [a] * 65536\ny = [b] * 65536\nz = (x == y)\n")
+        #expect(eq.hasPrefix("h.cfg:") && eq.contains("(a loop that never ends?)"), "\(eq)")
+        let cnt = error("a = [0] * 65536\nb = [0] * 65536\nx = [a] * 65536\nn = x.count(b)\n")
+        #expect(cnt.hasPrefix("h.cfg:") && cnt.contains("(a loop that never ends?)"), "\(cnt)")
+        let pre = error("s = 'a' * (16 * 1024 * 1024 - 1)\np = 'a' * (16 * 1024 * 1024 - 2) + 'b'\nt = tuple([p] * 65536)\nz = s.startswith(t)\n")
+        #expect(pre.hasPrefix("h.cfg:") && pre.contains("(a loop that never ends?)"), "\(pre)")
+        #expect(Date().timeIntervalSince(start) < 30, "took \(Date().timeIntervalSince(start)) s")
+        // Small comparisons are unaffected.
+        #expect(try parse("a = [1, [2, 'x']]\nif a == [1, [2, 'x']] and 'vm' + 'x' == 'vmx' and 'abc'.startswith(('x', 'ab')):\n    memory = 64\n").memory == 64)
+    }
+
     @Test func loopsRecursionAndGrowthAreBounded() throws {
         #expect(error("while True:\n    pass\n") == "h.cfg:3: 'while' loop still running after 100000 iterations (a config file must finish)")
         #expect(error("while 1: x = 1\n").hasPrefix("h.cfg:3: 'while' loop still running"))
