@@ -837,16 +837,18 @@ struct PyInterpreter {
         return false
     }
 
+    /// A number's value for comparisons across int, float and bool; nil for anything else.
+    static func number(_ v: PyValue) -> Double? {
+        switch v {
+        case .int(let i): return Double(i)
+        case .float(let f): return f
+        case .bool(let b): return b ? 1 : 0
+        default: return nil
+        }
+    }
+
     /// Python's `==`: numbers by value across int, float and bool; containers element-wise.
     static func equal(_ a: PyValue, _ b: PyValue) -> Bool {
-        func number(_ v: PyValue) -> Double? {
-            switch v {
-            case .int(let i): return Double(i)
-            case .float(let f): return f
-            case .bool(let b): return b ? 1 : 0
-            default: return nil
-            }
-        }
         switch (a, b) {
         case (.int(let x), .int(let y)): return x == y
         case (.string(let x), .string(let y)): return x == y
@@ -856,7 +858,7 @@ struct PyInterpreter {
         case (.function(let x), .function(let y)): return x === y
         case (.builtin(let x), .builtin(let y)): return x == y
         default:
-            if let x = number(a), let y = number(b) { return x == y }
+            if let x = Self.number(a), let y = Self.number(b) { return x == y }
             return false
         }
     }
@@ -864,14 +866,6 @@ struct PyInterpreter {
     /// -1, 0 or 1 for `a` before, equal to or after `b`; refuses values of unlike types
     /// (Python 2 ordered `'3' < 0` silently, a classic bug with command-line values).
     mutating func order(_ a: PyValue, _ b: PyValue, _ op: String, _ line: Int) throws(ConfigError) -> Int {
-        func number(_ v: PyValue) -> Double? {
-            switch v {
-            case .int(let i): return Double(i)
-            case .float(let f): return f
-            case .bool(let b): return b ? 1 : 0
-            default: return nil
-            }
-        }
         switch (a, b) {
         case (.int(let x), .int(let y)): return x < y ? -1 : x == y ? 0 : 1
         case (.string(let x), .string(let y)):
@@ -881,7 +875,7 @@ struct PyInterpreter {
             for (p, q) in zip(x, y) where !(try equal(p, q, line)) { return try order(p, q, op, line) }
             return x.count < y.count ? -1 : x.count == y.count ? 0 : 1
         default:
-            if let x = number(a), let y = number(b) { return x < y ? -1 : x == y ? 0 : 1 }
+            if let x = Self.number(a), let y = Self.number(b) { return x < y ? -1 : x == y ? 0 : 1 }
             throw fail("TypeError: cannot compare \(a.typeName) \(a.shortRepr) \(op) \(b.typeName) \(b.shortRepr) "
                        + "(convert with int() or str() first)", line)
         }
