@@ -52,7 +52,7 @@ final class ConsoleSession: @unchecked Sendable {
     let root: String = {
         var t = Array("/tmp/xenith-qsvc-XXXXXX".utf8CString)
         let d = t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-        chmod(d, 0o755)   // as / is: QEMU, once it runs as xenith-qemu, reconnects to run/xenith/*.sock
+        chmod(d, 0o755)   // as / is: QEMU, once it runs as its own uid, reconnects to run/xenith/*.sock
         return d
     }()
 
@@ -92,8 +92,6 @@ final class ConsoleSession: @unchecked Sendable {
             }
             try? FileManager.default.removeItem(atPath: root)
         }
-        let user = getpwnam("xenith-qemu").map { (uid: $0.pointee.pw_uid, name: "xenith-qemu") }
-        if user == nil { print("SKIP: QEMU -runas part: no user xenith-qemu (useradd --system xenith-qemu)") }
         // The qemu engine even where KVM is hardware-backed.
         try FileManager.default.createDirectory(atPath: root + "/etc/xen", withIntermediateDirectories: true)
         try "(domain-engine qemu)\n".write(toFile: root + "/etc/xen/xend-config.sxp", atomically: true, encoding: .utf8)
@@ -125,11 +123,22 @@ final class ConsoleSession: @unchecked Sendable {
         #expect(qemuPid > 0)
         let cmdline = (try? String(contentsOfFile: "/proc/\(qemuPid)/cmdline", encoding: .utf8)) ?? ""
         #expect(cmdline.contains("vhost-user-blk-pci") && cmdline.contains("socket,id=serial0,fd="), "\(cmdline)")
-        if let user {
-            // QEMU dropped to the unprivileged user once it had started.
-            #expect(waitUntil(10) { status(qemuPid, "Uid")?.hasPrefix("\(user.uid)\t") == true },
-                    "QEMU Uid: \(status(qemuPid, "Uid") ?? "?")")
-            print("qemu services: QEMU pid \(qemuPid) Uid \(status(qemuPid, "Uid") ?? "?")")
+        // QEMU dropped root once it had started, to a uid of this domain's own
+        // (qemu-uid-base + domid), which owns the domain's back-end sockets (0600): a process
+        // with any other uid (another domain's QEMU) is refused at connect.
+        let uid = UInt32(0x7FFF_0000) + UInt32(domid)!   // xend-config qemu-uid-base, default
+        #expect(waitUntil(10) { status(qemuPid, "Uid")?.hasPrefix("\(uid)\t") == true },
+                "QEMU Uid: \(status(qemuPid, "Uid") ?? "?")")
+        print("qemu services: QEMU pid \(qemuPid) Uid \(status(qemuPid, "Uid") ?? "?")")
+        let sockets = ((try? FileManager.default.contentsOfDirectory(atPath: root + "/run/xenith")) ?? [])
+            .filter { $0.hasSuffix(".sock") }.map { root + "/run/xenith/" + $0 }
+        #expect(!sockets.isEmpty, "no back-end socket in \(root)/run/xenith")
+        for s in sockets {
+            var st = stat()
+            #expect(stat(s, &st) == 0 && st.st_uid == uid && st.st_mode & 0o777 == 0o600, "\(s): uid \(st.st_uid) mode \(String(st.st_mode & 0o777, radix: 8))")
+            let other = try run("/usr/bin/setpriv", ["--reuid=\(uid + 1)", "--regid=\(uid + 1)", "--clear-groups",
+                                                     "socat", "-u", "OPEN:/dev/null", "UNIX-CONNECT:\(s)"], timeout: 10)
+            #expect(other.status != 0 && other.stderr.contains("Permission denied"), "uid \(uid + 1) connected to \(s): \(other.stderr)")
         }
 
         // The console through xenconsoled: systemd reaches the login prompt, root logs in.

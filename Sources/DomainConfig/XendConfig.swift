@@ -59,6 +59,16 @@ public struct XendConfig: Sendable, Equatable {
     /// root and the user exists (create it with `useradd --system xenith-qemu`); `none`
     /// (or `''`) keeps QEMU running as xend's user.
     public var qemuUser = "xenith-qemu"
+    /// `qemu-uid-base` (Xenith): when xend runs as root, domain D's QEMU runs as uid and gid
+    /// `base + D` (no account needed; D ≤ 32751, Xen's highest domid), so one domain's
+    /// QEMU cannot connect to another domain's back-end sockets. Default 2147418112
+    /// (0x7FFF0000, far above the ranges accounts and subordinate ids use); `none` (nil)
+    /// gives every QEMU the shared `qemu-user`.
+    public var qemuUIDBase: UInt32? = XendConfig.defaultQemuUIDBase
+    /// The default of ``qemuUIDBase``.
+    public static let defaultQemuUIDBase: UInt32 = 0x7FFF_0000
+    /// Highest domid a per-domain uid is made for (Xen's DOMID_FIRST_RESERVED − 1).
+    public static let highestDomid = 32751
 
     /// Keys this type does not know, with their whole `(key ...)` form, kept as read.
     public var unknown: [String: SXP] = [:]
@@ -71,7 +81,7 @@ public struct XendConfig: Sendable, Equatable {
         "xend-port", "xend-address", "xend-relocation-server", "xend-relocation-port",
         "xend-relocation-address", "xend-relocation-hosts-allow", "network-script",
         "vif-script", "dom0-min-mem", "dom0-cpus", "enable-dump", "console-limit",
-        "domain-engine", "qemu-user",
+        "domain-engine", "qemu-user", "qemu-uid-base",
     ]
 
     /// All defaults: what xend uses when the file is absent.
@@ -186,6 +196,11 @@ public struct XendConfig: Sendable, Equatable {
                 throw fail("expected a user name (letters, digits, '_', '-'; at most 32) or none, found '\(s)'")
             }
             qemuUser = s == "none" ? "" : s
+        case "qemu-uid-base":
+            if s == "none" { qemuUIDBase = nil; break }
+            // uid_t is 32 bits and (uid_t)-1 means "no change": the range must end below it.
+            let top = Int(UInt32.max) - 1 - XendConfig.highestDomid
+            qemuUIDBase = UInt32(try int(1000...top, "first uid of the per-domain range, or none"))
         default:
             break
         }
@@ -216,6 +231,7 @@ public struct XendConfig: Sendable, Equatable {
             .pair("console-limit", .int(consoleLimit)),
             .pair("domain-engine", .atom(domainEngine.rawValue)),
             .pair("qemu-user", .atom(qemuUser.isEmpty ? "none" : qemuUser)),
+            .pair("qemu-uid-base", qemuUIDBase.map { .int(Int($0)) } ?? .atom("none")),
         ]
         out += unknown.keys.sorted().compactMap { unknown[$0] }
         return out

@@ -74,7 +74,7 @@ public struct QemuLaunchInputs: Sendable, Hashable {
     public var vncDisplay: Int?
     /// The kernel command line for direct kernel boot (`config.kernelCommandLine`).
     public var kernelCommandLine: String?
-    /// Unprivileged user QEMU switches to after start-up (`-runas`); nil: stays as started.
+    /// Unprivileged user QEMU switches to after start-up (`-runas`: a name, or `UID:GID`); nil: stays as started.
     public var runAs: String?
     /// Resolved kernel/ramdisk paths (default: the configuration's).
     public var kernel: String?

@@ -154,8 +154,9 @@ public struct XendDaemon {
         let migration = MigrationService(binary: binDir + "/migration", manifest: migrationManifest,
                                          logPath: paths.logDir + "/migration.log")
         if access(migration.binary, X_OK) != 0 { log.error("\(migration.binary) is missing: xm save and xm restore are refused") }
-        let qemu = QemuEngineDriver(runAs: cfg.qemuUser)
-        if let u = qemu.runAs { log.info("QEMU runs as user \(u) (-runas)") }
+        let qemu = QemuEngineDriver(runAs: cfg.qemuUser, uidBase: cfg.qemuUIDBase)
+        if let b = qemu.uidBase { log.info("QEMU runs as a uid of its own per domain: \(b) + domid (-runas UID:GID)") }
+        else if let u = qemu.runAs { log.info("QEMU runs as user \(u) (-runas)") }
         else if !cfg.qemuUser.isEmpty { log.info("QEMU runs as xend's user: qemu-user \(cfg.qemuUser) \(geteuid() == 0 ? "does not exist (useradd --system \(cfg.qemuUser))" : "needs xend to run as root")") }
         let manager = DomainManager(paths: paths, xendConfig: cfg, engines: [core.name: core, qemu.name: qemu],
                                     autoPrefersQemu: QemuEngineDriver.preferredForAuto, xenstore: xs, logger: log,

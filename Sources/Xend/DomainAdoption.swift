@@ -22,7 +22,7 @@ extension DomainManager {
             guard let p = r.process else { continue }
             let cfg = r.config
             guard let engine = engines[r.engine] else { continue }
-            let plan = engine.devicePlan(for: cfg)
+            let plan = engine.devicePlan(for: cfg, domid: r.domid)
             if engine.adopt(p) {
                 dmesg("Domain \(r.name) (\(r.domid)) re-adopted, pid \(p.pid)")
                 if let vifs = r.vifs { nets?.adopt(domid: r.domid, name: r.name, records: vifs) }

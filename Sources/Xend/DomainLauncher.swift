@@ -77,7 +77,7 @@ extension DomainManager {
         r.process = nil; r.disks = nil; r.vifs = nil
         r.creating = true
         let domid = r.domid, cfg = r.config
-        let plan = engine.devicePlan(for: cfg)
+        let plan = engine.devicePlan(for: cfg, domid: domid)
         let undo = Rollback()
         defer { undo.finish() }
 

@@ -119,8 +119,10 @@ public struct DevicePlan: Sendable {
     /// Indices into the configuration's vifs whose NIC the engine emulates on the tap itself
     /// (no netback: vhost-user serves virtio only).
     public var emulatedVifs: Set<Int>
-    /// Owner given to the back-ends' socket files (an unprivileged engine process must
-    /// reconnect to them); nil keeps them root's.
+    /// Owner given to the back-ends' socket files (mode 0600: only that engine process
+    /// connects, and reconnects after dropping privileges); nil keeps them root's. With a
+    /// uid of its own per domain (xend-config `qemu-uid-base`), one domain's engine cannot
+    /// reach another domain's back-ends.
     public var socketOwner: (uid: uid_t, gid: gid_t)?
     /// How the console reaches xenconsoled.
     public var console: ConsoleAttachment
@@ -134,15 +136,16 @@ public struct DevicePlan: Sendable {
 
 /// One engine: starts domain processes and drives them. Implementations must be
 /// thread-safe; every call may block briefly (a control-socket round trip). Callers never
-/// ask which engine they hold: what differs is in ``devicePlan(for:)`` and ``capabilities``.
+/// ask which engine they hold: what differs is in ``devicePlan(for:domid:)`` and ``capabilities``.
 public protocol DomainEngineDriver: Sendable {
     /// `core` or `qemu`: the name domain records and `xm list -l` carry.
     var name: String { get }
     /// What the engine can do besides the lifecycle (default: nothing more).
     var capabilities: EngineCapabilities { get }
-    /// The devices xend makes for a domain with configuration `config` (default: blkback
-    /// serves every disk with one queue per vCPU, the console is a ring).
-    func devicePlan(for config: DomainConfiguration) -> DevicePlan
+    /// The devices xend makes for domain `domid` with configuration `config` (default:
+    /// blkback serves every disk with one queue per vCPU, the console is a ring, sockets
+    /// stay root's). The plan may depend on the domid (the engine's per-domain uid).
+    func devicePlan(for config: DomainConfiguration, domid: Int) -> DevicePlan
     /// Starts the domain running (detached: own session and process group).
     /// - Throws: `EngineError` with the engine's own message when it fails to start;
     ///   nothing is left behind then.
@@ -193,7 +196,7 @@ public protocol DomainEngineDriver: Sendable {
 
 extension DomainEngineDriver {
     public var capabilities: EngineCapabilities { [] }
-    public func devicePlan(for config: DomainConfiguration) -> DevicePlan {
+    public func devicePlan(for config: DomainConfiguration, domid: Int) -> DevicePlan {
         DevicePlan(servedDisks: config.disks, diskQueues: config.vcpus, console: .ring)
     }
     public func setMemoryTarget(_ p: EngineProcess, mib: Int) throws {

@@ -38,7 +38,7 @@ extension DomainManager {
             throw XendError(.unavailable, "Domain \(r.name) runs on the \(e.name) engine, which cannot hot-plug network devices; add the vif to its configuration and create the domain again.")
         }
         let rec = try nets.attach(domid: r.domid, name: r.name, spec: v, inUse: registry.vifsInUse(),
-                                  socketOwner: e.devicePlan(for: r.config).socketOwner)
+                                  socketOwner: e.devicePlan(for: r.config, domid: r.domid).socketOwner)
         do { try e.attachNet(p, devid: rec.devid, socket: rec.socket, mac: rec.mac) } catch {
             try? nets.detach(domid: r.domid, devid: rec.devid)
             throw XendError(.internalError, "Device \(rec.devid) (vif) could not be connected. \(error)")

@@ -17,11 +17,17 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     /// Path or name (looked up on PATH) of the QEMU binary.
     public let binary: String
     public let accelerator: QemuAccelerator
-    /// The unprivileged user QEMU switches to after start-up (`-runas`), nil: none.
+    /// The unprivileged user QEMU switches to after start-up (`-runas`) when domains do
+    /// not get a uid of their own (``uidBase`` nil); nil: none.
     public let runAs: String?
     /// That user's uid and gid (the owner xend gives the vhost-user sockets QEMU
     /// reconnects to after it dropped privileges).
     public let runAsIDs: (uid: uid_t, gid: gid_t)?
+    /// First uid of the per-domain range (xend-config `qemu-uid-base`): domain D's QEMU
+    /// runs as uid and gid `uidBase + D` (no account needed), so that a compromised QEMU
+    /// cannot connect to another domain's back-end sockets (0600, owned by that uid).
+    /// nil: every QEMU runs as ``runAs`` (or xend's user).
+    public let uidBase: uid_t?
     private let lock = NSLock()
     private var sessions: [Int32: QemuDomain] = [:]
     /// Size of each running QEMU's log when it started (its own lines start there).
@@ -30,13 +36,34 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     /// - Parameters:
     ///   - binary: `qemu-system-x86_64` by default.
     ///   - runAs: xend-config's `qemu-user`; used only when xend runs as root and the user
-    ///     exists (see ``resolveUser(_:)``).
-    public init(binary: String = "qemu-system-x86_64", accelerator: QemuAccelerator? = nil, runAs: String? = nil) {
+    ///     exists (see ``resolveUser(_:)``), and `uidBase` is nil.
+    ///   - uidBase: xend-config's `qemu-uid-base`; used only when xend runs as root.
+    public init(binary: String = "qemu-system-x86_64", accelerator: QemuAccelerator? = nil, runAs: String? = nil,
+                uidBase: UInt32? = nil) {
         self.binary = binary
         self.accelerator = accelerator ?? QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) }
-        let ids = runAs.flatMap(QemuEngineDriver.resolveUser)
+        self.uidBase = geteuid() == 0 ? uidBase.map { uid_t($0) } : nil
+        let ids = self.uidBase == nil ? runAs.flatMap(QemuEngineDriver.resolveUser) : nil
         self.runAs = ids == nil ? nil : runAs
         self.runAsIDs = ids
+    }
+
+    /// The uid and gid domain `domid`'s QEMU runs as after start-up: its own
+    /// (`uidBase + domid`), the shared ``runAs`` user's, or nil (xend's user).
+    public func identity(domid: Int) -> (uid: uid_t, gid: gid_t)? {
+        if let b = uidBase { let u = b &+ uid_t(truncatingIfNeeded: domid); return (u, u) }
+        return runAsIDs
+    }
+
+    /// QEMU's `-runas` argument for domain `domid`: `UID:GID` for a per-domain uid.
+    /// - Throws: `EngineError` when that uid belongs to an account of this host (a range
+    ///   that overlaps real users would let QEMU act as one of them).
+    func runAsArgument(domid: Int) throws -> String? {
+        guard uidBase != nil, let id = identity(domid: domid) else { return runAs }
+        if let pw = getpwuid(id.uid) {
+            throw EngineError("xend-config qemu-uid-base: uid \(id.uid) for domain \(domid) belongs to the account '\(String(cString: pw.pointee.pw_name))'; choose a base whose range (base + domid) no account uses")
+        }
+        return "\(id.uid):\(id.gid)"
     }
 
     /// The uid and gid of `user` when this process is root and the user exists; nil
@@ -56,18 +83,18 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
 
     /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks on
     /// blkback over vhost-user (one queue: QEMU's vhost-user-blk-pci asks for one), the
-    /// socket files owned by QEMU's unprivileged user so that it reconnects after a blkback
+    /// socket files owned by the domain's QEMU uid (``identity(domid:)``) so that it reconnects after a blkback
     /// restart; its serial line on xenconsoled as a stream. Left to QEMU: `ioemu:` disks,
     /// CD-ROMs, other image formats and, for HVM domains, the IDE disks hda...hdd (the
     /// emulated controller of Xen's qemu-dm), and NIC models other than virtio-net
     /// (HVM's rtl8139 or ne2000, or `model=`), emulated on the tap.
-    public func devicePlan(for c: DomainConfiguration) -> DevicePlan {
+    public func devicePlan(for c: DomainConfiguration, domid: Int) -> DevicePlan {
         let served = c.disks.filter { d in
             !d.ioemu && d.deviceType == .disk && d.path != nil && d.format == "raw"
                 && !(c.builder == .hvm && QemuCommandLine.ideSlot(d.vdev) != nil)
         }
         let emulated = Set(c.vifs.indices.filter { QemuCommandLine.nicModel(c.vifs[$0], in: c) != "virtio-net-pci" })
-        return DevicePlan(servedDisks: served, diskQueues: 1, emulatedVifs: emulated, socketOwner: runAsIDs, console: .stream)
+        return DevicePlan(servedDisks: served, diskQueues: 1, emulatedVifs: emulated, socketOwner: identity(domid: domid), console: .stream)
     }
 
     /// The QMP socket and QEMU's pid file.
@@ -148,7 +175,8 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         var inputs = QemuLaunchInputs(accelerator: accelerator, qmpSocket: paths.qmpSocket, pidfile: paths.pidfile,
                                       serial: l.serialFD.map { .socketFD($0) } ?? .file(l.consoleLog), disks: disks, cdrom: cdrom,
                                       vifs: vifs, vncDisplay: display,
-                                      kernelCommandLine: c.kernel != nil ? l.commandLine : nil, runAs: runAs)
+                                      kernelCommandLine: c.kernel != nil ? l.commandLine : nil,
+                                      runAs: try runAsArgument(domid: l.domid))
         inputs.netHotplugSlots = QemuEngineDriver.netHotplugSlots
         inputs.incoming = l.incoming
         let args: [String]
