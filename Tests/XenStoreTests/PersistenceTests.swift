@@ -1,0 +1,237 @@
+import Foundation
+import Synchronization
+import Testing
+@testable import XenStore
+
+/// A temporary store directory, removed at the end.
+private final class StoreDir {
+    let path: String
+    let lines = Mutex<[String]>([])
+    init() {
+        var template = Array("/tmp/xsd-store-test-XXXXXX".utf8CString)
+        path = String(cString: template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }!)
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+    var journal: String { path + "/journal" }
+    var snapshot: String { path + "/snapshot" }
+
+    /// Opens the store as xenstored does (load, then compact unless `compact` is false).
+    func open(compact: Bool = true) throws -> (XenStoreCore, XenStorePersistentStore) {
+        let store = XenStorePersistentStore(directory: path, log: { [lines] l in lines.withLock { $0.append(l) } })
+        let core = XenStoreCore()
+        if let state = try store.open() { core.restore(state) }
+        if compact { try store.compact(core.stateAsChanges()) }
+        core.recordsChanges = true
+        return (core, store)
+    }
+
+    func bytes(_ p: String) -> [UInt8] { Array(FileManager.default.contents(atPath: p) ?? Data()) }
+    func put(_ p: String, _ b: [UInt8]) { FileManager.default.createFile(atPath: p, contents: Data(b)) }
+}
+
+/// Writes through a session and journals each request as the server does.
+private func journaled(_ core: XenStoreCore, _ store: XenStorePersistentStore, _ body: (inout Session) -> Void) {
+    var s = Session(core)
+    body(&s)
+    store.append(core.takeChanges())
+    store.sync()
+}
+
+@Suite struct PersistenceTests {
+    @Test func contentsPermissionsAndIntroducedDomainsSurviveAReload() throws {
+        let dir = StoreDir()
+        do {
+            let (core, store) = try dir.open()
+            journaled(core, store) { s in
+                _ = s.write("/local/domain/7/name", "guest")
+                _ = s.ask(.setPerms, ["/local/domain/7/name", "n0", "r7"])
+                _ = s.ask(.introduce, ["7", "0", "0"])
+            }
+            journaled(core, store) { s in _ = s.write("/vm/bin", "\u{1}\u{2}") }
+            journaled(core, store) { s in _ = s.ask(.rm, ["/vm/bin"]) }
+        }
+        let (core, _) = try dir.open()
+        var s = Session(core)
+        #expect(s.ask(.read, ["/local/domain/7/name"]) == ["guest"])
+        #expect(s.ask(.getPerms, ["/local/domain/7/name"]) == ["n0", "r7"])
+        #expect(s.ask(.read, ["/local/domain/0/name"]) == ["Domain-0"])
+        #expect(s.ask(.read, ["/vm/bin"]) == ["ERR", "ENOENT"])
+        #expect(core.isIntroduced(7))
+        #expect(s.ask(.directory, ["/local/domain"]) == ["0", "7"])
+    }
+
+    @Test func onlyCommittedTransactionsPersist() throws {
+        let dir = StoreDir()
+        do {
+            let (core, store) = try dir.open()
+            var s = Session(core)
+            let t1 = UInt32(s.ask(.transactionStart, [""])[0])!
+            _ = s.write("/tool/kept", "1", tx: t1)
+            let t2 = UInt32(s.ask(.transactionStart, [""])[0])!
+            _ = s.write("/tool/aborted", "1", tx: t2)
+            #expect(core.takeChanges().isEmpty)  // nothing before a commit
+            _ = s.ask(.transactionEnd, ["F"], tx: t2)
+            #expect(core.takeChanges().isEmpty)
+            _ = s.ask(.transactionEnd, ["T"], tx: t1)
+            let changes = core.takeChanges()
+            #expect(!changes.isEmpty)
+            store.append(changes)
+            store.sync()
+        }
+        let (core, _) = try dir.open()
+        var s = Session(core)
+        #expect(s.ask(.read, ["/tool/kept"]) == ["1"])
+        #expect(s.ask(.read, ["/tool/aborted"]) == ["ERR", "ENOENT"])
+    }
+
+    /// Two records after the snapshot; returns the journal's bytes and the second record's offset.
+    private func twoRecords(_ dir: StoreDir) throws -> ([UInt8], Int) {
+        let (core, store) = try dir.open()
+        journaled(core, store) { s in _ = s.write("/tool/a", "first") }
+        let mid = store.journalSize
+        journaled(core, store) { s in _ = s.write("/tool/b", "second") }
+        return (dir.bytes(dir.journal), mid)
+    }
+
+    @Test(arguments: [1, 5, 9, 20])
+    func aTornTailIsTruncatedAtTheLastGoodRecordAndLogged(cut: Int) throws {
+        let dir = StoreDir()
+        let (j, mid) = try twoRecords(dir)
+        dir.put(dir.journal, Array(j[0..<(mid + cut)]))
+        let (core, store) = try dir.open(compact: false)
+        var s = Session(core)
+        #expect(s.ask(.read, ["/tool/a"]) == ["first"])
+        #expect(s.ask(.read, ["/tool/b"]) == ["ERR", "ENOENT"])
+        #expect(dir.bytes(dir.journal).count == mid)
+        #expect(store.journalSize == mid)
+        let logged = dir.lines.withLock { $0 }
+        #expect(logged.count == 1 && logged[0].contains(dir.journal) && logged[0].contains("truncated to \(mid) bytes"))
+    }
+
+    @Test func aFlippedByteEndsTheJournalThere() throws {
+        let dir = StoreDir()
+        var (j, mid) = try twoRecords(dir)
+        j[mid - 3] ^= 0x40  // inside the first record's payload
+        dir.put(dir.journal, j)
+        let (core, _) = try dir.open(compact: false)
+        var s = Session(core)
+        #expect(s.ask(.read, ["/tool/a"]) == ["ERR", "ENOENT"])
+        #expect(s.ask(.read, ["/tool/b"]) == ["ERR", "ENOENT"])
+        #expect(dir.bytes(dir.journal).count == 8)
+        #expect(dir.lines.withLock { $0.first?.contains("CRC-32C") ?? false })
+    }
+
+    @Test func hostileRecordsWithGoodChecksumsAreCutOff() throws {
+        // Each payload is framed with a correct CRC, so only the decoder stands in the way.
+        var hostile: [[UInt8]] = []
+        var p: [UInt8] = [UInt8(ascii: "P")]
+        XenStoreRecords.appendU16(9, &p); p += Array("/../etc/x".utf8)
+        hostile.append(p)                                   // not a xenstore path
+        hostile.append([UInt8(ascii: "Z"), 1, 2, 3])        // unknown tag
+        hostile.append([UInt8(ascii: "I"), 0, 0, 1, 0])     // domid 65536
+        var q: [UInt8] = [UInt8(ascii: "P")]
+        XenStoreRecords.appendU16(2, &q); q += Array("/x".utf8)
+        XenStoreRecords.appendU32(0xFFFF_FFF0, &q)          // value length far past the payload
+        hostile.append(q)
+        for payload in hostile {
+            let dir = StoreDir()
+            _ = try dir.open()
+            var rec: [UInt8] = []
+            XenStoreRecords.appendU32(UInt32(payload.count), &rec)
+            XenStoreRecords.appendU32(XenStoreRecords.crc32c(payload), &rec)
+            dir.put(dir.journal, dir.bytes(dir.journal) + rec + payload)
+            let (core, _) = try dir.open(compact: false)
+            #expect(core.node(at: "/x") == nil)
+            #expect(dir.bytes(dir.journal).count == 8)
+            #expect(dir.lines.withLock { $0.count } == 1)
+        }
+        // A length field claiming 4 GiB.
+        let dir = StoreDir()
+        _ = try dir.open()
+        dir.put(dir.journal, dir.bytes(dir.journal) + [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0])
+        _ = try dir.open(compact: false)
+        #expect(dir.lines.withLock { $0.first?.contains("out of range") ?? false })
+    }
+
+    @Test func aTreeThatIsNotATreeIsRefused() throws {
+        let dir = StoreDir()
+        _ = try dir.open()
+        // A well-formed record that gives /local a child that does not exist.
+        let bad = XenStoreRecords.record([.put(path: "/local", node: XenStoreNode(permissions: XenStorePermission.owner(0),
+                                                                                  children: ["domain", "ghost"]))])
+        dir.put(dir.journal, dir.bytes(dir.journal) + bad)
+        #expect { _ = try dir.open() } throws: { e in
+            "\(e)".contains("inconsistent") && "\(e)".contains("ghost")
+        }
+    }
+
+    @Test func aDamagedSnapshotIsRefusedNamingTheFile() throws {
+        let dir = StoreDir()
+        _ = try dir.open()
+        let good = dir.bytes(dir.snapshot)
+        for damage in [{ (b: inout [UInt8]) in b[b.count / 2] ^= 1 },
+                       { (b: inout [UInt8]) in b.removeLast(3) },
+                       { (b: inout [UInt8]) in b[0] = UInt8(ascii: "Y") },
+                       { (b: inout [UInt8]) in b += [0] }] {
+            var b = good
+            damage(&b)
+            dir.put(dir.snapshot, b)
+            #expect { _ = try dir.open() } throws: { e in
+                "\(e)".hasPrefix(dir.snapshot) && "\(e)".contains("refusing to start")
+            }
+        }
+        // The journal is left alone by a refusal.
+        #expect(dir.bytes(dir.journal).count == 8)
+    }
+
+    @Test func aJournalThatIsNotOursIsRefused() throws {
+        let dir = StoreDir()
+        _ = try dir.open()
+        dir.put(dir.journal, Array("#!/bin/sh\nrm -rf /\n".utf8))
+        #expect { _ = try dir.open() } throws: { e in "\(e)".hasPrefix(dir.journal) && "\(e)".contains("not a xenstored journal") }
+    }
+
+    @Test func compactionKeepsEverythingAndShrinksTheJournal() throws {
+        let dir = StoreDir()
+        do {
+            let (core, store) = try dir.open()
+            store.compactThreshold = 4096
+            let server = XenStoreServer(core: core, store: store)
+            for i in 0..<300 {
+                server.withCore { c -> ((), [XenStoreOutput]) in
+                    var s = Session(c)
+                    _ = s.write("/tool/n\(i % 40)", String(repeating: "v", count: i))
+                    return ((), [])
+                }
+            }
+            #expect(store.journalSize <= 4096 + 1024)
+            server.stop()
+        }
+        let (core, _) = try dir.open()
+        var s = Session(core)
+        for i in 260..<300 { #expect(s.ask(.read, ["/tool/n\(i % 40)"]) == [String(repeating: "v", count: i)]) }
+    }
+
+    @Test func aServerJournalsBeforeItRepliesAndAReloadServesIt() throws {
+        let dir = StoreDir()
+        let sock = dir.path + "/sock"
+        do {
+            let (core, store) = try dir.open()
+            let server = XenStoreServer(core: core, store: store)
+            try server.listen(path: sock)
+            server.start()
+            let c = try XenStoreClient(path: sock)
+            try c.write("/local/domain/3/device/vif/0/mac", "00:16:3e:00:00:01")
+            try c.transaction { t in try t.write("/local/domain/3/name", "three") }
+            // The reply arrived: the journal already holds both requests.
+            let j = dir.bytes(dir.journal)
+            #expect(j.count > 8)
+            c.close()
+            server.stop()
+        }
+        let (core, _) = try dir.open()
+        var s = Session(core)
+        #expect(s.ask(.read, ["/local/domain/3/device/vif/0/mac"]) == ["00:16:3e:00:00:01"])
+        #expect(s.ask(.read, ["/local/domain/3/name"]) == ["three"])
+    }
+}
