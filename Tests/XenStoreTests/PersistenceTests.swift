@@ -1,12 +1,19 @@
 import Foundation
-import Synchronization
 import Testing
 @testable import XenStore
+
+/// Lines the store logged.
+final class LogLines: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func append(_ l: String) { lock.lock(); lines.append(l); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+}
 
 /// A temporary store directory, removed at the end.
 private final class StoreDir {
     let path: String
-    let lines = Mutex<[String]>([])
+    let log = LogLines()
     init() {
         var template = Array("/tmp/xsd-store-test-XXXXXX".utf8CString)
         path = String(cString: template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }!)
@@ -17,7 +24,7 @@ private final class StoreDir {
 
     /// Opens the store as xenstored does (load, then compact unless `compact` is false).
     func open(compact: Bool = true) throws -> (XenStoreCore, XenStorePersistentStore) {
-        let store = XenStorePersistentStore(directory: path, log: { [lines] l in lines.withLock { $0.append(l) } })
+        let store = XenStorePersistentStore(directory: path, log: { [log] l in log.append(l) })
         let core = XenStoreCore()
         if let state = try store.open() { core.restore(state) }
         if compact { try store.compact(core.stateAsChanges()) }
@@ -104,7 +111,7 @@ private func journaled(_ core: XenStoreCore, _ store: XenStorePersistentStore, _
         #expect(s.ask(.read, ["/tool/b"]) == ["ERR", "ENOENT"])
         #expect(dir.bytes(dir.journal).count == mid)
         #expect(store.journalSize == mid)
-        let logged = dir.lines.withLock { $0 }
+        let logged = dir.log.all
         #expect(logged.count == 1 && logged[0].contains(dir.journal) && logged[0].contains("truncated to \(mid) bytes"))
     }
 
@@ -118,7 +125,7 @@ private func journaled(_ core: XenStoreCore, _ store: XenStorePersistentStore, _
         #expect(s.ask(.read, ["/tool/a"]) == ["ERR", "ENOENT"])
         #expect(s.ask(.read, ["/tool/b"]) == ["ERR", "ENOENT"])
         #expect(dir.bytes(dir.journal).count == 8)
-        #expect(dir.lines.withLock { $0.first?.contains("CRC-32C") ?? false })
+        #expect(dir.log.all.first?.contains("CRC-32C") ?? false)
     }
 
     @Test func hostileRecordsWithGoodChecksumsAreCutOff() throws {
@@ -143,14 +150,14 @@ private func journaled(_ core: XenStoreCore, _ store: XenStorePersistentStore, _
             let (core, _) = try dir.open(compact: false)
             #expect(core.node(at: "/x") == nil)
             #expect(dir.bytes(dir.journal).count == 8)
-            #expect(dir.lines.withLock { $0.count } == 1)
+            #expect(dir.log.all.count == 1)
         }
         // A length field claiming 4 GiB.
         let dir = StoreDir()
         _ = try dir.open()
         dir.put(dir.journal, dir.bytes(dir.journal) + [0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0])
         _ = try dir.open(compact: false)
-        #expect(dir.lines.withLock { $0.first?.contains("out of range") ?? false })
+        #expect(dir.log.all.first?.contains("out of range") ?? false)
     }
 
     @Test func aTreeThatIsNotATreeIsRefused() throws {
@@ -233,5 +240,57 @@ private func journaled(_ core: XenStoreCore, _ store: XenStorePersistentStore, _
         var s = Session(core)
         #expect(s.ask(.read, ["/local/domain/3/device/vif/0/mac"]) == ["00:16:3e:00:00:01"])
         #expect(s.ask(.read, ["/local/domain/3/name"]) == ["three"])
+    }
+}
+
+/// An in-process daemon with a persistent store that can be stopped and started again.
+private final class RestartableDaemon: @unchecked Sendable {
+    let dir = StoreDir()
+    var sock: String { dir.path + "/sock" }
+    var server: XenStoreServer!
+    init() throws { try start() }
+    func start() throws {
+        let (core, store) = try dir.open()
+        server = XenStoreServer(core: core, store: store)
+        try server.listen(path: sock)
+        server.start()
+    }
+}
+
+@Suite struct ReconnectTests {
+    @Test func aReconnectingClientCarriesOnWithItsWatchesAcrossADaemonRestart() throws {
+        let d = try RestartableDaemon()
+        let sock = d.sock
+        let c = try XenStoreClient(path: sock, reconnectMilliseconds: 3000)
+        defer { c.close() }
+        let events = LogLines()
+        let reconnected = LogLines()
+        c.observeConnection(lost: { reconnected.append("lost") }, reconnected: { n in reconnected.append("back \(n)") })
+        try c.watch("/local/domain/4", token: "dom4") { ev in events.append(ev.path) }
+        try c.write("/local/domain/4/name", "four")
+        d.server.stop()
+        // While it is down a request waits; the daemon comes back with the store.
+        let restarter = Thread { usleep(200_000); try! d.start() }
+        restarter.start()
+        #expect(try c.readString("/local/domain/4/name") == "four")
+        #expect(reconnected.all == ["lost", "back 1"])
+        // The watch was registered again: a change made by another client fires it.
+        let other = try XenStoreClient(path: sock)
+        try other.write("/local/domain/4/memory/target", "65536")
+        other.close()
+        let deadline = Date().addingTimeInterval(3)
+        while !events.all.contains("/local/domain/4/memory/target") && Date() < deadline { usleep(10_000) }
+        #expect(events.all.contains("/local/domain/4/memory/target"), "\(events.all)")
+        // A transaction cannot survive: its end fails with a clear error (or ENOENT from the
+        // new daemon when the end is sent after the restart).
+        let tx = try c.startTransaction()
+        d.server.stop()
+        try d.start()
+        #expect(throws: XenStoreError.self) { try c.endTransaction(tx) }
+        d.server.stop()
+        // Without the daemon the request fails after the reconnection time, naming the socket.
+        let t0 = Date()
+        #expect { _ = try c.read("/local/domain/4/name") } throws: { e in "\(e)".contains("does not answer on \(sock)") }
+        #expect(Date().timeIntervalSince(t0) >= 2.5)
     }
 }
