@@ -196,6 +196,51 @@ public final class XenStorePersistentStore {
         }
     }
 
+    // MARK: boots
+
+    /// `/proc/sys/kernel/random/boot_id`: changes with every boot of the host.
+    public static func currentBootID() -> String? {
+        // A /proc file has no size: read it directly.
+        let fd = Glibc.open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var buf = [UInt8](repeating: 0, count: 128)
+        let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+        guard n > 0 else { return nil }
+        let s = String(decoding: buf[0..<n], as: UTF8.self).filter { !$0.isWhitespace }
+        return s.isEmpty ? nil : s
+    }
+
+    /// A store is for one boot of the host, as Xen's (its init script removes the tdb at
+    /// boot): no domain of an earlier boot runs any more, so their entries would be stale.
+    /// Removes `snapshot` and `journal` when `boot-id` in the directory names another boot
+    /// (logged), then records `bootID`. Call before `open()`.
+    /// - Returns: whether a store was discarded.
+    @discardableResult
+    public func discardIfFromAnotherBoot(_ bootID: String) -> Bool {
+        try? Self.makeDirectories(directory)
+        let idPath = directory + "/boot-id"
+        let stored = (try? Self.readFile(idPath)).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self).filter { !$0.isWhitespace } }
+        var discarded = false
+        if stored != bootID {
+            let had = access(snapshotPath, F_OK) == 0 || access(journalPath, F_OK) == 0
+            if had {
+                unlink(snapshotPath)
+                unlink(journalPath)
+                log("\(directory): store of an earlier boot (\(stored ?? "unknown")) discarded: its domains no longer run")
+                discarded = true
+            }
+            let fd = Glibc.open(idPath + ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            if fd >= 0 {
+                _ = Self.writeAll(fd, Array((bootID + "\n").utf8))
+                _ = fsync(fd)
+                Glibc.close(fd)
+                rename(idPath + ".tmp", idPath)
+            }
+        }
+        return discarded
+    }
+
     // MARK: files
 
     private static func readFile(_ path: String) throws(XenStorePersistenceError) -> [UInt8]? {

@@ -5,7 +5,8 @@
 //
 // With --store-dir the store's contents persist there (snapshot + write-ahead journal,
 // XenStore/StoreFiles.swift): a restarted daemon serves what it had. Without it the store
-// lives in memory only (tests, tools).
+// lives in memory only (tests, tools). A store written during an earlier boot of the host is
+// discarded (logged), as Xen's init script removes the tdb at boot.
 // Connections on the main socket are domain 0 (privileged). Each --domain-socket adds a
 // socket whose connections act as DOMID (unprivileged, relative paths under
 // /local/domain/DOMID): how backends and tests act as another domain with unmodified
@@ -75,6 +76,7 @@ struct XenStored: ParsableCommand {
                 var l = "xenstored: " + line + "\n"
                 l.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
             })
+            if let boot = XenStorePersistentStore.currentBootID() { s.discardIfFromAnotherBoot(boot) }
             do {
                 if let state = try s.open() { core.restore(state) }
                 try s.compact(core.stateAsChanges())

@@ -294,3 +294,20 @@ private final class RestartableDaemon: @unchecked Sendable {
         #expect(Date().timeIntervalSince(t0) >= 2.5)
     }
 }
+
+@Suite struct BootTests {
+    @Test func aStoreOfAnotherBootIsDiscardedAndTheSameBootKeepsIt() throws {
+        let dir = StoreDir()
+        let store = XenStorePersistentStore(directory: dir.path, log: { _ in })
+        #expect(!store.discardIfFromAnotherBoot("boot-a"))
+        do {
+            let (core, s) = try dir.open()
+            journaled(core, s) { x in _ = x.write("/local/domain/9/name", "nine") }
+        }
+        #expect(!store.discardIfFromAnotherBoot("boot-a"))
+        #expect(try dir.open().0.node(at: "/local/domain/9/name") != nil)
+        #expect(store.discardIfFromAnotherBoot("boot-b"))
+        #expect(try dir.open().0.node(at: "/local/domain/9/name") == nil)
+        #expect(XenStorePersistentStore.currentBootID()?.count == 36)
+    }
+}
