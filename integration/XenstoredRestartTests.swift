@@ -141,4 +141,25 @@ import Testing
         #expect(try xm("destroy", "xs2").status == 0)
         #expect(waitUntil(5) { !entries().contains { $0.hasPrefix("/local/domain/\(ids["xs1"]!)/") } })
     }
+
+    @Test func aDamagedStoreIsRefusedByNameAndXendCarriesOnOnceItIsMovedAside() throws {
+        if getuid() != 0 { print("SKIP: aDamagedStoreIsRefusedByNameAndXendCarriesOnOnceItIsMovedAside: needs root"); return }
+        defer { teardown() }
+        let dir = root + "/var/lib/xenstored"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        // This boot's id: the store is not discarded as one of an earlier boot.
+        let boot = try String(contentsOfFile: "/proc/sys/kernel/random/boot_id", encoding: .utf8)
+        try boot.write(toFile: dir + "/boot-id", atomically: true, encoding: .utf8)
+        try "XSSNAPS1 not a record".write(toFile: dir + "/snapshot", atomically: true, encoding: .utf8)
+        #expect(try xend("start").status == 0)
+        let expected = "xenstored did not start: \(dir)/snapshot: damaged snapshot"
+        #expect(waitUntil(5) { read("/var/log/xen/xend.log").contains(expected) }, "\(read("/var/log/xen/xend.log").suffix(800))")
+        #expect(read("/var/log/xen/xend.log").contains("refusing to start: move it aside"))
+        // Nothing serves on the socket while the store is refused.
+        #expect((try? tool("xenstore-read", "/local/domain/0/name"))?.status != 0)
+        // Moved aside: the supervisor's next attempt (at most 5 s later) starts a fresh store.
+        try FileManager.default.moveItem(atPath: dir + "/snapshot", toPath: dir + "/snapshot.damaged")
+        #expect(waitUntil(8) { (try? tool("xenstore-read", "/local/domain/0/name"))?.stdout == "Domain-0\n" })
+        #expect(try xm("list").status == 0)
+    }
 }

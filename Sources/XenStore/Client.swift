@@ -121,16 +121,22 @@ public final class XenStoreClient: @unchecked Sendable {
     ///     domain queries, introduce) are sent again; the others (transaction start/end,
     ///     anything inside a transaction, release, restrict, control) fail with
     ///     `.connectionLost`. Nil (the default): a lost connection stays lost.
-    /// - Throws: `XenStoreError.connect` when the socket cannot be reached.
+    ///     When set, a daemon that is not up yet is waited for in the same way.
+    /// - Throws: `XenStoreError.connect` when the socket cannot be reached (only without
+    ///   `reconnectMilliseconds`).
     public init(path: String = XenStoreDefaults.clientSocketPath, reconnectMilliseconds: Int? = nil) throws(XenStoreError) {
         self.path = path
-        let fd: Int32
-        do { fd = try XSSocket.connect(path) } catch { throw .connect(path: path, errno: error.errno) }
+        var fd: Int32 = -1
+        do { fd = try XSSocket.connect(path) } catch {
+            // A reconnecting client also waits for a daemon that is not up yet.
+            if reconnectMilliseconds == nil { throw .connect(path: path, errno: error.errno) }
+        }
         shared = Shared(fd: fd, path: path, reconnectTimeout: reconnectMilliseconds)
+        shared.connected = fd >= 0
         let s = shared
         reader = xsStartThread { Self.readLoop(s) }
         if reader == nil {
-            Glibc.close(fd)
+            if fd >= 0 { Glibc.close(fd) }
             throw .connect(path: path, errno: EAGAIN)
         }
     }
@@ -163,6 +169,9 @@ public final class XenStoreClient: @unchecked Sendable {
     }
 
     private static func readLoop(_ s: Shared) {
+        if s.cond.withLock({ s.fd < 0 }) {
+            guard reconnect(s) else { return }
+        }
         while true {
             let fd = s.cond.withLock { s.fd }
             serve(s, fd)
@@ -193,7 +202,7 @@ public final class XenStoreClient: @unchecked Sendable {
             if let fd = try? XSSocket.connect(s.path) { newFD = fd } else { usleep(20_000) }
         }
         s.writeLock.withLock {
-            Glibc.close(s.fd)
+            if s.fd >= 0 { Glibc.close(s.fd) }
             s.cond.withLock { s.fd = newFD }
         }
         let (watches, ids): ([(path: String, token: String)], [UInt32]) = s.cond.withLock {

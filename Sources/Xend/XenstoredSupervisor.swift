@@ -99,7 +99,9 @@ final class XenstoredSupervisor: @unchecked Sendable {
         case .exited:
             log.error("xenstored did not start: \(lastLine())")
         case .timedOut:
-            log.error("xenstored did not say it was ready within 10 s; see \(logPath)")
+            // Killed: the supervising loop reaps it and starts another.
+            log.error("xenstored did not say it was ready within 10 s; killing it; see \(logPath)")
+            kill(p, SIGKILL)
         }
         return false
     }

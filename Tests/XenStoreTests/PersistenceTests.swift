@@ -243,6 +243,17 @@ private func journaled(_ core: XenStoreCore, _ store: XenStorePersistentStore, _
     }
 }
 
+/// An in-memory daemon started later from another thread.
+private final class LateServer: @unchecked Sendable {
+    var server: XenStoreServer?
+    func start(_ sock: String) {
+        let s = XenStoreServer()
+        try! s.listen(path: sock)
+        s.start()
+        server = s
+    }
+}
+
 /// An in-process daemon with a persistent store that can be stopped and started again.
 private final class RestartableDaemon: @unchecked Sendable {
     let dir = StoreDir()
@@ -258,6 +269,18 @@ private final class RestartableDaemon: @unchecked Sendable {
 }
 
 @Suite struct ReconnectTests {
+    @Test func aReconnectingClientWaitsForADaemonThatIsNotUpYet() throws {
+        let dir = StoreDir()
+        let sock = dir.path + "/late.sock"
+        let c = try XenStoreClient(path: sock, reconnectMilliseconds: 3000)
+        defer { c.close() }
+        let holder = LateServer()
+        let starter = Thread { usleep(300_000); holder.start(sock) }
+        starter.start()
+        #expect(try c.readString("/local/domain/0/name") == "Domain-0")
+        holder.server?.stop()
+    }
+
     @Test func aReconnectingClientCarriesOnWithItsWatchesAcrossADaemonRestart() throws {
         let d = try RestartableDaemon()
         let sock = d.sock
