@@ -162,4 +162,61 @@ import Testing
         #expect(waitUntil(8) { (try? tool("xenstore-read", "/local/domain/0/name"))?.stdout == "Domain-0\n" })
         #expect(try xm("list").status == 0)
     }
+
+    /// The qemu engine, whose vifs can be hot-plugged: after a SIGKILL of xenstored,
+    /// `xm network-attach` makes a NIC with its xenstore entries, and a netback SIGKILL is
+    /// restarted with the vif's entries in place (xend runs in a network namespace).
+    @Test func networkAttachAndNetbackRestartAfterXenstoredRestart() throws {
+        if skip(NetbackNamespace.unavailable ?? QemuEnv.unavailable) { return }
+        if access("/usr/bin/xenstore-read", X_OK) != 0 { print("SKIP: networkAttachAndNetbackRestartAfterXenstoredRestart: xenstore-utils not installed"); return }
+        let ns = try NetbackNamespace("xsd")
+        let x = try NamespacedXend(ns, tag: "xsd")
+        defer { x.shutdown(); try? FileManager.default.removeItem(atPath: x.root) }
+        let g = QemuEnv.guestDir
+        let cfg = try x.write("xq.cfg", """
+            kernel = "\(g)/vmlinuz"
+            ramdisk = "\(g)/initrd.img"
+            memory = 256
+            name = "xq"
+            engine = "qemu"
+            vif = ['mac=00:16:3e:0d:00:01, bridge=xenbr0']
+            extra = "quiet panic=-1 \(QemuEnv.tscFlag)"
+            """)
+        let c = try x.xm(["create", cfg])
+        #expect(c.status == 0, "\(c.stderr)")
+        guard c.status == 0 else { return }
+        let id = try x.xm(["domid", "xq"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let be = "/local/domain/0/backend/vif/\(id)"
+        #expect(x.xsRead(be + "/0/state") == "4")
+        let pidFile = x.root + "/run/xenstored/xenstored.pid"
+        let old = try #require(Int32((try String(contentsOfFile: pidFile, encoding: .utf8)).trimmingCharacters(in: .whitespacesAndNewlines)))
+        kill(old, SIGKILL)
+        let t0 = Date()
+        #expect(NamespacedXend.waitUntil(5) { x.xsRead("/local/domain/\(id)/name") == "xq" })
+        print("qemu: xenstored answered again \(String(format: "%.3f", Date().timeIntervalSince(t0))) s after SIGKILL")
+        #expect(x.xsRead(be + "/0/mac") == "00:16:3e:0d:00:01")
+
+        let att = try x.xm(["network-attach", "xq", "mac=00:16:3e:0d:00:02", "bridge=xenbr0"])
+        #expect(att.status == 0, "\(att.stderr)")
+        #expect(NamespacedXend.waitUntil(10) { x.xsRead(be + "/1/state") == "4" }, "\(x.xsList(be))")
+        #expect(x.xsRead("/local/domain/\(id)/device/vif/1/mac") == "00:16:3e:0d:00:02")
+        #expect(try x.xm(["network-list", "xq"]).stdout.split(separator: "\n").count == 3)
+
+        // netback of vif 0 SIGKILLed: restarted, its entries still there.
+        let before = x.netbackPids()
+        #expect(before.count == 2)
+        let list = try x.xm(["network-list", "-l", "xq"]).stdout
+        let pid = list.split(whereSeparator: \.isNewline).first { $0.contains("(netback-pid") }
+            .flatMap { Int32($0.split(separator: " ").last?.dropLast() ?? "") }
+        #expect(pid != nil, "netback pid in network-list -l: \(list)")
+        if let pid { kill(pid, SIGKILL) }
+        #expect(NamespacedXend.waitUntil(10) {
+            let l = (try? x.xm(["network-list", "-l", "xq"]).stdout) ?? ""
+            return !l.contains("(netback-pid \(pid ?? 0))") && l.components(separatedBy: "(netback-pid").count == 3
+        })
+        #expect(x.xsRead(be + "/0/state") == "4" && x.xsRead(be + "/1/state") == "4")
+        let xlog = (try? String(contentsOfFile: x.root + "/var/log/xen/xend.log", encoding: .utf8)) ?? ""
+        #expect(!xlog.contains("xenstore: ") && !xlog.contains("had lost them"), "\(xlog.suffix(1500))")
+        #expect(xlog.contains("xenstored killed by SIGKILL"))
+    }
 }
