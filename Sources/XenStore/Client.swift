@@ -286,6 +286,8 @@ public final class XenStoreClient: @unchecked Sendable {
                 s.cond.wait(until: nil)
             }
             if lost {
+                // A reply that still comes (sent on the new connection) is dropped.
+                s.unclaimed.insert(id)
                 s.cond.unlock()
                 guard repeatable else { throw .connectionLost(request: type) }
                 resent = true

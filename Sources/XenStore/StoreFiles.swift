@@ -25,7 +25,9 @@ import Glibc
 
 /// Why the persistent store cannot be opened or written; one line naming the file.
 public struct XenStorePersistenceError: Error, Sendable, CustomStringConvertible {
+    /// The file or directory at fault.
     public var path: String
+    /// What is wrong and what to do, one line.
     public var reason: String
     public init(path: String, reason: String) { self.path = path; self.reason = reason }
     public var description: String { "\(path): \(reason)" }
@@ -39,7 +41,9 @@ public final class XenStorePersistentStore {
 
     /// The directory holding `snapshot` and `journal` (created mode 0700).
     public let directory: String
+    /// `DIR/journal`: the write-ahead journal.
     public var journalPath: String { directory + "/journal" }
+    /// `DIR/snapshot`: the last compaction's whole store.
     public var snapshotPath: String { directory + "/snapshot" }
     /// Journal size (bytes) beyond which the server compacts it into the snapshot.
     public var compactThreshold = 4 << 20

@@ -29,6 +29,7 @@ public enum XenStoreChange: Sendable, Equatable {
 public struct XenStoreRecordError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Offset in the file (or payload) where the problem is, in bytes.
     public var offset: Int
+    /// What is wrong there, one line.
     public var reason: String
     public init(offset: Int, reason: String) { self.offset = offset; self.reason = reason }
     public var description: String { "at byte \(offset): \(reason)" }
@@ -236,6 +237,7 @@ public struct XenStoreStoreState: Sendable {
     /// Introduced domains.
     public var introduced: Set<UInt32> = []
 
+    /// An empty state (no root: `inconsistency()` says so until a snapshot is applied).
     public init() {}
 
     /// Applies changes in order (a delete of an absent node, a release of an unknown domain

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import XenStore
+import UnixSocket
 
 /// Lines the store logged.
 final class LogLines: @unchecked Sendable {
@@ -332,5 +333,69 @@ private final class RestartableDaemon: @unchecked Sendable {
         #expect(store.discardIfFromAnotherBoot("boot-b"))
         #expect(try dir.open().0.node(at: "/local/domain/9/name") == nil)
         #expect(XenStorePersistentStore.currentBootID()?.count == 36)
+    }
+}
+
+/// A daemon that dies (closes the connection) after reading the first request, then on the
+/// next connection answers every request with `reply`: an in-flight request at a crash.
+private final class DyingDaemon: @unchecked Sendable {
+    let path: String
+    let lfd: Int32
+    init(path: String) throws {
+        self.path = path
+        lfd = try UnixSocket.listen(path: path, backlog: 4)
+        let l = lfd
+        Thread {
+            let first = accept(l, nil, nil)
+            _ = Self.readMessage(first)
+            close(first)
+            let second = accept(l, nil, nil)
+            while let m = Self.readMessage(second) {
+                let payload: [UInt8] = m.type == XenStoreMessageType.read.rawValue ? Array("again".utf8) : Array("OK".utf8) + [0]
+                let r = XenStoreMessage(type: m.type, requestID: m.requestID, transactionID: m.transactionID, payload: payload).encoded()
+                _ = r.withUnsafeBytes { send(second, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            }
+            close(second)
+        }.start()
+    }
+    deinit { close(lfd); unlink(path) }
+
+    static func readMessage(_ fd: Int32) -> XenStoreMessage? {
+        func exactly(_ n: Int) -> [UInt8]? {
+            var b = [UInt8](repeating: 0, count: n), got = 0
+            while got < n {
+                let r = b.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, n - got, 0) }
+                if r <= 0 { return nil }
+                got += r
+            }
+            return b
+        }
+        guard let h = exactly(XenStoreLimits.headerSize) else { return nil }
+        let d = XenStoreMessage.decodeHeader(h)
+        guard let p = d.length == 0 ? [] : exactly(Int(d.length)) else { return nil }
+        return XenStoreMessage(type: d.type, requestID: d.requestID, transactionID: d.transactionID, payload: p)
+    }
+}
+
+@Suite struct InFlightTests {
+    @Test func aReadInFlightAtACrashIsSentAgain() throws {
+        let dir = StoreDir()
+        let d = try DyingDaemon(path: dir.path + "/dying.sock")
+        let c = try XenStoreClient(path: d.path, reconnectMilliseconds: 3000)
+        defer { c.close() }
+        #expect(try c.readString("/local/domain/0/name") == "again")
+    }
+
+    @Test func aTransactionEndInFlightAtACrashFailsSayingSo() throws {
+        let dir = StoreDir()
+        let d = try DyingDaemon(path: dir.path + "/dying.sock")
+        let c = try XenStoreClient(path: d.path, reconnectMilliseconds: 3000)
+        defer { c.close() }
+        #expect { try c.endTransaction(7) } throws: { e in
+            (e as? XenStoreError) == .connectionLost(request: .transactionEnd)
+                && "\(e)".contains("may or may not have taken effect")
+        }
+        // The client carries on on the new connection.
+        #expect(try c.readString("/x") == "again")
     }
 }
