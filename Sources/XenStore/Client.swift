@@ -24,6 +24,11 @@ public enum XenStoreError: Error, Sendable, Equatable, CustomStringConvertible {
     case disconnected
     /// The daemon sent something that is not the protocol (oversized or mistyped reply).
     case protocolViolation(String)
+    /// A reconnecting client lost its connection while this request (one that is not safe
+    /// to repeat) was in flight: it may or may not have taken effect.
+    case connectionLost(request: XenStoreMessageType)
+    /// A reconnecting client's daemon did not come back within its reconnection time.
+    case notAnswering(path: String)
 
     public var description: String {
         switch self {
@@ -31,6 +36,8 @@ public enum XenStoreError: Error, Sendable, Equatable, CustomStringConvertible {
         case .connect(let p, let e): return "xenstore: cannot connect to \(p): \(String(cString: strerror(e)))"
         case .disconnected: return "xenstore: connection closed"
         case .protocolViolation(let s): return "xenstore: protocol violation: \(s)"
+        case .connectionLost(let t): return "xenstore: xenstored restarted while \(t) was in flight; it may or may not have taken effect (a transaction is abandoned: start it again)"
+        case .notAnswering(let p): return "xenstore: xenstored does not answer on \(p) (it is restarting or down)"
         }
     }
 }
@@ -58,7 +65,11 @@ public enum XenStoreDefaults {
 /// the client), the others queue for `waitForWatchEvent`.
 public final class XenStoreClient: @unchecked Sendable {
     private final class Shared: @unchecked Sendable {
-        let fd: Int32
+        /// The current connection's socket; replaced (under `writeLock` and `cond`) on reconnect.
+        var fd: Int32
+        let path: String
+        /// How long a request waits for xenstored to come back (ms); nil: no reconnection.
+        let reconnectTimeout: Int?
         let cond = XSCondition()
         let writeLock = XSCondition()
         var nextRequestID: UInt32 = 1
@@ -66,11 +77,30 @@ public final class XenStoreClient: @unchecked Sendable {
         var events: [XenStoreWatchEvent] = []
         var callbackQueue: [(XenStoreWatchEvent, @Sendable (XenStoreWatchEvent) -> Void)] = []
         var handlers: [String: @Sendable (XenStoreWatchEvent) -> Void] = [:]
+        /// Watches registered on the daemon, (path, token) in order: registered again after
+        /// a reconnection.
+        var watches: [(path: String, token: String)] = []
+        /// Request ids whose replies nobody waits for (watches registered again).
+        var unclaimed: Set<UInt32> = []
+        /// Counts connections: a request sent on an earlier one lost its reply.
+        var epoch = 0
+        var connected = true
         var closed = false
         var failure: XenStoreError?
-        init(fd: Int32) { self.fd = fd }
+        var onReconnect: (@Sendable (Int) -> Void)?
+        var onDisconnect: (@Sendable () -> Void)?
+        init(fd: Int32, path: String, reconnectTimeout: Int?) {
+            self.fd = fd
+            self.path = path
+            self.reconnectTimeout = reconnectTimeout
+        }
         /// Wakes every waiter; the caller holds `cond`.
         func broadcastLocked() { cond.broadcast() }
+        func takeRequestID() -> UInt32 {
+            let id = nextRequestID
+            nextRequestID = nextRequestID &+ 1
+            return id
+        }
     }
 
     private let shared: Shared
@@ -82,44 +112,123 @@ public final class XenStoreClient: @unchecked Sendable {
     public let path: String
 
     /// Connects to the daemon's Unix socket.
-    /// - Parameter path: socket path; default `$XENSTORED_PATH` or `$XENITH_ROOT/run/xenstored/socket`.
-    /// - Throws: `XenStoreError.connect` when the socket cannot be reached.
-    public init(path: String = XenStoreDefaults.clientSocketPath) throws(XenStoreError) {
+    /// - Parameters:
+    ///   - path: socket path; default `$XENSTORED_PATH` or `$XENITH_ROOT/run/xenstored/socket`.
+    ///   - reconnectMilliseconds: when set, a lost connection (xenstored died) is made again
+    ///     in the background and every watch of this client registered again; a request
+    ///     meanwhile waits up to this long for it. Requests that are safe to repeat (outside
+    ///     a transaction: read, write, mkdir, rm, directory, permissions, watch, unwatch,
+    ///     domain queries, introduce) are sent again; the others (transaction start/end,
+    ///     anything inside a transaction, release, restrict, control) fail with
+    ///     `.connectionLost`. Nil (the default): a lost connection stays lost.
+    ///     When set, a daemon that is not up yet is waited for in the same way.
+    /// - Throws: `XenStoreError.connect` when the socket cannot be reached (only without
+    ///   `reconnectMilliseconds`).
+    public init(path: String = XenStoreDefaults.clientSocketPath, reconnectMilliseconds: Int? = nil) throws(XenStoreError) {
         self.path = path
-        let fd: Int32
-        do { fd = try XSSocket.connect(path) } catch { throw .connect(path: path, errno: error.errno) }
-        shared = Shared(fd: fd)
+        var fd: Int32 = -1
+        do { fd = try XSSocket.connect(path) } catch {
+            // A reconnecting client also waits for a daemon that is not up yet.
+            if reconnectMilliseconds == nil { throw .connect(path: path, errno: error.errno) }
+        }
+        shared = Shared(fd: fd, path: path, reconnectTimeout: reconnectMilliseconds)
+        shared.connected = fd >= 0
         let s = shared
         reader = xsStartThread { Self.readLoop(s) }
         if reader == nil {
-            Glibc.close(fd)
+            if fd >= 0 { Glibc.close(fd) }
             throw .connect(path: path, errno: EAGAIN)
         }
     }
 
     deinit { close() }
 
+    /// Observers of a reconnecting client (`reconnectMilliseconds`): `lost` when the
+    /// connection drops, `reconnected` with the number of watches registered again.
+    /// Both run on the client's reader thread and must not call the client.
+    public func observeConnection(lost: @escaping @Sendable () -> Void, reconnected: @escaping @Sendable (Int) -> Void) {
+        shared.cond.withLock { shared.onDisconnect = lost; shared.onReconnect = reconnected }
+    }
+
     /// Closes the connection; pending and later requests fail with `.disconnected`.
     public func close() {
         lifecycle.lock()
         defer { lifecycle.unlock() }
         guard let r = reader else { return }
-        shared.cond.withLock { shared.closed = true; shared.broadcastLocked() }
-        shutdown(shared.fd, Int32(SHUT_RDWR))
+        let fd = shared.cond.withLock { shared.closed = true; shared.broadcastLocked(); return shared.fd }
+        shutdown(fd, Int32(SHUT_RDWR))
         pthread_join(r, nil)
         reader = nil
         if let c = callbackThread {
             if pthread_equal(c, pthread_self()) != 0 { pthread_detach(c) } else { pthread_join(c, nil) }
             callbackThread = nil
         }
-        Glibc.close(shared.fd)
+        shared.writeLock.withLock { Glibc.close(shared.fd); shared.fd = -1 }
         // Handlers often capture the client; dropping them breaks that cycle.
         shared.cond.withLock { shared.handlers.removeAll(); shared.callbackQueue.removeAll() }
     }
 
     private static func readLoop(_ s: Shared) {
+        if s.cond.withLock({ s.fd < 0 }) {
+            guard reconnect(s) else { return }
+        }
         while true {
-            guard let header = XSSocket.receiveExactly(s.fd, XenStoreLimits.headerSize) else { break }
+            let fd = s.cond.withLock { s.fd }
+            serve(s, fd)
+            let (closed, lost) = s.cond.withLock { () -> (Bool, (@Sendable () -> Void)?) in
+                if s.closed || s.reconnectTimeout == nil {
+                    s.closed = true
+                    s.broadcastLocked()
+                    return (true, nil)
+                }
+                s.connected = false
+                s.epoch += 1
+                s.failure = nil
+                s.broadcastLocked()
+                return (false, s.onDisconnect)
+            }
+            if closed { return }
+            lost?()
+            guard reconnect(s) else { return }
+        }
+    }
+
+    /// Makes the connection again (every 20 ms until it works or the client is closed) and
+    /// registers every watch again. False when the client was closed meanwhile.
+    private static func reconnect(_ s: Shared) -> Bool {
+        var newFD: Int32 = -1
+        while newFD < 0 {
+            if s.cond.withLock({ s.closed }) { return false }
+            if let fd = try? XSSocket.connect(s.path) { newFD = fd } else { usleep(20_000) }
+        }
+        s.writeLock.withLock {
+            if s.fd >= 0 { Glibc.close(s.fd) }
+            s.cond.withLock { s.fd = newFD }
+        }
+        let (watches, ids): ([(path: String, token: String)], [UInt32]) = s.cond.withLock {
+            let ids = s.watches.map { _ in s.takeRequestID() }
+            s.unclaimed.formUnion(ids)
+            return (s.watches, ids)
+        }
+        // Sent before any waiting request can go out (they wait for `connected`).
+        s.writeLock.withLock {
+            for (w, id) in zip(watches, ids) {
+                _ = XSSocket.sendAll(newFD, XenStoreMessage(.watch, requestID: id, strings: [w.path, w.token]).encoded())
+            }
+        }
+        let observer = s.cond.withLock { () -> (@Sendable (Int) -> Void)? in
+            s.connected = true
+            s.broadcastLocked()
+            return s.onReconnect
+        }
+        observer?(watches.count)
+        return true
+    }
+
+    /// Reads replies and events from `fd` until it ends (EOF, error, protocol violation).
+    private static func serve(_ s: Shared, _ fd: Int32) {
+        while true {
+            guard let header = XSSocket.receiveExactly(fd, XenStoreLimits.headerSize) else { break }
             let h = XenStoreMessage.decodeHeader(header)
             guard h.length <= UInt32(XenStoreLimits.payloadMax) else {
                 s.cond.withLock { s.failure = .protocolViolation("reply of \(h.length) bytes") }
@@ -127,7 +236,7 @@ public final class XenStoreClient: @unchecked Sendable {
             }
             var payload: [UInt8] = []
             if h.length > 0 {
-                guard let p = XSSocket.receiveExactly(s.fd, Int(h.length)) else { break }
+                guard let p = XSSocket.receiveExactly(fd, Int(h.length)) else { break }
                 payload = p
             }
             let m = XenStoreMessage(type: h.type, requestID: h.requestID, transactionID: h.transactionID, payload: payload)
@@ -137,41 +246,71 @@ public final class XenStoreClient: @unchecked Sendable {
                     guard strs.count >= 2 else { return }
                     let ev = XenStoreWatchEvent(path: strs[0], token: strs[1])
                     if let h = s.handlers[ev.token] { s.callbackQueue.append((ev, h)) } else { s.events.append(ev) }
-                } else {
+                } else if s.unclaimed.remove(m.requestID) == nil {
                     s.replies[m.requestID] = m
                 }
                 s.broadcastLocked()
             }
         }
-        s.cond.withLock { s.closed = true; s.broadcastLocked() }
     }
 
     // MARK: raw requests
 
     /// Sends one request and waits for its reply payload.
-    /// - Throws: `.reply(code)` for an `XS_ERROR` answer, `.disconnected`, `.protocolViolation`.
+    /// - Throws: `.reply(code)` for an `XS_ERROR` answer, `.disconnected`, `.protocolViolation`,
+    ///   `.connectionLost` (a reconnecting client: the request may or may not have taken effect).
     public func request(_ type: XenStoreMessageType, payload: [UInt8], transaction: UInt32 = 0) throws(XenStoreError) -> [UInt8] {
         guard payload.count <= XenStoreLimits.payloadMax else { throw .reply(.E2BIG) }
         let s = shared
-        let id: UInt32 = s.cond.withLock {
-            let id = s.nextRequestID
-            s.nextRequestID = s.nextRequestID &+ 1
-            return id
+        let repeatable = transaction == 0 && Self.repeatable.contains(type)
+        let deadline = s.reconnectTimeout.map { xsMonotonicNanoseconds() + UInt64(max(0, $0)) * 1_000_000 }
+        var resent = false
+        while true {
+            // Wait for a connection (a reconnecting client whose daemon is coming back).
+            s.cond.lock()
+            while !s.connected && !s.closed {
+                if let deadline, xsMonotonicNanoseconds() >= deadline { s.cond.unlock(); throw .notAnswering(path: s.path) }
+                s.cond.wait(until: deadline)
+            }
+            if s.closed { s.cond.unlock(); throw s.failure ?? .disconnected }
+            let id = s.takeRequestID(), epoch = s.epoch
+            s.cond.unlock()
+            let bytes = XenStoreMessage(type, requestID: id, transactionID: transaction, payload: payload).encoded()
+            let sent = s.writeLock.withLock { s.fd >= 0 && XSSocket.sendAll(s.fd, bytes) }
+            s.cond.lock()
+            var lost = false
+            while s.replies[id] == nil {
+                if s.closed { s.cond.unlock(); throw s.failure ?? .disconnected }
+                if s.epoch != epoch { lost = true; break }
+                if !sent && s.reconnectTimeout == nil { s.cond.unlock(); throw .disconnected }
+                s.cond.wait(until: nil)
+            }
+            if lost {
+                // A reply that still comes (sent on the new connection) is dropped.
+                s.unclaimed.insert(id)
+                s.cond.unlock()
+                guard repeatable else { throw .connectionLost(request: type) }
+                resent = true
+                continue
+            }
+            let reply = s.replies.removeValue(forKey: id)!
+            s.cond.unlock()
+            if reply.type == XenStoreMessageType.error.rawValue {
+                let code = XenStoreErrorCode(payload: reply.payload)
+                // A watch sent again: the reconnection registered it first.
+                if resent && type == .watch && code == .EEXIST { return Array("OK".utf8) + [0] }
+                throw .reply(code)
+            }
+            guard reply.type == type.rawValue else { throw .protocolViolation("reply type \(reply.type) to request \(type.rawValue)") }
+            return reply.payload
         }
-        let bytes = XenStoreMessage(type, requestID: id, transactionID: transaction, payload: payload).encoded()
-        let sent = s.writeLock.withLock { XSSocket.sendAll(s.fd, bytes) }
-        if !sent { throw .disconnected }
-        s.cond.lock()
-        defer { s.cond.unlock() }
-        while s.replies[id] == nil {
-            if s.closed { throw s.failure ?? .disconnected }
-            s.cond.wait(until: nil)
-        }
-        let reply = s.replies.removeValue(forKey: id)!
-        if reply.type == XenStoreMessageType.error.rawValue { throw .reply(XenStoreErrorCode(payload: reply.payload)) }
-        guard reply.type == type.rawValue else { throw .protocolViolation("reply type \(reply.type) to request \(type.rawValue)") }
-        return reply.payload
     }
+
+    /// Requests a reconnecting client sends again after a lost connection: repeating them
+    /// gives the same result (outside a transaction).
+    static let repeatable: Set<XenStoreMessageType> = [.read, .write, .mkdir, .rm, .directory, .directoryPart, .getPerms,
+                                                        .setPerms, .watch, .unwatch, .getDomainPath, .isDomainIntroduced,
+                                                        .introduce, .setTarget]
 
     private func request(_ type: XenStoreMessageType, _ strings: [String], transaction: UInt32 = 0) throws(XenStoreError) -> [UInt8] {
         var p: [UInt8] = []
@@ -255,7 +394,19 @@ public final class XenStoreClient: @unchecked Sendable {
     /// - Throws: `.reply(.EEXIST)` for a duplicate (path, token); `.reply(.E2BIG)` for a
     ///   token longer than `XenStoreCore.watchTokenMax` (1022) bytes.
     public func watch(_ path: String, token: String) throws(XenStoreError) {
-        _ = try request(.watch, [path, token])
+        try registerWatch(path, token)
+    }
+
+    /// WATCH, remembered (before it is sent) so that a reconnection registers it again.
+    private func registerWatch(_ path: String, _ token: String) throws(XenStoreError) {
+        let s = shared
+        s.cond.withLock { s.watches.append((path, token)) }
+        do { _ = try request(.watch, [path, token]) } catch {
+            s.cond.withLock {
+                if let i = s.watches.lastIndex(where: { $0.path == path && $0.token == token }) { s.watches.remove(at: i) }
+            }
+            throw error
+        }
     }
 
     /// WATCH with `handler` run on the client's callback thread for each event of `token`
@@ -265,7 +416,7 @@ public final class XenStoreClient: @unchecked Sendable {
         let s = shared
         s.cond.withLock { s.handlers[token] = handler }
         startCallbackThread()
-        do { _ = try request(.watch, [path, token]) } catch {
+        do { try registerWatch(path, token) } catch {
             s.cond.withLock { s.handlers[token] = nil }
             throw error
         }
@@ -275,7 +426,10 @@ public final class XenStoreClient: @unchecked Sendable {
     public func unwatch(_ path: String, token: String) throws(XenStoreError) {
         _ = try request(.unwatch, [path, token])
         let s = shared
-        s.cond.withLock { s.handlers[token] = nil }
+        s.cond.withLock {
+            s.handlers[token] = nil
+            s.watches.removeAll { $0.path == path && $0.token == token }
+        }
     }
 
     /// The next queued watch event, waiting up to `timeoutMilliseconds` (nil: forever).
@@ -307,7 +461,7 @@ public final class XenStoreClient: @unchecked Sendable {
     public func resetWatches() throws(XenStoreError) {
         _ = try request(.resetWatches, [""])
         let s = shared
-        s.cond.withLock { s.handlers.removeAll() }
+        s.cond.withLock { s.handlers.removeAll(); s.watches.removeAll() }
     }
 
     private func startCallbackThread() {

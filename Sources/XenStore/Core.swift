@@ -93,6 +93,12 @@ public final class XenStoreCore {
     private var introduced: Set<UInt32> = []
     private var targets: [UInt32: UInt32] = [:]
     private var ownerCounts: [UInt32: Int] = [:]
+    /// Committed changes not yet taken by `takeChanges()`, when `recordsChanges` is on.
+    private var pendingChanges: [XenStoreChange] = []
+
+    /// Whether committed changes are kept for `takeChanges()` (the journal's feed). Off by
+    /// default: a core without persistence keeps nothing.
+    public var recordsChanges = false
 
     /// Most nodes an unprivileged domain may own (Xen's default `quota-nb-entry-per-domain`).
     public var nodeQuota = 1000
@@ -114,6 +120,42 @@ public final class XenStoreCore {
         }
         setBase("/local/domain/0/name", value: Array("Domain-0".utf8))
         setBase("/local/domain/0/domid", value: Array("0".utf8))
+    }
+
+    // MARK: persistence
+
+    /// Every change to the committed tree (and to the introduced domains) since the last
+    /// call, in order: one request's worth after each `handle` (a transaction's only at its
+    /// commit, so an aborted or conflicting one leaves nothing). Empty unless `recordsChanges`.
+    public func takeChanges() -> [XenStoreChange] {
+        let c = pendingChanges
+        pendingChanges.removeAll(keepingCapacity: true)
+        return c
+    }
+
+    /// The whole committed state as changes that rebuild it from nothing (parents before
+    /// children): what a snapshot holds.
+    public func stateAsChanges() -> [XenStoreChange] {
+        var out: [XenStoreChange] = []
+        out.reserveCapacity(nodes.count + introduced.count)
+        var stack = ["/"]
+        while let p = stack.popLast() {
+            guard let n = nodes[p] else { continue }
+            out.append(.put(path: p, node: n))
+            for c in n.children.reversed() { stack.append(XenStorePath.child(p, c)) }
+        }
+        for d in introduced.sorted() { out.append(.introduce(d)) }
+        return out
+    }
+
+    /// Replaces the committed tree and the introduced domains with `state` (loaded from
+    /// disk and checked by `XenStoreStoreState`). Connections are kept; nothing is recorded.
+    public func restore(_ state: XenStoreStoreState) {
+        nodes.removeAll()
+        ownerCounts.removeAll()
+        for (path, node) in state.nodes { putBase(path, node) }
+        introduced = state.introduced
+        pendingChanges.removeAll()
     }
 
     // MARK: connections
@@ -352,6 +394,7 @@ public final class XenStoreCore {
             guard args.count >= 3, let domid = Self.parseDomid(args[0]), domid != 0 else { throw .EINVAL }
             if !introduced.contains(domid) {
                 introduced.insert(domid)
+                if recordsChanges { pendingChanges.append(.introduce(domid)) }
                 events.append(XenStoreEvent(path: "@introduceDomain", recurse: false, permissions: []))
             }
             return Self.ok
@@ -360,6 +403,7 @@ public final class XenStoreCore {
             guard conn.privileged else { throw .EACCES }
             guard let domid = Self.parseDomid(try oneArg(m)), domid != 0 else { throw .EINVAL }
             guard introduced.remove(domid) != nil else { throw .ENOENT }
+            if recordsChanges { pendingChanges.append(.release(domid)) }
             targets[domid] = nil
             events.append(XenStoreEvent(path: "@releaseDomain", recurse: false, permissions: []))
             return Self.ok
@@ -502,10 +546,14 @@ public final class XenStoreCore {
         } else {
             ownerCounts[n.owner, default: 0] += 1
         }
+        if recordsChanges { pendingChanges.append(.put(path: path, node: n)) }
     }
 
     private func removeBase(_ path: String) {
-        if let old = nodes.removeValue(forKey: path) { ownerCounts[old.owner, default: 1] -= 1 }
+        if let old = nodes.removeValue(forKey: path) {
+            ownerCounts[old.owner, default: 1] -= 1
+            if recordsChanges { pendingChanges.append(.delete(path: path)) }
+        }
     }
 
     private func setBase(_ path: String, value: [UInt8]) {

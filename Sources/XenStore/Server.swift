@@ -64,9 +64,16 @@ public final class XenStoreServer: @unchecked Sendable {
     private var thread: pthread_t?
     private var stopping = false
 
+    /// The store's files, when the contents persist (StoreFiles.swift).
+    private let store: XenStorePersistentStore?
+
     /// A server over `core` (default: a fresh tree with Xen's initial layout).
-    public init(core: XenStoreCore = XenStoreCore()) {
+    /// - Parameter store: an opened persistent store (`XenStorePersistentStore.open()` already
+    ///   loaded into `core`): every change is journaled and made durable before its reply.
+    public init(core: XenStoreCore = XenStoreCore(), store: XenStorePersistentStore? = nil) {
         self.core = core
+        self.store = store
+        if store != nil { core.recordsChanges = true }
         epfd = epoll_create1(Int32(EPOLL_CLOEXEC))
         wakefd = eventfd(0, Int32(EFD_CLOEXEC | EFD_NONBLOCK))
         addToEpoll(wakefd, events: UInt32(EPOLLIN.rawValue))
@@ -138,6 +145,8 @@ public final class XenStoreServer: @unchecked Sendable {
     public func withCore<T>(_ body: (XenStoreCore) -> (T, [XenStoreOutput])) -> T {
         lock.lock()
         let (value, outputs) = body(core)
+        persistChanges()
+        store?.sync()
         for o in outputs { enqueue(o) }
         for c in connections.values where c.pending > 0 { flush(c) }
         lock.unlock()
@@ -224,8 +233,25 @@ public final class XenStoreServer: @unchecked Sendable {
                     return
                 }
                 guard let m = message else { break }
-                for o in core.handle(m, from: c.id) { enqueue(o) }
+                let outputs = core.handle(m, from: c.id)
+                persistChanges()
+                for o in outputs { enqueue(o) }
             }
+            // Write-ahead: what this chunk of requests changed is on disk before any of
+            // their replies can be sent.
+            store?.sync()
+        }
+    }
+
+    /// Appends the core's changes of the request just handled to the journal (one record)
+    /// and compacts the journal into the snapshot once it has grown large.
+    private func persistChanges() {
+        guard let store else { return }
+        let changes = core.takeChanges()
+        guard !changes.isEmpty else { return }
+        store.append(changes)
+        if store.wantsCompaction {
+            do { try store.compact(core.stateAsChanges()) } catch { store.log("compaction failed: \(error)") }
         }
     }
 

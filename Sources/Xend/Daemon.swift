@@ -91,23 +91,17 @@ public struct XendDaemon {
         return 0
     }
 
-    /// Starts xenstored (beside xend) unless one answers on this root's socket.
+    /// Adopts or starts this root's xenstored under supervision (XenstoredSupervisor.swift)
+    /// and connects a client that reconnects when it restarts.
     func ensureXenstored(_ log: Logger) -> XenStoreClient? {
-        let sock = paths.xenstoredSocket
-        if !XenStoreServer.isListening(sock) {
-            XenithPaths.makeDirectories((sock as NSString).deletingLastPathComponent)
-            // xenstored daemonizes itself and exits once its socket answers (inherits stdio).
-            let pid: pid_t
-            do {
-                pid = try spawnProcess([binDir + "/xenstored", "--socket", sock, "--pid-file", paths.xenstoredPidFile],
-                                       SpawnOptions(stdin: .descriptor(0), stdout: .descriptor(1), stderr: .descriptor(2), newSession: false))
-            } catch { log.error("cannot start xenstored: \(error.message)"); return nil }
-            var st: Int32 = 0
-            while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
-            if st != 0 { log.error("xenstored exited with status \(st >> 8)") }
-            log.info("started xenstored on \(sock)")
-        }
-        do { return try XenStoreClient(path: sock) } catch { log.error("cannot connect to xenstored: \(error)"); return nil }
+        let supervisor = XenstoredSupervisor(paths: paths, binary: binDir + "/xenstored", logger: log)
+        supervisor.start()
+        do {
+            let xs = try XenStoreClient(path: paths.xenstoredSocket, reconnectMilliseconds: XenstoredSupervisor.clientReconnectMilliseconds)
+            xs.observeConnection(lost: { log.warning("xenstored went away; reconnecting") },
+                                 reconnected: { n in log.info("reconnected to xenstored (\(n) watches registered again)") })
+            return xs
+        } catch { log.error("cannot connect to xenstored: \(error)"); return nil }
     }
 
     /// The daemon body (`xend run`): foreground, until SIGTERM/SIGINT.

@@ -1,8 +1,12 @@
 // xenstored: the xenstore daemon (Xen docs/misc/xenstore.txt) on a Unix socket.
 //
 //   xenstored [--no-fork|-N] [--socket PATH] [--pid-file F] [--domain-socket DOMID:PATH]...
-//             [--ready-fd N]
+//             [--ready-fd N] [--store-dir DIR]
 //
+// With --store-dir the store's contents persist there (snapshot + write-ahead journal,
+// XenStore/StoreFiles.swift): a restarted daemon serves what it had. Without it the store
+// lives in memory only (tests, tools). A store written during an earlier boot of the host is
+// discarded (logged), as Xen's init script removes the tdb at boot.
 // Connections on the main socket are domain 0 (privileged). Each --domain-socket adds a
 // socket whose connections act as DOMID (unprivileged, relative paths under
 // /local/domain/DOMID): how backends and tests act as another domain with unmodified
@@ -34,6 +38,10 @@ struct XenStored: ParsableCommand {
             help: "Say 'ready' (or 'failed: REASON') on this descriptor once serving (Spawn/ReadinessMessage.swift).")
     var readyFd: Int32?
 
+    @Option(name: .customLong("store-dir"),
+            help: "Keep the store's contents in DIR (snapshot + journal) across restarts; in memory only without it.")
+    var storeDir: String?
+
     func validate() throws {
         for d in domainSockets {
             guard let (domid, path) = Self.parseDomainSocket(d), domid <= 65535, !path.isEmpty else {
@@ -61,7 +69,23 @@ struct XenStored: ParsableCommand {
         for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, s) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
 
-        let server = XenStoreServer()
+        let core = XenStoreCore()
+        var store: XenStorePersistentStore?
+        if let storeDir {
+            let s = XenStorePersistentStore(directory: storeDir, log: { line in
+                var l = "xenstored: " + line + "\n"
+                l.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+            })
+            if let boot = XenStorePersistentStore.currentBootID() { s.discardIfFromAnotherBoot(boot) }
+            do {
+                if let state = try s.open() { core.restore(state) }
+                try s.compact(core.stateAsChanges())
+            } catch {
+                fail("\(error)")
+            }
+            store = s
+        }
+        let server = XenStoreServer(core: core, store: store)
         do {
             try server.listen(path: path, domid: 0)
             for d in domainSockets {
