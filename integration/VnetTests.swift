@@ -215,4 +215,31 @@ final class VnetHost {
         let gone = try a.xm("vnet-delete", "97")
         #expect(gone.status != 0 && gone.stderr.contains("vnet 97 does not exist"))
     }
+
+    /// Multicast mode (no vnet-peers): both VXLAN devices in group 239.1.1.1 on the
+    /// underlay named by vnet-device, MTU 1500 - 50; the two hosts' bridges reach each
+    /// other. Without a device or a default route, vnet-create says what to set.
+    @Test func multicastVnetWithoutPeers() throws {
+        if skip(Self.unavailable) { return }
+        if access("/bin/busybox", X_OK) != 0 { print("SKIP: multicastVnetWithoutPeers: busybox (ping) is not installed"); return }
+        let (a, b) = try Self.twoHosts()
+        defer { a.teardown(); b.teardown() }
+        let file = "(vnet (id 4242))\n"
+        try a.startXend("")
+        let none = try a.xm("vnet-create", try a.write("v.sxp", file))
+        #expect(none.status != 0 && none.stderr.contains("no default route to carry vnets: set vnet-device or vnet-peers"), "\(none.stderr)")
+        #expect(!a.linkExists("vnet4242") && !a.linkExists("vnif4242") && a.xsList("/vnet").isEmpty)
+        #expect(try a.tool("xend", ["stop"]).status == 0)
+        for (h, dev, ip) in [(a, "vnet-ua-\(getpid() % 10000)", "10.42.0.1"), (b, "vnet-ub-\(getpid() % 10000)", "10.42.0.2")] {
+            try h.startXend(h === a ? "(vnet-device \(dev))\n" : "(vnet-device \(dev)) (vnet-group 239.1.1.1)\n")
+            let c = try h.xm("vnet-create", try h.write("v.sxp", file))
+            #expect(c.status == 0, "\(c.stderr)")
+            let l = h.link("vnif4242")
+            #expect(l.contains("vxlan id 4242 group 239.1.1.1 dev \(dev)") && l.contains("master vnet4242") && l.contains("mtu 1500"), "\(l)")
+            #expect(try h.exec("ip addr add \(ip)/24 dev vnet4242").status == 0)
+        }
+        let ping = try a.exec("busybox ping -c 3 -W 2 10.42.0.2")
+        #expect(ping.status == 0 && ping.stdout.contains("3 packets received"), "\(ping.stdout) \(ping.stderr)")
+        for h in [a, b] { #expect(try h.xm("vnet-delete", "4242").status == 0) }
+    }
 }
