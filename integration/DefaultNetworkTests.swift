@@ -122,5 +122,11 @@ import Testing
         #expect(try host.exec("cat /proc/sys/net/ipv4/ip_forward").stdout == forwardBefore)
         #expect(!FileManager.default.fileExists(atPath: host.root + "/run/xen/network-nat-default"))
         #expect(try host.exec("XENITH_ROOT=\(host.root) \(script) status").status == 3)
+
+        // A subnet the host already routes (the uplink's) is refused in one line, nothing made.
+        let clash = try host.exec("XENITH_ROOT=\(host.root) \(script) start address=203.0.113.9/24")
+        #expect(clash.status == 1 && clash.stderr.contains("203.0.113.0/24 overlaps the host's route '203.0.113.0/24 dev \(up)"),
+                "\(clash.stderr)")
+        #expect(!host.linkExists("xenbr0") && Self.rules(host.ns) == rulesBefore)
     }
 }
