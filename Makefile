@@ -35,7 +35,9 @@ deps:
 include fixtures/Makefile.inc
 
 # The main job: build, make the Debian image, start xend in a root of its own (RUN_ROOT,
-# under build/, so the host's /etc/xen and /var are not touched) and boot the Debian example
+# under build/, so the host's /etc/xen and /var are not touched; services/xend-config.sxp is
+# its settings unless it has its own, so xenbr0 is network-nat-default's private, NATed
+# bridge and the host's uplink is left alone) and boot the Debian example
 # on the qemu engine with its console on this terminal: log in as root (no password);
 # `poweroff` ends the domain, Ctrl-] detaches. `make stop` destroys the domains and stops
 # xend and its daemons.
@@ -43,16 +45,20 @@ RUN_ROOT   ?= $(CURDIR)/$(BUILD)/root
 RUN_CONFIG ?= services/examples/debian.cfg
 BIN = $$($(SWIFT) build $(RELEASE_FLAGS) --show-bin-path)
 run: deps release debian-image
+	@[ -f $(RUN_ROOT)/etc/xen/xend-config.sxp ] || { mkdir -p $(RUN_ROOT)/etc/xen && \
+	    cp services/xend-config.sxp $(RUN_ROOT)/etc/xen/xend-config.sxp; }
 	@XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xend" status >/dev/null 2>&1 || XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xend" start
 	XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xm" create -c $(RUN_CONFIG)
 	@echo "xend keeps running in $(RUN_ROOT): XENITH_ROOT=$(RUN_ROOT) $(BIN)/xm list; make stop"
 
 # Destroys that root's domains (xend stop alone leaves domains running, as in Xen), then
-# stops xend, xenconsoled and xenstored and removes their run files.
+# stops xend, xenconsoled and xenstored and removes their run files, and takes down the
+# default network (bridge, dnsmasq, NAT rules).
 stop:
 	-@XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xm" list 2>/dev/null | awk 'NR > 2 { print $$1 }' | \
 	    while read -r d; do XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xm" destroy "$$d"; done
 	-XENITH_ROOT=$(RUN_ROOT) "$(BIN)/xend" stop
+	-@[ ! -d $(RUN_ROOT)/run/xen/network-nat-default ] || XENITH_ROOT=$(RUN_ROOT) services/scripts/network-nat-default stop
 	-@for d in xenconsoled xenstored; do f=$(RUN_ROOT)/run/$$d/$$d.pid; \
 	    [ -f $$f ] && kill $$(cat $$f) 2>/dev/null; sleep 0.2; rm -f $$f $(RUN_ROOT)/run/$$d/socket; done; true
 

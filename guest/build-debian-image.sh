@@ -42,7 +42,12 @@ if [ ! -d "$XENITH_CACHE/$KEY" ]; then
     sed -i 's/^root:[^:]*:/root::/' "$R/etc/shadow"
     echo xenith-debian > "$R/etc/hostname"
     printf '127.0.0.1\tlocalhost\n127.0.1.1\txenith-debian\n' > "$R/etc/hosts"
-    # Nothing may wait for the network: it is not configured here.
+    # The virtio NIC (en*, eth*) takes an address by DHCP (xenbr0 of the shipped
+    # xend-config: network-nat-default). Nothing waits for the network: boot goes on
+    # without a lease.
+    mkdir -p "$R/etc/systemd/network" "$R/etc/systemd/system/multi-user.target.wants"
+    printf '[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n' > "$R/etc/systemd/network/80-xenith-dhcp.network"
+    ln -sf /lib/systemd/system/systemd-networkd.service "$R/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
     ln -sf /dev/null "$R/etc/systemd/system/systemd-networkd-wait-online.service"
     ln -sf /dev/null "$R/etc/systemd/system/systemd-networkd-wait-online@.service"
 

@@ -69,6 +69,20 @@ public struct XendConfig: Sendable, Equatable {
     public static let defaultQemuUIDBase: UInt32 = 0x7FFF_0000
     /// Highest domid a per-domain uid is made for (Xen's DOMID_FIRST_RESERVED − 1).
     public static let highestDomid = 32751
+    /// `vnet-port` (Xenith): UDP port of the VXLAN devices carrying vnets (1...65535).
+    /// Default 4789, the IANA VXLAN port; every host of a vnet must use the same.
+    public var vnetPort = 4789
+    /// `vnet-group` (Xenith): IPv4 multicast group (224.0.0.0/4) the VXLAN devices send
+    /// broadcast, unknown-unicast and multicast frames to when `vnet-peers` is empty.
+    /// Default `239.1.1.1`.
+    public var vnetGroup = "239.1.1.1"
+    /// `vnet-peers` (Xenith): the other hosts' IPv4 addresses, separated by spaces; when
+    /// given, frames are sent to each of them by unicast instead of to `vnet-group`
+    /// (for networks without multicast). Default: none.
+    public var vnetPeers: [String] = []
+    /// `vnet-device` (Xenith): the host interface VXLAN traffic leaves by; `''` (the
+    /// default) takes the device of the route to the first peer, or of the default route.
+    public var vnetDevice = ""
 
     /// Keys this type does not know, with their whole `(key ...)` form, kept as read.
     public var unknown: [String: SXP] = [:]
@@ -81,7 +95,7 @@ public struct XendConfig: Sendable, Equatable {
         "xend-port", "xend-address", "xend-relocation-server", "xend-relocation-port",
         "xend-relocation-address", "xend-relocation-hosts-allow", "network-script",
         "vif-script", "dom0-min-mem", "dom0-cpus", "enable-dump", "console-limit",
-        "domain-engine", "qemu-user", "qemu-uid-base",
+        "domain-engine", "qemu-user", "qemu-uid-base", "vnet-port", "vnet-group", "vnet-peers", "vnet-device",
     ]
 
     /// All defaults: what xend uses when the file is absent.
@@ -201,6 +215,25 @@ public struct XendConfig: Sendable, Equatable {
             // uid_t is 32 bits and (uid_t)-1 means "no change": the range must end below it.
             let top = Int(UInt32.max) - 1 - XendConfig.highestDomid
             qemuUIDBase = UInt32(try int(1000...top, "first uid of the per-domain range, or none"))
+        case "vnet-port": vnetPort = try int(1...65535, "UDP port")
+        case "vnet-group":
+            guard let q = XendConfig.ipv4(s), (224...239).contains(q[0]) else {
+                throw fail("expected an IPv4 multicast address (224.0.0.0 to 239.255.255.255), found '\(s)'")
+            }
+            vnetGroup = s
+        case "vnet-peers":
+            let peers = s.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            for p in peers {
+                guard let q = XendConfig.ipv4(p), q[0] != 0, q[0] < 224 else {
+                    throw fail("expected IPv4 unicast addresses separated by spaces, found '\(p)'")
+                }
+            }
+            vnetPeers = peers
+        case "vnet-device":
+            guard s.isEmpty || VnetConfig.validInterfaceName(s) else {
+                throw fail("expected an interface name (1 to 15 letters, digits, '-', '_', '.') or '', found '\(s)'")
+            }
+            vnetDevice = s
         default:
             break
         }
@@ -232,9 +265,24 @@ public struct XendConfig: Sendable, Equatable {
             .pair("domain-engine", .atom(domainEngine.rawValue)),
             .pair("qemu-user", .atom(qemuUser.isEmpty ? "none" : qemuUser)),
             .pair("qemu-uid-base", qemuUIDBase.map { .int(Int($0)) } ?? .atom("none")),
+            .pair("vnet-port", .int(vnetPort)),
+            .pair("vnet-group", .atom(vnetGroup)),
+            .pair("vnet-peers", .string(vnetPeers.joined(separator: " "))),
+            .pair("vnet-device", .string(vnetDevice)),
         ]
         out += unknown.keys.sorted().compactMap { unknown[$0] }
         return out
+    }
+
+    /// The four bytes of a dotted-quad IPv4 address, or nil.
+    static func ipv4(_ s: String) -> [Int]? {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4 else { return nil }
+        let q = parts.compactMap { p -> Int? in
+            guard (1...3).contains(p.count), p.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let v = Int(p), v <= 255 else { return nil }
+            return v
+        }
+        return q.count == 4 ? q : nil
     }
 
     /// Equality ignores `warnings`.

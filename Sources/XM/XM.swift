@@ -51,6 +51,9 @@ public final class XM {
          "Create a new virtual network device."),
         ("network-detach", "<Domain> <DevId>", "Destroy a domain's virtual network device."),
         ("network-list", "<Domain> [--long]", "List virtual network interfaces for a domain."),
+        ("vnet-create", "<ConfigFile>", "Create a vnet from ConfigFile."),
+        ("vnet-delete", "<VnetId>", "Delete a Vnet."),
+        ("vnet-list", "[-l|--long]", "List Vnets."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -71,6 +74,7 @@ public final class XM {
                      ("-H", "--halt", "Shutdown without reboot."), ("-R", "--reboot", "Shutdown and reboot.")],
         "reboot": [("-a", "--all", "Reboot all domains."), ("-w", "--wait", "Wait for reboot to complete.")],
         "network-list": [("-l", "--long", "List resources as SXP")],
+        "vnet-list": [("-l", "--long", "List Vnets as SXP")],
         "save": [("-c", "--checkpoint", "Leave domain running after creating snapshot")],
         "restore": [("-p", "--paused", "Do not unpause domain after restoring it")],
     ]
@@ -162,6 +166,9 @@ public final class XM {
         case "network-attach": try xmNetworkAttach(args)
         case "network-detach": try xmNetworkDetach(args)
         case "network-list": try xmNetworkList(args)
+        case "vnet-create": try xmVnetCreate(args)
+        case "vnet-list": try xmVnetList(args)
+        case "vnet-delete": try xmVnetDelete(args)
         case "save": try xmSave(args)
         case "restore": try xmRestore(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)

@@ -158,7 +158,9 @@ public struct XendDaemon {
                                     migration: access(migration.binary, X_OK) == 0 ? migration : nil)
         manager.adopt()
         manager.startStatusRefresher()
-        let router = XendHTTP.router(manager, logPath: logPath)
+        let vnets = VnetManager(config: cfg, xenstore: xs, logger: log)
+        vnets.restore()
+        let router = XendHTTP.router(manager, logPath: logPath, vnets: vnets)
         // The HTTP servers and their lifecycle log at info and above: their debug lines
         // ("Starting service") name nothing a user can act on.
         var serviceLog = log

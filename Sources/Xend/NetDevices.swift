@@ -678,14 +678,15 @@ public final class NetSupervisor: @unchecked Sendable {
     }
 
     /// Runs xend-config's `network-script` (`network-bridge netdev=eth1`) with `start`
-    /// before the first word's arguments, as Xen 3.0's xend did at start-up.
+    /// before the first word's arguments, as Xen 3.0's xend did at start-up; the script
+    /// gets `XENSTORED_PATH` and `XENITH_ROOT` (where it keeps state, e.g. dnsmasq's pid).
     /// - Returns: nil on success, else the error text (logged by the caller).
     public static func runNetworkScript(_ line: String, paths: XenithPaths, binDir: String) -> String? {
         let words = line.split(whereSeparator: \.isWhitespace).map(String.init)
         guard let name = words.first else { return nil }
         guard let path = resolveScript(name, paths: paths, binDir: binDir) else { return "network-script \(name) not found" }
         XenithPaths.makeDirectories(paths.logDir)
-        let r = runScript([path, "start"] + words.dropFirst(), env: ["XENSTORED_PATH": paths.xenstoredSocket],
+        let r = runScript([path, "start"] + words.dropFirst(), env: ["XENSTORED_PATH": paths.xenstoredSocket, "XENITH_ROOT": paths.root],
                           log: paths.logDir + "/xen-hotplug.log")
         return r.status == 0 ? nil : "network-script \(line) start: status \(r.status): \(r.stderr)"
     }

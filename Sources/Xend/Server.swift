@@ -47,7 +47,8 @@ public enum XendHTTP {
     }
 
     /// The router: exactly `XendAPI.routes`.
-    public static func router(_ m: DomainManager, logPath: String) -> Router<BasicRequestContext> {
+    /// `vnets` serves the /api/v1/vnets routes; nil answers them 503.
+    public static func router(_ m: DomainManager, logPath: String, vnets: VnetManager? = nil) -> Router<BasicRequestContext> {
         let r = Router()
         let long: @Sendable (Request) -> Bool = { req in
             let v = req.uri.queryParameters.get("long") ?? "0"
@@ -145,6 +146,30 @@ public enum XendHTTP {
             }
             return json(TextReply(text: text))
         }
+        addVnetRoutes(r, vnets)
         return r
+    }
+
+    /// `xm vnet-list`, `vnet-create`, `vnet-delete` (Vnets.swift).
+    static func addVnetRoutes(_ r: Router<BasicRequestContext>, _ vnets: VnetManager?) {
+        @Sendable func manager() throws(XendError) -> VnetManager {
+            guard let v = vnets else { throw XendError(.unavailable, "vnets are not available (no xenstored)") }
+            return v
+        }
+        r.get("/api/v1/vnets") { _, _ in await offload { json(VnetList(vnets: try manager().list())) } }
+        r.post("/api/v1/vnets") { req, _ in
+            do {
+                let c = try await body(req, VnetCreateRequest.self)
+                return await offload { json(try manager().create(text: c.config, file: c.file), status: .created) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.get("/api/v1/vnets/:id") { _, ctx in
+            let id = ctx.parameters.get("id") ?? ""
+            return await offload { json(try manager().get(id)) }
+        }
+        r.delete("/api/v1/vnets/:id") { _, ctx in
+            let id = ctx.parameters.get("id") ?? ""
+            return await offload { try manager().delete(id); return json(VnetList(vnets: try manager().list())) }
+        }
     }
 }

@@ -32,6 +32,10 @@ public enum XendAPI {
         XendRoute("GET", "/api/v1/dmesg"),
         XendRoute("POST", "/api/v1/dmesg/clear"),
         XendRoute("GET", "/api/v1/log"),
+        XendRoute("GET", "/api/v1/vnets"),
+        XendRoute("POST", "/api/v1/vnets"),
+        XendRoute("GET", "/api/v1/vnets/{id}"),
+        XendRoute("DELETE", "/api/v1/vnets/{id}"),
     ]
 }
 

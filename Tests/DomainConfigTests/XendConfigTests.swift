@@ -77,11 +77,16 @@ import Testing
     @Test func shippedFileListsEveryKeyWithItsDefault() throws {
         let path = Corpus.services + "/xend-config.sxp"
         let text = try Corpus.read(path)
-        // As shipped, everything is commented out: the defaults apply.
+        // As shipped, everything but network-script is commented out: the defaults apply,
+        // and the default network (network-nat-default) is switched on.
         let shipped = try XendConfig(parsing: text, file: path)
-        #expect(shipped == XendConfig())
-        // Uncommenting every "#(" line must give the same defaults, for every key.
+        var expected = XendConfig()
+        expected.networkScript = "network-nat-default"
+        #expect(shipped == expected && shipped.warnings.isEmpty)
+        // Uncommenting every "#(" line (the one active setting left out) must give the
+        // built-in defaults, for every key.
         let uncommented = text.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !$0.hasPrefix("(") }
             .map { $0.hasPrefix("#(") ? String($0.dropFirst()) : String($0) }.joined(separator: "\n")
         let c = try XendConfig(parsing: uncommented, file: path)
         #expect(c == XendConfig())
