@@ -55,3 +55,20 @@ struct BackendHost: @unchecked Sendable {
         }
     }
 }
+
+/// The owner of a back-end's socket file as a device record stores it (`DiskRecord`,
+/// `VifRecord`). A struct of its own rather than `socketUID`/`socketGID` fields: the
+/// registry's JSON coders convert keys to and from snake_case, and `socket_uid` decodes as
+/// `socketUid`, so those fields were silently dropped at every xend restart — and the next
+/// back-end restart then made the socket root's, which the domain's unprivileged QEMU
+/// cannot reconnect to (found by bench/chaos_soak.py).
+public struct SocketOwner: Codable, Sendable, Equatable {
+    public var uid: UInt32
+    public var gid: UInt32
+
+    public init(uid: UInt32, gid: UInt32) { self.uid = uid; self.gid = gid }
+    init(_ ids: (uid: uid_t, gid: gid_t)) { uid = UInt32(ids.uid); gid = UInt32(ids.gid) }
+
+    /// As `BackendHost.listen(_:owner:)` takes it.
+    var ids: (uid: uid_t, gid: gid_t) { (uid_t(uid), gid_t(gid)) }
+}

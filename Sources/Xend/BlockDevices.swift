@@ -39,8 +39,7 @@ public struct DiskRecord: Codable, Sendable, Equatable {
     public var broken: Bool
     /// Owner (uid, gid) given to the socket file: an unprivileged QEMU (`-runas`) reconnects
     /// to it after a blkback restart. Nil: root's, mode 0600.
-    public var socketUID: UInt32? = nil
-    public var socketGID: UInt32? = nil
+    public var socketOwner: SocketOwner? = nil
 }
 
 /// Starts, supervises and stops blkback processes.
@@ -71,7 +70,7 @@ public final class BlockSupervisor: @unchecked Sendable {
         var mode: String { spec.access.rawValue }
         var record: DiskRecord {
             DiskRecord(vdev: spec.vdev, uname: spec.uname, mode: mode, socket: socket, pid: proc.pid, startTicks: proc.startTicks,
-                       log: logPath, broken: broken, socketUID: socketOwner?.uid, socketGID: socketOwner?.gid)
+                       log: logPath, broken: broken, socketOwner: socketOwner.map(SocketOwner.init))
         }
     }
 
@@ -307,7 +306,7 @@ public final class BlockSupervisor: @unchecked Sendable {
         var bs: [Backend] = []
         for r in records {
             guard let spec = disks.first(where: { $0.vdev == r.vdev }) else { continue }
-            let owner = r.socketUID.flatMap { u in r.socketGID.map { (uid: uid_t(u), gid: gid_t($0)) } }
+            let owner = r.socketOwner?.ids
             let b = Backend(domid: domid, domainName: name, spec: spec, socket: r.socket, logPath: r.log,
                             numQueues: max(1, min(vcpus, 64)), socketOwner: owner, lock: lock, budget: host.restartBudget())
             b.broken = r.broken

@@ -63,8 +63,7 @@ public struct VifRecord: Codable, Sendable, Equatable {
     public var emulated: Bool? = nil
     /// Owner given to the socket file so an unprivileged QEMU (`-runas`) can reconnect to
     /// it after a netback restart and hot-plug it; nil: root's.
-    public var socketUID: UInt32? = nil
-    public var socketGID: UInt32? = nil
+    public var socketOwner: SocketOwner? = nil
 }
 
 /// A checked vif, ready to be made (`NetSupervisor.plan`).
@@ -369,7 +368,7 @@ public final class NetSupervisor: @unchecked Sendable {
                             scriptPath: p.scriptPath, rate: p.rate?.text, socket: p.emulated ? "" : socketPath(domid: domid, devid: p.devid),
                             pid: 0, startTicks: 0, log: paths.logDir + "/netback-\(domid)-\(p.devid).log", broken: false,
                             emulated: p.emulated ? true : nil,
-                            socketUID: socketOwner.map { UInt32($0.uid) }, socketGID: socketOwner.map { UInt32($0.gid) })
+                            socketOwner: socketOwner.map(SocketOwner.init))
         let b = Backend(domid: domid, domainName: name, record: rec, lock: lock, budget: host.restartBudget())
         var online = false
         do throws(XendError) {
@@ -497,7 +496,7 @@ public final class NetSupervisor: @unchecked Sendable {
         if b.tapFD < 0 { b.tapFD = try Tap.open(b.rec.vifname, persist: true) }
         if b.listenFD < 0 {
             XenithPaths.makeDirectories(host.runDir)
-            let owner = b.rec.socketUID.flatMap { u in b.rec.socketGID.map { (uid: uid_t(u), gid: gid_t($0)) } }
+            let owner = b.rec.socketOwner?.ids
             b.listenFD = try host.listen(b.rec.socket, owner: owner)
         }
     }
