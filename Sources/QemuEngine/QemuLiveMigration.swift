@@ -83,7 +83,7 @@ extension QemuDomain {
                 if Date().timeIntervalSince(lastChange) > stallTimeout {
                     throw QemuEngineError("QEMU's migration made no progress for \(Int(stallTimeout)) s (status \(status), \(sent) bytes)")
                 }
-                usleep(50_000)
+                usleep(20_000)
             }
         } catch {
             try? qmp.migrateCancel()
