@@ -126,14 +126,15 @@ extension DomainManager {
             let last = try run.next(timeout: Self.serviceFinishTimeout)
             guard case .done(let s) = last else { throw XendError(.internalError, Self.describe(last)) }
             summary = s
-            run.finish(timeout: 5)
         } catch {
             try? run.send(.abort("xend: \(error.message)"))
             run.finish(timeout: 5)
             throw resume(error.message)
         }
 
-        // 3. Switch-over: our locks go, the target takes them and runs the guest.
+        // 3. Switch-over: our locks go, the target takes them and runs the guest. (The
+        // service, done, is reaped after it: the guest is stopped until then.)
+        defer { run.finish(timeout: 5) }
         blocks?.releaseLocks(r.domid)
         let reply: String?
         do {

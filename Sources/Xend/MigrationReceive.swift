@@ -85,8 +85,6 @@ extension DomainManager {
             close(readEnd!); readEnd = nil
             let last = try run.next(timeout: Self.serviceFinishTimeout)
             guard case .done = last else { throw XendError(.internalError, Self.describe(last)) }
-            run.finish(timeout: 5)
-            finished = true
             streamOver = true
             let request = try RelocationWire.readLine(sock, timeout: RelocationWire.switchoverTimeout, peer: "the source \(peer)")
             guard request == RelocationWire.switchover else {
@@ -96,9 +94,12 @@ extension DomainManager {
             try blocks?.takeLocks(r.domid)
             do { try engine.unpause(p) } catch { throw XendError(.internalError, "resume: \(error)") }
             try RelocationWire.write(sock, "(running \(r.domid))", peer: "the source \(peer)")
+            // The service, done, is reaped once the guest runs.
+            run.finish(timeout: 5)
+            finished = true
         } catch {
             if let fd = readEnd { close(fd); readEnd = nil }
-            if !finished { run.kill(); finished = true }
+            if !finished { if streamOver { run.finish(timeout: 5) } else { run.kill() }; finished = true }
             if streamOver { try? RelocationWire.write(sock, RelocationWire.err(error.message), peer: peer) }
             else { refuse(sock, peer, error.message) }
             _ = try? destroy(String(r.domid))
