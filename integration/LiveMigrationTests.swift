@@ -10,9 +10,10 @@ import Testing
 ///
 /// Failures (one guest, one after the other): a host that does not resolve, a port nobody
 /// listens on, `-r 0`, a source refused by `xend-relocation-hosts-allow`, a name in use on
-/// the target, a disk missing on the target, the target's QEMU killed mid-stream: each
-/// time the guest runs on at the source, nothing is left on the target, and the error
-/// names the reason.
+/// the target, a disk missing on the target, the target's QEMU killed mid-stream, a byte
+/// of the stream flipped and the connection reset by a relay between the hosts: each time
+/// the guest runs on at the source holding its image lock, nothing is left on the target,
+/// and the error names the reason. Then a non-live migration still works.
 @Suite(.serialized) struct LiveMigrationTests {
     static let lanA = "10.89.0.1", lanB = "10.89.0.2", lanC = "10.89.0.3", guestIP = "10.89.0.10"
     /// A second subnet on the LAN, not in the hosts' xend-relocation-hosts-allow.
@@ -320,6 +321,43 @@ import Testing
         }
         killer.start()
         try refused("target engine killed", ["-l", "-r", "8", "lm", Self.lanB], "target: the engine stopped taking the stream")
+        // A relay on the target's host between the two xends: it flips one byte of the
+        // stream (the target's CRC check refuses it), or cuts the connection (a network drop).
+        let relay = s.shared + "/relay.py"
+        try """
+            import socket, sys, threading
+            mode = sys.argv[1]
+            ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.bind(("\(Self.lanB)", 8003)); ls.listen(1); print("XENITH-LISTENING", flush=True)
+            c, _ = ls.accept(); t = socket.create_connection(("\(Self.lanB)", 8002))
+            def back():
+                try:
+                    while True:
+                        d = t.recv(65536)
+                        if not d: break
+                        c.sendall(d)
+                    c.shutdown(socket.SHUT_WR)
+                except OSError: pass
+            threading.Thread(target=back, daemon=True).start()
+            seen = 0
+            while True:
+                d = bytearray(c.recv(65536))
+                if not d: break
+                if seen <= 1000000 < seen + len(d):
+                    if mode == "drop":
+                        for x in (c, t): x.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\\x01\\0\\0\\0\\0\\0\\0\\0"); x.close()
+                        print("XENITH-DROPPED", flush=True); sys.exit(0)
+                    d[1000000 - seen] ^= 1
+                seen += len(d)
+                t.sendall(d)
+            t.shutdown(socket.SHUT_WR)
+            """.write(toFile: relay, atomically: true, encoding: .utf8)
+        for (mode, reason) in [("flip", "fails its CRC-32C check"), ("drop", "Connection reset by peer")] {
+            let p = try Running("/usr/sbin/ip", ["netns", "exec", s.b.ns, "/usr/bin/python3", relay, mode])
+            defer { if p.process.isRunning { kill(p.process.processIdentifier, SIGKILL) }; _ = p.wait(timeout: 2) }
+            #expect(p.waitFor("XENITH-LISTENING", timeout: 10))
+            try refused(mode == "flip" ? "checksum mismatch" : "network drop", ["-l", "-p", "8003", "lm", Self.lanB], reason)
+        }
         // After all that, a migration (not live: the guest stopped for the copy) still works.
         let logB = s.b.consoleLog("lm").count
         let t0 = Date()
