@@ -191,7 +191,11 @@ final class RelocationServer: @unchecked Sendable {
     }
 
     /// Whether `xend-relocation-hosts-allow` lets the peer in (an empty list lets all in).
-    func allowed(address: String, name: String) -> Bool {
+    func allowed(address: String, name: String) -> Bool { Self.allowed(allow, address: address, name: name) }
+
+    /// Xen 3.0.2's rule: some expression of `allow` matches from the start of the peer's
+    /// host name or of its address (Python's `re.match`); an empty list lets every peer in.
+    static func allowed(_ allow: [NSRegularExpression], address: String, name: String) -> Bool {
         if allow.isEmpty { return true }
         return allow.contains { rx in
             [name, address].contains { s in rx.firstMatch(in: s, options: .anchored, range: NSRange(s.startIndex..., in: s)) != nil }
