@@ -128,11 +128,12 @@ public struct RestoreRequest: Codable, Sendable, Equatable {
     public init(file: String, paused: Bool = false) { self.file = file; self.paused = paused }
 }
 
-/// A save or restore in progress (`GET /api/v1/transfers`).
+/// A save, restore or migration in progress (`GET /api/v1/transfers`).
 public struct TransferInfo: Codable, Sendable, Equatable {
-    /// `save` or `restore`.
+    /// `save`, `restore`, `migrate` (a domain leaving this host) or `receive` (one arriving).
     public var kind: String
-    /// The save file's absolute path.
+    /// The save file's absolute path; for a migration a key naming it
+    /// (`migrate:HOST:PORT:DOMID` on the source, `receive:PEER:...` on the target).
     public var file: String
     /// The domain's name (without the `migrating-` prefix `xm list` shows during a save).
     public var domain: String
