@@ -87,7 +87,9 @@ extension DomainManager {
         var cfg = r.config
         cfg.engine = DomainEngine(rawValue: engine.name) ?? cfg.engine
         let memBytes = UInt64(max(cfg.memory, cfg.maxmem ?? 0)) << 20
-        var rounds = 1, engineDowntime = 0, wasRunning = true
+        var rounds = 1, engineDowntime = 0
+        // A paused guest stays paused here if the migration fails (the target runs it).
+        var wasRunning = (try? engine.query(p).paused).map { !$0 } ?? true
         do throws(XendError) {
             try run.send(.config(cfg.toSXP().description))
             do {
