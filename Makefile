@@ -110,6 +110,7 @@ bench: release fixtures guest
 	python3 bench/net.py
 	python3 bench/qemu_overhead.py
 	python3 bench/save_restore.py
+	python3 bench/migration.py
 
 # Binaries, manifests, host scripts, init scripts (SysV and systemd), settings and man pages
 # under $(DESTDIR): BINDIR, DATADIR (manifests, network scripts), SYSCONFDIR (init.d,

@@ -32,7 +32,13 @@ public enum Receiver {
             loop: while true {
                 switch try reader.next() {
                 case .data(let bytes):
-                    try engine?.writeAll(bytes.baseAddress!, bytes.count)
+                    do { try engine?.writeAll(bytes.baseAddress!, bytes.count) } catch {
+                        // The engine's end of the pipe closed: it exited or refused the stream.
+                        if case .io(_, let e) = error, e == 32 /* EPIPE */ {
+                            throw MigrationError.invalidArgument("the engine stopped taking the stream (it exited or refused it) after \(reader.dataBytes) bytes")
+                        }
+                        throw error
+                    }
                     try progress.update(bytes: reader.dataBytes)
                 case .end(let e): end = e; break loop
                 case .abort(let reason): throw MigrationError.aborted(reason: reason)
@@ -48,8 +54,9 @@ public enum Receiver {
                                     microseconds: progress.elapsedMicroseconds, checksum: reader.dataChecksum))
         } catch {
             if acknowledge {
+                // The sender shows this reason: say it comes from this side.
                 var writer = FrameWriter(output: input)
-                try? writer.writeAbort(reason: error.description)
+                try? writer.writeAbort(reason: "target: " + error.description)
             }
             throw error
         }

@@ -111,7 +111,7 @@ extension QemuDomain {
         }
     }
 
-    /// Polls `query-migrate` every 100 ms until `completed`; throws on `failed` or
+    /// Polls `query-migrate` every 20 ms until `completed`; throws on `failed` or
     /// `cancelled`, when QEMU goes away, or after `stallTimeout` seconds in which neither
     /// the transferred bytes nor the status changed.
     func waitForMigration(stallTimeout: Double, onProgress: (UInt64) -> Void) throws {
@@ -140,7 +140,7 @@ extension QemuDomain {
             if Date().timeIntervalSince(lastChange) > stallTimeout {
                 throw QemuEngineError("QEMU's migration made no progress for \(Int(stallTimeout)) s (status \(info.status), \(info.transferred) bytes)")
             }
-            usleep(100_000)
+            usleep(20_000)   // the switch-over of a live migration waits on this
         }
     }
 }

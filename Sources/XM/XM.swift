@@ -45,6 +45,7 @@ public final class XM {
         ("domname", "<DomId>", "Convert a domain id to domain name."),
         ("info", "", "Get information about Xen host."),
         ("log", "", "Print Xend log"),
+        ("migrate", "<Domain> <Host>", "Migrate a domain to another machine."),
         ("mem-max", "<Domain> <Mem>", "Set the maximum amount reservation for a domain."),
         ("mem-set", "<Domain> <Mem>", "Set the current memory usage for a domain."),
         ("network-attach", "<Domain> [script=<script>] [ip=<ip>] [mac=<mac>] [bridge=<bridge>] [vifname=<name>] [rate=<rate>]",
@@ -77,6 +78,9 @@ public final class XM {
         "vnet-list": [("-l", "--long", "List Vnets as SXP")],
         "save": [("-c", "--checkpoint", "Leave domain running after creating snapshot")],
         "restore": [("-p", "--paused", "Do not unpause domain after restoring it")],
+        "migrate": [("-l", "--live", "Use live migration."),
+                    ("-p=portnum", "--port=portnum", "Use specified port for migration."),
+                    ("-r=MBIT", "--resource=MBIT", "Set level of resource usage for migration.")],
     ]
     static let commandNames: [String] = help.map { $0.0 }
 
@@ -171,6 +175,7 @@ public final class XM {
         case "vnet-delete": try xmVnetDelete(args)
         case "save": try xmSave(args)
         case "restore": try xmRestore(args)
+        case "migrate": try xmMigrate(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)
         }
     }

@@ -55,6 +55,9 @@ public final class BlockSupervisor: @unchecked Sendable {
         var imageFD: Int32 = -1
         var listenFD: Int32 = -1
         var broken = false
+        /// The image is open but not locked yet: the target of a live migration on a host
+        /// that shares the file with the source, until switch-over (DiskLockHandover.swift).
+        var lockDeferred = false
         /// Owner of the socket file (the unprivileged QEMU user), nil for root.
         var socketOwner: (uid: uid_t, gid: gid_t)?
         let proc: BackendProcess
@@ -93,6 +96,12 @@ public final class BlockSupervisor: @unchecked Sendable {
     /// The socket path of domain `domid`'s disk `vdev`.
     public func socketPath(domid: Int, vdev: String) -> String { host.socketPath("blkback", domid: domid, device: vdev) }
 
+    /// A domain's vbds (DiskLockHandover.swift).
+    func backendList(_ domid: Int) -> [Backend] {
+        lock.lock(); defer { lock.unlock() }
+        return backends[domid] ?? []
+    }
+
     /// The records of a domain's disks (for the registry).
     func records(_ domid: Int) -> [DiskRecord] {
         lock.lock(); defer { lock.unlock() }
@@ -124,7 +133,7 @@ public final class BlockSupervisor: @unchecked Sendable {
     ///   blkback does not come up; nothing is left behind then.
     public func start(domid: Int, name: String, disks: [DiskSpec], vcpus: Int,
                       inUse: [(domain: String, disk: DiskSpec)],
-                      socketOwner: (uid: uid_t, gid: gid_t)? = nil) throws(XendError) -> [String] {
+                      socketOwner: (uid: uid_t, gid: gid_t)? = nil, deferLocks: Bool = false) throws(XendError) -> [String] {
         var started: [Backend] = []
         do throws(XendError) {
             for d in disks {
@@ -143,6 +152,7 @@ public final class BlockSupervisor: @unchecked Sendable {
                 let b = Backend(domid: domid, domainName: name, spec: d, socket: socketPath(domid: domid, vdev: d.vdev),
                                 logPath: paths.logDir + "/blkback-\(domid)-\(d.vdev).log", numQueues: max(1, min(vcpus, 64)),
                                 socketOwner: socketOwner, lock: lock, budget: host.restartBudget())
+                b.lockDeferred = deferLocks
                 try open(b)
                 started.append(b)
                 do { try spawn(b) } catch { throw XendError(.internalError, "Device \(d.vdev) (vbd) could not be connected. \(error)") }
@@ -174,7 +184,7 @@ public final class BlockSupervisor: @unchecked Sendable {
         }
         let fd = Glibc.open(path, (d.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
         guard fd >= 0 else { throw Self.refuse(d, "\(path): \(String(cString: strerror(errno))).") }
-        if d.access != .readWriteShared && flock(fd, (d.writable ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
+        if d.access != .readWriteShared && !b.lockDeferred && flock(fd, (d.writable ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
             close(fd)
             throw Self.refuse(d, "\(path) is already in use by another back-end\(d.writable ? "" : " read-write"); use mode w! to share it read-write.")
         }

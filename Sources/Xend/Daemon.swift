@@ -158,6 +158,11 @@ public struct XendDaemon {
                                     migration: access(migration.binary, X_OK) == 0 ? migration : nil)
         manager.adopt()
         manager.startStatusRefresher()
+        if cfg.relocationServer {
+            // Off by default as Xen's; a server that cannot listen is an error xend reports and lives with.
+            do { try RelocationServer(manager: manager, config: cfg, log: log).start() }
+            catch { log.error("Relocation server not started: \(error.message)") }
+        }
         let vnets = VnetManager(config: cfg, xenstore: xs, logger: log)
         vnets.restore()
         let router = XendHTTP.router(manager, logPath: logPath, vnets: vnets)

@@ -69,7 +69,10 @@ extension DomainManager {
     /// engine's plan, starts the engine, registers and watches it.
     /// - Parameter incoming: start the engine waiting for a restored state (`xm restore`).
     /// - Throws: `XendError`; everything made is undone first.
-    func launch(_ base: DomainRecord, engine: any DomainEngineDriver, incoming: Bool = false) throws(XendError) -> DomainRecord {
+    /// - Parameter deferDiskLocks: open the disk images without locking them (the target of
+    ///   a live migration; `BlockSupervisor.takeLocks` at switch-over).
+    func launch(_ base: DomainRecord, engine: any DomainEngineDriver, incoming: Bool = false,
+                deferDiskLocks: Bool = false) throws(XendError) -> DomainRecord {
         lifecycle.lock(); defer { lifecycle.unlock() }
         var r = base
         r.domid = registry.allocateDomid()
@@ -112,7 +115,8 @@ extension DomainManager {
         if !plan.servedDisks.isEmpty {
             guard let blocks else { throw XendError(.unavailable, "disks are not available without blkback") }
             launch.blockSockets = try blocks.start(domid: domid, name: r.name, disks: plan.servedDisks, vcpus: plan.diskQueues,
-                                                   inUse: registry.disksInUse(except: domid), socketOwner: plan.socketOwner)
+                                                   inUse: registry.disksInUse(except: domid), socketOwner: plan.socketOwner,
+                                                   deferLocks: deferDiskLocks)
             r.disks = blocks.records(domid)
             for d in r.disks ?? [] { launch.diskSockets[d.vdev] = d.socket }
             registry.persist(r)

@@ -192,6 +192,22 @@ public protocol DomainEngineDriver: Sendable {
     /// - Throws: `EngineError` when the engine cannot restore (the default) or refused the
     ///   stream; the caller then destroys the domain.
     func restoreState(_ p: EngineProcess, from fd: Int32, onProgress: @escaping (UInt64) -> Void) throws
+    /// `xm migrate --live`: writes the domain's state stream into `fd` (the write end of a
+    /// pipe; the caller keeps and closes its copy) while the guest runs, pre-copying memory
+    /// over the engine's dirty log. Pre-copy is bounded as Xen 3.0's: after `maxRounds`
+    /// passes over memory or `maxBytes` bytes sent (Xen: 29 rounds, 3× the guest's memory),
+    /// the guest is stopped and the rest copied; before that the engine stops the guest as
+    /// soon as what is left fits in `downtimeLimitMs` milliseconds. Incoming migrations use
+    /// ``restoreState(_:from:onProgress:)``.
+    ///
+    /// On success the engine has closed its copy of `fd` and the guest is stopped: the
+    /// caller destroys it once the target runs it, or resumes it with ``unpause(_:)``.
+    /// - Parameter onProgress: the engine's bytes so far (about every 100 ms).
+    /// - Returns: passes over memory made (`rounds`) and the time the guest was stopped,
+    ///   as the engine measured it (`downtimeMs`, milliseconds).
+    /// - Throws: `EngineError` when the engine cannot migrate live (the default) or the
+    ///   migration failed; the guest is then running again (if it was) and nothing changed.
+    func sendLive(_ p: EngineProcess, into fd: Int32, maxRounds: Int, maxBytes: UInt64, downtimeLimitMs: Int, onProgress: @escaping (UInt64) -> Void) throws -> (rounds: Int, downtimeMs: Int)
 }
 
 extension DomainEngineDriver {
@@ -215,6 +231,9 @@ extension DomainEngineDriver {
     }
     public func restoreState(_ p: EngineProcess, from fd: Int32, onProgress: @escaping (UInt64) -> Void) throws {
         throw EngineError("the \(name) engine cannot restore a domain's state")
+    }
+    public func sendLive(_ p: EngineProcess, into fd: Int32, maxRounds: Int, maxBytes: UInt64, downtimeLimitMs: Int, onProgress: @escaping (UInt64) -> Void) throws -> (rounds: Int, downtimeMs: Int) {
+        throw EngineError("the \(name) engine cannot migrate a domain live")
     }
 }
 

@@ -1,6 +1,7 @@
 // The migration service from xend's side (Sources/Migration/README.md): one sandboxed
 // `migration` process per save or restore, handed every descriptor (fd 3 the engine's
 // stream, fd 4 the save file, fd 5 xend's status channel), and a reader of that channel.
+import CLinux
 import Foundation
 import Migration
 import Sandbox
@@ -23,7 +24,7 @@ public struct MigrationService: Sendable {
     }
 
     /// The service's modes xend uses.
-    public enum Mode: String, Sendable { case save, restore, verify }
+    public enum Mode: String, Sendable { case save, restore, verify, send, receive }
 
     /// Starts one run. The caller's descriptors stay the caller's (the child gets copies at
     /// 3 and 4); xend's end of the status channel is in the returned run.
@@ -31,13 +32,15 @@ public struct MigrationService: Sendable {
     ///   - engine: the pipe end the service reads (save) or writes (restore); nil for verify.
     ///   - file: the save file, open for writing (save) or reading (restore, verify).
     /// - Throws: `XendError` 500 when the process or the channel cannot be made.
-    func start(_ mode: Mode, engine: Int32?, file: Int32) throws(XendError) -> MigrationRun {
+    ///   - rate: send: pace the peer connection to this many Mbit/s (`xm migrate -r`).
+    func start(_ mode: Mode, engine: Int32?, file: Int32, rate: Int? = nil) throws(XendError) -> MigrationRun {
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw XendError(.internalError, "migration status channel: \(String(cString: strerror(errno)))")
         }
         defer { close(pair[1]) }
         var argv = [binary, "--mode", mode.rawValue]
+        if let rate { argv += ["--rate", String(rate)] }
         if let m = manifest { argv += ["--manifest", m] } else { argv.append("--no-sandbox") }
         var fds: [(Int32, Int32)] = [(file, 4), (pair[1], 5)]
         if let engine { fds.append((engine, 3)) }

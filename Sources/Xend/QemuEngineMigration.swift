@@ -23,4 +23,16 @@ extension QemuEngineDriver {
         do { try d.loadState(from: fd, stallTimeout: Self.migrationStallTimeout, onProgress: onProgress) }
         catch { throw EngineError("\(error)") }
     }
+
+    /// Live pre-copy into `fd` (``QemuDomain/sendLive(into:maxRounds:maxBytes:downtimeLimitMs:maxBandwidth:stallTimeout:onProgress:)``):
+    /// QEMU's dirty log, its vhost-user back-ends' too (blkback and netback log their writes).
+    public func sendLive(_ p: EngineProcess, into fd: Int32, maxRounds: Int, maxBytes: UInt64, downtimeLimitMs: Int,
+                         onProgress: @escaping (UInt64) -> Void) throws -> (rounds: Int, downtimeMs: Int) {
+        let d = try session(p)
+        do {
+            let r = try d.sendLive(into: fd, maxRounds: maxRounds, maxBytes: maxBytes, downtimeLimitMs: downtimeLimitMs,
+                                   stallTimeout: Self.migrationStallTimeout, onProgress: onProgress)
+            return (r.rounds, r.downtimeMs)
+        } catch { throw EngineError("\(error)") }
+    }
 }

@@ -115,6 +115,13 @@ public enum XendHTTP {
                 return await offload { json(try m.restore(file: s.file, paused: s.paused), status: .created) }
             } catch { return XendHTTP.error(anyError(error)) }
         }
+        r.post("/api/v1/domains/:domain/migrate") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let mr = try await body(req, MigrateRequest.self)
+                return await offload { json(try m.migrate(d, host: mr.host, port: mr.port, live: mr.live, resource: mr.resource)) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
         r.get("/api/v1/transfers") { _, _ in json(TransferList(transfers: m.transferList())) }
         r.get("/api/v1/domains/:domain/vifs") { _, ctx in
             let d = ctx.parameters.get("domain") ?? ""

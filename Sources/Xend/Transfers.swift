@@ -46,10 +46,10 @@ final class TransferTable: @unchecked Sendable {
     func isRestoring(_ domid: Int) -> Bool { lock.lock(); defer { lock.unlock() }; return restoring.contains(domid) }
 
     /// The name `xm list` shows for domain `domid` named `name`: `migrating-NAME` while it
-    /// is being saved.
+    /// is being saved or migrated away.
     func listedName(_ domid: Int, _ name: String) -> String {
         lock.lock(); defer { lock.unlock() }
-        return byFile.values.contains { $0.domid == domid && $0.kind == "save" } ? "migrating-" + name : name
+        return byFile.values.contains { $0.domid == domid && ($0.kind == "save" || $0.kind == "migrate") } ? "migrating-" + name : name
     }
 
     /// Every transfer, oldest first.

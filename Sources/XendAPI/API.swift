@@ -25,6 +25,7 @@ public enum XendAPI {
         XendRoute("POST", "/api/v1/domains/{domain}/destroy"),
         XendRoute("POST", "/api/v1/domains/{domain}/save"),
         XendRoute("POST", "/api/v1/restore"),
+        XendRoute("POST", "/api/v1/domains/{domain}/migrate"),
         XendRoute("GET", "/api/v1/transfers"),
         XendRoute("GET", "/api/v1/domains/{domain}/vifs"),
         XendRoute("POST", "/api/v1/domains/{domain}/vifs"),
@@ -131,11 +132,12 @@ public struct RestoreRequest: Codable, Sendable, Equatable {
     public init(file: String, paused: Bool = false) { self.file = file; self.paused = paused }
 }
 
-/// A save or restore in progress (`GET /api/v1/transfers`).
+/// A save, restore or migration in progress (`GET /api/v1/transfers`).
 public struct TransferInfo: Codable, Sendable, Equatable {
-    /// `save` or `restore`.
+    /// `save`, `restore`, `migrate` (a domain leaving this host) or `receive` (one arriving).
     public var kind: String
-    /// The save file's absolute path.
+    /// The save file's absolute path; for a migration a key naming it
+    /// (`migrate:HOST:PORT:DOMID` on the source, `receive:PEER:...` on the target).
     public var file: String
     /// The domain's name (without the `migrating-` prefix `xm list` shows during a save).
     public var domain: String
@@ -241,5 +243,39 @@ public struct APIErrorReply: Codable, Sendable, Equatable, Error {
     public var domain: String?
     public init(error: String, kind: String, domain: String? = nil) {
         self.error = error; self.kind = kind; self.domain = domain
+    }
+}
+
+/// `POST /api/v1/domains/{domain}/migrate` body (`xm migrate`).
+public struct MigrateRequest: Codable, Sendable, Equatable {
+    /// The target host: a name or an address its relocation server listens on.
+    public var host: String
+    /// The target's `xend-relocation-port` (Xen's default 8002).
+    public var port: Int
+    /// Pre-copy while the guest runs (`xm migrate -l`); otherwise it is stopped first.
+    public var live: Bool
+    /// Pace the connection to this many Mbit/s (`-r`, 1...1000000); nil for no pacing.
+    public var resource: Int?
+    public init(host: String, port: Int = 8002, live: Bool = false, resource: Int? = nil) {
+        self.host = host; self.port = port; self.live = live; self.resource = resource
+    }
+}
+
+/// The reply to a migration: the figures of the move (the domain no longer runs here).
+public struct MigrateReply: Codable, Sendable, Equatable {
+    public var domain: String
+    public var host: String
+    public var port: Int
+    /// Bytes of the engine's state stream sent.
+    public var bytes: UInt64
+    /// Pre-copy passes over memory (1 for a stopped copy).
+    public var rounds: Int
+    /// Milliseconds the guest ran nowhere: stopped here until running on the target.
+    public var downtimeMs: Int
+    /// Seconds from the request to the target running the guest.
+    public var seconds: Double
+    public init(domain: String, host: String, port: Int, bytes: UInt64, rounds: Int, downtimeMs: Int, seconds: Double) {
+        self.domain = domain; self.host = host; self.port = port; self.bytes = bytes; self.rounds = rounds
+        self.downtimeMs = downtimeMs; self.seconds = seconds
     }
 }

@@ -266,7 +266,7 @@ func failure(_ messages: [StatusMessage]) -> String? {
         #expect(exitCode(r.status) == 3 && exitCode(s.status) == 3, "\(r.stderr) \(s.stderr)")
         let theirs = try #require(failure(receiverMessages.value ?? []))
         #expect(theirs.contains("fails its CRC-32C check"))
-        #expect(failure(senderMessages) == "the receiver did not acknowledge the stream: \(theirs)", "\(senderMessages)")
+        #expect(failure(senderMessages) == "the receiver did not acknowledge the stream: target: \(theirs)", "\(senderMessages)")
     }
 
     @Test func badSaveFilesFailWithTheirReason() throws {

@@ -1,0 +1,55 @@
+import Foundation
+import Testing
+@testable import Xend
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The relocation server's lines and its peer check (Relocation.swift), without a network:
+/// a socketpair stands in for the connection.
+@Suite struct RelocationTests {
+    @Test func errLinesQuoteAndParseTheirReason() {
+        let reason = #"VM name "web1" already exists (path C:\x)"#
+        let line = RelocationWire.err(reason)
+        #expect(line.hasPrefix("(err \"") && line.hasSuffix("\")"))
+        #expect(RelocationWire.errReason(line) == reason)
+        #expect(RelocationWire.errReason("(err plain)") == "plain")
+        #expect(RelocationWire.errReason(RelocationWire.ready) == nil)
+        #expect(RelocationWire.errReason("(running 3)") == nil)
+        #expect(!RelocationWire.err("two\nlines").contains("\n"))
+    }
+
+    @Test func hostsAllowMatchesFromTheStartOfNameOrAddress() throws {
+        let allow = try ["^10\\.1\\.0\\.[0-9]+$", "hostb"].map { try NSRegularExpression(pattern: $0) }
+        #expect(RelocationServer.allowed(allow, address: "10.1.0.7", name: "10.1.0.7"))
+        #expect(RelocationServer.allowed(allow, address: "192.168.0.9", name: "hostb.example"))
+        // Python's re.match: anchored at the start only.
+        #expect(!RelocationServer.allowed(allow, address: "192.168.0.9", name: "not-hostb"))
+        #expect(!RelocationServer.allowed(allow, address: "10.1.0.77x", name: "x"))
+        #expect(RelocationServer.allowed([], address: "1.2.3.4", name: "anyone"))
+    }
+
+    @Test func linesAreReadWithoutTakingTheBytesAfterThemAndWithABound() throws {
+        var sv: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
+        defer { close(sv[0]); close(sv[1]) }
+        try RelocationWire.write(sv[0], RelocationWire.receive, peer: "test")
+        _ = "XNTH".withCString { write(sv[0], $0, 4) }
+        #expect(try RelocationWire.readLine(sv[1], timeout: 2, peer: "test") == "receive")
+        var rest = [UInt8](repeating: 0, count: 8)
+        #expect(read(sv[1], &rest, 8) == 4 && Array(rest.prefix(4)) == Array("XNTH".utf8))
+        // Nothing more comes: a bounded wait, then a clear error.
+        let t0 = Date()
+        #expect(throws: XendError.self) { _ = try RelocationWire.readLine(sv[1], timeout: 0.3, peer: "the peer") }
+        #expect(Date().timeIntervalSince(t0) < 2)
+        // Over-long lines are refused.
+        let long = String(repeating: "a", count: RelocationWire.maxLine + 10) + "\n"
+        _ = long.withCString { write(sv[0], $0, strlen($0)) }
+        #expect(throws: XendError.self) { _ = try RelocationWire.readLine(sv[1], timeout: 2, peer: "the peer") }
+        // The peer closing is nil, not an error.
+        close(sv[0]); sv[0] = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var drain = [UInt8](repeating: 0, count: 65536)
+        while recv(sv[1], &drain, drain.count, Int32(MSG_DONTWAIT)) > 0 {}
+        #expect(try RelocationWire.readLine(sv[1], timeout: 2, peer: "the peer") == nil)
+    }
+}
