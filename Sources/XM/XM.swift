@@ -51,6 +51,11 @@ public final class XM {
          "Create a new virtual network device."),
         ("network-detach", "<Domain> <DevId>", "Destroy a domain's virtual network device."),
         ("network-list", "<Domain> [--long]", "List virtual network interfaces for a domain."),
+        ("dump-core", "[-C|--crash] <Domain> [Filename]", "Dump core for a specific domain."),
+        ("rename", "<Domain> <NewDomainName>", "Rename a domain."),
+        ("reset", "<Domain>", "Reset a domain."),
+        ("sysrq", "<Domain> <letter>", "Send a sysrq to a domain."),
+        ("top", "[-b] [-i <Iterations>] [-d <Delay>]", "Monitor a host and the domains in real time."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -73,6 +78,10 @@ public final class XM {
         "network-list": [("-l", "--long", "List resources as SXP")],
         "save": [("-c", "--checkpoint", "Leave domain running after creating snapshot")],
         "restore": [("-p", "--paused", "Do not unpause domain after restoring it")],
+        "dump-core": [("-C", "--crash", "Crash domain after dumping core")],
+        "top": [("-b", "--batch", "Plain frames, no terminal control (for scripts)"),
+                ("-i N", "--iterations=N", "Stop after N refreshes"),
+                ("-d SECONDS", "--delay=SECONDS", "Seconds between refreshes (default 1)")],
     ]
     static let commandNames: [String] = help.map { $0.0 }
 
@@ -164,6 +173,11 @@ public final class XM {
         case "network-list": try xmNetworkList(args)
         case "save": try xmSave(args)
         case "restore": try xmRestore(args)
+        case "rename": try xmRename(args)
+        case "sysrq": try xmSysrq(args)
+        case "reset": try xmReset(args)
+        case "dump-core": try xmDumpCore(args)
+        case "top": try xmTop(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)
         }
     }

@@ -32,6 +32,12 @@ public enum XendAPI {
         XendRoute("GET", "/api/v1/dmesg"),
         XendRoute("POST", "/api/v1/dmesg/clear"),
         XendRoute("GET", "/api/v1/log"),
+        XendRoute("POST", "/api/v1/domains/{domain}/rename"),
+        XendRoute("POST", "/api/v1/domains/{domain}/sysrq"),
+        XendRoute("POST", "/api/v1/domains/{domain}/dump-core"),
+        XendRoute("POST", "/api/v1/domains/{domain}/reset"),
+        XendRoute("GET", "/api/v1/stats"),
+        XendRoute("GET", "/metrics"),
     ]
 }
 
