@@ -99,7 +99,7 @@ let package = Package(
         // Unit tests mirror the library targets; integration/ boots guests on /dev/kvm.
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory"]),
-        .testTarget(name: "CoreTests", dependencies: ["Core"]),
+        .testTarget(name: "CoreTests", dependencies: ["Core", "CoreControl"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "GuestMemory"]),
         .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "VhostUserTesting", "Virtio", "GuestMemory"]),
