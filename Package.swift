@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C shims: <linux/kvm.h>, ioctl numbers, memfd/eventfd/epoll, SCM_RIGHTS helpers.
@@ -71,7 +72,8 @@ let package = Package(
         .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend", "XendAPI"], swiftSettings: swiftSettings),
         .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn", "UnixSocket", "Migration",
                                             .product(name: "Hummingbird", package: "hummingbird"),
-                                            .product(name: "Logging", package: "swift-log")],
+                                            .product(name: "Logging", package: "swift-log"),
+                                            .product(name: "Prometheus", package: "swift-prometheus")],
                 swiftSettings: swiftSettings),
 
         // Thin executables.
@@ -97,7 +99,7 @@ let package = Package(
         // Unit tests mirror the library targets; integration/ boots guests on /dev/kvm.
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
         .testTarget(name: "BootTests", dependencies: ["Boot", "GuestMemory"]),
-        .testTarget(name: "CoreTests", dependencies: ["Core"]),
+        .testTarget(name: "CoreTests", dependencies: ["Core", "CoreControl"]),
         .testTarget(name: "VirtioTests", dependencies: ["Virtio", "GuestMemory"]),
         .testTarget(name: "VhostUserTests", dependencies: ["VhostUser", "Virtio", "GuestMemory"]),
         .testTarget(name: "BlockBackendTests", dependencies: ["BlockBackend", "VhostUser", "VhostUserTesting", "Virtio", "GuestMemory"]),

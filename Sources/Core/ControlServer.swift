@@ -17,6 +17,8 @@ public final class ControlServer: @unchecked Sendable {
     private let listenFD: Int32
     private unowned let machine: Machine
     private var buffers: [Int32: [UInt8]] = [:]
+    /// Descriptors a client sent (SCM_RIGHTS) that no command has taken yet.
+    private var passed: [Int32: [Int32]] = [:]
     /// Held open so that, when the process runs out of descriptors, one can be freed to
     /// accept and drop the waiting client instead of spinning on it (level-triggered).
     private var reserveFD: Int32 = open("/dev/null", O_RDONLY | O_CLOEXEC)
@@ -72,10 +74,14 @@ public final class ControlServer: @unchecked Sendable {
 
     private func readable(_ fd: Int32) {
         var chunk = [UInt8](repeating: 0, count: 512)
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 512) }
+        var fds = [Int32](repeating: -1, count: 4)
+        var nfds: Int32 = 0
+        let n = chunk.withUnsafeMutableBytes { clinux_recv_with_fds(fd, $0.baseAddress, 512, &fds, 4, &nfds) }
+        if nfds > 0 { passed[fd, default: []] += fds.prefix(Int(nfds)) }
         if n <= 0 {
             if n < 0 && errno == EAGAIN { return }
             machine.loop.remove(fd); close(fd); buffers[fd] = nil
+            for p in passed.removeValue(forKey: fd) ?? [] { close(p) }
             return
         }
         var buf = (buffers[fd] ?? []) + chunk[0..<n]
@@ -86,13 +92,23 @@ public final class ControlServer: @unchecked Sendable {
             let command = line.trimmingCharacters(in: " \r\t")
             if command.isEmpty { continue }
             // Replies are bytes, not C strings: a NUL in the command cannot cut them short.
-            let reply = Array((handle(command) + "\n").utf8)
+            var fds = passed.removeValue(forKey: fd) ?? []
+            let reply = Array((handle(command, fds: &fds) + "\n").utf8)
+            for p in fds { close(p) }   // a descriptor no command took is not kept
             _ = reply.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         }
         buffers[fd] = buf
     }
 
     func handle(_ command: String) -> String {
+        var none: [Int32] = []
+        return handle(command, fds: &none)
+    }
+
+    /// One command; `fds` are the descriptors sent with it (a command that uses one closes
+    /// it and removes it from the list).
+    func handle(_ command: String, fds: inout [Int32]) -> String {
+        if let r = CoreControlRequest(line: command) { return handle(r, fds: &fds) }
         switch CoreControlCommand(rawValue: command) {
         case .pause: machine.pause(); return CoreControlReply.ok
         case .unpause: machine.unpause(); return CoreControlReply.ok
@@ -101,14 +117,38 @@ public final class ControlServer: @unchecked Sendable {
         case .destroy: machine.stop(.destroyed); return CoreControlReply.ok
         case .query:
             let state = CoreControlStatus.RunState(rawValue: machine.state.rawValue) ?? .stopped
-            return CoreControlStatus(state: state, vcpus: machine.config.vcpus, vcpuTimeNs: machine.vcpuTimes,
-                                     uptimeNs: machine.uptimeNanoseconds, pid: getpid()).line
+            var st = CoreControlStatus(state: state, vcpus: machine.config.vcpus, vcpuTimeNs: machine.vcpuTimes,
+                                       uptimeNs: machine.uptimeNanoseconds, pid: getpid())
+            if let b = machine.balloonKiB { st.balloonTargetKiB = b.target; st.balloonActualKiB = b.actual }
+            return st.line
         case nil:
             // Echo only printable ASCII, so replies stay one clean line.
             let shown = String(String.UnicodeScalarView(command.unicodeScalars.prefix(64).map {
                 $0.value >= 0x20 && $0.value < 0x7F ? $0 : "?"
             }))
             return CoreControlReply.error("unknown command: \(shown)")
+        }
+    }
+}
+
+extension ControlServer {
+    func handle(_ r: CoreControlRequest, fds: inout [Int32]) -> String {
+        do {
+            switch r {
+            case .balloon(let mib): try machine.setBalloonTarget(mib: mib); return CoreControlReply.ok
+            case .sysrq(let key): try machine.sendSysrq(key); return CoreControlReply.ok
+            case .dumpCore:
+                guard !fds.isEmpty else { return CoreControlReply.error("dump-core needs a file descriptor (SCM_RIGHTS)") }
+                let out = fds.removeFirst()
+                defer { close(out) }
+                var st = stat()
+                guard fstat(out, &st) == 0, st.st_mode & S_IFMT == S_IFREG else {
+                    return CoreControlReply.error("dump-core: the descriptor is not a regular file")
+                }
+                return CoreControlReply.ok + " \(try machine.dumpCore(into: out))"
+            }
+        } catch {
+            return CoreControlReply.error("\(error)")
         }
     }
 }

@@ -22,6 +22,8 @@ public struct MachineConfiguration: Sendable {
     public var name: String
     /// Add an in-core virtio-rng device (virtio 1.2 §5.4) in PCI slot 1.
     public var virtioRNG: Bool
+    /// Add an in-core virtio-balloon device (virtio 1.2 §5.5; `xm mem-set`), after the rng.
+    public var virtioBalloon: Bool = false
 
     public init(memoryMiB: Int, vcpus: Int, kernelPath: String? = nil, firmwarePath: String? = nil,
                 ramdiskPath: String? = nil, cmdline: String = "", name: String = "domain", virtioRNG: Bool = true) {
@@ -52,6 +54,9 @@ public final class Machine: @unchecked Sendable {
     private var vcpus: [VCPU] = []
     private var threads: [DedicatedThread] = []
     private var virtioDevices: [VirtioPCIDevice] = []
+    /// The virtio-balloon device and its transport (MachineControl.swift), nil without one.
+    public private(set) var balloon: VirtioBalloon?
+    private(set) var balloonTransport: VirtioPCIDevice?
     private let stopResult = Mutex<GuestStop?>(nil)
     private let stopFD: Int32
     private let pauseGate = PauseGate()
@@ -148,6 +153,12 @@ public final class Machine: @unchecked Sendable {
 
         if config.virtioRNG {
             try addVirtio(VirtioRNG(memory: memory, log: log))
+        }
+        if config.virtioBalloon {
+            let b = try VirtioBalloon(memory: memory, log: log)
+            try addVirtio(b)
+            balloon = b
+            balloonTransport = virtioDevices.last
         }
 
         let cpuid: [kvm_cpuid_entry2]

@@ -11,6 +11,8 @@ public final class Serial8250: PortIODevice, @unchecked Sendable {
         var rxHead = 0
         var thrEmptyPending = true   // THRE interrupt condition, cleared by IIR read or THR write
         var irqLevel = false
+        /// Index in `rx` of a byte received with a break condition (LSR BI), nil for none.
+        var breakAt: Int? = nil
     }
     private let regs = Mutex(Regs())
     private let base: UInt16
@@ -45,13 +47,34 @@ public final class Serial8250: PortIODevice, @unchecked Sendable {
         return n
     }
 
+    /// A break on the line, then `byte` (`xm sysrq`: Linux's serial console reads a byte
+    /// that follows a break as a SysRq key). The break arrives as a NUL with LSR BI set.
+    /// Returns false when the receive buffer has no room for both.
+    @discardableResult
+    public func receiveBreak(then byte: UInt8) -> Bool {
+        let (ok, level) = regs.withLock { r -> (Bool, Bool?) in
+            Self.compact(&r)
+            guard Self.rxCapacity - (r.rx.count - r.rxHead) >= 2 else { return (false, nil) }
+            r.breakAt = r.rx.count
+            r.rx.append(0)
+            r.rx.append(byte)
+            return (true, Self.updateIRQ(&r))
+        }
+        if let l = level { setIRQ(l) }
+        return ok
+    }
+
     /// Bytes waiting for the guest.
     public var pendingInput: Int { regs.withLock { $0.rx.count - $0.rxHead } }
 
     /// Drops consumed bytes once they are half the buffer (amortised O(1) per byte).
     private static func compact(_ r: inout Regs) {
-        if r.rxHead == r.rx.count { r.rx.removeAll(keepingCapacity: true); r.rxHead = 0 }
-        else if r.rxHead >= rxCapacity / 2 { r.rx.removeFirst(r.rxHead); r.rxHead = 0 }
+        if r.rxHead == r.rx.count { r.rx.removeAll(keepingCapacity: true); r.rxHead = 0; r.breakAt = nil }
+        else if r.rxHead >= rxCapacity / 2 {
+            r.rx.removeFirst(r.rxHead)
+            r.breakAt = r.breakAt.flatMap { $0 >= r.rxHead ? $0 - r.rxHead : nil }
+            r.rxHead = 0
+        }
     }
 
     private static func interruptID(_ r: Regs) -> UInt8 {
@@ -80,6 +103,7 @@ public final class Serial8250: PortIODevice, @unchecked Sendable {
                 if dlab { out = r.dll }
                 else if r.rxHead < r.rx.count {
                     out = r.rx[r.rxHead]
+                    if r.breakAt == r.rxHead { r.breakAt = nil }
                     r.rxHead += 1
                     Self.compact(&r)
                 }
@@ -92,7 +116,8 @@ public final class Serial8250: PortIODevice, @unchecked Sendable {
             case 4: out = r.mcr
             case 5:
                 // THR empty and transmitter empty always; DR when input waits.
-                out = 0x60 | (r.rxHead < r.rx.count ? 0x01 : 0)
+                // BI while the byte at the head came with a break.
+                out = 0x60 | (r.rxHead < r.rx.count ? 0x01 : 0) | (r.breakAt == r.rxHead && r.rxHead < r.rx.count ? 0x10 : 0)
             case 6:
                 if r.mcr & 0x10 != 0 {
                     // Loopback: CTS=RTS, DSR=DTR, RI=OUT1, DCD=OUT2 (probed by Linux).

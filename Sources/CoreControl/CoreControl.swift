@@ -46,6 +46,11 @@ public struct CoreControlStatus: Sendable, Equatable {
     public var uptimeNs: UInt64
     /// The core's process id.
     public var pid: Int32
+    /// With a balloon device: the RAM the host asks the guest to keep and the RAM the guest's
+    /// driver says it keeps (`actual`), KiB; nil without one (fields `balloon_target_kib=`,
+    /// `balloon_actual_kib=`).
+    public var balloonTargetKiB: UInt64? = nil
+    public var balloonActualKiB: UInt64? = nil
 
     public init(state: RunState, vcpus: Int, vcpuTimeNs: [UInt64], uptimeNs: UInt64, pid: Int32) {
         self.state = state; self.vcpus = vcpus; self.vcpuTimeNs = vcpuTimeNs; self.uptimeNs = uptimeNs; self.pid = pid
@@ -58,6 +63,7 @@ public struct CoreControlStatus: Sendable, Equatable {
     public var line: String {
         "ok state=\(state.rawValue) vcpus=\(vcpus) vcpu_time_ns=\(vcpuTimeNs.map(String.init).joined(separator: ",")) "
             + "uptime_ns=\(uptimeNs) pid=\(pid)"
+            + (balloonTargetKiB.map { " balloon_target_kib=\($0)" } ?? "") + (balloonActualKiB.map { " balloon_actual_kib=\($0)" } ?? "")
     }
 
     /// Parses a `query` reply; nil when it is not `ok ...` or lacks `state=`.
@@ -66,6 +72,7 @@ public struct CoreControlStatus: Sendable, Equatable {
         var state: RunState?
         var vcpus = 0, uptime: UInt64 = 0, pid: Int32 = 0
         var times: [UInt64] = []
+        var target: UInt64?, actual: UInt64?
         for field in reply.split(separator: " ").dropFirst() {
             guard let eq = field.firstIndex(of: "=") else { continue }
             let key = field[..<eq], value = field[field.index(after: eq)...]
@@ -75,10 +82,13 @@ public struct CoreControlStatus: Sendable, Equatable {
             case "vcpu_time_ns": times = value.split(separator: ",").compactMap { UInt64($0) }
             case "uptime_ns": uptime = UInt64(value) ?? 0
             case "pid": pid = Int32(value) ?? 0
+            case "balloon_target_kib": target = UInt64(value)
+            case "balloon_actual_kib": actual = UInt64(value)
             default: continue
             }
         }
         guard let state else { return nil }
         self.init(state: state, vcpus: vcpus, vcpuTimeNs: times, uptimeNs: uptime, pid: pid)
+        balloonTargetKiB = target; balloonActualKiB = actual
     }
 }

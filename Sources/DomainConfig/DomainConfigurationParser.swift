@@ -196,6 +196,7 @@ struct DomainConfigReader {
             if DomainConfiguration.knownKeys.contains(key) {
                 if key == "name" { sawName = true }
                 try conv.apply(key: key, binding: b, to: &cfg, rng: &rng)
+                if let w = cfg.unusedWarning(key, file: b.file, line: b.line) { cfg.warnings.append(w) }
             } else if b.fromCommandLine && !referenced.contains(key) {
                 cfg.warnings.append(ConfigWarning(file: b.file, line: b.line, key: key,
                     message: DomainConfiguration.ignoredKeys.contains(key)

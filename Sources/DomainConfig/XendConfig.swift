@@ -139,6 +139,7 @@ public struct XendConfig: Sendable, Equatable {
                 continue
             }
             try apply(key: key, form: form.value, line: form.line, file: file)
+            if let w = unusedWarning(key, file: file, line: form.line) { warnings.append(w) }
         }
     }
 

@@ -55,6 +55,11 @@ public final class XM {
         ("vnet-create", "<ConfigFile>", "Create a vnet from ConfigFile."),
         ("vnet-delete", "<VnetId>", "Delete a Vnet."),
         ("vnet-list", "[-l|--long]", "List Vnets."),
+        ("dump-core", "[-C|--crash] <Domain> [Filename]", "Dump core for a specific domain."),
+        ("rename", "<Domain> <NewDomainName>", "Rename a domain."),
+        ("reset", "<Domain>", "Reset a domain."),
+        ("sysrq", "<Domain> <letter>", "Send a sysrq to a domain."),
+        ("top", "[-b] [-i <Iterations>] [-d <Delay>]", "Monitor a host and the domains in real time."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -81,6 +86,10 @@ public final class XM {
         "migrate": [("-l", "--live", "Use live migration."),
                     ("-p=portnum", "--port=portnum", "Use specified port for migration."),
                     ("-r=MBIT", "--resource=MBIT", "Set level of resource usage for migration.")],
+        "dump-core": [("-C", "--crash", "Crash domain after dumping core")],
+        "top": [("-b", "--batch", "Plain frames, no terminal control (for scripts)"),
+                ("-i N", "--iterations=N", "Stop after N refreshes"),
+                ("-d SECONDS", "--delay=SECONDS", "Seconds between refreshes (default 1)")],
     ]
     static let commandNames: [String] = help.map { $0.0 }
 
@@ -176,6 +185,11 @@ public final class XM {
         case "save": try xmSave(args)
         case "restore": try xmRestore(args)
         case "migrate": try xmMigrate(args)
+        case "rename": try xmRename(args)
+        case "sysrq": try xmSysrq(args)
+        case "reset": try xmReset(args)
+        case "dump-core": try xmDumpCore(args)
+        case "top": try xmTop(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)
         }
     }

@@ -25,7 +25,7 @@ public struct CoreEngine: DomainEngineDriver {
         var args = [binary, "--kernel", kernel]
         if let r = l.config.ramdisk { args += ["--ramdisk", r] }
         args += ["--extra", l.commandLine, "--memory", String(l.config.memory), "--vcpus", String(l.config.vcpus),
-                 "--name", l.name, "--control", l.controlPath, "--status-file", l.statusFile, "--no-input"]
+                 "--name", l.name, "--control", l.controlPath, "--status-file", l.statusFile, "--no-input", "--balloon"]
         for sock in l.blockSockets { args += ["--vhost-user-blk", sock] }
         for sock in l.netSockets where !sock.isEmpty { args += ["--vhost-user-net", sock] }
         if l.consoleFDs != nil {

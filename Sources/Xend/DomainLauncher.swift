@@ -42,11 +42,7 @@ extension DomainManager {
         if let other = registry.named(name) {
             throw XendError(.conflict, "VM name '\(name)' already exists as domain \(other.domid)")
         }
-        let needKiB = cfg.memory * 1024
-        let free = HostFacts.freeKiB()
-        if needKiB > free {
-            throw XendError(.unavailable, "Not enough free memory and dom0_min_mem is 0, so I cannot release any more.  I need \(needKiB) KiB but only have \(free) KiB (lower the domain's memory, or stop other domains).")
-        }
+        try HostMemory.check(needMiB: cfg.memory, freeKiB: HostFacts.freeKiB(), dom0MinMemMiB: xendConfig.dom0MinMem)
         if cfg.uuid == nil { cfg.uuid = UUID().uuidString.lowercased() }
         let record = DomainRecord(domid: 0, name: name, uuid: cfg.uuid!, config: cfg, engine: engine.name,
                                   process: nil, startTime: 0, restartCount: 0, previousRestartTime: nil,

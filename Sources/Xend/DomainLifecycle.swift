@@ -45,6 +45,10 @@ extension DomainManager {
         }
         // A domain whose restore failed (its engine refused the state) is removed, never restarted.
         if transfers.isRestoring(domid) { action = .destroy }
+        // `xm reset`: started again as it was (a hard reset is asked for, not a loop).
+        if resetRequested.remove(domid) != nil, why != .destroyed {
+            if case .crash = why {} else { action = .restart; r.previousRestartTime = nil }
+        }
         r.process = nil
         registry.store(r, persisting: false)
         switch action {

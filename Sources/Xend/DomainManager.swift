@@ -44,6 +44,8 @@ public final class DomainManager: @unchecked Sendable {
     let lifecycle = NSRecursiveLock()
     /// Domains `xm reboot` asked to shut down: their poweroff is a reboot (under `lifecycle`).
     var rebootRequested: Set<Int> = []
+    /// Domains `xm reset` reset: started again whatever their on_reboot (under `lifecycle`).
+    var resetRequested: Set<Int> = []
     /// Pids xend spawned itself (it must reap them).
     private var children: Set<Int32> = []
     private let childLock = NSLock()

@@ -208,6 +208,16 @@ public protocol DomainEngineDriver: Sendable {
     /// - Throws: `EngineError` when the engine cannot migrate live (the default) or the
     ///   migration failed; the guest is then running again (if it was) and nothing changed.
     func sendLive(_ p: EngineProcess, into fd: Int32, maxRounds: Int, maxBytes: UInt64, downtimeLimitMs: Int, onProgress: @escaping (UInt64) -> Void) throws -> (rounds: Int, downtimeMs: Int)
+    /// `xm sysrq`: the magic SysRq `key` (one printable ASCII character) reaches the guest's
+    /// kernel. Defaults in DomainCommands.swift.
+    /// - Throws: `EngineError` when the engine cannot send it (the default).
+    func sendSysrq(_ p: EngineProcess, key: Character) throws
+    /// `xm dump-core`: writes the guest's RAM as an ELF core file (one `PT_LOAD` per RAM
+    /// range, guest-physical addresses in `p_paddr`) into `fd`, a regular file opened for
+    /// writing by the caller (who keeps and closes it). The guest is stopped while it is
+    /// written and runs on afterwards if it was running.
+    /// - Throws: `EngineError` when the engine cannot (the default) or the dump failed.
+    func dumpCore(_ p: EngineProcess, into fd: Int32) throws
 }
 
 extension DomainEngineDriver {

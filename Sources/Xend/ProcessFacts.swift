@@ -1,5 +1,6 @@
 // Facts about host processes that every supervisor needs: is this still the process we
 // started (pid + start time), and one round trip to a line-based control socket.
+import CLinux
 import Foundation
 import UnixSocket
 #if canImport(Glibc)
@@ -20,7 +21,8 @@ public enum ProcessInfo2 {
     }
 
     /// Sends one line to a Unix-socket control server and returns the reply line.
-    public static func control(_ path: String, _ command: String, timeoutMs: Int32 = 2000) throws -> String {
+    /// - Parameter passing: a descriptor sent with the line (SCM_RIGHTS); the caller keeps its copy.
+    public static func control(_ path: String, _ command: String, timeoutMs: Int32 = 2000, passing passed: Int32? = nil) throws -> String {
         let fd: Int32
         do { fd = try UnixSocket.connect(path: path) } catch {
             if case .system(_, _, let e) = error { throw EngineError("\(path): \(String(cString: strerror(e)))") }
@@ -28,7 +30,13 @@ public enum ProcessInfo2 {
         }
         defer { Glibc.close(fd) }
         let line = command + "\n"
-        _ = line.withCString { write(fd, $0, strlen($0)) }
+        if let passed {
+            var one = [passed]
+            let sent = line.withCString { clinux_send_with_fds(fd, $0, strlen($0), &one, 1) }
+            if sent < 0 { throw EngineError("\(path): \(String(cString: strerror(errno)))") }
+        } else {
+            _ = line.withCString { write(fd, $0, strlen($0)) }
+        }
         var reply: [UInt8] = []
         var c: UInt8 = 0
         while reply.count < 4096 {

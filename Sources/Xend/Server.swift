@@ -141,6 +141,7 @@ public enum XendHTTP {
             }
             return await offload { json(VifList(vifs: try m.networkDetach(d, devid: devid))) }
         }
+        addDomainCommandRoutes(r, m)
         r.get("/api/v1/dmesg") { _, _ in json(TextReply(text: m.dmesgText())) }
         r.post("/api/v1/dmesg/clear") { _, _ in m.dmesgClear(); return json(TextReply(text: "")) }
         r.get("/api/v1/log") { _, _ in

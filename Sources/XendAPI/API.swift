@@ -37,6 +37,12 @@ public enum XendAPI {
         XendRoute("POST", "/api/v1/vnets"),
         XendRoute("GET", "/api/v1/vnets/{id}"),
         XendRoute("DELETE", "/api/v1/vnets/{id}"),
+        XendRoute("POST", "/api/v1/domains/{domain}/rename"),
+        XendRoute("POST", "/api/v1/domains/{domain}/sysrq"),
+        XendRoute("POST", "/api/v1/domains/{domain}/dump-core"),
+        XendRoute("POST", "/api/v1/domains/{domain}/reset"),
+        XendRoute("GET", "/api/v1/stats"),
+        XendRoute("GET", "/metrics"),
     ]
 }
 

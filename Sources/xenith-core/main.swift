@@ -34,6 +34,7 @@ struct XenithCore {
       --vhost-user-net SOCK  add a virtio-net NIC served by the vhost-user back-end
                            listening on SOCK (netback); repeatable, one PCI slot each
       --no-rng             leave out the in-core virtio-rng device
+      --balloon            add an in-core virtio-balloon device (control: balloon MIB)
       --no-input           do not read the console from stdin
       --console-ring-fd N --console-out-fd N --console-in-fd N
                            COM1 on a console ring served by xenconsoled instead of
@@ -53,6 +54,7 @@ struct XenithCore {
     var control: String?
     var statusFile: String?
     var noRng = false
+    var balloon = false
     var noInput = false
     var vhostUserBlk: [String] = []
     var vhostUserNet: [String] = []
@@ -97,6 +99,7 @@ struct XenithCore {
             case "--vhost-user-blk": vhostUserBlk.append(try value(arg))
             case "--vhost-user-net": vhostUserNet.append(try value(arg))
             case "--no-rng": noRng = true
+            case "--balloon": balloon = true
             case "--no-input": noInput = true
             case "--console-ring-fd": consoleRing.ring = Int32(exactly: try number(arg))
             case "--console-out-fd": consoleRing.out = Int32(exactly: try number(arg))
@@ -117,8 +120,9 @@ struct XenithCore {
     func run() -> Int32 {
         // Before any thread exists, so every thread inherits the blocked mask.
         let sigFD = clinux_termination_signalfd()
-        let cfg = MachineConfiguration(memoryMiB: memory, vcpus: vcpus, kernelPath: kernel, firmwarePath: firmware,
+        var cfg = MachineConfiguration(memoryMiB: memory, vcpus: vcpus, kernelPath: kernel, firmwarePath: firmware,
                                        ramdiskPath: ramdisk, cmdline: extra, name: name, virtioRNG: !noRng)
+        cfg.virtioBalloon = balloon
         let machine: Machine
         let ring: ConsoleRingPort?
         do {

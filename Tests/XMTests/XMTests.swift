@@ -132,3 +132,32 @@ let examples: String = {
     #expect(xm.stderr == "Warning: ./w.cfg:3: key 'pci': accepted by xm, ignored by Xenith\n"
             + "Warning: ./w.cfg:4: key 'vtpm': accepted by xm, ignored by Xenith\n")
 }
+
+/// `xm top`'s table (issue 14, item 4).
+@Suite struct TopFrameTests {
+    func list(_ cpu: Double) -> DomainStatsList {
+        DomainStatsList(hostMemoryKib: 2_000_000, hostCpus: 2, domains: [
+            DomainStats(domid: 0, name: "Domain-0", state: "r-----", cpuTime: 10, memoryKib: 2_000_000, maxmemKib: 2_000_000,
+                        vcpus: 2, nets: 0, netTxBytes: 0, netRxBytes: 0, vbds: 0, vbdReadBytes: 0, vbdWriteBytes: 0),
+            DomainStats(domid: 3, name: "guest", state: "r-----", cpuTime: cpu, memoryKib: 200_000, maxmemKib: 400_000,
+                        vcpus: 1, nets: 1, netTxBytes: 10240, netRxBytes: 20480, vbds: 2, vbdReadBytes: 4096, vbdWriteBytes: 1024),
+        ])
+    }
+
+    @Test func columnsAndCpuShare() {
+        let f = TopFrame.render(list(5.5), prev: list(5.0), elapsed: 1.0, clock: "12:00:00")
+        let lines = f.split(separator: "\n").map(String.init)
+        #expect(lines[0] == "xm top - 12:00:00")
+        #expect(lines[1] == "2 domains: 2 running, 0 blocked, 0 paused, 0 crashed, 0 dying, 0 shutdown")
+        #expect(lines.contains(TopFrame.header))
+        let row = lines.last!.split(separator: " ").map(String.init)
+        #expect(row == ["guest", "r-----", "5", "50.0", "200000", "10.0", "400000", "1", "1", "10", "20", "2", "4", "1"])
+        // The header's columns line up with the row's right edges.
+        #expect(lines.last!.count == TopFrame.header.count)
+    }
+
+    @Test func firstFrameHasNoShare() {
+        let f = TopFrame.render(list(5.5), prev: nil, elapsed: 0, clock: "x")
+        #expect(f.split(separator: "\n").last!.split(separator: " ")[3] == "0.0")
+    }
+}

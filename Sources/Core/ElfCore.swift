@@ -1,0 +1,87 @@
+import GuestMemory
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An ELF64 core file of a domain's RAM (System V gABI "ELF header", "Program header";
+/// the layout gdb and crash read): one PT_NOTE with a `XENITH` note naming the domain,
+/// then one PT_LOAD per guest RAM region with `p_paddr` = `p_vaddr` = its guest-physical
+/// address, file offsets page-aligned.
+public enum ElfCore {
+    /// Note type of the `XENITH` note: the text `name=NAME vcpus=N memory_mib=M`.
+    public static let noteType: UInt32 = 1
+
+    /// The headers and note for `regions` (guest-physical base, bytes): the bytes to write at
+    /// offset 0, and each region's file offset.
+    public static func layout(regions: [(base: UInt64, size: UInt64)], note text: String) -> (header: [UInt8], offsets: [UInt64]) {
+        var out: [UInt8] = []
+        func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+        let phnum = 1 + regions.count
+        let name = Array("XENITH".utf8) + [0]
+        let desc = Array(text.utf8) + [0]
+        func pad4(_ n: Int) -> Int { (n + 3) & ~3 }
+        let noteSize = 12 + pad4(name.count) + pad4(desc.count)
+        let noteOffset = 64 + 56 * phnum
+        var dataOffset = UInt64(noteOffset + noteSize)
+        dataOffset = (dataOffset + 4095) & ~4095
+        var offsets: [UInt64] = []
+        var o = dataOffset
+        for r in regions { offsets.append(o); o += (r.size + 4095) & ~4095 }
+        // ELF header (Elf64_Ehdr).
+        out += [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1, 0] + [UInt8](repeating: 0, count: 8)
+        put(UInt16(4))        // e_type ET_CORE
+        put(UInt16(62))       // e_machine EM_X86_64
+        put(UInt32(1))        // e_version
+        put(UInt64(0))        // e_entry
+        put(UInt64(64))       // e_phoff
+        put(UInt64(0))        // e_shoff
+        put(UInt32(0))        // e_flags
+        put(UInt16(64))       // e_ehsize
+        put(UInt16(56))       // e_phentsize
+        put(UInt16(phnum))    // e_phnum
+        put(UInt16(0)); put(UInt16(0)); put(UInt16(0))   // shentsize, shnum, shstrndx
+        // PT_NOTE.
+        put(UInt32(4)); put(UInt32(0)); put(UInt64(noteOffset)); put(UInt64(0)); put(UInt64(0))
+        put(UInt64(noteSize)); put(UInt64(0)); put(UInt64(4))
+        // PT_LOAD per region: RWX, page-aligned.
+        for (i, r) in regions.enumerated() {
+            put(UInt32(1)); put(UInt32(7)); put(offsets[i]); put(r.base); put(r.base)
+            put(r.size); put(r.size); put(UInt64(4096))
+        }
+        // The note.
+        put(UInt32(name.count)); put(UInt32(desc.count)); put(noteType)
+        out += name + [UInt8](repeating: 0, count: pad4(name.count) - name.count)
+        out += desc + [UInt8](repeating: 0, count: pad4(desc.count) - desc.count)
+        return (out, offsets)
+    }
+
+    /// Writes the core of `memory` into `fd` (from offset 0; the file is truncated first).
+    /// - Returns: the bytes the file holds.
+    /// - Throws: the errno of a failed write, as `CoreError.system`.
+    public static func write(_ memory: GuestMemory, note: String, to fd: Int32) throws(CoreError) -> UInt64 {
+        let regions = memory.regions.map { (base: $0.guestBase, size: $0.size) }
+        let (header, offsets) = layout(regions: regions, note: note)
+        guard ftruncate(fd, 0) == 0 else { throw .system("ftruncate", errno) }
+        var e = header.withUnsafeBytes { writeAll(fd, $0, at: 0) }
+        if e != 0 { throw .system("write", e) }
+        for (i, r) in memory.regions.enumerated() {
+            e = writeAll(fd, UnsafeRawBufferPointer(start: r.host, count: Int(r.size)), at: offsets[i])
+            if e != 0 { throw .system("write", e) }
+        }
+        let end = zip(regions, offsets).map { $1 + (($0.size + 4095) & ~4095) }.max() ?? UInt64(header.count)
+        guard ftruncate(fd, off_t(end)) == 0 else { throw .system("ftruncate", errno) }
+        return end
+    }
+
+    /// pwrite(2)s all of `p` at `offset`; 0, or the errno that stopped it.
+    private static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer, at offset: UInt64) -> Int32 {
+        var done = 0
+        while done < p.count {
+            let n = pwrite(fd, p.baseAddress! + done, min(p.count - done, 1 << 24), off_t(offset) + off_t(done))
+            if n < 0 { if errno == EINTR { continue }; return errno }
+            if n == 0 { return EIO }
+            done += n
+        }
+        return 0
+    }
+}
