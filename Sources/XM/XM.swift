@@ -51,6 +51,10 @@ public final class XM {
          "Create a new virtual network device."),
         ("network-detach", "<Domain> <DevId>", "Destroy a domain's virtual network device."),
         ("network-list", "<Domain> [--long]", "List virtual network interfaces for a domain."),
+        ("sched-credit", "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]]", "Get/set credit scheduler parameters."),
+        ("vcpu-list", "[<Domain>]", "List the VCPUs for a domain or all domains."),
+        ("vcpu-pin", "<Domain> <VCPU|all> <CPUs|all>", "Set which CPUs a VCPU can use."),
+        ("vcpu-set", "<Domain> <vCPUs>", "Set the number of active VCPUs for allowed for the domain."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -73,6 +77,9 @@ public final class XM {
         "network-list": [("-l", "--long", "List resources as SXP")],
         "save": [("-c", "--checkpoint", "Leave domain running after creating snapshot")],
         "restore": [("-p", "--paused", "Do not unpause domain after restoring it")],
+        "sched-credit": [("-d DOMAIN", "--domain=DOMAIN", "Domain to modify"),
+                         ("-w WEIGHT", "--weight=WEIGHT", "Weight (int)"),
+                         ("-c CAP", "--cap=CAP", "Cap (int)")],
     ]
     static let commandNames: [String] = help.map { $0.0 }
 
@@ -164,6 +171,10 @@ public final class XM {
         case "network-list": try xmNetworkList(args)
         case "save": try xmSave(args)
         case "restore": try xmRestore(args)
+        case "vcpu-list": try xmVcpuList(args)
+        case "vcpu-pin": try xmVcpuPin(args)
+        case "vcpu-set": try xmVcpuSet(args)
+        case "sched-credit": try xmSchedCredit(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)
         }
     }

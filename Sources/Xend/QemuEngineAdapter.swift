@@ -52,7 +52,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) } == .tcg
     }
 
-    public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .save] }
+    public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .save, .vcpuHotplug] }
 
     /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks on
     /// blkback over vhost-user (one queue: QEMU's vhost-user-blk-pci asks for one), the
@@ -220,6 +220,24 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         let s: QemuRunState
         do { s = try d.state() } catch { throw EngineError("\(error)") }
         return EngineStatus(paused: s == .paused, cpuTimeNs: d.vcpuTimeNs())
+    }
+
+    /// QMP `query-cpus-fast`: each online vCPU's thread id.
+    public func vcpuThreads(_ p: EngineProcess) throws -> [Int: Int32] {
+        var out: [Int: Int32] = [:]
+        try call { for c in try session(p).qmp.queryCPUs() { out[c.index] = c.threadID } }
+        return out
+    }
+
+    /// Unplugs the highest vCPUs (device_del, the guest acknowledging through ACPI) or plugs
+    /// in the lowest missing ones (device_add) until vCPUs 0..<count are online.
+    public func setVcpuCount(_ p: EngineProcess, count: Int, config: DomainConfiguration) throws {
+        try call {
+            let d = try session(p)
+            let online = Set(try d.qmp.queryCPUs().map(\.index))
+            for k in online.filter({ $0 >= count }).sorted(by: >) where k > 0 { try d.unplugVcpu(k) }
+            for k in 1..<max(1, count) where !online.contains(k) { try d.plugVcpu(k, accelerator: accelerator) }
+        }
     }
 
     public func adopt(_ p: EngineProcess) -> Bool {

@@ -1,5 +1,6 @@
 // Helpers shared by the Migration tests: descriptors, scratch files, random streams, and
 // save files made in-process.
+import CLinux
 import Glibc
 import Migration
 
