@@ -261,4 +261,30 @@ import Testing
             #expect(!FileManager.default.fileExists(atPath: d), "\(d) left behind")
         }
     }
+
+    /// `(dom0-cpus 1)`: xend and xenstored are confined to CPU 0, Domain-0 shows one vCPU
+    /// online, and a domain's engine still runs on every CPU.
+    @Test func dom0CPUsConfinesTheServices() throws {
+        if skip(Env.kvmUnavailable) || skip(rootUnavailable) { return }
+        if Self.hostCPUs < 2 { _ = skip("needs 2 host CPUs"); return }
+        defer { stopAll(["d0"]) }
+        try FileManager.default.createDirectory(atPath: root + "/etc/xen", withIntermediateDirectories: true)
+        try "(dom0-cpus 1)\n".write(toFile: root + "/etc/xen/xend-config.sxp", atomically: true, encoding: .utf8)
+        #expect(try tool("xend", ["start"]).status == 0)
+        func pid(_ f: String) -> Int32? {
+            (try? String(contentsOfFile: root + f, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        for f in ["/run/xend.pid", "/run/xenstored/xenstored.pid", "/run/xenconsoled/xenconsoled.pid"] {
+            guard let p = pid(f) else { Issue.record("no \(f)"); continue }
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(p)/task")) ?? []
+            #expect(!tasks.isEmpty && tasks.allSatisfy { Self.allowed(p, Int32($0) ?? 0) == "0" }, "\(f): \(tasks.map { Self.allowed(p, Int32($0) ?? 0) })")
+        }
+        let d0 = try xm("vcpu-list", "Domain-0").stdout.split(separator: "\n")
+        #expect(d0.count == 1 + Self.hostCPUs && d0[1].contains("   r--  ") && d0[2].contains("   --p  "), "\(d0)")
+        try "kernel = '\(Env.fixture("pvh.elf"))'\nmemory = 32\nname = 'd0'\nextra = 't'\nengine = 'core'\n"
+            .write(toFile: root + "/d0.cfg", atomically: true, encoding: .utf8)
+        #expect(try xm("create", root + "/d0.cfg").status == 0)
+        guard let core = try enginePid("d0") else { Issue.record("no core pid"); return }
+        #expect(Self.allowed(core, core) == "0-\(Self.hostCPUs - 1)")
+    }
 }
