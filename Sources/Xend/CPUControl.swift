@@ -174,7 +174,9 @@ extension DomainManager {
         cfg.vcpus = count
         registry.update(r.domid) { $0.config = cfg }
         if let c = cfg.cpus { pinVcpus(r.name, p, e, c) }
-        try? xenstore?.write("/local/domain/\(r.domid)/cpu/availability", String(count))
+        for k in 0..<maxV {   // Xen's per-vCPU entries, as its xend wrote them
+            try? xenstore?.write("/local/domain/\(r.domid)/cpu/\(k)/availability", k < count ? "online" : "offline")
+        }
         dmesg("Domain \(r.name) (\(r.domid)): \(count) vCPUs online")
         return try vcpuList(String(r.domid))
     }
