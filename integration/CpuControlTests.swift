@@ -189,6 +189,10 @@ import Testing
         let after = try xm("vcpu-list", "cpu").stdout.split(separator: "\n")
         #expect(after.count == 3 && after[2].contains("     1    -   --p "), "\(after)")
         #expect(try xm("list", "cpu").stdout.contains("   192     1 "))
+        // Plugging the same slot back would abort QEMU 7.2: refused, the domain runs on.
+        #expect(try xm("vcpu-set", "cpu", "2").stderr == "Error: Cannot set the vCPUs of domain cpu: vCPU 1 was unplugged from this QEMU, which cannot plug a CPU back into a slot it unplugged (QEMU 7.2 aborts): reboot the domain to have 2 vCPUs\n")
+        let listed = try xm("list", "cpu").stdout
+        #expect(listed.contains("  1   192     1     r-----"), "\(listed)")
     }
 
     /// Two spinning guests pinned on CPU 1 with weights 256 (the default) and 768

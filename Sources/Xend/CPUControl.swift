@@ -167,8 +167,9 @@ extension DomainManager {
             throw XendError(.badRequest, "Cannot set vcpus greater than max vcpus on running domain: \(count) > \(maxV) (raise maxvcpus and restart it for more)")
         }
         do { try e.setVcpuCount(p, count: count, config: cfg) } catch {
-            throw XendError(e.capabilities.contains(.vcpuHotplug) ? .internalError : .unavailable,
-                            "Cannot set the vCPUs of domain \(r.name): \(error)")
+            let kind: XendError.Kind = !e.capabilities.contains(.vcpuHotplug) ? .unavailable
+                : (error as? EngineError)?.isBadRequest == true ? .badRequest : .internalError
+            throw XendError(kind, "Cannot set the vCPUs of domain \(r.name): \(error)")
         }
         if count < maxV || cfg.maxvcpus != nil { cfg.maxvcpus = maxV }
         cfg.vcpus = count
