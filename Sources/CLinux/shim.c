@@ -10,6 +10,14 @@ int clinux_pivot_root(const char *new_root, const char *put_old) {
     return (int)syscall(SYS_pivot_root, new_root, put_old);
 }
 long clinux_gettid(void) { return syscall(SYS_gettid); }
+int clinux_set_affinity(int tid, const unsigned long long *mask, int words) {
+    return (int)syscall(SYS_sched_setaffinity, tid, (size_t)words * 8, mask);
+}
+int clinux_get_affinity(int tid, unsigned long long *mask, int words) {
+    memset(mask, 0, (size_t)words * 8);
+    long r = syscall(SYS_sched_getaffinity, tid, (size_t)words * 8, mask);
+    return r < 0 ? -1 : 0;
+}
 
 ssize_t clinux_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
     struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };

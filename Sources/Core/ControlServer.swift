@@ -10,7 +10,7 @@ import Glibc
 ///
 /// Commands and replies:
 /// - `pause`, `unpause`, `shutdown` (ACPI power button), `reboot` (reset), `destroy` → `ok`
-/// - `query` → `ok state=running|paused|stopped vcpus=N vcpu_time_ns=T0,T1,... uptime_ns=U pid=P`
+/// - `query` → `ok state=running|paused|stopped vcpus=N vcpu_time_ns=T0,T1,... uptime_ns=U pid=P vcpu_tids=I0,I1,...`
 /// - anything else → `error unknown command: ...`
 public final class ControlServer: @unchecked Sendable {
     public let path: String
@@ -118,7 +118,8 @@ public final class ControlServer: @unchecked Sendable {
         case .query:
             let state = CoreControlStatus.RunState(rawValue: machine.state.rawValue) ?? .stopped
             var st = CoreControlStatus(state: state, vcpus: machine.config.vcpus, vcpuTimeNs: machine.vcpuTimes,
-                                       uptimeNs: machine.uptimeNanoseconds, pid: getpid())
+                                       uptimeNs: machine.uptimeNanoseconds, pid: getpid(),
+                                       vcpuThreadIDs: machine.vcpuThreadIDs)
             if let b = machine.balloonKiB { st.balloonTargetKiB = b.target; st.balloonActualKiB = b.actual }
             return st.line
         case nil:

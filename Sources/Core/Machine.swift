@@ -53,6 +53,8 @@ public final class Machine: @unchecked Sendable {
     public private(set) var power: PowerDevices!
     private var vcpus: [VCPU] = []
     private var threads: [DedicatedThread] = []
+    /// Linux thread id of each vCPU thread by vCPU index (0 until the thread has started).
+    private let tids = Mutex<[Int32]>([])
     private var virtioDevices: [VirtioPCIDevice] = []
     /// The virtio-balloon device and its transport (MachineControl.swift), nil without one.
     public private(set) var balloon: VirtioBalloon?
@@ -236,6 +238,7 @@ public final class Machine: @unchecked Sendable {
     public func run() -> GuestStop {
         _ = clinux_install_kick_handler(Self.kickSignal)
         loop.start(name: "\(config.name)-io")
+        tids.withLock { $0 = Array(repeating: 0, count: vcpus.count) }
         for v in vcpus {
             let t = DedicatedThread(name: "vcpu\(v.id)") { [self] in vcpuLoop(v) }
             threads.append(t)
@@ -292,8 +295,14 @@ public final class Machine: @unchecked Sendable {
     /// Nanoseconds since the machine was built.
     public var uptimeNanoseconds: UInt64 { clock_ns() - startTime }
 
+    /// Linux thread ids of the vCPU threads by vCPU index (0 for one not started yet), so
+    /// that xend can pin them (`xm vcpu-pin`).
+    public var vcpuThreadIDs: [Int32] { tids.withLock { $0 } }
+
     private func vcpuLoop(_ v: VCPU) {
         _ = clinux_unblock_signal(Self.kickSignal)
+        let tid = Int32(clinux_gettid())
+        tids.withLock { if v.id < $0.count { $0[v.id] = tid } }
         while !stopped {
             if pauseGate.isClosed {
                 pauseGate.wait()

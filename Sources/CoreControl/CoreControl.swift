@@ -32,7 +32,7 @@ public enum CoreControlReply {
 }
 
 /// What `query` answers: `ok state=running|paused|stopped vcpus=N vcpu_time_ns=T0,T1,...
-/// uptime_ns=U pid=P` (fields separated by one space; unknown fields are ignored when parsing,
+/// uptime_ns=U pid=P vcpu_tids=I0,I1,...` (fields separated by one space; unknown fields are ignored when parsing,
 /// so the core may add some).
 public struct CoreControlStatus: Sendable, Equatable {
     /// The domain's run state as the core sees it.
@@ -51,9 +51,13 @@ public struct CoreControlStatus: Sendable, Equatable {
     /// `balloon_actual_kib=`).
     public var balloonTargetKiB: UInt64? = nil
     public var balloonActualKiB: UInt64? = nil
+    /// Linux thread id of each vCPU thread, by vCPU index (0: not started yet); empty from
+    /// a core that does not report them.
+    public var vcpuThreadIDs: [Int32]
 
-    public init(state: RunState, vcpus: Int, vcpuTimeNs: [UInt64], uptimeNs: UInt64, pid: Int32) {
+    public init(state: RunState, vcpus: Int, vcpuTimeNs: [UInt64], uptimeNs: UInt64, pid: Int32, vcpuThreadIDs: [Int32] = []) {
         self.state = state; self.vcpus = vcpus; self.vcpuTimeNs = vcpuTimeNs; self.uptimeNs = uptimeNs; self.pid = pid
+        self.vcpuThreadIDs = vcpuThreadIDs
     }
 
     /// Total CPU time of all vCPUs, nanoseconds.
@@ -64,6 +68,7 @@ public struct CoreControlStatus: Sendable, Equatable {
         "ok state=\(state.rawValue) vcpus=\(vcpus) vcpu_time_ns=\(vcpuTimeNs.map(String.init).joined(separator: ",")) "
             + "uptime_ns=\(uptimeNs) pid=\(pid)"
             + (balloonTargetKiB.map { " balloon_target_kib=\($0)" } ?? "") + (balloonActualKiB.map { " balloon_actual_kib=\($0)" } ?? "")
+            + (vcpuThreadIDs.isEmpty ? "" : " vcpu_tids=" + vcpuThreadIDs.map(String.init).joined(separator: ","))
     }
 
     /// Parses a `query` reply; nil when it is not `ok ...` or lacks `state=`.
@@ -73,6 +78,7 @@ public struct CoreControlStatus: Sendable, Equatable {
         var vcpus = 0, uptime: UInt64 = 0, pid: Int32 = 0
         var times: [UInt64] = []
         var target: UInt64?, actual: UInt64?
+        var tids: [Int32] = []
         for field in reply.split(separator: " ").dropFirst() {
             guard let eq = field.firstIndex(of: "=") else { continue }
             let key = field[..<eq], value = field[field.index(after: eq)...]
@@ -84,11 +90,12 @@ public struct CoreControlStatus: Sendable, Equatable {
             case "pid": pid = Int32(value) ?? 0
             case "balloon_target_kib": target = UInt64(value)
             case "balloon_actual_kib": actual = UInt64(value)
+            case "vcpu_tids": tids = value.split(separator: ",").compactMap { Int32($0) }
             default: continue
             }
         }
         guard let state else { return nil }
-        self.init(state: state, vcpus: vcpus, vcpuTimeNs: times, uptimeNs: uptime, pid: pid)
+        self.init(state: state, vcpus: vcpus, vcpuTimeNs: times, uptimeNs: uptime, pid: pid, vcpuThreadIDs: tids)
         balloonTargetKiB = target; balloonActualKiB = actual
     }
 }

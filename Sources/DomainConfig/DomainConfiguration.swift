@@ -77,6 +77,13 @@ public struct DomainConfiguration: Sendable, Hashable {
     public var vcpus: Int = 1
     /// Physical CPUs the vCPUs may run on, Xen's syntax: `"0-3,5,^1"`.
     public var cpus: String?
+    /// Most vCPUs the domain may have online (`maxvcpus`, xl's key): `xm vcpu-set` adds
+    /// vCPUs up to it; nil means `vcpus`.
+    public var maxvcpus: Int?
+    /// Credit-scheduler weight (`cpu_weight`), 1...65535; nil means Xen's default 256.
+    public var cpuWeight: Int?
+    /// Credit-scheduler cap (`cpu_cap`), percent of one CPU; 0 or nil = no cap.
+    public var cpuCap: Int?
     public var builder: DomainBuilder = .linux
     public var kernel: String?
     public var ramdisk: String?
@@ -118,7 +125,7 @@ public struct DomainConfiguration: Sendable, Hashable {
 
     /// Keys with a meaning here (besides variables a file defines for its own use).
     public static let knownKeys: Set<String> = [
-        "name", "uuid", "memory", "maxmem", "vcpus", "cpus", "builder", "kernel", "ramdisk", "extra",
+        "name", "uuid", "memory", "maxmem", "vcpus", "cpus", "maxvcpus", "cpu_weight", "cpu_cap", "builder", "kernel", "ramdisk", "extra",
         "root", "cmdline", "bootloader", "bootargs", "disk", "vif", "nics", "ip", "netmask", "gateway",
         "hostname", "interface", "dhcp", "nfs_server", "nfs_root", "on_poweroff", "on_reboot", "on_crash",
         "engine", "boot", "cdrom", "vnc", "vncdisplay", "vncunused", "vnclisten", "vncpasswd", "vncviewer",
@@ -128,11 +135,11 @@ public struct DomainConfiguration: Sendable, Hashable {
 
     /// Keys Xen 3.x's `xm create` accepted that Xenith reads and ignores with a warning.
     public static let ignoredKeys: Set<String> = [
-        "ssidref", "cpu", "cpu_weight", "cpu_cap", "restart", "blkif", "netif", "tpmif", "vtpm", "pci",
+        "ssidref", "cpu", "restart", "blkif", "netif", "tpmif", "vtpm", "pci",
         "ioports", "irq", "usbport", "vfb", "vscsi", "access_control", "security", "shadow_memory",
         "features", "bootentry", "lapic", "isa", "display", "xauthority", "fda", "fdb", "full_screen",
         "hap", "timer_mode", "viridian", "rtc_timeoffset", "on_xend_start", "on_xend_stop", "description",
-        "target", "cpuid", "cpuid_check", "pool", "maxvcpus", "vcpu_avail", "console", "ipaddr",
+        "target", "cpuid", "cpuid_check", "pool", "vcpu_avail", "console", "ipaddr",
         "videoram", "parallel", "monitor", "guest_os_type", "vhpt", "hpet", "s3_integrity",
     ]
 }

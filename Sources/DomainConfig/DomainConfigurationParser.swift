@@ -336,6 +336,9 @@ struct Converter {
         case "vcpus":
             if case .int(let v) = b.value, v < 1 { throw fail(b, key, "vcpus must be at least 1, found \(v)") }
             if let v = try int(b, key, 1...255, "vCPU count") { c.vcpus = v }
+        case "maxvcpus": c.maxvcpus = try int(b, key, 1...255, "vCPU count")
+        case "cpu_weight": c.cpuWeight = try int(b, key, 1...65535, "credit-scheduler weight")
+        case "cpu_cap": c.cpuCap = try int(b, key, 0...25500, "percent of one CPU")
         case "cpus":
             var text: String?
             switch b.value {

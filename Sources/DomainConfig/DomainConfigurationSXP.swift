@@ -24,6 +24,9 @@ extension DomainConfiguration {
                p("on_crash", onCrash.rawValue), .pair("vcpus", .int(vcpus))]
         if let u = uuid { vm.append(p("uuid", u)) }
         if let c = cpus { vm.append(p("cpus", c)) }
+        if let m = maxvcpus { vm.append(.pair("maxvcpus", .int(m))) }
+        if let w = cpuWeight { vm.append(.pair("cpu_weight", .int(w))) }
+        if let c = cpuCap { vm.append(.pair("cpu_cap", .int(c))) }
         if engine != .auto { vm.append(p("engine", engine.rawValue)) }
         if let b = bootloader {
             vm.append(p("bootloader", b))
@@ -115,6 +118,9 @@ extension DomainConfiguration {
         guard vcpus >= 1 else { throw fail("vcpus", "vcpus must be at least 1") }
         uuid = sxp.childText("uuid")
         cpus = sxp.childText("cpus")
+        if let v = sxp.childValue("maxvcpus") { maxvcpus = try int("maxvcpus", v, 1...255, "vCPU count") }
+        if let v = sxp.childValue("cpu_weight") { cpuWeight = try int("cpu_weight", v, 1...65535, "credit-scheduler weight") }
+        if let v = sxp.childValue("cpu_cap") { cpuCap = try int("cpu_cap", v, 0...25500, "percent of one CPU") }
         if let a = try action("on_poweroff") { onPoweroff = a }
         if let a = try action("on_reboot") { onReboot = a }
         if let a = try action("on_crash") { onCrash = a }

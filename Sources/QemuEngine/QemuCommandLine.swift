@@ -170,7 +170,18 @@ public enum QemuCommandLine {
         if vhostUser {
             a += ["-object", "memory-backend-memfd,id=ram0,size=\(ram)M,share=on"]
         }
-        a += ["-smp", "\(max(1, c.vcpus))"]
+        // vCPUs: with more than one possible, only vCPU 0 comes from -smp and the others are
+        // CPU devices (`vcpuK`, socket K), so that `xm vcpu-set` can unplug them (QEMU cannot
+        // unplug the CPUs -smp makes) and plug them back up to maxvcpus (QemuCPUs.swift).
+        let maxVcpus = max(1, c.vcpus, c.maxvcpus ?? 0)
+        if maxVcpus == 1 {
+            a += ["-smp", "1"]
+        } else {
+            a += ["-smp", "1,sockets=\(maxVcpus),cores=1,threads=1,maxcpus=\(maxVcpus)"]
+            for k in 1..<max(1, min(c.vcpus, maxVcpus)) {
+                a += ["-device", QemuCommandLine.cpuDevice(k, i.accelerator)]
+            }
+        }
 
         // Lifecycle: QEMU never restarts or ends a guest by itself. A guest reset becomes a
         // shutdown (-no-reboot), a shutdown stops emulation but keeps QEMU (-no-shutdown) so

@@ -60,6 +60,10 @@ public final class XM {
         ("reset", "<Domain>", "Reset a domain."),
         ("sysrq", "<Domain> <letter>", "Send a sysrq to a domain."),
         ("top", "[-b] [-i <Iterations>] [-d <Delay>]", "Monitor a host and the domains in real time."),
+        ("sched-credit", "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]]", "Get/set credit scheduler parameters."),
+        ("vcpu-list", "[<Domain>]", "List the VCPUs for a domain or all domains."),
+        ("vcpu-pin", "<Domain> <VCPU|all> <CPUs|all>", "Set which CPUs a VCPU can use."),
+        ("vcpu-set", "<Domain> <vCPUs>", "Set the number of active VCPUs for allowed for the domain."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -90,6 +94,9 @@ public final class XM {
         "top": [("-b", "--batch", "Plain frames, no terminal control (for scripts)"),
                 ("-i N", "--iterations=N", "Stop after N refreshes"),
                 ("-d SECONDS", "--delay=SECONDS", "Seconds between refreshes (default 1)")],
+        "sched-credit": [("-d DOMAIN", "--domain=DOMAIN", "Domain to modify"),
+                         ("-w WEIGHT", "--weight=WEIGHT", "Weight (int)"),
+                         ("-c CAP", "--cap=CAP", "Cap (int)")],
     ]
     static let commandNames: [String] = help.map { $0.0 }
 
@@ -190,6 +197,10 @@ public final class XM {
         case "reset": try xmReset(args)
         case "dump-core": try xmDumpCore(args)
         case "top": try xmTop(args)
+        case "vcpu-list": try xmVcpuList(args)
+        case "vcpu-pin": try xmVcpuPin(args)
+        case "vcpu-set": try xmVcpuSet(args)
+        case "sched-credit": try xmSchedCredit(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)
         }
     }

@@ -92,6 +92,17 @@ public struct CoreEngine: DomainEngineDriver {
         return EngineStatus(paused: st.state == .paused, cpuTimeNs: st.totalVcpuTimeNs)
     }
 
+    /// From the `query` line's `vcpu_tids` (the core's vCPUs are all online; it has no
+    /// vCPU hot-plug, so ``setVcpuCount(_:count:config:)`` keeps the refusal).
+    public func vcpuThreads(_ p: EngineProcess) throws -> [Int: Int32] {
+        let r = try ProcessInfo2.control(p.controlPath, CoreControlCommand.query.rawValue)
+        guard let st = CoreControlStatus(parsing: r) else { throw EngineError("core: query: \(r)") }
+        guard !st.vcpuThreadIDs.isEmpty else { throw EngineError("this core does not report its vCPU threads (restart the domain)") }
+        var out: [Int: Int32] = [:]
+        for (i, t) in st.vcpuThreadIDs.enumerated() where t > 0 { out[i] = t }
+        return out
+    }
+
     public func adopt(_ p: EngineProcess) -> Bool {
         guard let t = ProcessInfo2.startTicks(p.pid), t == p.startTicks else { return false }
         return (try? ProcessInfo2.control(p.controlPath, CoreControlCommand.query.rawValue, timeoutMs: 1000))

@@ -126,6 +126,14 @@ public struct XendDaemon {
         try? String(getpid()).write(toFile: paths.xendPidFile, atomically: true, encoding: .utf8)
         defer { unlink(paths.xendPidFile) }
         let xs = ensureXenstored(log)
+        // dom0-cpus: xend (and every back-end it starts from now on), xenstored and
+        // xenconsoled on the first N CPUs; engines are started outside (CPUControl.swift).
+        let servicePids = [paths.xenstoredPidFile, paths.resolve("/run/xenconsoled/xenconsoled.pid")].compactMap {
+            (try? String(contentsOfFile: $0, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        if let set = DomainManager.confineDom0(cfg.dom0CPUs, servicePids: servicePids) {
+            log.info("dom0-cpus \(cfg.dom0CPUs): xend, xenstored, xenconsoled and back-ends on CPUs \(CPUList.ranges(set))")
+        }
         let core = CoreEngine(binary: binDir + "/xenith-core")
         // Manifests: $XENITH_MANIFESTS, BINDIR/../share/xenith/manifests, the source tree.
         let manifests = resolveManifestDirectory(binDir: binDir)
@@ -157,6 +165,7 @@ public struct XendDaemon {
                                     consoles: consoles, blocks: blocks, nets: nets,
                                     migration: access(migration.binary, X_OK) == 0 ? migration : nil)
         manager.adopt()
+        manager.cpuGroups?.sweep(live: Set(manager.registry.all.filter { $0.process != nil }.map(\.domid)))
         manager.startStatusRefresher()
         if cfg.relocationServer {
             // Off by default as Xen's; a server that cannot listen is an error xend reports and lives with.

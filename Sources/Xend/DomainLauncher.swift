@@ -37,6 +37,7 @@ extension DomainManager {
             throw XendError(.badRequest, "Device \(d.vdev) (vbd) could not be connected. Block script \(d.script!) is not supported here: use file: or phy: (disk '\(d.uname),\(d.dev),\(d.access.rawValue)')")
         }
         let engine = try engines.choose(for: cfg, configured: xendConfig.domainEngine)
+        try checkCPUSettings(cfg)
         lifecycle.lock(); defer { lifecycle.unlock() }
         if name == "Domain-0" { throw XendError(.conflict, "VM name 'Domain-0' already exists as domain 0") }
         if let other = registry.named(name) {
@@ -136,7 +137,8 @@ extension DomainManager {
         defer { if let fd = launch.serialFD { close(fd) } }   // the engine holds its own copy
 
         let process: EngineProcess
-        do { process = try engine.start(launch) } catch {
+        // Outside Domain-0's CPUs (dom0-cpus): the engine's threads may use every CPU.
+        do { process = try ThreadCPU.withAllCPUs { try engine.start(launch) } } catch {
             throw XendError((error as? EngineError)?.isBadRequest == true ? .badRequest : .internalError, "\(error)")
         }
         adoptChild(process.pid)
@@ -149,6 +151,7 @@ extension DomainManager {
         registry.store(r)
         undo.commit()
         dmesg("Domain \(r.name) (\(domid)) started on the \(engine.name) engine, pid \(process.pid)")
+        applyCPUSettings(r, process, engine)
         watch(domid, process)
         return r
     }

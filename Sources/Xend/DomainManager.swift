@@ -36,6 +36,9 @@ public final class DomainManager: @unchecked Sendable {
     let registry: DomainRegistry
     let dmesgRing: DmesgRing
     let statuses = StatusCache()
+    /// The domains' CPU control groups (`cpu_weight`, `cpu_cap`; CPUGroups.swift), nil
+    /// where the host has no cpu controller or xend is not root.
+    let cpuGroups: CPUGroups?
     /// Saves and restores under way (DomainSave.swift, Transfers.swift).
     let transfers = TransferTable()
     /// The migration service for `xm save`/`restore` (nil: both are refused).
@@ -72,6 +75,7 @@ public final class DomainManager: @unchecked Sendable {
         self.xenstore = xenstore
         self.log = logger
         self.registry = DomainRegistry(paths: paths)
+        self.cpuGroups = CPUGroups.detect(root: paths.root)
         self.dmesgRing = DmesgRing(logger: logger)
         for d in [paths.registryDir, paths.domainRunDir, paths.consoleLogDir, paths.logDir] { XenithPaths.makeDirectories(d) }
         if let xs = xenstore {
@@ -95,6 +99,7 @@ public final class DomainManager: @unchecked Sendable {
         nets?.stop(domid: domid)
         blocks?.stop(domid: domid)
         consoles?.remove(domid: domid)
+        cpuGroups?.remove(domid)
     }
 
     // MARK: dmesg

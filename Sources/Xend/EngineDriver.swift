@@ -218,6 +218,18 @@ public protocol DomainEngineDriver: Sendable {
     /// written and runs on afterwards if it was running.
     /// - Throws: `EngineError` when the engine cannot (the default) or the dump failed.
     func dumpCore(_ p: EngineProcess, into fd: Int32) throws
+    /// The Linux thread ids of the domain's online vCPUs, by vCPU index (`xm vcpu-list`,
+    /// `xm vcpu-pin`: xend sets those threads' affinity).
+    /// - Throws: `EngineError` when the engine cannot tell (the default).
+    func vcpuThreads(_ p: EngineProcess) throws -> [Int: Int32]
+    /// `xm vcpu-set`: plugs in or unplugs vCPUs so that vCPUs 0..<count are online, at most
+    /// `config`'s `maxvcpus` (the caller checked 1...max).
+    /// - Throws: `EngineError` when the engine cannot hot-plug vCPUs (the default) or the
+    ///   guest refused; nothing changed then.
+    func setVcpuCount(_ p: EngineProcess, count: Int, config: DomainConfiguration) throws
+    /// The processes whose CPU time is the domain's: the ones xend puts in the domain's CPU
+    /// controller group for `cpu_weight`/`cpu_cap` (default: the engine process itself).
+    func cpuProcesses(_ p: EngineProcess) -> [Int32]
 }
 
 extension DomainEngineDriver {
@@ -245,6 +257,13 @@ extension DomainEngineDriver {
     public func sendLive(_ p: EngineProcess, into fd: Int32, maxRounds: Int, maxBytes: UInt64, downtimeLimitMs: Int, onProgress: @escaping (UInt64) -> Void) throws -> (rounds: Int, downtimeMs: Int) {
         throw EngineError("the \(name) engine cannot migrate a domain live")
     }
+    public func vcpuThreads(_ p: EngineProcess) throws -> [Int: Int32] {
+        throw EngineError("the \(name) engine does not report its vCPU threads")
+    }
+    public func setVcpuCount(_ p: EngineProcess, count: Int, config: DomainConfiguration) throws {
+        throw EngineError("the \(name) engine cannot hot-plug vCPUs: a domain's vCPUs are set when it is created")
+    }
+    public func cpuProcesses(_ p: EngineProcess) -> [Int32] { [p.pid] }
 }
 
 extension EngineError {

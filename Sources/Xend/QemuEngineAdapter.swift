@@ -79,7 +79,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) } == .tcg
     }
 
-    public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .save, .liveMigrate] }
+    public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .save, .liveMigrate, .vcpuHotplug] }
 
     /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks on
     /// blkback over vhost-user (one queue: QEMU's vhost-user-blk-pci asks for one), the
@@ -98,7 +98,9 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     }
 
     /// The QMP socket and QEMU's pid file.
-    public func runFiles(controlPath: String) -> [String] { [controlPath, controlPath + ".pid", controlPath + ".vnc"] }
+    public func runFiles(controlPath: String) -> [String] {
+        [controlPath, controlPath + ".pid", controlPath + ".vnc", controlPath + ".unplugged"]
+    }
 
     public func displayAddress(_ p: EngineProcess) -> String? { QemuEngineDriver.vncAddress(p) }
 
@@ -233,7 +235,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     public func setMemoryTarget(_ p: EngineProcess, mib: Int) throws { try call { try session(p).setMemory(mib: mib) } }
 
     public func destroy(_ p: EngineProcess) throws {
-        unlink(p.controlPath + ".vnc")
+        unlink(p.controlPath + ".vnc"); unlink(p.controlPath + ".unplugged")
         if let d = try? session(p) {
             d.destroy(reap: false)
             unlink(d.paths.pidfile)
@@ -250,6 +252,38 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         return EngineStatus(paused: s == .paused, cpuTimeNs: d.vcpuTimeNs())
     }
 
+    /// QMP `query-cpus-fast`: each online vCPU's thread id.
+    public func vcpuThreads(_ p: EngineProcess) throws -> [Int: Int32] {
+        var out: [Int: Int32] = [:]
+        try call { for c in try session(p).qmp.queryCPUs() { out[c.index] = c.threadID } }
+        return out
+    }
+
+    /// Unplugs the highest vCPUs (device_del, the guest acknowledging through ACPI) or plugs
+    /// in the lowest missing ones (device_add) until vCPUs 0..<count are online.
+    /// QEMU 7.2 (Debian 12's) aborts with heap corruption when a CPU is plugged back into a
+    /// slot it unplugged, so the slots unplugged from a running QEMU are kept in
+    /// `controlPath + ".unplugged"` (one index a line) and plugging them again is refused
+    /// until the domain restarts; fresh slots up to maxvcpus plug in.
+    public func setVcpuCount(_ p: EngineProcess, count: Int, config: DomainConfiguration) throws {
+        let file = p.controlPath + ".unplugged"
+        var gone = Set(((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) })
+        try call {
+            let d = try session(p)
+            let online = Set(try d.qmp.queryCPUs().map(\.index))
+            let plug = (1..<max(1, count)).filter { !online.contains($0) }
+            if let k = plug.first(where: gone.contains) {
+                throw EngineError("vCPU \(k) was unplugged from this QEMU, which cannot plug a CPU back into a slot it unplugged (QEMU 7.2 aborts): reboot the domain to have \(count) vCPUs", badRequest: true)
+            }
+            for k in online.filter({ $0 >= count }).sorted(by: >) where k > 0 {
+                try d.unplugVcpu(k)
+                gone.insert(k)
+                try? gone.sorted().map(String.init).joined(separator: "\n").write(toFile: file, atomically: true, encoding: .utf8)
+            }
+            for k in plug { try d.plugVcpu(k, accelerator: accelerator) }
+        }
+    }
+
     public func adopt(_ p: EngineProcess) -> Bool {
         (try? session(p)) != nil
     }
@@ -262,7 +296,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         let paths = d?.paths ?? QemuEngineDriver.paths(p.controlPath, status: p.statusFile, log: QemuEngineDriver.logPath(p))
         d?.qmp.close()
         let why = QemuDomain.stopReason(paths: paths, logOffset: logStart)
-        unlink(paths.pidfile); unlink(p.controlPath + ".vnc")
+        unlink(paths.pidfile); unlink(p.controlPath + ".vnc"); unlink(p.controlPath + ".unplugged")
         switch why {
         case .poweroff: return .poweroff
         case .reboot(let r): return .reboot(r)

@@ -142,6 +142,35 @@ public enum XendHTTP {
             return await offload { json(VifList(vifs: try m.networkDetach(d, devid: devid))) }
         }
         addDomainCommandRoutes(r, m)
+        r.get("/api/v1/domains/:domain/vcpus") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            return await offload { json(try m.vcpuList(d)) }
+        }
+        r.post("/api/v1/domains/:domain/vcpus") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let s = try await body(req, VcpuSetRequest.self)
+                return await offload { json(try m.vcpuSet(d, count: s.count)) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.post("/api/v1/domains/:domain/vcpus/pin") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let s = try await body(req, VcpuPinRequest.self)
+                return await offload { json(try m.vcpuPin(d, vcpu: s.vcpu, cpus: s.cpus)) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.get("/api/v1/domains/:domain/sched-credit") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            return await offload { json(try m.schedCredit(d)) }
+        }
+        r.post("/api/v1/domains/:domain/sched-credit") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let s = try await body(req, SchedCreditRequest.self)
+                return await offload { json(try m.setSchedCredit(d, weight: s.weight, cap: s.cap)) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
         r.get("/api/v1/dmesg") { _, _ in json(TextReply(text: m.dmesgText())) }
         r.post("/api/v1/dmesg/clear") { _, _ in m.dmesgClear(); return json(TextReply(text: "")) }
         r.get("/api/v1/log") { _, _ in

@@ -34,7 +34,9 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         #expect(pair(a, "-accel", "tcg,thread=multi"))
         #expect(pair(a, "-cpu", "max"))
         #expect(pair(a, "-m", "256M"))
-        #expect(pair(a, "-smp", "2"))
+        // vCPU 0 from -smp, vCPU 1 a CPU device that vcpu-set can unplug.
+        #expect(pair(a, "-smp", "1,sockets=2,cores=1,threads=1,maxcpus=2"))
+        #expect(pair(a, "-device", "max-x86_64-cpu,id=vcpu1,socket-id=1,core-id=0,thread-id=0"))
         #expect(a.contains("-no-reboot") && a.contains("-no-shutdown"))
         #expect(pair(a, "-action", "panic=pause") && pair(a, "-device", "pvpanic"))
         #expect(pair(a, "-qmp", "unix:/r/run/xenith/qemu-3.qmp,server=on,wait=off"))
@@ -257,4 +259,17 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         #expect(throws: QemuEngineError.self) { try QemuDomain.findBinary("qemu-system-x86_64", path: "/nonexistent") }
         #expect(throws: QemuEngineError.self) { try QemuDomain.findBinary("/nonexistent/qemu") }
     }
+}
+
+/// maxvcpus: room for vCPUs up to it, devices only for the ones online at start.
+@Test func vcpusUpToMaxvcpusAreCPUDevices() throws {
+    let c = try DomainConfiguration(parsing: "name = 'm'\nkernel = '/k'\nvcpus = 2\nmaxvcpus = 4\n")
+    let i = QemuLaunchInputs(accelerator: .kvm, qmpSocket: "/q", pidfile: "/p", serial: .file("/c"), disks: [], cdrom: nil,
+                             vifs: [], vncDisplay: nil, kernelCommandLine: nil, runAs: nil)
+    let a = try QemuCommandLine.arguments(for: c, i)
+    let smp = a.firstIndex(of: "-smp").map { a[$0 + 1] }
+    #expect(smp == "1,sockets=4,cores=1,threads=1,maxcpus=4")
+    #expect(a.filter { $0.contains("-x86_64-cpu,") } == ["host-x86_64-cpu,id=vcpu1,socket-id=1,core-id=0,thread-id=0"])
+    let one = try QemuCommandLine.arguments(for: DomainConfiguration(parsing: "name = 'o'\nkernel = '/k'\n"), i)
+    #expect(one.firstIndex(of: "-smp").map { one[$0 + 1] } == "1")
 }

@@ -121,6 +121,12 @@ int clinux_accept_nonblock(int fd);
 int clinux_spawn_closefrom(posix_spawn_file_actions_t *fa, int from);
 int clinux_pivot_root(const char *new_root, const char *put_old);
 long clinux_gettid(void);
+/// sched_setaffinity(2) of thread `tid` (0: the caller) to the CPUs whose bits are set in
+/// `mask` (`words` 64-bit words, CPU n is bit n%64 of word n/64). Returns 0 or -1 with errno.
+int clinux_set_affinity(int tid, const unsigned long long *mask, int words);
+/// sched_getaffinity(2) of thread `tid` into `mask` (`words` 64-bit words, zeroed first).
+/// Returns 0 or -1 with errno.
+int clinux_get_affinity(int tid, unsigned long long *mask, int words);
 
 // MARK: SCM_RIGHTS
 /// Sends `len` bytes with `nfds` file descriptors attached (SCM_RIGHTS). Returns sendmsg's result.
