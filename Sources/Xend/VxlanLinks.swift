@@ -1,6 +1,7 @@
 // The Linux side of a vnet: a bridge and a VXLAN device made, queried and removed with
 // iproute2 (`ip`, `bridge`; queries in their JSON output, `-j`). Vnets.swift decides what
 // to make; this file only knows how.
+import CLinux
 import Foundation
 import Spawn
 #if canImport(Glibc)
