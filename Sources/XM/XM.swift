@@ -51,6 +51,9 @@ public final class XM {
          "Create a new virtual network device."),
         ("network-detach", "<Domain> <DevId>", "Destroy a domain's virtual network device."),
         ("network-list", "<Domain> [--long]", "List virtual network interfaces for a domain."),
+        ("block-attach", "<Domain> <BackDev> <FrontDev> <Mode> [BackDomain]", "Create a new virtual block device."),
+        ("block-detach", "<Domain> <DevId> [-f]", "Destroy a domain's virtual block device, where <DevId> may either be the device ID or the device name as mounted in the guest."),
+        ("block-list", "<Domain> [--long]", "List virtual block devices for a domain."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -71,6 +74,8 @@ public final class XM {
                      ("-H", "--halt", "Shutdown without reboot."), ("-R", "--reboot", "Shutdown and reboot.")],
         "reboot": [("-a", "--all", "Reboot all domains."), ("-w", "--wait", "Wait for reboot to complete.")],
         "network-list": [("-l", "--long", "List resources as SXP")],
+        "block-list": [("-l", "--long", "List resources as SXP")],
+        "block-detach": [("-f", "--force", "Do not wait for the guest to release the device.")],
         "save": [("-c", "--checkpoint", "Leave domain running after creating snapshot")],
         "restore": [("-p", "--paused", "Do not unpause domain after restoring it")],
     ]
@@ -162,6 +167,9 @@ public final class XM {
         case "network-attach": try xmNetworkAttach(args)
         case "network-detach": try xmNetworkDetach(args)
         case "network-list": try xmNetworkList(args)
+        case "block-attach": try xmBlockAttach(args)
+        case "block-detach": try xmBlockDetach(args)
+        case "block-list": try xmBlockList(args)
         case "save": try xmSave(args)
         case "restore": try xmRestore(args)
         default: err("Subcommand \(first) not found!"); throw XMExit(status: 1)

@@ -81,6 +81,8 @@ public final class BlockSupervisor: @unchecked Sendable {
     var log: Logger { host.log }
     private let lock = NSRecursiveLock()
     private var backends: [Int: [Backend]] = [:]
+    /// Guest device names being attached, by domid (reserved until made or refused).
+    private var attaching: [Int: Set<String>] = [:]
     /// Called (without locks held) when a domain's disk records change: persist them.
     var onChange: (@Sendable (Int, [DiskRecord]) -> Void)?
 
@@ -130,17 +132,8 @@ public final class BlockSupervisor: @unchecked Sendable {
         do throws(XendError) {
             for d in disks {
                 guard let path = d.path, d.deviceType == .disk || d.target != nil else { continue }   // empty CD-ROM
-                if d.format != "raw" { throw Self.refuse(d, "Image format \(d.format) is not supported (raw images only).") }
                 if started.contains(where: { $0.spec.vdev == d.vdev }) { throw Self.refuse(d, "Device name \(d.vdev) is used twice.") }
-                let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
-                if d.access != .readWriteShared {
-                    for (other, od) in inUse {
-                        guard let op = od.path, URL(fileURLWithPath: op).resolvingSymlinksInPath().path == real else { continue }
-                        if od.writable || d.writable {
-                            throw Self.refuse(d, "\(path) is already in use by domain \(other) (\(od.writable ? "read-write" : "read-only")); use mode w! to share it read-write.")
-                        }
-                    }
-                }
+                try Self.check(d, path: path, inUse: inUse)
                 let b = Backend(domid: domid, domainName: name, spec: d, socket: socketPath(domid: domid, vdev: d.vdev),
                                 logPath: paths.logDir + "/blkback-\(domid)-\(d.vdev).log", numQueues: max(1, min(vcpus, 64)),
                                 socketOwner: socketOwner, lock: lock, budget: host.restartBudget())
@@ -158,6 +151,76 @@ public final class BlockSupervisor: @unchecked Sendable {
         lock.lock(); backends[domid] = started; lock.unlock()
         for b in started { watch(b) }
         return started.map(\.socket)
+    }
+
+    /// The checks of a disk against the other domains' disks: a raw image, not written by
+    /// another domain (nor written here while another domain has it) unless `w!`.
+    /// - Throws: `XendError` (400) naming the disk.
+    static func check(_ d: DiskSpec, path: String, inUse: [(domain: String, disk: DiskSpec)]) throws(XendError) {
+        if d.format != "raw" { throw Self.refuse(d, "Image format \(d.format) is not supported (raw images only).") }
+        let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        guard d.access != .readWriteShared else { return }
+        for (other, od) in inUse {
+            guard let op = od.path, URL(fileURLWithPath: op).resolvingSymlinksInPath().path == real else { continue }
+            if od.writable || d.writable {
+                throw Self.refuse(d, "\(path) is already in use by domain \(other) (\(od.writable ? "read-write" : "read-only")); use mode w! to share it read-write.")
+            }
+        }
+    }
+
+    /// Adds one disk to a running domain (`xm block-attach`): the checks of ``start``,
+    /// image lock, socket, a blkback (waited for), the vbd's xenstore entries.
+    /// - Parameters:
+    ///   - inUse: the disks of the running domains, this one's included (its own disks
+    ///     count: the same image twice read-write in one guest is refused too).
+    ///   - queues: request queues (1...64).
+    /// - Returns: the new disk's record (its socket for the engine).
+    /// - Throws: `XendError` 400 naming the disk (refused), 500 (blkback did not come up);
+    ///   nothing is left behind then.
+    public func attach(domid: Int, name: String, disk d: DiskSpec, queues: Int, inUse: [(domain: String, disk: DiskSpec)],
+                       socketOwner: (uid: uid_t, gid: gid_t)? = nil) throws(XendError) -> DiskRecord {
+        guard let path = d.path, d.deviceType == .disk else { throw Self.refuse(d, "Only disks with an image can be attached (no CD-ROMs).") }
+        lock.lock()
+        if (backends[domid] ?? []).contains(where: { $0.spec.vdev == d.vdev }) || attaching[domid, default: []].contains(d.vdev) {
+            lock.unlock()
+            throw Self.refuse(d, "Device name \(d.vdev) is already in use by this domain.")
+        }
+        attaching[domid, default: []].insert(d.vdev)
+        lock.unlock()
+        defer { lock.lock(); attaching[domid]?.remove(d.vdev); lock.unlock() }
+        try Self.check(d, path: path, inUse: inUse)
+        let b = Backend(domid: domid, domainName: name, spec: d, socket: socketPath(domid: domid, vdev: d.vdev),
+                        logPath: paths.logDir + "/blkback-\(domid)-\(d.vdev).log", numQueues: max(1, min(queues, 64)),
+                        socketOwner: socketOwner, lock: lock, budget: host.restartBudget())
+        try open(b)
+        do throws(XendError) {
+            do { try spawn(b) } catch { throw XendError(.internalError, "Device \(d.vdev) (vbd) could not be connected. \(error)") }
+            try waitReady(b)
+        } catch {
+            halt(b)
+            throw error
+        }
+        writeXenstore(b)
+        lock.lock(); backends[domid, default: []].append(b); lock.unlock()
+        watch(b)
+        changed(domid)
+        return b.record
+    }
+
+    /// Removes disk `vdev` of `domid` (`xm block-detach`, after the guest let it go):
+    /// stops its blkback, releases the image lock, removes the vbd's xenstore entries.
+    /// - Throws: `XendError` (400) when the domain has no such disk served here.
+    public func detach(domid: Int, vdev: String) throws(XendError) {
+        lock.lock()
+        guard let i = backends[domid]?.firstIndex(where: { $0.spec.vdev == vdev }) else {
+            lock.unlock()
+            throw XendError(.badRequest, "Device \(vdev) not connected")
+        }
+        let b = backends[domid]!.remove(at: i)
+        lock.unlock()
+        halt(b)
+        if let xs = xenstore, let dev = device(b) { try? xs.removeDevice(dev) }
+        changed(domid)
     }
 
     /// Opens, checks and locks the image and binds the socket (into `b.imageFD`, `b.listenFD`).

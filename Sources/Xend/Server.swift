@@ -133,6 +133,22 @@ public enum XendHTTP {
             }
             return await offload { json(VifList(vifs: try m.networkDetach(d, devid: devid))) }
         }
+        r.get("/api/v1/domains/:domain/vbds") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            return await offload { json(VbdList(vbds: try m.blockList(d))) }
+        }
+        r.post("/api/v1/domains/:domain/vbds") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let a = try await body(req, BlockAttachRequest.self)
+                return await offload { json(try m.blockAttach(d, backdev: a.backdev, frontdev: a.frontdev, mode: a.mode), status: .created) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.delete("/api/v1/domains/:domain/vbds/:dev") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? "", dev = ctx.parameters.get("dev") ?? ""
+            let force = ["1", "true"].contains(req.uri.queryParameters.get("force") ?? "0")
+            return await offload { json(VbdList(vbds: try m.blockDetach(d, dev: dev, force: force))) }
+        }
         r.get("/api/v1/dmesg") { _, _ in json(TextReply(text: m.dmesgText())) }
         r.post("/api/v1/dmesg/clear") { _, _ in m.dmesgClear(); return json(TextReply(text: "")) }
         r.get("/api/v1/log") { _, _ in
