@@ -48,11 +48,15 @@ final class NamespacedXend {
 
     /// Pids of the netbacks xend started for this root (the sandbox reapers, not the
     /// services inside their PID namespaces).
-    func netbackPids() -> [Int32] {
+    func netbackPids() -> [Int32] { backendPids("netback") }
+
+    /// Pids of the back-ends named `service` (`netback`, `blkback`) xend started for this
+    /// root (the sandbox reapers).
+    func backendPids(_ service: String) -> [Int32] {
         let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         let mine = all.compactMap { Int32($0) }.filter { pid in
             guard let c = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
-                  c.contains("netback"), c.contains("--listen-fd"),
+                  c.contains(service), c.contains("--listen-fd"),
                   let st = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), !st.contains(") Z ") else { return false }
             return (try? String(contentsOfFile: "/proc/\(pid)/environ", encoding: .utf8))?.contains("XENITH_ROOT=\(root)") == true
         }

@@ -49,7 +49,8 @@ extension XM {
         func l(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
         var lines = ["Vdev  BE handle state evt-ch ring-ref BE-path"]
         for v in vbds {
-            lines.append(l(String(v.vdev), 3) + "    " + l(String(v.backendId), 3) + "  " + l(String(v.vdev), 3) + "   "
+            // handle: Xen's vbd front-ends have none, so xm printed its default, 0.
+            lines.append(l(String(v.vdev), 3) + "    " + l(String(v.backendId), 3) + "  " + l("0", 3) + "   "
                          + l(String(v.state), 3) + "    " + l(String(v.eventChannel), 3) + "    " + l(String(v.ringRef), 5) + " "
                          + l(v.bePath, 30) + "  ")
         }

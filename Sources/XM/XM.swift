@@ -264,6 +264,11 @@ public final class XM {
     // MARK: list
 
     /// The `xm list` table (Xen 3.0.x xm_brief_list).
+    /// The `xm list` note for a domain with devices whose back-end xend gave up on.
+    public static func brokenNote(_ name: String, _ domid: Int, _ devices: [String]) -> String {
+        "Warning: domain \(name) (\(domid)) has broken devices: \(devices.joined(separator: ", ")) (their back-ends kept dying and were given up; the guest's I/O to them fails)\n"
+    }
+
     public static func brief(_ doms: [DomainInfo]) -> String {
         var s = "Name" + String(repeating: " ", count: 36) + "  ID   Mem VCPUs      State   Time(s)\n"
         for d in doms {
@@ -306,6 +311,8 @@ public final class XM {
         } else {
             stdout += XM.brief(doms)
         }
+        // Xen has no state for a device whose back-end was given up: a note names them.
+        for d in doms { if let b = d.brokenDevices { stderr += XM.brokenNote(d.name, d.domid, b) } }
     }
 
     // MARK: create

@@ -103,4 +103,14 @@ extension DomainManager {
         dmesg("Domain \(r.name) (\(r.domid)): vbd \(d.vdev) detached\(force ? " (forced)" : "")")
         return vbdInfos(registry[r.domid] ?? r)
     }
+
+    /// The devices of `r` whose back-end was given up (`vbd 51728 (xvdb)`, `vif 0`), nil
+    /// for none (DomainInfo.brokenDevices).
+    func brokenDevices(_ r: DomainRecord) -> [String]? {
+        let vbds = (r.disks ?? []).filter(\.broken).map { d in
+            XenStoreLayout.virtualDeviceNumber(d.vdev).map { "vbd \($0) (\(d.vdev))" } ?? "vbd \(d.vdev)"
+        }
+        let all = vbds + (r.vifs ?? []).filter(\.broken).map { "vif \($0.devid)" }
+        return all.isEmpty ? nil : all
+    }
 }

@@ -266,9 +266,10 @@ public final class BlockSupervisor: @unchecked Sendable {
     }
 
     /// Starts blkback on the descriptors of `b` (listener at 3, image at 4, readiness at 5).
-    private func spawn(_ b: Backend) throws {
+    /// - Parameter failing: start it as the vbd's error server (`--fail-io`).
+    private func spawn(_ b: Backend, failing: Bool = false) throws {
         let argv = [host.binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues)]
-            + (b.spec.writable ? [] : ["--read-only"]) + host.sandboxArguments
+            + (b.spec.writable ? [] : ["--read-only"]) + (failing ? ["--fail-io"] : []) + host.sandboxArguments
         try b.proc.spawn(argv, descriptors: [(b.listenFD, 3), (b.imageFD, 4)])
     }
 
@@ -320,16 +321,42 @@ public final class BlockSupervisor: @unchecked Sendable {
         }, giveUp: { [self] why in markBroken(b, why) }, restarted: { [self] in changed(b.domid) })
     }
 
-    /// Gives up on a vbd: its socket is closed and removed (a front-end must not connect
-    /// into an unserved listen queue: QEMU would block on it) and the image released; the
-    /// domain runs on, its I/O to that disk failing.
+    /// Gives up on a vbd: the image lock is released, and an error server (`blkback
+    /// --fail-io`, on the same socket, the image open read-only and never read) answers the
+    /// guest's outstanding requests (replayed from the in-flight region) and every later one
+    /// with an I/O error, so the guest's I/O fails instead of hanging. When even that does
+    /// not come up, the socket is closed and removed (a front-end must not connect into an
+    /// unserved listen queue: QEMU would block on it). The domain runs on; `xm block-list`
+    /// shows the vbd Closed, `xm list` names it.
     private func markBroken(_ b: Backend, _ why: String) {
         lock.lock()
         b.broken = true; b.proc.pid = 0
-        if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
         if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
-        unlink(b.socket)
+        var serving = false
+        if b.listenFD >= 0, let path = b.spec.path {
+            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+            if fd >= 0 {
+                b.imageFD = fd
+                do { try spawn(b, failing: true); serving = true } catch { log.error("\(b.label): cannot start its error server: \(error)") }
+            }
+        }
         lock.unlock()
+        if serving {
+            do { try b.proc.waitReady() } catch {
+                log.error("\(b.label): its error server did not come up: \(error.message)")
+                serving = false
+            }
+        }
+        if serving {
+            log.warning("\(b.label): the guest's I/O to it now fails (error server, pid \(b.proc.pid))")
+        } else {
+            b.proc.halt()
+            lock.lock()
+            if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
+            if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+            unlink(b.socket)
+            lock.unlock()
+        }
         if let xs = xenstore, let dev = device(b) {
             do {
                 try xs.write([XenStoreEntry(dev.backendPath + "/hotplug-status", "error"),
@@ -374,7 +401,10 @@ public final class BlockSupervisor: @unchecked Sendable {
             let b = Backend(domid: domid, domainName: name, spec: spec, socket: r.socket, logPath: r.log,
                             numQueues: max(1, min(vcpus, 64)), socketOwner: owner, lock: lock, budget: host.restartBudget())
             b.broken = r.broken
-            if !r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
+            if r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
+                // The error server of a broken vbd: kept (and stopped with the domain), not watched.
+                b.proc.adoptRunning(pid: r.pid, startTicks: r.startTicks)
+            } else if !r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
                 b.proc.adoptRunning(pid: r.pid, startTicks: r.startTicks)
                 log.info("\(b.label): re-adopted blkback, pid \(r.pid)")
             } else if !r.broken {
@@ -390,7 +420,7 @@ public final class BlockSupervisor: @unchecked Sendable {
             bs.append(b)
         }
         lock.lock(); backends[domid] = bs; lock.unlock()
-        for b in bs where b.proc.pid > 0 { watch(b) }
+        for b in bs where b.proc.pid > 0 && !b.broken { watch(b) }
         changed(domid)
     }
 

@@ -68,6 +68,10 @@ public struct DomainInfo: Codable, Sendable, Equatable {
     public var sxp: String?
     /// VNC server of a qemu-engine domain, `HOST:DISPLAY` (TCP port 5900 + DISPLAY); nil without one.
     public var vnc: String?
+    /// Devices whose back-end xend gave up on (it kept dying): `vbd 51728 (xvdb)`, `vif 0`;
+    /// nil when there are none. Xen has no state letter for this: `xm list` names them in a
+    /// note on stderr, and block-list/network-list show them Closed (6).
+    public var brokenDevices: [String]? = nil
 
     public init(domid: Int, name: String, uuid: String, memory: Int, maxmem: Int, vcpus: Int, onlineVcpus: Int,
                 state: String, cpuTime: Double, startTime: Double, restartCount: Int, engine: String,
@@ -226,7 +230,7 @@ public struct NetworkAttachRequest: Codable, Sendable, Equatable {
 
 /// A domain's virtual block device (`xm block-list`; Xen 3.x getDeviceSxprs 'vbd').
 public struct VbdInfo: Codable, Sendable, Equatable {
-    /// Xen's virtual device number (`Vdev`: xvda = 51712, hda = 768, sda = 2048), also `handle`.
+    /// Xen's virtual device number (`Vdev`: xvda = 51712, hda = 768, sda = 2048).
     public var vdev: Int
     /// The guest device name as configured (`xvdb`).
     public var dev: String
