@@ -82,6 +82,11 @@ import Glibc
         #expect(ll.contains("(51728\n    (vbd") && ll.contains("(uname file:\(img1))") && ll.contains("(mode w)"), "\(ll)")
         #expect(x.xsRead(be + "/51728/state") == "4" && x.xsRead(be + "/51728/params") == img1)
         #expect(try x.xm(["list", "-l", "blkhp-d"]).stdout.contains(img1), "the disk is in the stored configuration")
+        // A restore would not recreate the hot-plug slot: save is refused, the domain runs on.
+        let sv = try x.xm(["save", "blkhp-d", x.root + "/d.chk"])
+        #expect(sv.status != 0 && sv.stderr.contains("Domain blkhp-d cannot be saved: vbd xvdb was attached while it runs"), "\(sv.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: x.root + "/d.chk"))
+        #expect(try x.xm(["list", "blkhp-d"]).stdout.contains("r-----"))
 
         // Bad input: refused, naming the reason; no blkback, socket or xenstore entry left.
         func refused(_ args: [String], _ text: String) throws {

@@ -71,7 +71,7 @@ extension DomainManager {
             try? blocks.detach(domid: r.domid, vdev: d.vdev)
             throw XendError(.internalError, "Device \(d.vdev) (vbd) could not be connected. \(error)")
         }
-        registry.update(r.domid, onlyLive: true) { $0.config.disks.append(d) }
+        registry.update(r.domid, onlyLive: true) { $0.config.disks.append(d); $0.hotplugged = ($0.hotplugged ?? []) + ["vbd \(d.vdev)"] }
         dmesg("Domain \(r.name) (\(r.domid)): vbd \(n) (\(d.uname),\(d.vdev),\(d.access.rawValue)) attached")
         let now = registry[r.domid] ?? r
         return vbdInfos(now).first { $0.dev == d.vdev }!
@@ -99,7 +99,11 @@ extension DomainManager {
             throw XendError(.internalError, "\(error)")
         }
         try blocks.detach(domid: r.domid, vdev: d.vdev)
-        registry.update(r.domid, onlyLive: true) { rec in rec.config.disks.removeAll { $0.vdev == d.vdev } }
+        registry.update(r.domid, onlyLive: true) { rec in
+            rec.config.disks.removeAll { $0.vdev == d.vdev }
+            rec.hotplugged?.removeAll { $0 == "vbd \(d.vdev)" }
+            if rec.hotplugged?.isEmpty == true { rec.hotplugged = nil }
+        }
         dmesg("Domain \(r.name) (\(r.domid)): vbd \(d.vdev) detached\(force ? " (forced)" : "")")
         return vbdInfos(registry[r.domid] ?? r)
     }
@@ -112,5 +116,15 @@ extension DomainManager {
         }
         let all = vbds + (r.vifs ?? []).filter(\.broken).map { "vif \($0.devid)" }
         return all.isEmpty ? nil : all
+    }
+
+    /// `xm save` of a domain with devices added while it runs is refused: the engine holds
+    /// them in hot-plug slots, while a restore starts the engine from the configuration,
+    /// which puts them elsewhere, and the guest's state would not load (the guest would be
+    /// gone with its save file unusable). A reboot (or detaching them) makes it savable.
+    /// - Throws: `XendError` (409) naming the devices.
+    public func refuseSaveWithHotpluggedDevices(_ dom: String) throws(XendError) {
+        guard let r = find(dom), r.isLive, let h = r.hotplugged, !h.isEmpty else { return }
+        throw XendError(.conflict, "Domain \(r.name) cannot be saved: \(h.joined(separator: ", ")) \(h.count == 1 ? "was" : "were") attached while it runs, in hot-plug slots a restore would not recreate; detach \(h.count == 1 ? "it" : "them") or reboot the domain (which keeps \(h.count == 1 ? "it" : "them")) first.")
     }
 }

@@ -48,7 +48,7 @@ extension DomainManager {
         // Kept in the stored configuration (with the MAC it got): a reboot brings it back.
         var kept = v
         kept.macGenerated = false
-        registry.update(r.domid, onlyLive: true) { $0.config.vifs.append(kept) }
+        registry.update(r.domid, onlyLive: true) { $0.config.vifs.append(kept); $0.hotplugged = ($0.hotplugged ?? []) + ["vif \(rec.devid)"] }
         dmesg("Domain \(r.name) (\(r.domid)): vif \(rec.devid) (\(rec.vifname)) attached")
         return vifInfo(r.domid, rec)
     }
@@ -66,7 +66,11 @@ extension DomainManager {
         let mac = nets.records(r.domid).first { $0.devid == devid }?.mac
         do { try e.detachNet(p, devid: devid) } catch { throw XendError(.internalError, "\(error)") }
         try nets.detach(domid: r.domid, devid: devid)
-        if let mac { registry.update(r.domid, onlyLive: true) { $0.config.vifs.removeAll { $0.mac.description == mac } } }
+        registry.update(r.domid, onlyLive: true) { rec in
+            if let mac { rec.config.vifs.removeAll { $0.mac.description == mac } }
+            rec.hotplugged?.removeAll { $0 == "vif \(devid)" }
+            if rec.hotplugged?.isEmpty == true { rec.hotplugged = nil }
+        }
         dmesg("Domain \(r.name) (\(r.domid)): vif \(devid) detached")
         return nets.records(r.domid).map { vifInfo(r.domid, $0) }
     }

@@ -105,7 +105,10 @@ public enum XendHTTP {
             let d = ctx.parameters.get("domain") ?? ""
             do {
                 let s = try await body(req, SaveRequest.self)
-                return await offload { json(try m.save(d, file: s.file, checkpoint: s.checkpoint)) }
+                return await offload {
+                    try m.refuseSaveWithHotpluggedDevices(d)
+                    return json(try m.save(d, file: s.file, checkpoint: s.checkpoint))
+                }
             } catch { return XendHTTP.error(anyError(error)) }
         }
         r.post("/api/v1/restore") { req, _ in
