@@ -293,13 +293,21 @@ final class NamespacedXend {
         #expect(x.consoleLog("g2").contains("XENITH-ETH1 00:16:3e:0c:00:12"))
         #expect(x.bridgePorts().contains("vif\(g2id).1"))
         #expect(try x.xm(["network-list", "g2"]).stdout.split(separator: "\n").count == 3)
-        // A second one takes the second root port; a third finds none and says so.
+        // A second one takes the second root port, two disks (block-attach: NICs and disks
+        // share the ports) the other two; a third NIC finds none and says so.
         #expect(try x.xm(["network-attach", "g2", "mac=00:16:3e:0c:00:13", "bridge=xenbr0"]).status == 0)
         #expect(NamespacedXend.waitUntil(60) { x.consoleLog("g2").contains("XENITH-ETH2 00:16:3e:0c:00:13") }, "\(x.consoleLog("g2").suffix(800))")
+        for dev in ["xvdb", "xvdc"] {
+            let img = x.root + "/\(dev).img"
+            #expect(FileManager.default.createFile(atPath: img, contents: Data(count: 1 << 20)))
+            let b = try x.xm(["block-attach", "g2", "file:\(img)", dev, "w"])
+            #expect(b.status == 0, "\(b.stderr)")
+        }
         let third = try x.xm(["network-attach", "g2", "mac=00:16:3e:0c:00:14", "bridge=xenbr0"])
-        #expect(third.status != 0 && third.stderr.contains("no free hot-plug slot"), "\(third.stderr)")
+        #expect(third.status != 0 && third.stderr.contains("no free hot-plug slot: the domain's 4 PCIe root ports are in use"), "\(third.stderr)")
         #expect(!x.linkExists("vif\(g2id).3"), "the refused NIC's tap is removed")
         #expect(try x.xm(["network-list", "g2"]).stdout.split(separator: "\n").count == 4)
+        for dev in ["xvdb", "xvdc"] { #expect(try x.xm(["block-detach", "g2", dev], timeout: 60).status == 0) }
         #expect(try x.xm(["network-detach", "g2", "2"], timeout: 60).status == 0)
         let cold = try x.xm(["network-detach", "g2", "0"])
         #expect(cold.status != 0 && cold.stderr.contains("only NICs added with network-attach can be removed"), "a NIC on the root complex stays: \(cold.stderr)")
