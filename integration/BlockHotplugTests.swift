@@ -116,6 +116,12 @@ import Glibc
         #expect(x.xsList(be) == ["51712"], "\(x.xsList(be))")
         #expect(!(try x.xm(["block-list", "blkhp-d"]).stdout.contains("51728")))
         #expect(!(try x.xm(["list", "-l", "blkhp-d"]).stdout.contains(img1)))
+        // -f: no wait for the guest; blkback, lock and entries go all the same.
+        #expect(try x.xm(["block-attach", "blkhp-d", "file:\(img1)", "xvdc", "r"]).status == 0)
+        #expect(x.backendPids("blkback").count == 3 && x.xsList(be).sorted() == ["51712", "51744"])
+        let f = try x.xm(["block-detach", "-f", "blkhp-d", "xvdc"], timeout: 40)
+        #expect(f.status == 0, "\(f.stderr)")
+        #expect(NamespacedXend.waitUntil(5) { x.backendPids("blkback").count == 2 } && x.xsList(be) == ["51712"] && Self.unlocked(img1))
         let again = try x.xm(["block-detach", "blkhp-d", "xvdb"])
         #expect(again.status != 0 && again.stderr.contains("Device xvdb not connected"), "\(again.stderr)")
         // A disk the domain was started with sits on the root bus: refused, still served.
