@@ -48,11 +48,15 @@ final class NamespacedXend {
 
     /// Pids of the netbacks xend started for this root (the sandbox reapers, not the
     /// services inside their PID namespaces).
-    func netbackPids() -> [Int32] {
+    func netbackPids() -> [Int32] { backendPids("netback") }
+
+    /// Pids of the back-ends named `service` (`netback`, `blkback`) xend started for this
+    /// root (the sandbox reapers).
+    func backendPids(_ service: String) -> [Int32] {
         let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         let mine = all.compactMap { Int32($0) }.filter { pid in
             guard let c = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
-                  c.contains("netback"), c.contains("--listen-fd"),
+                  c.contains(service), c.contains("--listen-fd"),
                   let st = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), !st.contains(") Z ") else { return false }
             return (try? String(contentsOfFile: "/proc/\(pid)/environ", encoding: .utf8))?.contains("XENITH_ROOT=\(root)") == true
         }
@@ -289,13 +293,21 @@ final class NamespacedXend {
         #expect(x.consoleLog("g2").contains("XENITH-ETH1 00:16:3e:0c:00:12"))
         #expect(x.bridgePorts().contains("vif\(g2id).1"))
         #expect(try x.xm(["network-list", "g2"]).stdout.split(separator: "\n").count == 3)
-        // A second one takes the second root port; a third finds none and says so.
+        // A second one takes the second root port, two disks (block-attach: NICs and disks
+        // share the ports) the other two; a third NIC finds none and says so.
         #expect(try x.xm(["network-attach", "g2", "mac=00:16:3e:0c:00:13", "bridge=xenbr0"]).status == 0)
         #expect(NamespacedXend.waitUntil(60) { x.consoleLog("g2").contains("XENITH-ETH2 00:16:3e:0c:00:13") }, "\(x.consoleLog("g2").suffix(800))")
+        for dev in ["xvdb", "xvdc"] {
+            let img = x.root + "/\(dev).img"
+            #expect(FileManager.default.createFile(atPath: img, contents: Data(count: 1 << 20)))
+            let b = try x.xm(["block-attach", "g2", "file:\(img)", dev, "w"])
+            #expect(b.status == 0, "\(b.stderr)")
+        }
         let third = try x.xm(["network-attach", "g2", "mac=00:16:3e:0c:00:14", "bridge=xenbr0"])
-        #expect(third.status != 0 && third.stderr.contains("no free hot-plug slot"), "\(third.stderr)")
+        #expect(third.status != 0 && third.stderr.contains("no free hot-plug slot: the domain's 4 PCIe root ports are in use"), "\(third.stderr)")
         #expect(!x.linkExists("vif\(g2id).3"), "the refused NIC's tap is removed")
         #expect(try x.xm(["network-list", "g2"]).stdout.split(separator: "\n").count == 4)
+        for dev in ["xvdb", "xvdc"] { #expect(try x.xm(["block-detach", "g2", dev], timeout: 60).status == 0) }
         #expect(try x.xm(["network-detach", "g2", "2"], timeout: 60).status == 0)
         let cold = try x.xm(["network-detach", "g2", "0"])
         #expect(cold.status != 0 && cold.stderr.contains("only NICs added with network-attach can be removed"), "a NIC on the root complex stays: \(cold.stderr)")

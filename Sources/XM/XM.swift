@@ -64,6 +64,9 @@ public final class XM {
         ("vcpu-list", "[<Domain>]", "List the VCPUs for a domain or all domains."),
         ("vcpu-pin", "<Domain> <VCPU|all> <CPUs|all>", "Set which CPUs a VCPU can use."),
         ("vcpu-set", "<Domain> <vCPUs>", "Set the number of active VCPUs for allowed for the domain."),
+        ("block-attach", "<Domain> <BackDev> <FrontDev> <Mode> [BackDomain]", "Create a new virtual block device."),
+        ("block-detach", "<Domain> <DevId> [-f]", "Destroy a domain's virtual block device, where <DevId> may either be the device ID or the device name as mounted in the guest."),
+        ("block-list", "<Domain> [--long]", "List virtual block devices for a domain."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -85,6 +88,8 @@ public final class XM {
         "reboot": [("-a", "--all", "Reboot all domains."), ("-w", "--wait", "Wait for reboot to complete.")],
         "network-list": [("-l", "--long", "List resources as SXP")],
         "vnet-list": [("-l", "--long", "List Vnets as SXP")],
+        "block-list": [("-l", "--long", "List resources as SXP")],
+        "block-detach": [("-f", "--force", "Do not wait for the guest to release the device.")],
         "save": [("-c", "--checkpoint", "Leave domain running after creating snapshot")],
         "restore": [("-p", "--paused", "Do not unpause domain after restoring it")],
         "migrate": [("-l", "--live", "Use live migration."),
@@ -189,6 +194,9 @@ public final class XM {
         case "vnet-create": try xmVnetCreate(args)
         case "vnet-list": try xmVnetList(args)
         case "vnet-delete": try xmVnetDelete(args)
+        case "block-attach": try xmBlockAttach(args)
+        case "block-detach": try xmBlockDetach(args)
+        case "block-list": try xmBlockList(args)
         case "save": try xmSave(args)
         case "restore": try xmRestore(args)
         case "migrate": try xmMigrate(args)
@@ -293,6 +301,11 @@ public final class XM {
     // MARK: list
 
     /// The `xm list` table (Xen 3.0.x xm_brief_list).
+    /// The `xm list` note for a domain with devices whose back-end xend gave up on.
+    public static func brokenNote(_ name: String, _ domid: Int, _ devices: [String]) -> String {
+        "Warning: domain \(name) (\(domid)) has broken devices: \(devices.joined(separator: ", ")) (their back-ends kept dying and were given up; the guest's I/O to them fails)\n"
+    }
+
     public static func brief(_ doms: [DomainInfo]) -> String {
         var s = "Name" + String(repeating: " ", count: 36) + "  ID   Mem VCPUs      State   Time(s)\n"
         for d in doms {
@@ -335,6 +348,8 @@ public final class XM {
         } else {
             stdout += XM.brief(doms)
         }
+        // Xen has no state for a device whose back-end was given up: a note names them.
+        for d in doms { if let b = d.brokenDevices { stderr += XM.brokenNote(d.name, d.domid, b) } }
     }
 
     // MARK: create

@@ -83,6 +83,8 @@ public final class BlockSupervisor: @unchecked Sendable {
     var log: Logger { host.log }
     private let lock = NSRecursiveLock()
     private var backends: [Int: [Backend]] = [:]
+    /// Guest device names being attached, by domid (reserved until made or refused).
+    private var attaching: [Int: Set<String>] = [:]
     /// Called (without locks held) when a domain's disk records change: persist them.
     var onChange: (@Sendable (Int, [DiskRecord]) -> Void)?
 
@@ -138,17 +140,8 @@ public final class BlockSupervisor: @unchecked Sendable {
         do throws(XendError) {
             for d in disks {
                 guard let path = d.path, d.deviceType == .disk || d.target != nil else { continue }   // empty CD-ROM
-                if d.format != "raw" { throw Self.refuse(d, "Image format \(d.format) is not supported (raw images only).") }
                 if started.contains(where: { $0.spec.vdev == d.vdev }) { throw Self.refuse(d, "Device name \(d.vdev) is used twice.") }
-                let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
-                if d.access != .readWriteShared {
-                    for (other, od) in inUse {
-                        guard let op = od.path, URL(fileURLWithPath: op).resolvingSymlinksInPath().path == real else { continue }
-                        if od.writable || d.writable {
-                            throw Self.refuse(d, "\(path) is already in use by domain \(other) (\(od.writable ? "read-write" : "read-only")); use mode w! to share it read-write.")
-                        }
-                    }
-                }
+                try Self.check(d, path: path, inUse: inUse)
                 let b = Backend(domid: domid, domainName: name, spec: d, socket: socketPath(domid: domid, vdev: d.vdev),
                                 logPath: paths.logDir + "/blkback-\(domid)-\(d.vdev).log", numQueues: max(1, min(vcpus, 64)),
                                 socketOwner: socketOwner, lock: lock, budget: host.restartBudget())
@@ -167,6 +160,76 @@ public final class BlockSupervisor: @unchecked Sendable {
         lock.lock(); backends[domid] = started; lock.unlock()
         for b in started { watch(b) }
         return started.map(\.socket)
+    }
+
+    /// The checks of a disk against the other domains' disks: a raw image, not written by
+    /// another domain (nor written here while another domain has it) unless `w!`.
+    /// - Throws: `XendError` (400) naming the disk.
+    static func check(_ d: DiskSpec, path: String, inUse: [(domain: String, disk: DiskSpec)]) throws(XendError) {
+        if d.format != "raw" { throw Self.refuse(d, "Image format \(d.format) is not supported (raw images only).") }
+        let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
+        guard d.access != .readWriteShared else { return }
+        for (other, od) in inUse {
+            guard let op = od.path, URL(fileURLWithPath: op).resolvingSymlinksInPath().path == real else { continue }
+            if od.writable || d.writable {
+                throw Self.refuse(d, "\(path) is already in use by domain \(other) (\(od.writable ? "read-write" : "read-only")); use mode w! to share it read-write.")
+            }
+        }
+    }
+
+    /// Adds one disk to a running domain (`xm block-attach`): the checks of ``start``,
+    /// image lock, socket, a blkback (waited for), the vbd's xenstore entries.
+    /// - Parameters:
+    ///   - inUse: the disks of the running domains, this one's included (its own disks
+    ///     count: the same image twice read-write in one guest is refused too).
+    ///   - queues: request queues (1...64).
+    /// - Returns: the new disk's record (its socket for the engine).
+    /// - Throws: `XendError` 400 naming the disk (refused), 500 (blkback did not come up);
+    ///   nothing is left behind then.
+    public func attach(domid: Int, name: String, disk d: DiskSpec, queues: Int, inUse: [(domain: String, disk: DiskSpec)],
+                       socketOwner: (uid: uid_t, gid: gid_t)? = nil) throws(XendError) -> DiskRecord {
+        guard let path = d.path, d.deviceType == .disk else { throw Self.refuse(d, "Only disks with an image can be attached (no CD-ROMs).") }
+        lock.lock()
+        if (backends[domid] ?? []).contains(where: { $0.spec.vdev == d.vdev }) || attaching[domid, default: []].contains(d.vdev) {
+            lock.unlock()
+            throw Self.refuse(d, "Device name \(d.vdev) is already in use by this domain.")
+        }
+        attaching[domid, default: []].insert(d.vdev)
+        lock.unlock()
+        defer { lock.lock(); attaching[domid]?.remove(d.vdev); lock.unlock() }
+        try Self.check(d, path: path, inUse: inUse)
+        let b = Backend(domid: domid, domainName: name, spec: d, socket: socketPath(domid: domid, vdev: d.vdev),
+                        logPath: paths.logDir + "/blkback-\(domid)-\(d.vdev).log", numQueues: max(1, min(queues, 64)),
+                        socketOwner: socketOwner, lock: lock, budget: host.restartBudget())
+        try open(b)
+        do throws(XendError) {
+            do { try spawn(b) } catch { throw XendError(.internalError, "Device \(d.vdev) (vbd) could not be connected. \(error)") }
+            try waitReady(b)
+        } catch {
+            halt(b)
+            throw error
+        }
+        writeXenstore(b)
+        lock.lock(); backends[domid, default: []].append(b); lock.unlock()
+        watch(b)
+        changed(domid)
+        return b.record
+    }
+
+    /// Removes disk `vdev` of `domid` (`xm block-detach`, after the guest let it go):
+    /// stops its blkback, releases the image lock, removes the vbd's xenstore entries.
+    /// - Throws: `XendError` (400) when the domain has no such disk served here.
+    public func detach(domid: Int, vdev: String) throws(XendError) {
+        lock.lock()
+        guard let i = backends[domid]?.firstIndex(where: { $0.spec.vdev == vdev }) else {
+            lock.unlock()
+            throw XendError(.badRequest, "Device \(vdev) not connected")
+        }
+        let b = backends[domid]!.remove(at: i)
+        lock.unlock()
+        halt(b)
+        if let xs = xenstore, let dev = device(b) { try? xs.removeDevice(dev) }
+        changed(domid)
     }
 
     /// Opens, checks and locks the image and binds the socket (into `b.imageFD`, `b.listenFD`).
@@ -212,9 +275,10 @@ public final class BlockSupervisor: @unchecked Sendable {
     }
 
     /// Starts blkback on the descriptors of `b` (listener at 3, image at 4, readiness at 5).
-    private func spawn(_ b: Backend) throws {
+    /// - Parameter failing: start it as the vbd's error server (`--fail-io`).
+    private func spawn(_ b: Backend, failing: Bool = false) throws {
         let argv = [host.binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues)]
-            + (b.spec.writable ? [] : ["--read-only"]) + host.sandboxArguments
+            + (b.spec.writable ? [] : ["--read-only"]) + (failing ? ["--fail-io"] : []) + host.sandboxArguments
         try b.proc.spawn(argv, descriptors: [(b.listenFD, 3), (b.imageFD, 4)])
     }
 
@@ -266,16 +330,42 @@ public final class BlockSupervisor: @unchecked Sendable {
         }, giveUp: { [self] why in markBroken(b, why) }, restarted: { [self] in changed(b.domid) })
     }
 
-    /// Gives up on a vbd: its socket is closed and removed (a front-end must not connect
-    /// into an unserved listen queue: QEMU would block on it) and the image released; the
-    /// domain runs on, its I/O to that disk failing.
+    /// Gives up on a vbd: the image lock is released, and an error server (`blkback
+    /// --fail-io`, on the same socket, the image open read-only and never read) answers the
+    /// guest's outstanding requests (replayed from the in-flight region) and every later one
+    /// with an I/O error, so the guest's I/O fails instead of hanging. When even that does
+    /// not come up, the socket is closed and removed (a front-end must not connect into an
+    /// unserved listen queue: QEMU would block on it). The domain runs on; `xm block-list`
+    /// shows the vbd Closed, `xm list` names it.
     private func markBroken(_ b: Backend, _ why: String) {
         lock.lock()
         b.broken = true; b.proc.pid = 0
-        if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
         if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
-        unlink(b.socket)
+        var serving = false
+        if b.listenFD >= 0, let path = b.spec.path {
+            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+            if fd >= 0 {
+                b.imageFD = fd
+                do { try spawn(b, failing: true); serving = true } catch { log.error("\(b.label): cannot start its error server: \(error)") }
+            }
+        }
         lock.unlock()
+        if serving {
+            do { try b.proc.waitReady() } catch {
+                log.error("\(b.label): its error server did not come up: \(error.message)")
+                serving = false
+            }
+        }
+        if serving {
+            log.warning("\(b.label): the guest's I/O to it now fails (error server, pid \(b.proc.pid))")
+        } else {
+            b.proc.halt()
+            lock.lock()
+            if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
+            if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+            unlink(b.socket)
+            lock.unlock()
+        }
         if let xs = xenstore, let dev = device(b) {
             do {
                 try xs.write([XenStoreEntry(dev.backendPath + "/hotplug-status", "error"),
@@ -320,7 +410,10 @@ public final class BlockSupervisor: @unchecked Sendable {
             let b = Backend(domid: domid, domainName: name, spec: spec, socket: r.socket, logPath: r.log,
                             numQueues: max(1, min(vcpus, 64)), socketOwner: owner, lock: lock, budget: host.restartBudget())
             b.broken = r.broken
-            if !r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
+            if r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
+                // The error server of a broken vbd: kept (and stopped with the domain), not watched.
+                b.proc.adoptRunning(pid: r.pid, startTicks: r.startTicks)
+            } else if !r.broken && r.pid > 0 && ProcessInfo2.startTicks(r.pid) == r.startTicks {
                 b.proc.adoptRunning(pid: r.pid, startTicks: r.startTicks)
                 log.info("\(b.label): re-adopted blkback, pid \(r.pid)")
             } else if !r.broken {
@@ -336,7 +429,7 @@ public final class BlockSupervisor: @unchecked Sendable {
             bs.append(b)
         }
         lock.lock(); backends[domid] = bs; lock.unlock()
-        for b in bs where b.proc.pid > 0 { watch(b) }
+        for b in bs where b.proc.pid > 0 && !b.broken { watch(b) }
         changed(domid)
     }
 

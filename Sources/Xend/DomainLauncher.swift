@@ -74,7 +74,7 @@ extension DomainManager {
         var r = base
         r.domid = registry.allocateDomid()
         r.stoppedState = nil
-        r.process = nil; r.disks = nil; r.vifs = nil
+        r.process = nil; r.disks = nil; r.vifs = nil; r.hotplugged = nil
         r.creating = true
         let domid = r.domid, cfg = r.config
         let plan = engine.devicePlan(for: cfg, domid: domid)

@@ -141,12 +141,14 @@ public final class DomainManager: @unchecked Sendable {
             }
             sxp = vm.prettyPrinted()
         }
-        return DomainInfo(domid: r.domid, name: transfers.listedName(r.domid, r.name), uuid: r.uuid, memory: cfg.memory,
+        var out = DomainInfo(domid: r.domid, name: transfers.listedName(r.domid, r.name), uuid: r.uuid, memory: cfg.memory,
                           maxmem: cfg.maxmem ?? cfg.memory, vcpus: cfg.vcpus,
                           onlineVcpus: r.process == nil ? 0 : cfg.vcpus, state: state, cpuTime: cpu,
                           startTime: r.startTime, restartCount: r.restartCount, engine: r.engine,
                           pid: r.process.map { Int($0.pid) }, consoleLog: r.consoleLog, sxp: sxp,
                           vnc: r.process.flatMap { p in engine?.displayAddress(p) })
+        if r.isLive { out.brokenDevices = brokenDevices(r) }
+        return out
     }
 
     /// All domains, Domain-0 first, then by domid. Live domains are queried in parallel.

@@ -29,6 +29,10 @@ public struct DomainRecord: Codable, Sendable {
     /// Set while xend makes the domain (written before the first device): a record still
     /// marked when xend starts belongs to a creation that xend did not finish, and is undone.
     public var creating: Bool? = nil
+    /// Devices added while the engine runs (`vbd xvdb`, `vif 1`; block-attach,
+    /// network-attach): the engine has them in hot-plug slots, where a configuration started
+    /// afresh does not put them. Cleared at each start. nil: none.
+    public var hotplugged: [String]? = nil
     /// While `creating`: the tap names that passed the vif checks and are about to be made.
     public var plannedTaps: [String]? = nil
 

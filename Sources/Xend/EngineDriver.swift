@@ -90,7 +90,7 @@ public struct EngineCapabilities: OptionSet, Sendable {
     public static let balloon = EngineCapabilities(rawValue: 1 << 0)
     /// `xm network-attach`/`-detach` on a running domain (``DomainEngineDriver/attachNet(_:devid:socket:mac:)``).
     public static let netHotplug = EngineCapabilities(rawValue: 1 << 1)
-    /// `xm block-attach`/`-detach` on a running domain.
+    /// `xm block-attach`/`-detach` on a running domain (``DomainEngineDriver/attachBlock(_:vdev:socket:)``).
     public static let blockHotplug = EngineCapabilities(rawValue: 1 << 2)
     /// `xm save`/`restore`: the engine writes and reads its state stream.
     public static let save = EngineCapabilities(rawValue: 1 << 3)
@@ -172,6 +172,16 @@ public protocol DomainEngineDriver: Sendable {
     func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws
     /// Removes the device `attachNet` added.
     func detachNet(_ p: EngineProcess, devid: Int) throws
+    /// Adds a virtio-blk device named `vdev` (its QEMU id) served by blkback at `socket`
+    /// (`xm block-attach`).
+    /// - Throws: `EngineError` when the engine cannot hot-plug disks (the default), no
+    ///   hot-plug slot is free or the engine refused; nothing is left added then.
+    func attachBlock(_ p: EngineProcess, vdev: String, socket: String) throws
+    /// Removes disk `vdev` from the guest and waits until the guest released it
+    /// (`xm block-detach`); `force` does not wait for the guest.
+    /// - Throws: `EngineError` when the engine cannot hot-unplug it or the guest did not
+    ///   release it in time.
+    func detachBlock(_ p: EngineProcess, vdev: String, force: Bool) throws
     /// The address of the domain's graphical console (`127.0.0.1:1`), nil without one.
     func displayAddress(_ p: EngineProcess) -> String?
     /// Paths the running engine process holds open (control socket, pid file), for the
@@ -245,6 +255,12 @@ extension DomainEngineDriver {
     }
     public func detachNet(_ p: EngineProcess, devid: Int) throws {
         throw EngineError("the \(name) engine cannot hot-unplug network devices")
+    }
+    public func attachBlock(_ p: EngineProcess, vdev: String, socket: String) throws {
+        throw EngineError("the \(name) engine cannot hot-plug block devices")
+    }
+    public func detachBlock(_ p: EngineProcess, vdev: String, force: Bool) throws {
+        throw EngineError("the \(name) engine cannot hot-unplug block devices")
     }
     public func displayAddress(_ p: EngineProcess) -> String? { nil }
     public func runFiles(controlPath: String) -> [String] { [controlPath] }

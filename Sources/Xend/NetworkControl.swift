@@ -1,5 +1,7 @@
 // `xm network-list`, `network-attach`, `network-detach` on a running domain: the vif's host
-// side from NetSupervisor, the guest's NIC from the engine (when it can hot-plug).
+// side from NetSupervisor, the guest's NIC from the engine (when it can hot-plug). An
+// attached vif joins the domain's stored configuration (a reboot keeps it); a detached one
+// leaves it (matched by MAC).
 import DomainConfig
 import Foundation
 import XenStore
@@ -43,6 +45,10 @@ extension DomainManager {
             try? nets.detach(domid: r.domid, devid: rec.devid)
             throw XendError(.internalError, "Device \(rec.devid) (vif) could not be connected. \(error)")
         }
+        // Kept in the stored configuration (with the MAC it got): a reboot brings it back.
+        var kept = v
+        kept.macGenerated = false
+        registry.update(r.domid, onlyLive: true) { $0.config.vifs.append(kept); $0.hotplugged = ($0.hotplugged ?? []) + ["vif \(rec.devid)"] }
         dmesg("Domain \(r.name) (\(r.domid)): vif \(rec.devid) (\(rec.vifname)) attached")
         return vifInfo(r.domid, rec)
     }
@@ -57,8 +63,14 @@ extension DomainManager {
         guard e.capabilities.contains(.netHotplug) else {
             throw XendError(.unavailable, "Domain \(r.name) runs on the \(e.name) engine, which cannot hot-unplug network devices; its vifs go when the domain ends.")
         }
+        let mac = nets.records(r.domid).first { $0.devid == devid }?.mac
         do { try e.detachNet(p, devid: devid) } catch { throw XendError(.internalError, "\(error)") }
         try nets.detach(domid: r.domid, devid: devid)
+        registry.update(r.domid, onlyLive: true) { rec in
+            if let mac { rec.config.vifs.removeAll { $0.mac.description == mac } }
+            rec.hotplugged?.removeAll { $0 == "vif \(devid)" }
+            if rec.hotplugged?.isEmpty == true { rec.hotplugged = nil }
+        }
         dmesg("Domain \(r.name) (\(r.domid)): vif \(devid) detached")
         return nets.records(r.domid).map { vifInfo(r.domid, $0) }
     }

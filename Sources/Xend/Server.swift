@@ -106,7 +106,10 @@ public enum XendHTTP {
             let d = ctx.parameters.get("domain") ?? ""
             do {
                 let s = try await body(req, SaveRequest.self)
-                return await offload { json(try m.save(d, file: s.file, checkpoint: s.checkpoint)) }
+                return await offload {
+                    try m.refuseSaveWithHotpluggedDevices(d)
+                    return json(try m.save(d, file: s.file, checkpoint: s.checkpoint))
+                }
             } catch { return XendHTTP.error(anyError(error)) }
         }
         r.post("/api/v1/restore") { req, _ in
@@ -170,6 +173,22 @@ public enum XendHTTP {
                 let s = try await body(req, SchedCreditRequest.self)
                 return await offload { json(try m.setSchedCredit(d, weight: s.weight, cap: s.cap)) }
             } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.get("/api/v1/domains/:domain/vbds") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            return await offload { json(VbdList(vbds: try m.blockList(d))) }
+        }
+        r.post("/api/v1/domains/:domain/vbds") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let a = try await body(req, BlockAttachRequest.self)
+                return await offload { json(try m.blockAttach(d, backdev: a.backdev, frontdev: a.frontdev, mode: a.mode), status: .created) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.delete("/api/v1/domains/:domain/vbds/:dev") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? "", dev = ctx.parameters.get("dev") ?? ""
+            let force = ["1", "true"].contains(req.uri.queryParameters.get("force") ?? "0")
+            return await offload { json(VbdList(vbds: try m.blockDetach(d, dev: dev, force: force))) }
         }
         r.get("/api/v1/dmesg") { _, _ in json(TextReply(text: m.dmesgText())) }
         r.post("/api/v1/dmesg/clear") { _, _ in m.dmesgClear(); return json(TextReply(text: "")) }

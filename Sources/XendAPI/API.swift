@@ -35,6 +35,9 @@ public enum XendAPI {
         XendRoute("POST", "/api/v1/domains/{domain}/vcpus/pin"),
         XendRoute("GET", "/api/v1/domains/{domain}/sched-credit"),
         XendRoute("POST", "/api/v1/domains/{domain}/sched-credit"),
+        XendRoute("GET", "/api/v1/domains/{domain}/vbds"),
+        XendRoute("POST", "/api/v1/domains/{domain}/vbds"),
+        XendRoute("DELETE", "/api/v1/domains/{domain}/vbds/{dev}"),
         XendRoute("GET", "/api/v1/dmesg"),
         XendRoute("POST", "/api/v1/dmesg/clear"),
         XendRoute("GET", "/api/v1/log"),
@@ -81,6 +84,10 @@ public struct DomainInfo: Codable, Sendable, Equatable {
     public var sxp: String?
     /// VNC server of a qemu-engine domain, `HOST:DISPLAY` (TCP port 5900 + DISPLAY); nil without one.
     public var vnc: String?
+    /// Devices whose back-end xend gave up on (it kept dying): `vbd 51728 (xvdb)`, `vif 0`;
+    /// nil when there are none. Xen has no state letter for this: `xm list` names them in a
+    /// note on stderr, and block-list/network-list show them Closed (6).
+    public var brokenDevices: [String]? = nil
 
     public init(domid: Int, name: String, uuid: String, memory: Int, maxmem: Int, vcpus: Int, onlineVcpus: Int,
                 state: String, cpuTime: Double, startTime: Double, restartCount: Int, engine: String,
@@ -236,6 +243,60 @@ public struct NetworkAttachRequest: Codable, Sendable, Equatable {
     /// A vif spec as in a config's `vif = [...]` entry: `mac=..,bridge=..,ip=..,script=..,vifname=..,rate=..`.
     public var spec: String
     public init(spec: String) { self.spec = spec }
+}
+
+/// A domain's virtual block device (`xm block-list`; Xen 3.x getDeviceSxprs 'vbd').
+public struct VbdInfo: Codable, Sendable, Equatable {
+    /// Xen's virtual device number (`Vdev`: xvda = 51712, hda = 768, sda = 2048).
+    public var vdev: Int
+    /// The guest device name as configured (`xvdb`).
+    public var dev: String
+    /// Backend domain id (0: the host).
+    public var backendId: Int
+    /// Backend xenbus state (4 = Connected, 6 = Closed: a vbd whose blkback was given up).
+    public var state: Int
+    /// Xen's event channel and ring grant reference: -1 here (virtqueues over vhost-user).
+    public var eventChannel: Int
+    public var ringRef: Int
+    /// Backend xenstore directory (`/local/domain/0/backend/vbd/DOMID/VDEV`).
+    public var bePath: String
+    /// Xen's `uname` (`file:/img`, `phy:/dev/x`) and mode (`r`, `w`, `w!`).
+    public var uname: String
+    public var mode: String
+    /// `disk` or `cdrom`.
+    public var deviceType: String
+    /// blkback's vhost-user socket and pid; nil for a disk the engine emulates itself.
+    public var socket: String?
+    public var pid: Int?
+    /// blkback kept dying and was given up: the guest's I/O to this disk fails.
+    public var broken: Bool
+
+    public init(vdev: Int, dev: String, backendId: Int = 0, state: Int, eventChannel: Int = -1, ringRef: Int = -1,
+                bePath: String, uname: String, mode: String, deviceType: String, socket: String?, pid: Int?, broken: Bool) {
+        self.vdev = vdev; self.dev = dev; self.backendId = backendId; self.state = state; self.eventChannel = eventChannel
+        self.ringRef = ringRef; self.bePath = bePath; self.uname = uname; self.mode = mode; self.deviceType = deviceType
+        self.socket = socket; self.pid = pid; self.broken = broken
+    }
+}
+
+/// `GET /api/v1/domains/{domain}/vbds` and `DELETE .../vbds/{dev}` reply.
+public struct VbdList: Codable, Sendable, Equatable {
+    /// In configuration order (attached disks last).
+    public var vbds: [VbdInfo]
+    public init(vbds: [VbdInfo]) { self.vbds = vbds }
+}
+
+/// `POST /api/v1/domains/{domain}/vbds` body (`xm block-attach DOM BACKDEV FRONTDEV MODE`).
+public struct BlockAttachRequest: Codable, Sendable, Equatable {
+    /// `file:/img` or `phy:/dev/x` (Xen's uname).
+    public var backdev: String
+    /// The guest device name (`xvdb`, `hdb`, `sdb`).
+    public var frontdev: String
+    /// `r`, `w` or `w!`.
+    public var mode: String
+    public init(backdev: String, frontdev: String, mode: String) {
+        self.backdev = backdev; self.frontdev = frontdev; self.mode = mode
+    }
 }
 
 /// Text replies (`dmesg`, `log`).

@@ -32,6 +32,9 @@ at a time; keeps listening for a reconnect after the front-end goes away.
   --io-threads N      threads serving requests of 256 KiB or more concurrently, so large
                       transfers overlap (default 4; 0 serves everything on the event loop)
   --serial S          GET_ID serial (default xenith-blk, at most 20 bytes)
+  --fail-io           answer every request with an I/O error (VIRTIO_BLK_S_IOERR) and never
+                      touch the image: the stand-in xend starts for a disk whose blkback it
+                      gave up on, so the guest's I/O fails instead of hanging
   --manifest FILE     security manifest (default $XENITH_MANIFESTS/blkback.manifest, else
                       BINDIR/../share/xenith/manifests/blkback.manifest, else the source
                       tree's manifests/); applied once the image and socket are open
@@ -57,6 +60,7 @@ var testReorder = false
 var ioThreads = 4
 var testDelayUs: UInt32 = 0
 var testForbiddenSyscall = false
+var failIO = false
 
 var args = ServiceArguments(program: "blkback", arguments: CommandLine.arguments.dropFirst())
 while let a = args.next() {
@@ -69,6 +73,7 @@ while let a = args.next() {
     case "--num-queues": numQueues = args.int(a, in: 1...64)
     case "--serial": serial = args.value(a)
     case "--io-threads": ioThreads = args.int(a, in: 0...16)
+    case "--fail-io": failIO = true
     case "--test-reorder": testReorder = true          // complete each batch in reverse (tests)
     case "--test-delay-us": testDelayUs = UInt32(args.int(a, in: 0...1_000_000))  // slow each request (tests)
     // Tests only: once sandboxed, make one syscall outside the manifest (the supervisor
@@ -144,14 +149,17 @@ service.applySandbox(manifestPath: manifestPath, probe: testForbiddenSyscall)
 if manifestPath != nil { socketPathC = nil }
 
 let blk = VirtioBlockDevice(image: image, numQueues: numQueues, serial: serial)
-let device: any VhostUserDevice = testDelayUs > 0 ? DelayedDevice(blk, testDelayUs) : blk
+let device: any VhostUserDevice
+if failIO { device = FailingBlockDevice(standingInFor: blk) }
+else if testDelayUs > 0 { device = DelayedDevice(blk, testDelayUs) }
+else { device = blk }
 let backend: VhostUserBackend
 do { backend = try VhostUserBackend(device: device, listenFd: listenFd) } catch { fail("\(error)") }
 if testReorder { backend.completionOrder = .reversedBatches }
 backend.ioThreads = ioThreads
 if !service.quiet { backend.log = { eprint("blkback: \($0)\n") } }
 
-let serving = "serving \(imageSpec ?? "fd \(image.fd)") (\(image.size) bytes\(readOnly ? ", read-only" : ""), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(service.socketPath ?? "fd \(listenFd)")"
+let serving = (failIO ? "failing every request to " : "serving ") + "\(imageSpec ?? "fd \(image.fd)") (\(image.size) bytes\(readOnly ? ", read-only" : ""), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(service.socketPath ?? "fd \(listenFd)")"
 service.log(serving)
 // The signal for the launcher (the log line above is for people).
 ServiceReadiness.ready(serving)
