@@ -35,6 +35,9 @@ struct XenithCore {
                            listening on SOCK (netback); repeatable, one PCI slot each
       --no-rng             leave out the in-core virtio-rng device
       --no-input           do not read the console from stdin
+      --incoming           start paused and wait for a saved state on the control socket
+                           (`restore` with the stream's descriptor), as the target of
+                           xm restore; `unpause` then runs the restored guest
       --console-ring-fd N --console-out-fd N --console-in-fd N
                            COM1 on a console ring served by xenconsoled instead of
                            stdio: inherited ring memfd, outEvent and inEvent eventfds
@@ -54,6 +57,7 @@ struct XenithCore {
     var statusFile: String?
     var noRng = false
     var noInput = false
+    var incoming = false
     var vhostUserBlk: [String] = []
     var vhostUserNet: [String] = []
     var consoleRing = ConsoleRingFDs()
@@ -98,6 +102,7 @@ struct XenithCore {
             case "--vhost-user-net": vhostUserNet.append(try value(arg))
             case "--no-rng": noRng = true
             case "--no-input": noInput = true
+            case "--incoming": incoming = true
             case "--console-ring-fd": consoleRing.ring = Int32(exactly: try number(arg))
             case "--console-out-fd": consoleRing.out = Int32(exactly: try number(arg))
             case "--console-in-fd": consoleRing.input = Int32(exactly: try number(arg))
@@ -117,8 +122,9 @@ struct XenithCore {
     func run() -> Int32 {
         // Before any thread exists, so every thread inherits the blocked mask.
         let sigFD = clinux_termination_signalfd()
-        let cfg = MachineConfiguration(memoryMiB: memory, vcpus: vcpus, kernelPath: kernel, firmwarePath: firmware,
+        var cfg = MachineConfiguration(memoryMiB: memory, vcpus: vcpus, kernelPath: kernel, firmwarePath: firmware,
                                        ramdiskPath: ramdisk, cmdline: extra, name: name, virtioRNG: !noRng)
+        cfg.incoming = incoming
         let machine: Machine
         let ring: ConsoleRingPort?
         do {
