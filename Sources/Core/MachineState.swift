@@ -183,7 +183,7 @@ extension Machine {
         r.onProgress = onProgress
         let (ramBytes, n) = try r.header()
         guard ramBytes == memory.totalSize else {
-            throw .badStream("the stream holds \(ramBytes >> 20) MiB of RAM, this domain has \(memory.totalSize >> 20) MiB")
+            throw .badStream("the stream holds \(ramBytes) bytes of RAM, this domain has \(memory.totalSize)")
         }
         guard n == vcpus.count else { throw .badStream("the stream holds \(n) vCPUs, this domain has \(vcpus.count)") }
         var vmState: [VMStateKind: [UInt8]] = [:]

@@ -9,7 +9,7 @@
 public struct PrecopyLimits: Sendable, Equatable {
     /// RAM passes at most, the last (stopped) one included (Xen: 29 + 1).
     public var maxRounds: Int
-    /// Stream bytes at most before the guest is stopped (Xen: 3 × RAM).
+    /// Stream bytes at most before the guest is stopped; 0 means 3 × RAM (Xen's bound).
     public var maxBytes: UInt64
     /// Milliseconds the stopped part may take at the rate measured so far.
     public var downtimeLimitMs: Int
@@ -51,7 +51,8 @@ extension Machine {
             try writeAllRAM(w)
             var rounds = 1
             var pending = try dirtyBitmaps()
-            while rounds < max(1, limits.maxRounds - 1) && w.bytesWritten < limits.maxBytes {
+            let maxBytes = limits.maxBytes == 0 ? 3 * memory.totalSize : limits.maxBytes
+            while rounds < max(1, limits.maxRounds - 1) && w.bytesWritten < maxBytes {
                 let dirty = pending.reduce(0) { $0 + $1.reduce(0) { $0 + $1.nonzeroBitCount } }
                 let elapsedNs = max(clock_ns() - start, 1)
                 let bytesPerMs = Double(w.bytesWritten) / (Double(elapsedNs) / 1e6)

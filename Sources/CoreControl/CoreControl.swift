@@ -90,7 +90,8 @@ public enum CoreStateCommand: Sendable, Equatable {
     /// Stop the vCPUs and write the whole state (`save`).
     case save
     /// Pre-copy RAM while the guest runs, then stop it for the rest
-    /// (`save-live MAXROUNDS MAXBYTES DOWNTIME_MS`).
+    /// (`save-live MAXROUNDS MAXBYTES DOWNTIME_MS`; rounds 1...1000, MAXBYTES 0 = 3 × RAM,
+    /// downtime 0...3 600 000 ms).
     case saveLive(maxRounds: Int, maxBytes: UInt64, downtimeLimitMs: Int)
     /// Load a state into a core started with `--incoming` (`restore`).
     case restore
@@ -111,7 +112,7 @@ public enum CoreStateCommand: Sendable, Equatable {
         case "save" where f.count == 1: self = .save
         case "restore" where f.count == 1: self = .restore
         case "save-live" where f.count == 4:
-            guard let r = Int(f[1]), r >= 1, r <= 1000, let b = UInt64(f[2]), b >= 1, let d = Int(f[3]), d >= 0, d <= 3_600_000
+            guard let r = Int(f[1]), r >= 1, r <= 1000, let b = UInt64(f[2]), let d = Int(f[3]), d >= 0, d <= 3_600_000
             else { return nil }
             self = .saveLive(maxRounds: r, maxBytes: b, downtimeLimitMs: d)
         default: return nil
