@@ -142,6 +142,13 @@ ssize_t clinux_send_with_fds(int sock, const void *buf, size_t len, const int *f
 /// Received descriptors are close-on-exec. Returns recvmsg's result.
 ssize_t clinux_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
 
+// MARK: CRC-32C with the SSE4.2 instruction
+/// Whether this CPU has SSE4.2's CRC32 instruction (CRC-32C, Castagnoli).
+int clinux_crc32c_hardware(void);
+/// Feeds `n` bytes to a running CRC-32C register `crc` (pre-inverted state, no final XOR)
+/// with the CRC32 instruction; only when clinux_crc32c_hardware() says so.
+uint32_t clinux_crc32c_update(uint32_t crc, const void *p, size_t n);
+
 // MARK: kvm_cpuid2 / kvm_msrs with flexible arrays
 /// Allocates a kvm_cpuid2 with room for `n` entries (nent set to n). Free with free().
 struct kvm_cpuid2 *clinux_cpuid2_alloc(unsigned int n);
