@@ -1,6 +1,7 @@
 // The migration service from xend's side (Sources/Migration/README.md): one sandboxed
 // `migration` process per save or restore, handed every descriptor (fd 3 the engine's
 // stream, fd 4 the save file, fd 5 xend's status channel), and a reader of that channel.
+import CLinux
 import Foundation
 import Migration
 import Sandbox

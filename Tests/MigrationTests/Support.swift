@@ -1,5 +1,6 @@
 // Helpers shared by the Migration tests: descriptors, scratch files, random streams, and
 // save files made in-process.
+import CLinux  // SOCK_STREAM and SOCK_CLOEXEC
 import Glibc
 import Migration
 
@@ -74,7 +75,7 @@ func readToEOF(_ fd: Int32) -> [UInt8] {
 /// A connected stream socketpair, close-on-exec (so no concurrently spawned child inherits it).
 func socketPair() -> (Int32, Int32) {
     var sv: [Int32] = [-1, -1]
-    precondition(socketpair(AF_UNIX, 1 | 0o2000000, 0, &sv) == 0)   // SOCK_STREAM | SOCK_CLOEXEC (not visible from Glibc alone here)
+    precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv) == 0)
     return (sv[0], sv[1])
 }
 
