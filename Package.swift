@@ -65,7 +65,7 @@ let package = Package(
         .target(name: "QemuEngine", dependencies: ["DomainConfig", "Spawn", "UnixSocket"], swiftSettings: swiftSettings),
         // Save files and the migration stream: envelope, frames, CRC-32C, pacing, status messages.
         // Foundation-free (the migration service runs under seccomp); xend may import it.
-        .target(name: "Migration", exclude: ["README.md"], swiftSettings: swiftSettings),
+        .target(name: "Migration", dependencies: ["CLinux"], exclude: ["README.md"], swiftSettings: swiftSettings),
         // The xm ↔ xend API: wire types, routes, the blocking client, the host's paths (no NIO).
         .target(name: "XendAPI", dependencies: ["DomainConfig", "UnixSocket"], swiftSettings: swiftSettings),
         // The xm command logic (no NIO: xm starts fast).

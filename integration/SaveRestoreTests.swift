@@ -197,17 +197,7 @@ import Testing
             print("SKIP: \(#function): failed-save part: cannot mount a tmpfs")
         }
 
-        // The core engine has no state stream: a clear refusal, the domain untouched.
-        if Env.kvmUnavailable == nil {
-            try "kernel = '\(Env.fixture("pvh.elf"))'\nmemory = 32\nname = 'sr-core'\nextra = 't'\nengine = 'core'\n"
-                .write(toFile: root + "/core.cfg", atomically: true, encoding: .utf8)
-            if try xm("create", root + "/core.cfg").status == 0 {
-                let e = try xm("save", "sr-core", root + "/core.chk")
-                #expect(e.stderr == "Error: Cannot save domain sr-core: the core engine cannot save a domain's state\n")
-                #expect(!FileManager.default.fileExists(atPath: root + "/core.chk"))
-                _ = try? xm("destroy", "sr-core")
-            }
-        }
+        // The core engine's save and restore: CoreSaveRestoreTests.
     }
 }
 

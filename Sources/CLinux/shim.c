@@ -60,6 +60,24 @@ ssize_t clinux_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxf
     return r;
 }
 
+int clinux_crc32c_hardware(void) { return __builtin_cpu_supports("sse4.2"); }
+
+__attribute__((target("sse4.2")))
+uint32_t clinux_crc32c_update(uint32_t crc, const void *buf, size_t n) {
+    const uint8_t *p = buf;
+    while (n > 0 && ((uintptr_t)p & 7) != 0) { crc = __builtin_ia32_crc32qi(crc, *p++); n--; }
+    uint64_t c = crc;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        c = __builtin_ia32_crc32di(c, w);
+        p += 8; n -= 8;
+    }
+    crc = (uint32_t)c;
+    while (n > 0) { crc = __builtin_ia32_crc32qi(crc, *p++); n--; }
+    return crc;
+}
+
 struct kvm_cpuid2 *clinux_cpuid2_alloc(unsigned int n) {
     struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(struct kvm_cpuid_entry2));
     if (c) c->nent = n;

@@ -1,5 +1,6 @@
 import CLinux
 import CoreControl
+import Synchronization
 import UnixSocket
 #if canImport(Glibc)
 import Glibc
@@ -11,6 +12,9 @@ import Glibc
 /// Commands and replies:
 /// - `pause`, `unpause`, `shutdown` (ACPI power button), `reboot` (reset), `destroy` → `ok`
 /// - `query` → `ok state=running|paused|stopped vcpus=N vcpu_time_ns=T0,T1,... uptime_ns=U pid=P vcpu_tids=I0,I1,...`
+/// - `save`, `save-live R B D`, `restore` with the stream's descriptor attached (SCM_RIGHTS)
+///   → ``CoreStateReply/line`` once the stream is complete (CoreControl's ``CoreStateCommand``);
+///   run on their own thread, one at a time; the descriptor is closed when done
 /// - anything else → `error unknown command: ...`
 public final class ControlServer: @unchecked Sendable {
     public let path: String
@@ -19,6 +23,10 @@ public final class ControlServer: @unchecked Sendable {
     private var buffers: [Int32: [UInt8]] = [:]
     /// Descriptors a client sent (SCM_RIGHTS) that no command has taken yet.
     private var passed: [Int32: [Int32]] = [:]
+    /// The save or restore under way, if any (its thread replies on the connection).
+    private var stateThread: DedicatedThread?
+    private let stateBusy = Mutex(false)
+    private var restored = false
     /// Held open so that, when the process runs out of descriptors, one can be freed to
     /// accept and drop the waiting client instead of spinning on it (level-triggered).
     private var reserveFD: Int32 = open("/dev/null", O_RDONLY | O_CLOEXEC)
@@ -46,6 +54,8 @@ public final class ControlServer: @unchecked Sendable {
         close(listenFD)
         unlink(path)
         for fd in buffers.keys { close(fd) }
+        for fds in passed.values { for fd in fds { close(fd) } }
+        stateThread?.join()
         if reserveFD >= 0 { close(reserveFD) }
     }
 
@@ -80,17 +90,23 @@ public final class ControlServer: @unchecked Sendable {
         if nfds > 0 { passed[fd, default: []] += fds.prefix(Int(nfds)) }
         if n <= 0 {
             if n < 0 && errno == EAGAIN { return }
-            machine.loop.remove(fd); close(fd); buffers[fd] = nil
-            for p in passed.removeValue(forKey: fd) ?? [] { close(p) }
+            drop(fd)
             return
         }
         var buf = (buffers[fd] ?? []) + chunk[0..<n]
-        guard buf.count <= 4096 else { machine.loop.remove(fd); close(fd); buffers[fd] = nil; return }
+        guard buf.count <= 4096 else { drop(fd); return }
         while let nl = buf.firstIndex(of: 10) {
             let line = String(decoding: buf[..<nl], as: UTF8.self)
             buf.removeSubrange(...nl)
             let command = line.trimmingCharacters(in: " \r\t")
             if command.isEmpty { continue }
+            if let state = CoreStateCommand(parsing: command) {
+                if let refusal = startState(state, client: fd) {
+                    let reply = Array((CoreControlReply.error(refusal) + "\n").utf8)
+                    _ = reply.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                }
+                continue
+            }
             // Replies are bytes, not C strings: a NUL in the command cannot cut them short.
             var fds = passed.removeValue(forKey: fd) ?? []
             let reply = Array((handle(command, fds: &fds) + "\n").utf8)
@@ -98,6 +114,67 @@ public final class ControlServer: @unchecked Sendable {
             _ = reply.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         }
         buffers[fd] = buf
+    }
+
+    private func drop(_ fd: Int32) {
+        machine.loop.remove(fd); close(fd); buffers[fd] = nil
+        for p in passed.removeValue(forKey: fd) ?? [] { close(p) }
+    }
+
+    /// Starts a save or restore on its own thread, which replies on `client` when done.
+    /// - Returns: why it cannot start (the reply is then `error` at once), nil when started.
+    private func startState(_ command: CoreStateCommand, client: Int32) -> String? {
+        var sent = passed.removeValue(forKey: client) ?? []
+        guard !sent.isEmpty else {
+            return "\(command.line.split(separator: " ")[0].split(separator: "\n")[0]) needs the stream's descriptor (SCM_RIGHTS)"
+        }
+        let stream = sent.removeFirst()
+        for extra in sent { close(extra) }   // one stream per command; the rest is not kept
+        if command == .restore {
+            guard machine.config.incoming, !restored else {
+                close(stream)
+                return "restore: this core was not started with --incoming, or has restored already"
+            }
+        }
+        let claimed = stateBusy.withLock { busy -> Bool in
+            if busy { return false }
+            busy = true
+            return true
+        }
+        guard claimed else { close(stream); return "a save or restore is already running" }
+        if command == .restore { restored = true }
+        stateThread?.join()
+        // The client's socket stays open until the reply: a duplicate keeps it valid even
+        // if the loop drops the connection meanwhile.
+        let replyFD = dup(client)
+        let m = machine
+        stateThread = DedicatedThread(name: "state") { [self] in
+            let reply: String
+            do {
+                switch command {
+                case .save:
+                    let r = try m.save(to: stream)
+                    reply = CoreStateReply(bytes: r.bytes, rounds: r.rounds, downtimeMs: r.downtimeMs, wasRunning: r.wasRunning).line
+                case let .saveLive(rounds, bytes, downtime):
+                    let r = try m.saveLive(to: stream, limits: PrecopyLimits(maxRounds: rounds, maxBytes: bytes, downtimeLimitMs: downtime))
+                    reply = CoreStateReply(bytes: r.bytes, rounds: r.rounds, downtimeMs: r.downtimeMs, wasRunning: r.wasRunning).line
+                case .restore:
+                    let reader = try m.restoreCounting(from: stream)
+                    reply = CoreStateReply(bytes: reader, rounds: 0, downtimeMs: 0, wasRunning: false).line
+                }
+            } catch {
+                m.log("\(command.line.dropLast()): \(error)")
+                reply = CoreControlReply.error("\(error)")
+            }
+            close(stream)
+            let bytes = Array((reply + "\n").utf8)
+            if replyFD >= 0 {
+                _ = bytes.withUnsafeBytes { send(replyFD, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                close(replyFD)
+            }
+            stateBusy.withLock { $0 = false }
+        }
+        return nil
     }
 
     func handle(_ command: String) -> String {

@@ -24,6 +24,9 @@ public struct MachineConfiguration: Sendable {
     public var virtioRNG: Bool
     /// Add an in-core virtio-balloon device (virtio 1.2 §5.5; `xm mem-set`), after the rng.
     public var virtioBalloon: Bool = false
+    /// Incoming mode: the vCPUs start paused and wait for a saved state (``Machine/restore(from:onProgress:)``)
+    /// before ``Machine/unpause()``.
+    public var incoming = false
 
     public init(memoryMiB: Int, vcpus: Int, kernelPath: String? = nil, firmwarePath: String? = nil,
                 ramdiskPath: String? = nil, cmdline: String = "", name: String = "domain", virtioRNG: Bool = true) {
@@ -51,21 +54,21 @@ public final class Machine: @unchecked Sendable {
     public let loop: EventLoop
     public private(set) var serial: Serial8250!
     public private(set) var power: PowerDevices!
-    private var vcpus: [VCPU] = []
-    private var threads: [DedicatedThread] = []
+    var vcpus: [VCPU] = []
+    var threads: [DedicatedThread] = []
     /// Linux thread id of each vCPU thread by vCPU index (0 until the thread has started).
     private let tids = Mutex<[Int32]>([])
-    private var virtioDevices: [VirtioPCIDevice] = []
+    var virtioDevices: [VirtioPCIDevice] = []
     /// The virtio-balloon device and its transport (MachineControl.swift), nil without one.
     public private(set) var balloon: VirtioBalloon?
     private(set) var balloonTransport: VirtioPCIDevice?
     private let stopResult = Mutex<GuestStop?>(nil)
     private let stopFD: Int32
-    private let pauseGate = PauseGate()
+    let pauseGate = PauseGate()
     private let startTime = clock_ns()
     /// Receives every byte the guest writes to COM1.
     private let consoleOutput: @Sendable (UInt8) -> Void
-    private let log: @Sendable (String) -> Void
+    let log: @Sendable (String) -> Void
     static let kickSignal = SIGUSR1
 
     /// Builds the domain: checks the request against KVM's limits, creates memory, loads
@@ -78,6 +81,7 @@ public final class Machine: @unchecked Sendable {
         self.config = config
         self.consoleOutput = consoleOutput
         self.log = log
+        if config.incoming { pauseGate.close() }
         guard config.memoryMiB >= 2 else { throw CoreError.badArgument("memory \(config.memoryMiB) MiB is too small (at least 2 MiB)") }
         guard config.vcpus >= 1 else { throw CoreError.badArgument("vcpus must be at least 1") }
         let system: KVMSystem
@@ -305,7 +309,16 @@ public final class Machine: @unchecked Sendable {
         tids.withLock { if v.id < $0.count { $0[v.id] = tid } }
         while !stopped {
             if pauseGate.isClosed {
-                pauseGate.wait()
+                // Finish the instruction of the last exit first (an `in` puts its value in
+                // the register only on the next KVM_RUN): with immediate_exit set, KVM_RUN
+                // completes it and returns at once, so the registers a save reads are whole.
+                v.setImmediateExit(true)
+                let pending: VCPUExit
+                do { pending = try v.runOnce() } catch {
+                    stop(.crash("vCPU \(v.id): \(error)"))
+                    return
+                }
+                if case .interrupted = pending { pauseGate.park() } else { handle(pending, v) }
                 continue
             }
             v.setImmediateExit(false)
@@ -315,31 +328,36 @@ public final class Machine: @unchecked Sendable {
                 stop(.crash("vCPU \(v.id): \(error)"))
                 return
             }
-            switch exit {
-            case let .io(port, size, count, isWrite, data):
-                bus.handlePortIO(port: port, size: size, count: count, isWrite: isWrite, data: data)
-            case let .mmio(address, length, isWrite, data):
-                bus.handleMMIO(address: address, length: length, isWrite: isWrite, data: data)
-            case .interrupted, .hlt:
-                continue
-            case .shutdown:
-                stop(.reboot("triple fault on vCPU \(v.id)"))
-            case let .systemEvent(type):
-                switch type {
-                case UInt32(KVM_SYSTEM_EVENT_SHUTDOWN): stop(.poweroff)
-                case UInt32(KVM_SYSTEM_EVENT_RESET): stop(.reboot("system reset event"))
-                default: stop(.crash("system event \(type) on vCPU \(v.id)"))
-                }
-            case let .internalError(sub):
-                let rip = (try? v.regs().rip).map { "0x" + String($0, radix: 16) } ?? "?"
-                stop(.crash("KVM internal error (suberror \(sub)) on vCPU \(v.id) at rip \(rip)"))
-            case let .failEntry(reason):
-                stop(.crash("KVM entry failure 0x\(String(reason, radix: 16)) on vCPU \(v.id)"))
-            case let .exception(n):
-                stop(.crash("unhandled exception \(n) on vCPU \(v.id)"))
-            case let .unknown(reason):
-                stop(.crash("unknown KVM exit \(reason) on vCPU \(v.id)"))
+            handle(exit, v)
+        }
+    }
+
+    /// Acts on one exit of KVM_RUN (device access, stop request).
+    private func handle(_ exit: VCPUExit, _ v: VCPU) {
+        switch exit {
+        case let .io(port, size, count, isWrite, data):
+            bus.handlePortIO(port: port, size: size, count: count, isWrite: isWrite, data: data)
+        case let .mmio(address, length, isWrite, data):
+            bus.handleMMIO(address: address, length: length, isWrite: isWrite, data: data)
+        case .interrupted, .hlt:
+            return
+        case .shutdown:
+            stop(.reboot("triple fault on vCPU \(v.id)"))
+        case let .systemEvent(type):
+            switch type {
+            case UInt32(KVM_SYSTEM_EVENT_SHUTDOWN): stop(.poweroff)
+            case UInt32(KVM_SYSTEM_EVENT_RESET): stop(.reboot("system reset event"))
+            default: stop(.crash("system event \(type) on vCPU \(v.id)"))
             }
+        case let .internalError(sub):
+            let rip = (try? v.regs().rip).map { "0x" + String($0, radix: 16) } ?? "?"
+            stop(.crash("KVM internal error (suberror \(sub)) on vCPU \(v.id) at rip \(rip)"))
+        case let .failEntry(reason):
+            stop(.crash("KVM entry failure 0x\(String(reason, radix: 16)) on vCPU \(v.id)"))
+        case let .exception(n):
+            stop(.crash("unhandled exception \(n) on vCPU \(v.id)"))
+        case let .unknown(reason):
+            stop(.crash("unknown KVM exit \(reason) on vCPU \(v.id)"))
         }
     }
 }
@@ -379,6 +397,7 @@ final class PauseGate: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     private var cond = pthread_cond_t()
     private var closed = false
+    private var parked = 0
 
     init() {
         pthread_mutex_init(&mutex, nil)
@@ -396,6 +415,32 @@ final class PauseGate: @unchecked Sendable {
 
     func open() {
         pthread_mutex_lock(&mutex); closed = false; pthread_cond_broadcast(&cond); pthread_mutex_unlock(&mutex)
+    }
+
+    /// Blocks while closed, counted as parked (``waitParked(_:timeoutMs:)``).
+    func park() {
+        pthread_mutex_lock(&mutex)
+        parked += 1
+        pthread_cond_broadcast(&cond)
+        while closed { pthread_cond_wait(&cond, &mutex) }
+        parked -= 1
+        pthread_mutex_unlock(&mutex)
+    }
+
+    /// Waits until `count` threads are parked behind the closed gate, at most `timeoutMs`.
+    /// - Returns: false on timeout or when the gate opened meanwhile.
+    func waitParked(_ count: Int, timeoutMs: Int) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        var until = now
+        let ns = Int(now.tv_nsec) + (timeoutMs % 1000) * 1_000_000
+        until.tv_sec += timeoutMs / 1000 + ns / 1_000_000_000
+        until.tv_nsec = ns % 1_000_000_000
+        pthread_mutex_lock(&mutex); defer { pthread_mutex_unlock(&mutex) }
+        while closed && parked < count {
+            if pthread_cond_timedwait(&cond, &mutex, &until) == ETIMEDOUT { break }
+        }
+        return closed && parked >= count
     }
 
     /// Blocks while closed (returns at once when open).

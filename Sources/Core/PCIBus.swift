@@ -11,6 +11,12 @@ public protocol PCIDevice: AnyObject, Sendable {
     func mmioRanges() -> [ClosedRange<UInt64>]
     func mmioRead(address: UInt64, data: UnsafeMutableRawBufferPointer)
     func mmioWrite(address: UInt64, data: UnsafeRawBufferPointer)
+    /// The device's state for the core's state stream (configuration space and more).
+    /// - Throws: ``CoreError`` when the device cannot be saved now.
+    func saveState() throws(CoreError) -> [UInt8]
+    /// Loads what ``saveState()`` wrote, on a freshly built device of the same kind.
+    /// - Throws: ``CoreError/badStream(_:)`` for a record that does not fit the device.
+    func restoreState(_ bytes: [UInt8]) throws(CoreError)
 }
 
 /// 256 bytes of type 0 configuration space with per-byte write masks and BAR sizing.
@@ -171,4 +177,33 @@ final class HostBridge: PCIDevice, @unchecked Sendable {
     func mmioRanges() -> [ClosedRange<UInt64>] { [] }
     func mmioRead(address: UInt64, data: UnsafeMutableRawBufferPointer) { data.initializeMemory(as: UInt8.self, repeating: 0xFF) }
     func mmioWrite(address: UInt64, data: UnsafeRawBufferPointer) {}
+    func saveState() throws(CoreError) -> [UInt8] { config.withLock { $0.savedBytes } }
+    func restoreState(_ bytes: [UInt8]) throws(CoreError) {
+        var c = config.withLock { $0 }
+        try c.restore(bytes)
+        config.withLock { $0 = c }
+    }
+}
+
+extension PCIBus {
+    /// The configuration address latch (port 0xCF8).
+    public var addressLatch: UInt32 {
+        get { address.load(ordering: .acquiring) }
+        set { address.store(newValue, ordering: .releasing) }
+    }
+    /// The device in `slot` (0 the host bridge), if any.
+    public func device(in slot: Int) -> (any PCIDevice)? { slot >= 0 && slot < 32 ? slots[slot] : nil }
+}
+
+extension PCIConfigSpace {
+    /// The 256 bytes as saved; ``restore(_:)`` takes back only the guest-writable bits.
+    public var savedBytes: [UInt8] { bytes }
+
+    /// Puts back the guest-writable bits of saved configuration bytes (the read-only ones
+    /// — IDs, capabilities — stay this build's).
+    /// - Throws: ``CoreError/badStream(_:)`` unless there are exactly 256 bytes.
+    public mutating func restore(_ saved: [UInt8]) throws(CoreError) {
+        guard saved.count == 256 else { throw .badStream("PCI configuration of \(saved.count) bytes, not 256") }
+        for i in 0..<256 { bytes[i] = (bytes[i] & ~writable[i]) | (saved[i] & writable[i]) }
+    }
 }

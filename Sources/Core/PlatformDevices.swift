@@ -149,3 +149,24 @@ public final class IgnoredPorts: PortIODevice {
     public func read(port: UInt16, data: UnsafeMutableRawBufferPointer) { data.storeLittleEndian(0) }
     public func write(port: UInt16, data: UnsafeRawBufferPointer) {}
 }
+
+extension PowerDevices {
+    /// PM1 status and enable registers (the `device 2` record of the state stream).
+    public func saveState() -> [UInt8] {
+        state.withLock { s in
+            var e = StateEncoder()
+            e.u16(s.status); e.u16(s.enable)
+            return e.bytes
+        }
+    }
+
+    /// Loads what ``saveState()`` wrote and sets the SCI line to match.
+    /// - Throws: ``CoreError/badStream(_:)`` for a record of the wrong size.
+    public func restoreState(_ bytes: [UInt8]) throws(CoreError) {
+        var d = StateDecoder(bytes, what: "device ACPI")
+        let status = try d.u16(), enable = try d.u16()
+        try d.finish()
+        state.withLock { $0 = State(status: status, enable: enable) }
+        setSCI(status & enable & Self.pwrbtnBit != 0)
+    }
+}

@@ -172,3 +172,31 @@ public final class Serial8250: PortIODevice, @unchecked Sendable {
         if let l = level { setIRQ(l) }
     }
 }
+
+extension Serial8250 {
+    /// The UART's registers and unread input (the `device 1` record of the state stream).
+    public func saveState() -> [UInt8] {
+        regs.withLock { r in
+            var e = StateEncoder()
+            for b in [r.ier, r.lcr, r.mcr, r.scr, r.dll, r.dlm, r.fcr] { e.u8(b) }
+            e.bool(r.thrEmptyPending); e.bool(r.irqLevel)
+            e.blob(Array(r.rx[r.rxHead...]))
+            return e.bytes
+        }
+    }
+
+    /// Loads what ``saveState()`` wrote and sets the interrupt line to match.
+    /// - Throws: ``CoreError/badStream(_:)`` for a short record or more input than the FIFO holds.
+    public func restoreState(_ bytes: [UInt8]) throws(CoreError) {
+        var d = StateDecoder(bytes, what: "device COM1")
+        var r = Regs()
+        r.ier = try d.u8() & 0x0F; r.lcr = try d.u8(); r.mcr = try d.u8() & 0x1F; r.scr = try d.u8()
+        r.dll = try d.u8(); r.dlm = try d.u8(); r.fcr = try d.u8()
+        r.thrEmptyPending = try d.bool(); r.irqLevel = try d.bool()
+        r.rx = try d.blob(max: Self.rxCapacity)
+        try d.finish()
+        let level = r.irqLevel
+        regs.withLock { $0 = r }
+        setIRQ(level)
+    }
+}

@@ -32,6 +32,23 @@ public protocol VirtioDevice: AnyObject, Sendable {
     func activate(features: UInt64, queues: [VirtqueueConfig], kicks: [Int32], calls: [Int32]) throws
     /// The driver reset the device (status 0): stop using guest memory.
     func reset()
+    /// Why the device cannot be saved while it serves the driver, nil when it can (the
+    /// default refuses: a device must say how its queue positions are kept).
+    var saveRefusal: String? { get }
+    /// Per queue, the index of the next avail entry the device will take (its
+    /// last_avail_idx), read with the vCPUs stopped; [] when not active.
+    func queuePositions() throws -> [UInt16]
+    /// Like ``activate(features:queues:kicks:calls:)`` on a restored domain: the device
+    /// takes avail entries from `positions[i]` on.
+    func resume(features: UInt64, queues: [VirtqueueConfig], kicks: [Int32], calls: [Int32], positions: [UInt16]) throws
+}
+
+extension VirtioDevice {
+    public var saveRefusal: String? { "virtio device type \(deviceType) cannot be saved while the guest uses it" }
+    public func queuePositions() throws -> [UInt16] { [] }
+    public func resume(features: UInt64, queues: [VirtqueueConfig], kicks: [Int32], calls: [Int32], positions: [UInt16]) throws {
+        try activate(features: features, queues: queues, kicks: kicks, calls: calls)
+    }
 }
 
 /// The virtio-pci modern transport (virtio 1.2 §4.1) over one 32-bit memory BAR with the
@@ -378,5 +395,81 @@ public final class VirtioPCIDevice: PCIDevice, @unchecked Sendable {
                 configChanged()
             }
         }
+    }
+}
+
+extension VirtioPCIDevice {
+    /// Whether the driver set DRIVER_OK and the device serves its queues.
+    public var isActive: Bool { state.withLock { $0.active } }
+
+    /// The transport's state (configuration space, negotiated features, status, queue
+    /// addresses, ISR) and the device's queue positions: the `device 0x100+slot` record.
+    /// - Throws: ``CoreError/badArgument(_:)`` when the device is active and cannot be saved.
+    public func saveState() throws(CoreError) -> [UInt8] {
+        let s = state.withLock { $0 }
+        var positions: [UInt16] = []
+        if s.active {
+            if let why = device.saveRefusal { throw .badArgument(why) }
+            do { positions = try device.queuePositions() } catch { throw .badArgument("virtio device type \(device.deviceType): \(error)") }
+        }
+        var e = StateEncoder()
+        e.u16(device.deviceType)
+        e.blob(s.config.savedBytes)
+        e.u32(s.deviceFeatureSelect); e.u32(s.driverFeatureSelect); e.u64(s.driverFeatures)
+        e.u8(s.status); e.u16(s.queueSelect); e.u8(s.configGeneration); e.bool(s.active)
+        e.u8(s.cfgCap.bar); e.u32(s.cfgCap.offset); e.u32(s.cfgCap.length)
+        e.u8(isr.load(ordering: .acquiring))
+        e.u32(UInt32(s.queues.count))
+        for (i, q) in s.queues.enumerated() {
+            e.u16(q.size); e.u64(q.descTable); e.u64(q.availRing); e.u64(q.usedRing); e.bool(q.enabled)
+            e.u16(i < positions.count ? positions[i] : 0)
+        }
+        return e.bytes
+    }
+
+    /// Loads what ``saveState()`` wrote into this (fresh, never activated) transport; an
+    /// active device is resumed at its saved queue positions.
+    /// - Throws: ``CoreError/badStream(_:)`` for another device type, a queue count or
+    ///   size this device does not have, rings outside guest memory, short records.
+    public func restoreState(_ bytes: [UInt8]) throws(CoreError) {
+        var d = StateDecoder(bytes, what: "PCI device type \(device.deviceType)")
+        let type = try d.u16()
+        guard type == device.deviceType else { throw .badStream("PCI slot holds device type \(device.deviceType), the stream type \(type)") }
+        var s = state.withLock { $0 }
+        try s.config.restore(try d.blob(max: 256))
+        s.deviceFeatureSelect = try d.u32(); s.driverFeatureSelect = try d.u32()
+        s.driverFeatures = try d.u64()
+        let offered = device.offeredFeatures | Self.versionFeature
+        guard s.driverFeatures & ~offered == 0 else { throw .badStream("driver features 0x\(String(s.driverFeatures, radix: 16)) beyond the device's") }
+        s.status = try d.u8(); s.queueSelect = try d.u16(); s.configGeneration = try d.u8()
+        s.active = try d.bool()
+        s.cfgCap = (try d.u8(), try d.u32(), try d.u32())
+        let isrValue = try d.u8() & 3
+        let n = try d.u32()
+        guard n == UInt32(s.queues.count) else { throw .badStream("\(n) queues, the device has \(s.queues.count)") }
+        var positions: [UInt16] = []
+        for i in 0..<Int(n) {
+            let size = try d.u16()
+            guard size <= device.queueMaxSizes[i], size == 0 || size & (size - 1) == 0 else {
+                throw .badStream("queue \(i) size \(size) (at most \(device.queueMaxSizes[i]), a power of two)")
+            }
+            s.queues[i] = VirtqueueConfig(size: size, descTable: try d.u64(), availRing: try d.u64(), usedRing: try d.u64(),
+                                          enabled: try d.bool())
+            positions.append(try d.u16())
+        }
+        try d.finish()
+        s.notifyRegistered = nil
+        let st = s
+        state.withLock { $0 = st }
+        isr.store(isrValue, ordering: .releasing)
+        if st.active {
+            wire()
+            do {
+                try device.resume(features: st.driverFeatures, queues: st.queues, kicks: kickFDs, calls: callFDs, positions: positions)
+            } catch { throw .badStream("virtio device type \(device.deviceType) cannot resume: \(error)") }
+        } else if st.config.memoryEnabled {
+            remapNotify()
+        }
+        if isrValue != 0 { signalEventFD(irqFD) }
     }
 }

@@ -34,13 +34,24 @@ public final class VirtioRNG: VirtioDevice, @unchecked Sendable {
     public func writeConfig(offset: Int, data: UnsafeRawBufferPointer) {}
 
     public func activate(features: UInt64, queues: [VirtqueueConfig], kicks: [Int32], calls: [Int32]) throws {
+        try resume(features: features, queues: queues, kicks: kicks, calls: calls, positions: [0])
+    }
+
+    /// Saved with the domain: its one queue's position is all the state it has.
+    public var saveRefusal: String? { nil }
+
+    public func queuePositions() throws -> [UInt16] {
+        [active.withLock { $0?.queue?.lastAvailIdx ?? 0 }]
+    }
+
+    public func resume(features: UInt64, queues: [VirtqueueConfig], kicks: [Int32], calls: [Int32], positions: [UInt16]) throws {
         guard let q = queues.first, q.enabled else { return }
         // Virtqueue checks that the rings lie inside guest memory (virtio 1.2 §2.7); a queue
         // that does not is broken and ignored until the driver resets the device.
         var vq: Virtqueue? = nil
         do {
             vq = try Virtqueue(memory: memory, size: q.size, descTable: q.descTable, availRing: q.availRing,
-                               usedRing: q.usedRing, features: features)
+                               usedRing: q.usedRing, features: features, lastAvailIdx: positions.first ?? 0)
         } catch {
             log("virtio-rng: \(error); queue broken")
         }

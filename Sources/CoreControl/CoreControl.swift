@@ -99,3 +99,78 @@ public struct CoreControlStatus: Sendable, Equatable {
         balloonTargetKiB = target; balloonActualKiB = actual
     }
 }
+
+/// Commands that carry a descriptor (SCM_RIGHTS, one, on the command line's bytes): the
+/// state stream's write end (`save`, `save-live`) or read end (`restore`). The reply is
+/// ``CoreStateReply/line`` or `error TEXT`, sent when the stream is complete.
+public enum CoreStateCommand: Sendable, Equatable {
+    /// Stop the vCPUs and write the whole state (`save`).
+    case save
+    /// Pre-copy RAM while the guest runs, then stop it for the rest
+    /// (`save-live MAXROUNDS MAXBYTES DOWNTIME_MS`; rounds 1...1000, MAXBYTES 0 = 3 × RAM,
+    /// downtime 0...3 600 000 ms).
+    case saveLive(maxRounds: Int, maxBytes: UInt64, downtimeLimitMs: Int)
+    /// Load a state into a core started with `--incoming` (`restore`).
+    case restore
+
+    /// The command as sent, newline-terminated.
+    public var line: String {
+        switch self {
+        case .save: "save\n"
+        case let .saveLive(r, b, d): "save-live \(r) \(b) \(d)\n"
+        case .restore: "restore\n"
+        }
+    }
+
+    /// Parses a command line (without the newline); nil when it is not one of these.
+    public init?(parsing line: String) {
+        let f = line.split(separator: " ")
+        switch f.first {
+        case "save" where f.count == 1: self = .save
+        case "restore" where f.count == 1: self = .restore
+        case "save-live" where f.count == 4:
+            guard let r = Int(f[1]), r >= 1, r <= 1000, let b = UInt64(f[2]), let d = Int(f[3]), d >= 0, d <= 3_600_000
+            else { return nil }
+            self = .saveLive(maxRounds: r, maxBytes: b, downtimeLimitMs: d)
+        default: return nil
+        }
+    }
+}
+
+/// The reply to a ``CoreStateCommand``: `ok bytes=N rounds=R downtime_ms=D was_running=0|1`.
+public struct CoreStateReply: Sendable, Equatable {
+    /// Stream bytes written or read.
+    public var bytes: UInt64
+    /// RAM passes (save; 0 for restore).
+    public var rounds: Int
+    /// Milliseconds the vCPUs were stopped while saving.
+    public var downtimeMs: Int
+    /// Whether the guest ran when the save began.
+    public var wasRunning: Bool
+
+    public init(bytes: UInt64, rounds: Int, downtimeMs: Int, wasRunning: Bool) {
+        self.bytes = bytes; self.rounds = rounds; self.downtimeMs = downtimeMs; self.wasRunning = wasRunning
+    }
+
+    /// The reply line (without the newline).
+    public var line: String { "ok bytes=\(bytes) rounds=\(rounds) downtime_ms=\(downtimeMs) was_running=\(wasRunning ? 1 : 0)" }
+
+    /// Parses a reply; nil when it is not `ok ...` with these fields.
+    public init?(parsing reply: String) {
+        guard CoreControlReply.isOK(reply) else { return nil }
+        var b: UInt64?, r: Int?, d: Int?, w: Bool?
+        for field in reply.split(separator: " ").dropFirst() {
+            let kv = field.split(separator: "=", maxSplits: 1)
+            guard kv.count == 2 else { continue }
+            switch kv[0] {
+            case "bytes": b = UInt64(kv[1])
+            case "rounds": r = Int(kv[1])
+            case "downtime_ms": d = Int(kv[1])
+            case "was_running": w = kv[1] == "1"
+            default: continue
+            }
+        }
+        guard let b, let r, let d, let w else { return nil }
+        self.init(bytes: b, rounds: r, downtimeMs: d, wasRunning: w)
+    }
+}

@@ -143,7 +143,7 @@ public final class QemuDomain: @unchecked Sendable {
                     lastError = "\(error)"
                 }
             }
-            usleep(20_000)
+            usleep(5_000)
         }
         kill(pid, SIGKILL)
         var st: Int32 = 0

@@ -44,8 +44,9 @@ extension XM {
         let t = Thread {
             var shown = false
             while !stop.isSet {
-                usleep(500_000)
-                if stop.isSet { break }
+                // Woken at once by the end of the request: a plain sleep here made every
+                // save and restore on a terminal last up to half a second longer.
+                if stop.sleep(0.5) { break }
                 guard let list = try? c.call("GET", "/api/v1/transfers", as: TransferList.self),
                       let t = list.transfers.first(where: { $0.file == file }) else { continue }
                 let line = XM.progressLine(verb: verb, t)
@@ -82,6 +83,13 @@ final class ProgressStop: @unchecked Sendable {
     var isSet: Bool { cond.lock(); defer { cond.unlock() }; return stopped }
     func set() { cond.lock(); stopped = true; cond.broadcast(); cond.unlock() }
     func finished() { cond.lock(); done = true; cond.broadcast(); cond.unlock() }
+    /// Sleeps `seconds` or until ``set()``; returns whether the flag is set.
+    func sleep(_ seconds: Double) -> Bool {
+        cond.lock(); defer { cond.unlock() }
+        let until = Date().addingTimeInterval(seconds)
+        while !stopped && cond.wait(until: until) {}
+        return stopped
+    }
     /// Waits (at most 2 s) for the thread to have erased its line.
     func waitFinished() {
         cond.lock(); defer { cond.unlock() }

@@ -16,6 +16,9 @@ public struct CoreEngine: DomainEngineDriver {
 
     public init(binary: String) { self.binary = binary }
 
+    /// Save and restore (CoreEngineState.swift); not yet `liveMigrate` (no relocation path).
+    public var capabilities: EngineCapabilities { [.save] }
+
     public func start(_ l: EngineLaunch) throws -> EngineProcess {
         guard let kernel = l.config.kernel else { throw EngineError("No kernel specified", badRequest: true) }
         try EngineError.checkBootFile(kernel, "Kernel image")
@@ -26,6 +29,7 @@ public struct CoreEngine: DomainEngineDriver {
         if let r = l.config.ramdisk { args += ["--ramdisk", r] }
         args += ["--extra", l.commandLine, "--memory", String(l.config.memory), "--vcpus", String(l.config.vcpus),
                  "--name", l.name, "--control", l.controlPath, "--status-file", l.statusFile, "--no-input", "--balloon"]
+        if l.incoming { args.append("--incoming") }
         for sock in l.blockSockets { args += ["--vhost-user-blk", sock] }
         for sock in l.netSockets where !sock.isEmpty { args += ["--vhost-user-net", sock] }
         if l.consoleFDs != nil {

@@ -36,6 +36,9 @@ struct XenithCore {
       --no-rng             leave out the in-core virtio-rng device
       --balloon            add an in-core virtio-balloon device (control: balloon MIB)
       --no-input           do not read the console from stdin
+      --incoming           start paused and wait for a saved state on the control socket
+                           (`restore` with the stream's descriptor), as the target of
+                           xm restore; `unpause` then runs the restored guest
       --console-ring-fd N --console-out-fd N --console-in-fd N
                            COM1 on a console ring served by xenconsoled instead of
                            stdio: inherited ring memfd, outEvent and inEvent eventfds
@@ -56,6 +59,7 @@ struct XenithCore {
     var noRng = false
     var balloon = false
     var noInput = false
+    var incoming = false
     var vhostUserBlk: [String] = []
     var vhostUserNet: [String] = []
     var consoleRing = ConsoleRingFDs()
@@ -101,6 +105,7 @@ struct XenithCore {
             case "--no-rng": noRng = true
             case "--balloon": balloon = true
             case "--no-input": noInput = true
+            case "--incoming": incoming = true
             case "--console-ring-fd": consoleRing.ring = Int32(exactly: try number(arg))
             case "--console-out-fd": consoleRing.out = Int32(exactly: try number(arg))
             case "--console-in-fd": consoleRing.input = Int32(exactly: try number(arg))
@@ -123,6 +128,7 @@ struct XenithCore {
         var cfg = MachineConfiguration(memoryMiB: memory, vcpus: vcpus, kernelPath: kernel, firmwarePath: firmware,
                                        ramdiskPath: ramdisk, cmdline: extra, name: name, virtioRNG: !noRng)
         cfg.virtioBalloon = balloon
+        cfg.incoming = incoming
         let machine: Machine
         let ring: ConsoleRingPort?
         do {

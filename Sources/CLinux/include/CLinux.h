@@ -70,6 +70,19 @@ static const unsigned long CLINUX_KVM_GET_DIRTY_LOG = KVM_GET_DIRTY_LOG;
 static const unsigned long CLINUX_KVM_ENABLE_CAP = KVM_ENABLE_CAP;
 static const unsigned long CLINUX_KVM_SET_CLOCK = KVM_SET_CLOCK;
 static const unsigned long CLINUX_KVM_GET_CLOCK = KVM_GET_CLOCK;
+// State save and restore (api.rst §4: fpu, xsave, xcrs, irqchip, pit2, msr index list).
+static const unsigned long CLINUX_KVM_GET_FPU = KVM_GET_FPU;
+static const unsigned long CLINUX_KVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long CLINUX_KVM_SET_XSAVE = KVM_SET_XSAVE;
+static const unsigned long CLINUX_KVM_GET_XCRS = KVM_GET_XCRS;
+static const unsigned long CLINUX_KVM_SET_XCRS = KVM_SET_XCRS;
+static const unsigned long CLINUX_KVM_GET_IRQCHIP = KVM_GET_IRQCHIP;
+static const unsigned long CLINUX_KVM_SET_IRQCHIP = KVM_SET_IRQCHIP;
+static const unsigned long CLINUX_KVM_GET_PIT2 = KVM_GET_PIT2;
+static const unsigned long CLINUX_KVM_SET_PIT2 = KVM_SET_PIT2;
+static const unsigned long CLINUX_KVM_GET_MSR_INDEX_LIST = KVM_GET_MSR_INDEX_LIST;
+static const unsigned long CLINUX_KVM_GET_DEBUGREGS = KVM_GET_DEBUGREGS;
+static const unsigned long CLINUX_KVM_SET_DEBUGREGS = KVM_SET_DEBUGREGS;
 
 // Exit reasons as unsigned values matching kvm_run.exit_reason.
 static const uint32_t CLINUX_KVM_EXIT_UNKNOWN = KVM_EXIT_UNKNOWN;
@@ -134,6 +147,13 @@ ssize_t clinux_send_with_fds(int sock, const void *buf, size_t len, const int *f
 /// Receives up to `len` bytes and up to `maxfds` descriptors (stored in `fds`, count in `*nfds`).
 /// Received descriptors are close-on-exec. Returns recvmsg's result.
 ssize_t clinux_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds);
+
+// MARK: CRC-32C with the SSE4.2 instruction
+/// Whether this CPU has SSE4.2's CRC32 instruction (CRC-32C, Castagnoli).
+int clinux_crc32c_hardware(void);
+/// Feeds `n` bytes to a running CRC-32C register `crc` (pre-inverted state, no final XOR)
+/// with the CRC32 instruction; only when clinux_crc32c_hardware() says so.
+uint32_t clinux_crc32c_update(uint32_t crc, const void *p, size_t n);
 
 // MARK: kvm_cpuid2 / kvm_msrs with flexible arrays
 /// Allocates a kvm_cpuid2 with room for `n` entries (nent set to n). Free with free().
