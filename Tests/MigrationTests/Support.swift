@@ -1,5 +1,6 @@
 // Helpers shared by the Migration tests: descriptors, scratch files, random streams, and
 // save files made in-process.
+import CLinux   // socketpair constants: <sys/socket.h> may be attributed to CLinux's module
 import Glibc
 import Migration
 
