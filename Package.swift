@@ -118,3 +118,31 @@ let package = Package(
         .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend", "QemuEngine", "DomainConfig"], path: "integration", exclude: ["README.md"]),
     ]
 )
+
+// Fuzz targets (fuzz/README.md): libFuzzer entry points over the parsers a guest, a peer or a
+// local user reaches. Declared only when XENITH_FUZZ is set, as `make fuzz` does (with
+// -sanitize=fuzzer,address and its own scratch path): they call into libFuzzer, so they
+// cannot link in the normal build, and `swift build`/`swift test` never see them.
+if Context.environment["XENITH_FUZZ"] != nil {
+    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("fuzz-virtqueue", ["Virtio", "GuestMemory"]),
+        ("fuzz-vhost-user", ["VhostUser", "BlockBackend", "Virtio", "GuestMemory", "CLinux"]),
+        ("fuzz-virtio-blk", ["BlockBackend", "VhostUser", "Virtio", "GuestMemory"]),
+//NET
+        ("fuzz-xenstore", ["XenStore"]),
+        ("fuzz-sxp", ["DomainConfig"]),
+        ("fuzz-domain-config", ["DomainConfig"]),
+        ("fuzz-xend-config", ["DomainConfig"]),
+        ("fuzz-manifest", ["Sandbox"]),
+        ("fuzz-qmp", ["QemuEngine"]),
+        ("fuzz-migration", ["Migration", "CLinux"]),
+    ]
+    package.targets.append(.target(name: "CFuzz", path: "fuzz/CFuzz"))
+    package.targets.append(.target(name: "FuzzSupport", dependencies: ["CFuzz", "GuestMemory"], path: "fuzz/FuzzSupport",
+                                   swiftSettings: swiftSettings))
+    for t in fuzzTargets {
+        package.products.append(.executable(name: t.name, targets: [t.name]))
+        package.targets.append(.executableTarget(name: t.name, dependencies: t.dependencies + ["FuzzSupport"],
+                                                 path: "fuzz/\(t.name)", swiftSettings: swiftSettings))
+    }
+}

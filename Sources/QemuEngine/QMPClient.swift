@@ -68,14 +68,11 @@ public final class QMPClient: @unchecked Sendable {
         self.fd = fd
         // Greeting: {"QMP": {"version": {...}, "capabilities": [...]}}
         guard let greeting = try? readLineBlocking(timeout: max(1, deadline.timeIntervalSinceNow)),
-              let obj = (try? JSONSerialization.jsonObject(with: greeting)) as? [String: Any],
-              let qmp = obj["QMP"] as? [String: Any] else {
+              let v = QMPMessage.greetingVersion(greeting) else {
             Glibc.close(fd)
             throw QMPError("\(path): no QMP greeting")
         }
-        if let v = (qmp["version"] as? [String: Any])?["qemu"] as? [String: Any] {
-            version = "\(v["major"] ?? 0).\(v["minor"] ?? 0).\(v["micro"] ?? 0)"
-        }
+        version = v
         let t = Thread { self.readLoop() }   // holds self until the socket closes
         t.name = "qmp-reader"
         t.start()
@@ -164,20 +161,17 @@ public final class QMPClient: @unchecked Sendable {
     /// `query-status`: (`status`, `running`). Status values: `running`, `paused`,
     /// `shutdown`, `guest-panicked`, `prelaunch`, `internal-error`, ...
     public func queryStatus() throws -> (status: String, running: Bool) {
-        let r = try execute("query-status") as? [String: Any] ?? [:]
-        return (r["status"] as? String ?? "unknown", r["running"] as? Bool ?? false)
+        QMPMessage.status(try execute("query-status"))
     }
     /// `query-cpus-fast`: vCPU indexes and host thread ids.
     public func queryCPUs() throws -> [QMPCPU] {
-        let r = try execute("query-cpus-fast") as? [[String: Any]] ?? []
-        return r.map { QMPCPU(index: $0["cpu-index"] as? Int ?? 0, threadID: Int32($0["thread-id"] as? Int ?? 0)) }
+        QMPMessage.cpus(try execute("query-cpus-fast"))
     }
     /// `balloon`: sets the balloon target, bytes of guest RAM.
     public func balloon(bytes: UInt64) throws { try execute("balloon", ["value": bytes]) }
     /// `query-balloon`: the guest's current RAM as the balloon driver reports it, bytes.
     public func queryBalloon() throws -> UInt64 {
-        let r = try execute("query-balloon") as? [String: Any] ?? [:]
-        return (r["actual"] as? NSNumber)?.uint64Value ?? 0
+        QMPMessage.balloonActual(try execute("query-balloon"))
     }
 
     // MARK: Socket plumbing.
@@ -244,17 +238,11 @@ public final class QMPClient: @unchecked Sendable {
     private func readLoop() {
         while true {
             guard let line = try? readLine(timeoutMs: -1) else { break }
-            guard let obj = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any] else { continue }
-            if let name = obj["event"] as? String {
-                onEvent(QMPEvent(name: name, data: obj["data"] as? [String: Any] ?? [:]))
-                continue
-            }
-            guard let id = obj["id"] as? Int else { continue }
-            let result: Result<Any, QMPError>
-            if let err = obj["error"] as? [String: Any] {
-                result = .failure(QMPError(err["desc"] as? String ?? "QMP error"))
-            } else {
-                result = .success(obj["return"] ?? [String: Any]())
+            let id: Int, result: Result<Any, QMPError>
+            switch QMPMessage.decode(line) {
+            case nil: continue
+            case .event(let event): onEvent(event); continue
+            case .reply(let i, let r): id = i; result = r
             }
             lock.lock()
             replies[id] = result
@@ -267,5 +255,59 @@ public final class QMPClient: @unchecked Sendable {
         lock.unlock()
         Glibc.close(fd)
         onClose()
+    }
+}
+
+/// One line QEMU sent on the QMP socket after the greeting, decoded (QMP specification,
+/// docs/interop/qmp-spec: "Server responses", "Asynchronous events"). Anything else QEMU
+/// could send (a line that is not a JSON object, a reply without an integer `id`) is
+/// ignored by the client, so it decodes to nil here.
+public enum QMPMessage {
+    /// `{"event": name, "data": {...}}`.
+    case event(QMPEvent)
+    /// `{"return": value, "id": n}` (success) or `{"error": {"desc": ...}, "id": n}`.
+    case reply(id: Int, Result<Any, QMPError>)
+
+    /// Decodes one line (without its newline); nil for what the client ignores.
+    public static func decode(_ line: Data) -> QMPMessage? {
+        guard let obj = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any] else { return nil }
+        if let name = obj["event"] as? String {
+            return .event(QMPEvent(name: name, data: obj["data"] as? [String: Any] ?? [:]))
+        }
+        guard let id = obj["id"] as? Int else { return nil }
+        if let err = obj["error"] as? [String: Any] {
+            return .reply(id: id, .failure(QMPError(err["desc"] as? String ?? "QMP error")))
+        }
+        return .reply(id: id, .success(obj["return"] ?? [String: Any]()))
+    }
+
+    /// The QEMU version of a greeting line `{"QMP": {"version": {"qemu": {"major": ..,
+    /// "minor": .., "micro": ..}}, ...}}` as `major.minor.micro` ("" when the greeting names
+    /// none); nil when the line is not a greeting.
+    public static func greetingVersion(_ line: Data) -> String? {
+        guard let obj = (try? JSONSerialization.jsonObject(with: line)) as? [String: Any],
+              let qmp = obj["QMP"] as? [String: Any] else { return nil }
+        guard let v = (qmp["version"] as? [String: Any])?["qemu"] as? [String: Any] else { return "" }
+        return "\(v["major"] ?? 0).\(v["minor"] ?? 0).\(v["micro"] ?? 0)"
+    }
+
+    /// `query-status`'s return: (`status`, `running`); "unknown"/false for missing members.
+    public static func status(_ r: Any) -> (status: String, running: Bool) {
+        let r = r as? [String: Any] ?? [:]
+        return (r["status"] as? String ?? "unknown", r["running"] as? Bool ?? false)
+    }
+
+    /// `query-cpus-fast`'s return: one ``QMPCPU`` per entry; a missing member, or a thread
+    /// id that is no Linux thread id (outside 1...Int32.max), reads as 0.
+    public static func cpus(_ r: Any) -> [QMPCPU] {
+        let r = r as? [[String: Any]] ?? []
+        return r.map { QMPCPU(index: $0["cpu-index"] as? Int ?? 0, threadID: Int32(exactly: $0["thread-id"] as? Int ?? 0) ?? 0) }
+    }
+
+    /// `query-balloon`'s `actual`: bytes of guest RAM (0 when missing or not a byte count).
+    public static func balloonActual(_ r: Any) -> UInt64 {
+        let r = r as? [String: Any] ?? [:]
+        guard let n = r["actual"] as? NSNumber, n.int64Value >= 0 || n.uint64Value > UInt64(Int64.max) else { return 0 }
+        return n.uint64Value
     }
 }

@@ -175,6 +175,10 @@ struct ManifestParser {
 
     /// `argN <op> <value>` or `argN & <mask> == <value>`.
     private func parseFilter(_ rest: inout [String], location: SourceLocation) throws(ManifestError) -> ArgumentFilter {
+        // `... && ` with nothing after it (found by fuzz-manifest: it trapped here).
+        guard !rest.isEmpty else {
+            throw ManifestError(location: location, token: "&&", problem: "expected an argument filter after")
+        }
         let argToken = rest.removeFirst()
         guard argToken.hasPrefix("arg"), let index = Int(argToken.dropFirst(3)), (0...5).contains(index) else {
             throw ManifestError(location: location, token: argToken, problem: "expected arg0...arg5, got")

@@ -19,6 +19,14 @@ final class MappedMemoryTable: @unchecked Sendable {
         for (r, fd) in zip(table, fds) {
             guard r.size > 0, r.size < 1 << 46, r.mmapOffset < 1 << 46 else { undo(); throw .protocolViolation("memory region size \(r.size) offset \(r.mmapOffset)") }
             let len = Int(r.size + r.mmapOffset)
+            // A mapping past the end of a file is valid, but touching it raises SIGBUS: a
+            // front-end that announces more than its file holds would kill the back-end on
+            // the first ring access (found by fuzz-vhost-user).
+            var st = stat()
+            if fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, UInt64(st.st_size) < r.size + r.mmapOffset {
+                undo()
+                throw .protocolViolation("memory region of \(r.size) bytes at offset \(r.mmapOffset) extends past the end of its file (\(st.st_size) bytes)")
+            }
             let p = mmap(nil, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0)
             if p == MAP_FAILED || p == nil { let e = VhostUserError.errno("mmap(memory region)"); undo(); throw e }
             maps.append((p!, len))

@@ -184,12 +184,14 @@ public struct XendDaemon {
             let sock = paths.resolve(cfg.unixPath)
             XenithPaths.makeDirectories((sock as NSString).deletingLastPathComponent)
             unlink(sock)
-            services.append(Application(router: router, configuration: .init(address: .unixDomainSocket(path: sock), serverName: "xend"),
+            services.append(Application(router: router, server: XendHTTP.server(),
+                                        configuration: .init(address: .unixDomainSocket(path: sock), serverName: "xend"),
                                         logger: serviceLog))
         }
         if cfg.httpServer {
             let host = cfg.address.isEmpty ? "0.0.0.0" : (cfg.address == "localhost" ? "127.0.0.1" : cfg.address)
-            services.append(Application(router: router, configuration: .init(address: .hostname(host, port: cfg.port), serverName: "xend"),
+            services.append(Application(router: router, server: XendHTTP.server(),
+                                        configuration: .init(address: .hostname(host, port: cfg.port), serverName: "xend"),
                                         logger: serviceLog))
         }
         let group = ServiceGroup(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: serviceLog)

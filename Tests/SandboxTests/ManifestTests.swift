@@ -141,6 +141,14 @@ let minimal = "allow write -- log\nallow exit_group -- exit\n"
         #expect(parseError("service x\nallow read -- r\n")?.token == "write")
     }
 
+    /// fuzz-manifest: a rule ending in `&&` (no filter after it) trapped in the parser
+    /// (removeFirst on an empty token list) instead of being refused with its line.
+    @Test func fuzzManifestTrailingAndIsAnErrorNotATrap() {
+        let e = parseError("service x\n\(minimal)allow ioctl arg0 == 4 && -- x\n")
+        #expect(e?.location.line == 4)
+        #expect(e?.description == "t.manifest:4: expected an argument filter after '&&'")
+    }
+
     @Test func loadReportsUnreadableInclude() {
         let dir = tempDirectory()
         defer { removeTree(dir) }

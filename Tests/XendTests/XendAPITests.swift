@@ -103,13 +103,13 @@ func tempRoot() -> String {
 }
 
 /// Starts the API on a Unix socket with a sleep engine; returns the client and a stop closure.
-func withServer(_ body: (XendClient, DomainManager, String) async throws -> Void) async throws {
+func withServer(limits: HTTPLimits = HTTPLimits(), _ body: (XendClient, DomainManager, String) async throws -> Void) async throws {
     let root = tempRoot()
     let paths = XenithPaths(root: root)
     let manager = DomainManager(paths: paths, xendConfig: XendConfig(), engines: ["core": SleepEngine()], xenstore: nil,
                                 logger: Logger(label: "test"))
     let sock = root + "/xend-socket"
-    let app = Application(router: XendHTTP.router(manager, logPath: root + "/xend.log"),
+    let app = Application(router: XendHTTP.router(manager, logPath: root + "/xend.log"), server: XendHTTP.server(limits: limits),
                           configuration: .init(address: .unixDomainSocket(path: sock)))
     let task = Task { try await app.run() }
     let client = XendClient(socketPath: sock)
