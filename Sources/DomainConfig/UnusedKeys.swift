@@ -29,10 +29,6 @@ extension XendConfig {
     public static let unusedKeys: [String: String] = [
         "enable-dump": "crashed domains are not dumped automatically (use xm dump-core)",
         "console-limit": "xenconsoled does not limit a console's buffer",
-        "xend-relocation-server": "relocation (live migration) is not served",
-        "xend-relocation-port": "relocation (live migration) is not served",
-        "xend-relocation-address": "relocation (live migration) is not served",
-        "xend-relocation-hosts-allow": "relocation (live migration) is not served",
     ]
 
     /// Whether the key `key` of these settings asks for something other than the default
@@ -42,10 +38,6 @@ extension XendConfig {
         switch key {
         case "enable-dump": return enableDump != d.enableDump
         case "console-limit": return consoleLimit != d.consoleLimit
-        case "xend-relocation-server": return relocationServer != d.relocationServer
-        case "xend-relocation-port": return relocationPort != d.relocationPort
-        case "xend-relocation-address": return relocationAddress != d.relocationAddress
-        case "xend-relocation-hosts-allow": return relocationHostsAllow != d.relocationHostsAllow
         default: return true
         }
     }

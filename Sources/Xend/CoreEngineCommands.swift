@@ -4,9 +4,6 @@ import CoreControl
 import Foundation
 
 extension CoreEngine {
-    /// Every core domain has an in-core virtio-balloon device (`--balloon`).
-    public var capabilities: EngineCapabilities { [.balloon] }
-
     func request(_ p: EngineProcess, _ r: CoreControlRequest, timeoutMs: Int32 = 2000, passing fd: Int32? = nil) throws -> String {
         let reply = try ProcessInfo2.control(p.controlPath, String(r.line.dropLast()), timeoutMs: timeoutMs, passing: fd)
         guard CoreControlReply.isOK(reply) else {

@@ -54,14 +54,17 @@ extension DomainManager {
 
     /// `xm sysrq`: sends the magic SysRq `key` to the guest's kernel.
     /// - Throws: `XendError` 400 for Domain-0 or a key that is not one character of
-    ///   a-z/0-9, 404, 409 not running, 503 when the engine cannot send one.
+    ///   a-z/0-9, 404, 409 not running, 503 when the engine cannot send one (its capabilities), 500 when sending failed.
     public func sysrq(_ dom: String, key: String) throws(XendError) -> DomainInfo {
         let (r, p, e) = try live(dom, for: "send a SysRq key to")
         guard key.count == 1, let k = key.first, k.isASCII, k.isLetter && k.isLowercase || k.isNumber else {
             throw XendError(.badRequest, "Invalid SysRq key '\(key)': one of a-z or 0-9")
         }
+        guard e.capabilities.contains(.sysrq) else {
+            throw XendError(.unavailable, "Cannot send SysRq key '\(key)' to domain \(r.name): the \(e.name) engine cannot send a SysRq key")
+        }
         do { try e.sendSysrq(p, key: k) } catch {
-            throw XendError(.unavailable, "Cannot send SysRq key '\(key)' to domain \(r.name): \(error)")
+            throw XendError(.internalError, "Cannot send SysRq key '\(key)' to domain \(r.name): \(error)")
         }
         dmesg("Domain \(r.name) (\(r.domid)): SysRq key '\(key)' sent")
         return info(r, long: false)
@@ -85,6 +88,9 @@ extension DomainManager {
     ///   404, 409 not running, 503 when the engine cannot dump, 500 when the dump failed.
     public func dumpCore(_ dom: String, file: String?) throws(XendError) -> String {
         let (r, p, e) = try live(dom, for: "dump the core of")
+        guard e.capabilities.contains(.dumpCore) else {
+            throw XendError(.unavailable, "Cannot dump core of domain \(r.name): the \(e.name) engine cannot dump a domain's memory")
+        }
         let target = file ?? defaultDumpPath(r)
         guard target.hasPrefix("/") else { throw XendError(.badRequest, "Cannot dump core to \(target): not an absolute path") }
         let dir = (target as NSString).deletingLastPathComponent
@@ -100,8 +106,7 @@ extension DomainManager {
             guard fsync(fd) == 0 else { throw EngineError("fsync: \(String(cString: strerror(errno)))") }
         } catch {
             unlink(partial)
-            let unsupported = (error as? EngineError).map { $0.message.contains("cannot dump") } ?? false
-            throw XendError(unsupported ? .unavailable : .internalError, "Cannot dump core of domain \(r.name): \(error)")
+            throw XendError(.internalError, "Cannot dump core of domain \(r.name): \(error)")
         }
         guard Glibc.rename(partial, target) == 0 else {
             let why = String(cString: strerror(errno))

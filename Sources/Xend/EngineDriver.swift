@@ -98,6 +98,10 @@ public struct EngineCapabilities: OptionSet, Sendable {
     public static let liveMigrate = EngineCapabilities(rawValue: 1 << 4)
     /// `xm vcpu-set`: vCPUs added and removed at run time.
     public static let vcpuHotplug = EngineCapabilities(rawValue: 1 << 5)
+    /// `xm sysrq`: a magic SysRq key reaches the guest's kernel (``DomainEngineDriver/sendSysrq(_:key:)``).
+    public static let sysrq = EngineCapabilities(rawValue: 1 << 6)
+    /// `xm dump-core`: the engine writes the guest's RAM as an ELF core (``DomainEngineDriver/dumpCore(_:into:)``).
+    public static let dumpCore = EngineCapabilities(rawValue: 1 << 7)
 }
 
 /// How an engine takes a domain's console.
