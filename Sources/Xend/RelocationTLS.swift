@@ -206,7 +206,12 @@ struct RelocationTLS: Sendable {
         if let e = error as? NIOSSLExtraError, e == .failedToValidateHostname {
             return "hostname mismatch: the peer's certificate is not for the host migrated to (\(e))"
         }
-        let text = "\(error)"
+        // BoringSSL's error lines carry a code and a source path: keep only its reason name.
+        var text = "\(error)"
+        if let r = text.range(of: "OPENSSL_internal:") {
+            let name = text[r.upperBound...].prefix(while: { $0.isUppercase || $0.isNumber || $0 == "_" })
+            if !name.isEmpty { text = "BoringSSL: " + name }
+        }
         let table: [(String, String)] = [
             ("CERTIFICATE_VERIFY_FAILED", "the peer's certificate did not verify against xend-relocation-ssl-ca-file (unknown CA, expired or not yet valid)"),
             ("TLSV1_ALERT_UNKNOWN_CA", "the peer refused our certificate: unknown CA (it does not trust our xend-relocation-ssl-ca-file's CA)"),
