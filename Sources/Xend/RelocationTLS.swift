@@ -33,8 +33,8 @@ struct RelocationTLS: Sendable {
 
     /// Reads the certificate chain, the private key and the CA certificates.
     /// - Returns: nil when `xend-relocation-ssl` is no.
-    /// - Throws: `XendError` 400 naming the key and the file that is missing, unreadable or
-    ///   not PEM of the right kind.
+    /// - Throws: `XendError` 400 naming the key and the file that is missing, unreadable,
+    ///   not PEM of the right kind, or (this host's certificate) expired or not yet valid.
     static func load(_ config: XendConfig) throws(XendError) -> RelocationTLS? {
         guard config.relocationSSL else { return nil }
         func file(_ key: String, _ path: String?) throws(XendError) -> String {
@@ -61,6 +61,15 @@ struct RelocationTLS: Sendable {
         }
         guard !chain.isEmpty else { throw XendError(.badRequest, "xend-relocation-ssl-cert-file \(certPath): holds no certificate") }
         guard !roots.isEmpty else { throw XendError(.badRequest, "xend-relocation-ssl-ca-file \(caPath): holds no certificate") }
+        // Our own certificate out of date would only show as the peers' refusals: say so here.
+        let now = time(nil)
+        func day(_ t: time_t) -> String { ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(t))) }
+        if chain[0].notValidAfter < now {
+            throw XendError(.badRequest, "xend-relocation-ssl-cert-file \(certPath): the certificate expired at \(day(chain[0].notValidAfter))")
+        }
+        if chain[0].notValidBefore > now {
+            throw XendError(.badRequest, "xend-relocation-ssl-cert-file \(certPath): the certificate is not valid before \(day(chain[0].notValidBefore))")
+        }
 
         var s = TLSConfiguration.makeServerConfigurationWithMTLS(
             certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key), trustRoots: .certificates(roots))

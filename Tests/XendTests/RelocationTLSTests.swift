@@ -26,6 +26,9 @@ import Glibc
               openssl x509 -req -in $1.csr -CA $2.pem -CAkey $2.key -CAcreateserial -out $1.pem -days 2 -extfile $1.ext 2>/dev/null
             }
             ca ca1; ca ca2; host a ca1; host b ca1; host rogue ca2
+            # expired: valid for no time at all (-days 0)
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout expired.key -out expired.csr -subj "/CN=expired" 2>/dev/null
+            openssl x509 -req -in expired.csr -CA ca1.pem -CAkey ca1.key -CAcreateserial -out expired.pem -days 0 2>/dev/null
             """
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
@@ -73,6 +76,11 @@ import Glibc
         c.relocationSSLKeyFile = "\(dir)/a.ext"
         do { _ = try RelocationTLS.load(c); Issue.record("loaded a bad key") } catch {
             #expect(error.message.hasPrefix("xend-relocation-ssl-key-file \(dir)/a.ext: not a PEM private key"), "\(error.message)")
+        }
+        // This host's certificate out of date.
+        sleep(1)
+        do { _ = try RelocationTLS.load(Self.config(dir, host: "expired")); Issue.record("loaded an expired certificate") } catch {
+            #expect(error.message.hasPrefix("xend-relocation-ssl-cert-file \(dir)/expired.pem: the certificate expired at 20"), "\(error.message)")
         }
         c = Self.config(dir, host: "a")
         c.relocationSSLKeyFile = "\(dir)/b.key"
