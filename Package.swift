@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1", traits: []),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // TLS for the relocation server (xend only; the sandboxed services never link it).
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // C shims: <linux/kvm.h>, ioctl numbers, memfd/eventfd/epoll, SCM_RIGHTS helpers.
@@ -73,7 +75,8 @@ let package = Package(
         .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn", "UnixSocket", "Migration",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log"),
-                                            .product(name: "Prometheus", package: "swift-prometheus")],
+                                            .product(name: "Prometheus", package: "swift-prometheus"),
+                                            .product(name: "NIOSSL", package: "swift-nio-ssl")],
                 swiftSettings: swiftSettings),
 
         // Thin executables.

@@ -22,7 +22,8 @@ import Testing
     final class Host: @unchecked Sendable {
         let ns: String
         let root: String
-        init(_ tag: String, lan: String, other: String, shared: String) throws {
+        /// - Parameter extraConfig: lines added to the host's xend-config.sxp.
+        init(_ tag: String, lan: String, other: String, shared: String, extraConfig: String = "") throws {
             ns = "live\(tag)\(getpid())"
             root = shared + "/host-\(tag)"
             try sh("ip netns add \(ns)")
@@ -35,6 +36,7 @@ import Testing
                 (xend-relocation-server yes)
                 (xend-relocation-port 8002)
                 (xend-relocation-hosts-allow '^10\\\\.89\\\\.0\\\\.[0-9]+$ ^localhost$')
+                \(extraConfig)
                 """.write(toFile: root + "/etc/xen/xend-config.sxp", atomically: true, encoding: .utf8)
         }
         @discardableResult
@@ -130,12 +132,16 @@ import Testing
         }
     }
 
-    static func setUp(_ tag: String, stream: Bool) throws -> Setup {
+    /// - Parameters:
+    ///   - prepare: runs in the new shared directory before the hosts are made; returns the
+    ///     lines added to host a's and host b's xend-config.sxp.
+    static func setUp(_ tag: String, stream: Bool, prepare: (String) throws -> (String, String) = { _ in ("", "") }) throws -> Setup {
         let shared = "/tmp/xenith-live-\(tag)-\(getpid())"
         try? FileManager.default.removeItem(atPath: shared)
         try FileManager.default.createDirectory(atPath: shared + "/disks", withIntermediateDirectories: true)
-        let a = try Host("\(tag)a", lan: lanA, other: otherA, shared: shared)
-        let b = try Host("\(tag)b", lan: lanB, other: otherB, shared: shared)
+        let (extraA, extraB) = try prepare(shared)
+        let a = try Host("\(tag)a", lan: lanA, other: otherA, shared: shared, extraConfig: extraA)
+        let b = try Host("\(tag)b", lan: lanB, other: otherB, shared: shared, extraConfig: extraB)
         let c = "live\(tag)c\(getpid())"
         try sh("ip netns add \(c) && ip -n \(c) link set lo up")
         // The LAN: a's bridge — b's bridge, and c on a's bridge.

@@ -35,6 +35,18 @@ public struct XendConfig: Sendable, Equatable {
     /// `xend-relocation-hosts-allow`: space-separated regular expressions matched against
     /// a connecting host's name or address; empty (the default) allows every host.
     public var relocationHostsAllow: [String] = []
+    /// `xend-relocation-ssl`: TLS on the relocation connection, both when serving and when
+    /// migrating out (mutual: each side checks the other's certificate against
+    /// `xend-relocation-ssl-ca-file`). Needs the three files below. Default `no`.
+    public var relocationSSL = false
+    /// `xend-relocation-ssl-key-file`: this host's private key, PEM. Default `''` (none).
+    public var relocationSSLKeyFile = ""
+    /// `xend-relocation-ssl-cert-file`: this host's certificate (chain), PEM, presented to
+    /// the peer both as server and as client. Default `''` (none).
+    public var relocationSSLCertFile = ""
+    /// `xend-relocation-ssl-ca-file`: the CA certificates a peer's certificate must chain
+    /// to, PEM. Default `''` (none).
+    public var relocationSSLCAFile = ""
     /// `network-script`: script in /etc/xen/scripts run (with its arguments) when xend
     /// starts and stops, e.g. `network-bridge netdev=eth1`. Default: none.
     public var networkScript: String? = nil
@@ -93,7 +105,8 @@ public struct XendConfig: Sendable, Equatable {
     public static let knownKeys: [String] = [
         "logfile", "loglevel", "xend-unix-server", "xend-unix-path", "xend-http-server",
         "xend-port", "xend-address", "xend-relocation-server", "xend-relocation-port",
-        "xend-relocation-address", "xend-relocation-hosts-allow", "network-script",
+        "xend-relocation-address", "xend-relocation-hosts-allow", "xend-relocation-ssl",
+        "xend-relocation-ssl-key-file", "xend-relocation-ssl-cert-file", "xend-relocation-ssl-ca-file", "network-script",
         "vif-script", "dom0-min-mem", "dom0-cpus", "enable-dump", "console-limit",
         "domain-engine", "qemu-user", "qemu-uid-base", "vnet-port", "vnet-group", "vnet-peers", "vnet-device",
     ]
@@ -141,6 +154,14 @@ public struct XendConfig: Sendable, Equatable {
             try apply(key: key, form: form.value, line: form.line, file: file)
             if let w = unusedWarning(key, file: file, line: form.line) { warnings.append(w) }
         }
+        if relocationSSL, let line = seen["xend-relocation-ssl"] {
+            let missing = [("xend-relocation-ssl-key-file", relocationSSLKeyFile), ("xend-relocation-ssl-cert-file", relocationSSLCertFile),
+                           ("xend-relocation-ssl-ca-file", relocationSSLCAFile)].filter { $0.1.isEmpty }.map(\.0)
+            if !missing.isEmpty {
+                throw ConfigError(file: file, line: line, key: "xend-relocation-ssl",
+                                  message: "yes needs \(missing.joined(separator: ", ")) (TLS needs this host's key and certificate and the CA that signs its peers')")
+            }
+        }
     }
 
     static func parseBool(_ s: String) -> Bool? {
@@ -187,6 +208,10 @@ public struct XendConfig: Sendable, Equatable {
         case "xend-relocation-address": relocationAddress = s
         case "xend-relocation-hosts-allow":
             relocationHostsAllow = s.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        case "xend-relocation-ssl": relocationSSL = try bool()
+        case "xend-relocation-ssl-key-file": relocationSSLKeyFile = s
+        case "xend-relocation-ssl-cert-file": relocationSSLCertFile = s
+        case "xend-relocation-ssl-ca-file": relocationSSLCAFile = s
         case "network-script": networkScript = s.isEmpty ? nil : s
         case "vif-script": vifScript = try path()
         case "dom0-min-mem": dom0MinMem = try int(0...(1 << 30), "MiB")
@@ -257,6 +282,10 @@ public struct XendConfig: Sendable, Equatable {
             .pair("xend-relocation-port", .int(relocationPort)),
             .pair("xend-relocation-address", .string(relocationAddress)),
             .pair("xend-relocation-hosts-allow", .string(relocationHostsAllow.joined(separator: " "))),
+            .pair("xend-relocation-ssl", b(relocationSSL)),
+            .pair("xend-relocation-ssl-key-file", .string(relocationSSLKeyFile)),
+            .pair("xend-relocation-ssl-cert-file", .string(relocationSSLCertFile)),
+            .pair("xend-relocation-ssl-ca-file", .string(relocationSSLCAFile)),
             .pair("network-script", .string(networkScript ?? "")),
             .pair("vif-script", .atom(vifScript)),
             .pair("dom0-min-mem", .int(dom0MinMem)),

@@ -167,6 +167,10 @@ public struct XendDaemon {
         manager.adopt()
         manager.cpuGroups?.sweep(live: Set(manager.registry.all.filter { $0.process != nil }.map(\.domid)))
         manager.startStatusRefresher()
+        do throws(XendError) { manager.relocationTLS = .success(try RelocationTLS.load(cfg)) } catch {
+            manager.relocationTLS = .failure(error)
+            log.error("xend-relocation-ssl: \(error.message): relocation is refused both ways until this is fixed")
+        }
         if cfg.relocationServer {
             // Off by default as Xen's; a server that cannot listen is an error xend reports and lives with.
             do { try RelocationServer(manager: manager, config: cfg, log: log).start() }

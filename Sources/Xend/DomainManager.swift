@@ -43,6 +43,10 @@ public final class DomainManager: @unchecked Sendable {
     let transfers = TransferTable()
     /// The migration service for `xm save`/`restore` (nil: both are refused).
     let migration: MigrationService?
+    /// `xend-relocation-ssl` (RelocationTLS.swift): nil inside when off; a failure when it is
+    /// on but its files are unusable, which refuses relocation both ways rather than fall
+    /// back to plaintext. Set once by the daemon before the relocation server starts.
+    var relocationTLS: Result<RelocationTLS?, XendError> = .success(nil)
     /// Serialises lifecycle changes: create, launch, exit handling, destroy, re-adoption.
     let lifecycle = NSRecursiveLock()
     /// Domains `xm reboot` asked to shut down: their poweroff is a reboot (under `lifecycle`).

@@ -52,12 +52,29 @@ extension DomainManager {
         }
         let target = "\(host):\(port)"
         let started = Date()
-        let sock = try Self.connect(host: host, port: port)
-        defer { close(sock) }
+        let tls: RelocationTLS?
+        do throws(XendError) { tls = try relocationTLS.get() } catch {
+            throw XendError(.unavailable, "Cannot migrate domain \(r.name): \(error.message)")
+        }
+        let tcp = try Self.connect(host: host, port: port)
+        defer { close(tcp) }
         let peer = "the relocation server at \(target)"
+        var sock = tcp
+        var tlsConnection: RelocationTLS.Connection?
+        if let tls {
+            do throws(XendError) {
+                tlsConnection = try tls.wrap(tcp, role: .client(host: host), peer: peer)
+                sock = tlsConnection!.fd
+            } catch {
+                throw XendError(.internalError, "Migration of \(r.name) to \(target) refused: \(error.message)")
+            }
+        }
+        defer { if sock != tcp { close(sock) } }
         try RelocationWire.write(sock, RelocationWire.receive, peer: peer)
         guard let answer = try RelocationWire.readLine(sock, timeout: RelocationWire.handshakeTimeout, peer: peer) else {
-            throw XendError(.internalError, "Migration of \(r.name) to \(target) failed: \(peer) closed the connection")
+            // Under TLS 1.3 a target refusing our certificate says so only by ending the connection.
+            let why = tlsConnection?.failure.map { " (TLS: \($0))" } ?? ""
+            throw XendError(.internalError, "Migration of \(r.name) to \(target) failed: \(peer) closed the connection\(why)")
         }
         if let why = RelocationWire.errReason(answer) {
             throw XendError(.internalError, "Migration of \(r.name) to \(target) refused by the target: \(why)")

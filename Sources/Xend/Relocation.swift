@@ -107,12 +107,15 @@ final class RelocationServer: @unchecked Sendable {
     let port: Int
     let address: String
     let allow: [NSRegularExpression]
+    /// TLS when `xend-relocation-ssl` is yes: every connection is a TLS one (no plaintext).
+    let tls: RelocationTLS?
     private var listenFD: Int32 = -1
 
     /// - Throws: `XendError` 400 naming `xend-relocation-hosts-allow` and the expression
-    ///   that does not compile.
+    ///   that does not compile, or what is wrong with the `xend-relocation-ssl-*` files.
     init(manager: DomainManager, config: XendConfig, log: Logger) throws(XendError) {
         self.manager = manager; self.log = log
+        tls = try manager.relocationTLS.get()
         port = config.relocationPort
         address = config.relocationAddress
         var rx: [NSRegularExpression] = []
@@ -150,7 +153,7 @@ final class RelocationServer: @unchecked Sendable {
         let t = Thread { [self] in acceptLoop() }
         t.name = "relocation-server"
         t.start()
-        log.info("Relocation server listening on \(address.isEmpty ? "*" : address):\(port)\(allow.isEmpty ? "" : ", hosts allowed: \(allow.map(\.pattern).joined(separator: " "))")")
+        log.info("Relocation server listening on \(address.isEmpty ? "*" : address):\(port)\(tls == nil ? "" : " (TLS, peers' certificates checked)")\(allow.isEmpty ? "" : ", hosts allowed: \(allow.map(\.pattern).joined(separator: " "))")")
     }
 
     private func acceptLoop() {
@@ -166,8 +169,17 @@ final class RelocationServer: @unchecked Sendable {
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
             let (addr, name) = Self.peerNames(&ss, len)
             let t = Thread { [self] in
-                handle(c, address: addr, name: name)
-                close(c)
+                defer { close(c) }
+                var fd = c
+                if let tls {
+                    do throws(XendError) { fd = try tls.wrap(c, role: .server, peer: "relocation peer \(addr) (\(name))").fd } catch {
+                        log.warning("Rejected connection from \(addr) (\(name)): \(error.message)")
+                        manager.dmesg("Relocation: rejected connection from \(addr) (\(name)): \(error.message)")
+                        return
+                    }
+                }
+                handle(fd, address: addr, name: name)
+                if fd != c { close(fd) }
             }
             t.name = "relocation-\(addr)"
             t.start()

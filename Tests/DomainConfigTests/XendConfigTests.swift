@@ -52,6 +52,25 @@ import Testing
         #expect(c.port == 8000)
     }
 
+    @Test func relocationSSLNeedsItsThreeFiles() throws {
+        #expect(!XendConfig().relocationSSL && XendConfig().relocationSSLKeyFile.isEmpty)
+        let c = try XendConfig(parsing: """
+            (xend-relocation-ssl yes) (xend-relocation-ssl-key-file /etc/xen/h.key)
+            (xend-relocation-ssl-cert-file /etc/xen/h.pem) (xend-relocation-ssl-ca-file '/etc/xen/ca.pem')
+            """, file: "t.sxp")
+        #expect(c.relocationSSL && c.relocationSSLKeyFile == "/etc/xen/h.key" && c.relocationSSLCertFile == "/etc/xen/h.pem")
+        #expect(c.relocationSSLCAFile == "/etc/xen/ca.pem")
+        #expect(try XendConfig(forms: c.toSXP().map { SXPForm(value: $0, line: 1) }, file: "y") == c)
+        func err(_ s: String) -> String {
+            do { _ = try XendConfig(parsing: s, file: "t.sxp"); return "no error" } catch { return error.description }
+        }
+        #expect(err("(logfile /x)\n(xend-relocation-ssl yes)\n(xend-relocation-ssl-cert-file /h.pem)")
+                == "t.sxp:2: key 'xend-relocation-ssl': yes needs xend-relocation-ssl-key-file, xend-relocation-ssl-ca-file (TLS needs this host's key and certificate and the CA that signs its peers')")
+        #expect(err("(xend-relocation-ssl maybe)") == "t.sxp:1: key 'xend-relocation-ssl': expected yes or no, found 'maybe'")
+        // Off, the file keys may be set or not.
+        #expect(err("(xend-relocation-ssl no) (xend-relocation-ssl-key-file /h.key)") == "no error")
+    }
+
     @Test func badValuesNameFileLineAndKey() {
         func err(_ s: String) -> String {
             do { _ = try XendConfig(parsing: s, file: "xc.sxp"); return "no error" } catch { return error.description }
