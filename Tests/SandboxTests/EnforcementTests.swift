@@ -104,7 +104,7 @@ let commonInclude = "include \(manifestsDir)/common.manifest\n"
         #expect(r.exitCode == 0, "\(r.stderr)")
         #expect(r.stdout.hasPrefix("work done"))
         let expected = "sandbox: probe applied manifest \(dir)/probe.manifest: "
-        #expect(r.stderr.contains(expected + "27 syscalls allowed, namespaces [mount, pid, ipc, net, uts], caps none"), "\(r.stderr)")
+        #expect(r.stderr.contains(expected + "28 syscalls allowed, namespaces [mount, pid, ipc, net, uts], caps none"), "\(r.stderr)")
     }
 
     @Test(arguments: [true, false])
