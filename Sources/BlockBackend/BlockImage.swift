@@ -191,7 +191,9 @@ public final class BlockImage: @unchecked Sendable {
         var off = offset
         while off < offset + length {
             let n = Int(min(UInt64(chunk), offset + length - off))
-            let w = pwrite(fd, zeros, n, off_t(off))
+            // pwritev, not pwrite: the manifest allows one positional-write syscall.
+            var iov = iovec(iov_base: zeros, iov_len: n)
+            let w = pwritev(fd, &iov, 1, off_t(off))
             if w <= 0 { if w < 0 && errno == EINTR { continue }; return false }
             off += UInt64(w)
         }

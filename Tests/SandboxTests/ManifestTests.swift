@@ -50,12 +50,31 @@ let minimal = "allow write -- log\nallow exit_group -- exit\n"
         #expect(cons.fds.filter { $0.name == "readiness" }.map(\.number) == [4])
         #expect(blk.rlimits.first { $0.name == "data" }?.value == 256 << 20)
         let ioctls = blk.rules.filter { $0.name == "ioctl" }
-        #expect(ioctls.count == 3)
+        #expect(ioctls.count == 4)
+        #expect(ioctls.contains { $0.filters[1].value == 0x127f })       // BLKZEROOUT (write zeroes on phy:)
         #expect(ioctls.allSatisfy { $0.filters.count == 2 && $0.filters[0] == ArgumentFilter(index: 0, comparison: .equal, value: 4) })
         #expect(ioctls.contains { $0.filters[1].value == 0x80081272 })   // BLKGETSIZE64
         // Rules from the include carry the include's location.
         let read = try #require(blk.rules.first { $0.name == "read" })
         #expect(read.location.file == "\(manifestsDir)/common.manifest")
+    }
+
+    /// The syscall surface (manifests/README.md "Syscall surface"): every shipped service
+    /// allows at most 40 distinct syscalls, and none of the dangerous ones, so a later
+    /// change cannot silently grow it. Raising a figure means measuring again and updating
+    /// the table there.
+    @Test func shippedManifestsStayWithinTheSyscallBudget() throws {
+        let dangerous = ["open", "openat", "openat2", "execve", "execveat", "socket", "connect", "ptrace",
+                         "mount", "bpf", "memfd_secret", "userfaultfd", "fork", "vfork", "unshare", "setns"]
+        let measured = ["blkback": 40, "netback": 38, "xenconsoled": 37, "migration": 31, "pciback": 28]
+        for (service, count) in measured {
+            let m = try Manifest.load(path: "\(manifestsDir)/\(service).manifest")
+            #expect(m.allowedSyscalls.count <= 40, "\(service) allows \(m.allowedSyscalls.count) syscalls: \(m.allowedSyscalls)")
+            #expect(m.allowedSyscalls.count == count, "\(service): update manifests/README.md's table with the new figure")
+            for name in dangerous {
+                #expect(!m.rules.contains { $0.name == name }, "\(service) must not mention \(name)")
+            }
+        }
     }
 
     @Test func ruleSyntax() throws {
