@@ -156,7 +156,7 @@ func uptimes(_ s: String) -> [Double] {
         if skip(QemuEnv.unavailable) { return }
         let (d, tap, _) = try bootTestGuest("reset", run: "echo started")
         defer { d.destroy(); d.removeFiles() }
-        #expect(tap.waitFor("started", timeout: 30))
+        #expect(tap.waitFor("started", timeout: 60), "console: \(tap.output.suffix(400))")
         try d.reset()
         #expect(d.wait(timeout: 15))
         #expect(d.stopReason() == .reboot("host-qmp-system-reset"))
@@ -202,7 +202,7 @@ func uptimes(_ s: String) -> [Double] {
         if skip(QemuEnv.unavailable) { return }
         let (d, tap, _) = try bootTestGuest("kill", run: "echo started")
         defer { d.destroy(); d.removeFiles() }
-        #expect(tap.waitFor("started", timeout: 30))
+        #expect(tap.waitFor("started", timeout: 60), "console: \(tap.output.suffix(400))")
         kill(d.pid, SIGKILL)
         #expect(d.wait(timeout: 10))
         guard case .crash(let why) = d.stopReason() else { Issue.record("not a crash: \(d.stopReason())"); return }
