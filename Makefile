@@ -99,10 +99,12 @@ unit:
 # picks the test suites (default: the back ends and xenstore, which parse what guests and
 # peers send; `SANITIZE_FILTER=.` runs every unit suite). Reports inside the toolchain,
 # Foundation or NIO that are not ours are suppressed in Tests/sanitizers/ (each with its
-# reason); any other report fails the run. Under ASan the migration suites that start the
-# real, sandboxed `migration` service are skipped: its manifest's `rlimit data 64M` is below
-# what ASan's runtime maps in the child at start-up (it dies "out of memory" before main).
+# reason); any other report fails the run. SANITIZE_SKIP leaves out the integration tests
+# and the migration suites that start the real, sandboxed `migration` service: its
+# manifest's `rlimit data 64M` is below what the ASan/TSan runtime maps in the child at
+# start-up (it dies "out of memory" before main).
 SANITIZE_FILTER ?= VhostUserTests|BlockBackendTests|NetBackendTests|VirtioTests|XenStoreTests|MigrationTests|ConsoleBackendTests
+SANITIZE_SKIP   ?= IntegrationTests|MigrationTests.ServiceTests|MigrationTests.QemuStreamTests
 SANITIZE_JOBS   ?=
 sanitize: sanitize-asan sanitize-tsan
 sanitize-asan:
@@ -110,13 +112,12 @@ sanitize-asan:
 	ASAN_OPTIONS=halt_on_error=1:detect_leaks=1 \
 	LSAN_OPTIONS=suppressions=$(CURDIR)/Tests/sanitizers/lsan.supp:print_suppressions=0 \
 	    $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan \
-	    --skip 'IntegrationTests|MigrationTests.ServiceTests|MigrationTests.QemuStreamTests' \
-	    --filter '$(SANITIZE_FILTER)'
+	    --skip '$(SANITIZE_SKIP)' --filter '$(SANITIZE_FILTER)'
 sanitize-tsan:
 	$(SWIFT) build --build-tests $(SANITIZE_JOBS) --sanitize=thread --scratch-path .build-tsan
 	TSAN_OPTIONS=halt_on_error=1:suppressions=$(CURDIR)/Tests/sanitizers/tsan.supp:print_suppressions=0 \
 	    $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan \
-	    --skip IntegrationTests --filter '$(SANITIZE_FILTER)'
+	    --skip '$(SANITIZE_SKIP)' --filter '$(SANITIZE_FILTER)'
 
 integration: deps fixtures guest debian-image hvm-iso
 	$(SWIFT) build --build-tests
