@@ -221,9 +221,10 @@ public func vhostUserListen(path: String) throws(VhostUserError) -> Int32 {
     do { return try UnixSocket.listen(path: path, backlog: 4) } catch { throw vhostUserError(error) }
 }
 
-/// Starts `body` on a new dedicated pthread (not Dispatch, not the concurrency pool).
-@discardableResult
-public func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
+/// Starts `body` on a new dedicated pthread (not Dispatch, not the concurrency pool). The
+/// thread is detached: nobody joins it, and its stack is freed when `body` returns (a
+/// joinable thread that is never joined keeps its stack; ThreadSanitizer reported it).
+public func spawnThread(_ body: @escaping @Sendable () -> Void) {
     final class Box { let f: @Sendable () -> Void; init(_ f: @escaping @Sendable () -> Void) { self.f = f } }
     var t = pthread_t()
     let arg = Unmanaged.passRetained(Box(body)).toOpaque()
@@ -233,5 +234,5 @@ public func spawnThread(_ body: @escaping @Sendable () -> Void) -> pthread_t {
         return nil
     }, arg)
     precondition(r == 0, "pthread_create failed")
-    return t
+    pthread_detach(t)
 }

@@ -316,6 +316,7 @@ enum Expect { case ioerr, unsupp, broken, errorOrBroken }
     var pid: pid_t = 0
     let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/sh"), strdup("-c"), strdup("exec " + cmd), nil]
     let r = posix_spawn(&pid, "/bin/sh", nil, nil, argv, environ)
+    for a in argv { free(a) }  // posix_spawn copied them into the child
     if r != 0 { fail("posix_spawn: \(String(cString: strerror(r)))") }
     return pid
 }

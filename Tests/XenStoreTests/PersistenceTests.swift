@@ -244,14 +244,25 @@ private func journaled(_ core: XenStoreCore, _ store: XenStorePersistentStore, _
     }
 }
 
-/// An in-memory daemon started later from another thread.
+/// An in-memory daemon started later from another thread. `server` is set by that thread
+/// and read by the test's, so it is behind a lock (ThreadSanitizer found it unguarded, and
+/// the client's reply can arrive before the starter stored it, leaving the server unstopped).
 private final class LateServer: @unchecked Sendable {
-    var server: XenStoreServer?
+    private let cond = XSCondition()
+    private var started: XenStoreServer?
     func start(_ sock: String) {
         let s = XenStoreServer()
         try! s.listen(path: sock)
         s.start()
-        server = s
+        cond.withLock { started = s; cond.broadcast() }
+    }
+    /// The server once `start` has stored it (waiting up to 5 s), else nil.
+    var server: XenStoreServer? {
+        cond.withLock {
+            let deadline = xsMonotonicNanoseconds() + 5_000_000_000
+            while started == nil && cond.wait(until: deadline) {}
+            return started
+        }
     }
 }
 
