@@ -25,6 +25,8 @@ Needs root, iproute2, qemu-system-x86_64 and build/guest; prints SKIP otherwise.
 """
 import http.client, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.parse
 
+from qmp import QMP, wait_count
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("BIN", os.path.join(ROOT, ".build", "release"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -46,35 +48,6 @@ def sh(*args, check=True):
     return subprocess.run(list(args), check=check, capture_output=True, text=True)
 
 
-class QMP:
-    def __init__(self, path, timeout=30):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.s.connect(path)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.02)
-        self.f = self.s.makefile("r")
-        self.f.readline()
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, args=None):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        self.s.sendall((json.dumps(msg) + "\n").encode())
-        while True:
-            r = json.loads(self.f.readline())
-            if "return" in r:
-                return r["return"]
-            if "error" in r:
-                raise RuntimeError("%s: %s" % (name, r["error"]["desc"]))
-
-
 class UnixHTTP(http.client.HTTPConnection):
     def __init__(self, path):
         super().__init__("localhost", timeout=300)
@@ -84,18 +57,6 @@ class UnixHTTP(http.client.HTTPConnection):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(300)
         self.sock.connect(self.path)
-
-
-def wait_count(path, at_least, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if open(path, errors="replace").read().count("count=") >= at_least:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False
 
 
 def raw_qemu(tmp, side, incoming):

@@ -18,6 +18,8 @@ Needs root, qemu-system-x86_64 and build/guest; prints SKIP otherwise.
 """
 import json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.parse
 
+from qmp import QMP, wait_count
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("BIN", os.path.join(ROOT, ".build", "release"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -30,48 +32,6 @@ EXTRA = "quiet cryptomgr.notests xenith.run=" + urllib.parse.quote(SCRIPT, safe=
 def skip(why):
     print("SKIP: save_restore: " + why)
     sys.exit(0)
-
-
-class QMP:
-    def __init__(self, path, timeout=30):
-        deadline = time.time() + timeout
-        while True:
-            try:
-                self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.s.connect(path)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.02)
-        self.f = self.s.makefile("r")
-        self.f.readline()
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, args=None, fd=None):
-        msg = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        data = (json.dumps(msg) + "\n").encode()
-        if fd is None:
-            self.s.sendall(data)
-        else:
-            socket.send_fds(self.s, [data], [fd])
-        while True:
-            r = json.loads(self.f.readline())
-            if "return" in r:
-                return r["return"]
-            if "error" in r:
-                raise RuntimeError("%s: %s" % (name, r["error"]["desc"]))
-
-    def wait_migration(self):
-        while True:
-            st = self.cmd("query-migrate").get("status")
-            if st == "completed":
-                return
-            if st in ("failed", "cancelled"):
-                raise RuntimeError("migration " + st)
-            time.sleep(0.01)
 
 
 def raw_qemu(tmp, incoming):
@@ -87,19 +47,6 @@ def raw_qemu(tmp, incoming):
         args += ["-incoming", "defer", "-S"]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return p, QMP(qmp)
-
-
-def wait_count(path, at_least, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            text = open(path, errors="replace").read()
-            if text.count("count=") >= at_least:
-                return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False
 
 
 def raw_round(tmp):

@@ -9,11 +9,7 @@ import Testing
     let root = QemuEnv.scratch("rest-cmds")
 
     func tool(_ name: String, _ args: [String], timeout: Double = 60) throws -> RunResult {
-        setenv("XENITH_ROOT", root, 1)
-        let cwd = FileManager.default.currentDirectoryPath
-        FileManager.default.changeCurrentDirectoryPath(Env.root.path)
-        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
-        return try run(Env.binary(name), args, timeout: timeout)
+        try runInRoot(root, name, args, timeout: timeout)
     }
     func xm(_ args: String..., timeout: Double = 60) throws -> RunResult { try tool("xm", args, timeout: timeout) }
 

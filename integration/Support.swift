@@ -154,3 +154,14 @@ func control(_ path: String, _ command: String) throws -> String {
     while read(fd, &c, 1) == 1 { if c == 10 { break }; reply.append(c) }
     return String(decoding: reply, as: UTF8.self)
 }
+
+/// Runs one of the project's binaries (`xm`, `xend`) against the scratch host `root`, from
+/// the repository root (the shipped example configs name paths relative to it, as the
+/// README runs them).
+func runInRoot(_ root: String, _ name: String, _ args: [String], timeout: Double = 60) throws -> RunResult {
+    setenv("XENITH_ROOT", root, 1)
+    let cwd = FileManager.default.currentDirectoryPath
+    FileManager.default.changeCurrentDirectoryPath(Env.root.path)
+    defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+    return try run(Env.binary(name), args, timeout: timeout)
+}

@@ -86,13 +86,7 @@ extension QemuDomain {
                 usleep(20_000)
             }
         } catch {
-            try? qmp.migrateCancel()
-            if handedOver { try? qmp.closefd(QemuDomain.migrationFDName) }
-            let deadline = Date().addingTimeInterval(10)
-            while Date() < deadline, let s = try? qmp.queryMigrate().status, ["active", "cancelling", "setup", "device"].contains(s) {
-                usleep(20_000)
-            }
-            if wasRunning, (try? qmp.queryStatus().running) == false { try? qmp.cont() }
+            abandonOutgoingMigration(handedOver: handedOver, resume: wasRunning)
             throw (error as? QemuEngineError) ?? QemuEngineError("\(error)")
         }
     }

@@ -78,17 +78,23 @@ extension QemuDomain {
             try waitForMigration(stallTimeout: stallTimeout, onProgress: onProgress)
             return wasRunning
         } catch {
-            try? qmp.migrateCancel()
-            if handedOver { try? qmp.closefd(QemuDomain.migrationFDName) }
-            // Cancelling is asynchronous: the guest can only run once QEMU has left the
-            // migration (a bounded wait; `cont` is refused before).
-            let deadline = Date().addingTimeInterval(10)
-            while Date() < deadline, let s = try? qmp.queryMigrate().status, ["active", "cancelling", "setup", "device"].contains(s) {
-                usleep(20_000)
-            }
-            if wasRunning { try? qmp.cont() }
+            abandonOutgoingMigration(handedOver: handedOver, resume: wasRunning)
             throw (error as? QemuEngineError) ?? QemuEngineError("\(error)")
         }
+    }
+
+    /// Cancels an outgoing migration (save or live) that failed, closes the descriptor
+    /// handed to QEMU when there was one, and resumes the guest when `resume` and QEMU left
+    /// it stopped. Cancelling is asynchronous: the guest can only run once QEMU has left
+    /// the migration (a bounded wait of 10 s; `cont` is refused before).
+    func abandonOutgoingMigration(handedOver: Bool, resume: Bool) {
+        try? qmp.migrateCancel()
+        if handedOver { try? qmp.closefd(QemuDomain.migrationFDName) }
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline, let s = try? qmp.queryMigrate().status, ["active", "cancelling", "setup", "device"].contains(s) {
+            usleep(20_000)
+        }
+        if resume, (try? qmp.queryStatus().running) == false { try? qmp.cont() }
     }
 
     /// Takes the guest's state from `fd` (the read end of a pipe) into a QEMU started with
