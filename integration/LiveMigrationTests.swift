@@ -62,7 +62,7 @@ import Testing
         func processes() -> [String] {
             ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }.compactMap { pid in
                 let c = String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline"))) ?? Data(), as: UTF8.self)
-                guard c.contains("qemu-system") || c.contains("blkback") || c.contains("netback") || c.contains("migration") else { return nil }
+                guard c.contains("qemu-system") || c.contains("xenith-core") || c.contains("blkback") || c.contains("netback") || c.contains("migration") else { return nil }
                 let e = String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ"))) ?? Data(), as: UTF8.self)
                 guard c.contains(root + "/") || e.contains("XENITH_ROOT=\(root)") else { return nil }
                 if let st = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), st.contains(") Z ") { return nil }
@@ -268,6 +268,40 @@ import Testing
         #expect(Self.waitUntil(30) { s.a.consoleLog("lm").contains("XENITH-STREAM") }, "\(s.a.consoleLog("lm").suffix(300))")
         let got = s.a.consoleLog("lm").components(separatedBy: "XENITH-STREAM ").last?.prefix(32).description ?? "?"
         #expect(got == sent, "stream md5 \(got) != sent \(sent)")
+    }
+
+    /// The core engine's live migration (issue 13 item 3): the PVH fixture counting in RAM
+    /// (mode `c`) moves a → b → a with `xm migrate --live`; on each target it counts on above
+    /// its last value on the source (it did not start again), and nothing is left behind.
+    @Test func coreFixtureMigratesLiveThereAndBack() throws {
+        if skip(Self.unavailable ?? Env.kvmUnavailable) { return }
+        let s = try Self.setUp("k", stream: false)
+        defer { s.teardown() }
+        func fixtureCounts(_ h: Host, from offset: Int = 0) -> [Int] {
+            String(h.consoleLog("cm").dropFirst(offset)).components(separatedBy: "xenith-fixture: count ").dropFirst()
+                .compactMap { Int($0.prefix(8), radix: 16) }
+        }
+        let cfg = s.shared + "/cm.cfg"
+        try "kernel = '\(Env.fixture("pvh.elf"))'\nmemory = 32\nname = 'cm'\nextra = 'c'\nengine = 'core'\n"
+            .write(toFile: cfg, atomically: true, encoding: .utf8)
+        let c = try s.a.xm("create", cfg)
+        #expect(c.status == 0, "\(c.stderr)")
+        guard c.status == 0 else { return }
+        #expect(Self.waitUntil(20) { fixtureCounts(s.a).count >= 2 }, "\(s.a.consoleLog("cm").suffix(400))")
+        for (from, to, address) in [(s.a, s.b, Self.lanB), (s.b, s.a, Self.lanA)] {
+            let offset = to.consoleLog("cm").count
+            let m = try from.xm("migrate", "--live", "cm", address)
+            #expect(m.status == 0 && m.stderr.isEmpty, "\(m.stdout)\(m.stderr)")
+            guard m.status == 0 else { return }
+            let last = fixtureCounts(from).last ?? -1
+            #expect(!from.names().contains("cm"), "still listed on the source: \(from.names())")
+            #expect(Self.waitUntil(10) { from.processes().isEmpty }, "left on the source: \(from.processes())")
+            #expect(try to.xm("list", "cm").stdout.contains("r-----"))
+            #expect(Self.waitUntil(20) { (fixtureCounts(to, from: offset).last ?? -1) > last },
+                    "target console: \(to.consoleLog("cm").suffix(300)) (source's last \(last))")
+            let first = fixtureCounts(to, from: offset).first ?? -1
+            #expect(first > 0, "the counter started again on the target: \(first)")
+        }
     }
 
     @Test func failedMigrationsLeaveTheGuestOnTheSource() throws {

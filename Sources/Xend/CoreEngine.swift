@@ -16,9 +16,9 @@ public struct CoreEngine: DomainEngineDriver {
 
     public init(binary: String) { self.binary = binary }
 
-    /// Save and restore (CoreEngineState.swift), the in-core virtio-balloon every core domain
+    /// Save, restore and live migration (CoreEngineState.swift: pre-copy over KVM's dirty log), the in-core virtio-balloon every core domain
     /// has (`--balloon`), SysRq and core dumps (CoreEngineCommands.swift).
-    public var capabilities: EngineCapabilities { [.save, .balloon, .sysrq, .dumpCore] }
+    public var capabilities: EngineCapabilities { [.save, .liveMigrate, .balloon, .sysrq, .dumpCore] }
 
     public func start(_ l: EngineLaunch) throws -> EngineProcess {
         guard let kernel = l.config.kernel else { throw EngineError("No kernel specified", badRequest: true) }
