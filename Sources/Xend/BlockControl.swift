@@ -122,9 +122,11 @@ extension DomainManager {
     /// them in hot-plug slots, while a restore starts the engine from the configuration,
     /// which puts them elsewhere, and the guest's state would not load (the guest would be
     /// gone with its save file unusable). A reboot (or detaching them) makes it savable.
+    /// The same holds for `xm migrate` (`operation` "migrated"): the target starts its engine
+    /// from the configuration too.
     /// - Throws: `XendError` (409) naming the devices.
-    public func refuseSaveWithHotpluggedDevices(_ dom: String) throws(XendError) {
+    public func refuseSaveWithHotpluggedDevices(_ dom: String, operation: String = "saved") throws(XendError) {
         guard let r = find(dom), r.isLive, let h = r.hotplugged, !h.isEmpty else { return }
-        throw XendError(.conflict, "Domain \(r.name) cannot be saved: \(h.joined(separator: ", ")) \(h.count == 1 ? "was" : "were") attached while it runs, in hot-plug slots a restore would not recreate; detach \(h.count == 1 ? "it" : "them") or reboot the domain (which keeps \(h.count == 1 ? "it" : "them")) first.")
+        throw XendError(.conflict, "Domain \(r.name) cannot be \(operation): \(h.joined(separator: ", ")) \(h.count == 1 ? "was" : "were") attached while it runs, in hot-plug slots a restore would not recreate; detach \(h.count == 1 ? "it" : "them") or reboot the domain (which keeps \(h.count == 1 ? "it" : "them")) first.")
     }
 }

@@ -11,10 +11,15 @@ extension DomainManager {
     /// The running domain `dom`: its record, engine process and engine.
     /// - Parameter operation: what is asked (`pause`, `shut down`, ...), for the refusal of
     ///   Domain-0 in Xen's words ("Cannot pause privileged domain 0").
-    /// - Throws: `XendError` 400 for Domain-0, 404 no such domain, 409 not running.
+    /// - Throws: `XendError` 400 for Domain-0, 404 no such domain, 409 not running or being
+    ///   saved or migrated away (an unpause in the switch-over window would run the guest on
+    ///   both hosts; `xm destroy` stays allowed).
     func live(_ dom: String, for operation: String) throws(XendError) -> (DomainRecord, EngineProcess, any DomainEngineDriver) {
         if dom == "0" || dom == "Domain-0" { throw XendError(.badRequest, "Cannot \(operation) privileged domain 0") }
         guard let r = find(dom) else { throw .noDomain(dom) }
+        if let kind = transfers.outgoing(r.domid) {
+            throw XendError(.conflict, "Cannot \(operation) domain \(r.name): it is being \(kind == "save" ? "saved" : "migrated"); try again when that is over.")
+        }
         guard let p = r.process, let e = engines[r.engine] else { throw XendError(.conflict, "Domain '\(dom)' is not running.") }
         return (r, p, e)
     }

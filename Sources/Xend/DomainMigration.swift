@@ -40,6 +40,7 @@ extension DomainManager {
     ///   running on this host in every failure.
     public func migrate(_ dom: String, host: String, port: Int, live isLive: Bool, resource: Int?) throws(XendError) -> MigrateReply {
         let (r, p, engine) = try live(dom, for: "migrate")
+        try refuseSaveWithHotpluggedDevices(dom, operation: "migrated")
         if let resource, !(1...1_000_000).contains(resource) {
             throw XendError(.badRequest, "xm migrate: -r \(resource): the rate must be 1...1000000 Mbit/s (0 would never send anything)")
         }
@@ -130,7 +131,15 @@ extension DomainManager {
         let stoppedAt = Date()
         // The guest is stopped now: from here every failure resumes it.
         let resume: (String) -> XendError = { [self] why in
-            if let blocks { try? blocks.takeLocks(r.domid) }
+            // After the switch-over was asked for, the target may have taken the disks' locks
+            // and run the guest even though its answer never came: a lock that cannot be taken
+            // back means the guest must not run here too (both would write the same image).
+            if let blocks {
+                do throws(XendError) { try blocks.takeLocks(r.domid) } catch {
+                    dmesg("Domain \(r.name) (\(r.domid)): migration to \(target) failed: \(why); its disks' locks could not be taken back (\(error.message)): left paused here, the target may be running it")
+                    return XendError(.internalError, "Migration of \(r.name) to \(target) failed: \(why). Its disks' locks could not be taken back (\(error.message)), so the domain stays paused here: the target may be running it. Check there before xm unpause or xm destroy here.")
+                }
+            }
             if wasRunning { try? engine.unpause(p) }
             dmesg("Domain \(r.name) (\(r.domid)): migration to \(target) failed: \(why); running here again")
             return XendError(.internalError, "Migration of \(r.name) to \(target) failed: \(why)")

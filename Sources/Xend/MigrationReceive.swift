@@ -122,6 +122,15 @@ extension DomainManager {
             || name == "." || name == ".." || name == "Domain-0" {
             throw XendError(.badRequest, "invalid VM name '\(name)'")
         }
+        // The same checks as xm create (DomainLauncher), and more: the peer chose this
+        // configuration, so a vif script must be one of this host's (no path).
+        if let d = cfg.disks.first(where: { $0.script != nil }) {
+            throw XendError(.badRequest, "Device \(d.vdev) (vbd): block script \(d.script!) is not supported here")
+        }
+        if let v = cfg.vifs.first(where: { ($0.script ?? "").contains("/") || ($0.script ?? "") == ".." }) {
+            throw XendError(.badRequest, "vif script \(v.script!): an incoming domain may only name a script of the target's scripts directory")
+        }
+        try checkCPUSettings(cfg)
         let engine = try engines.choose(for: cfg, configured: xendConfig.domainEngine)
         guard engine.capabilities.contains(.save) else {
             throw XendError(.unavailable, "the target's \(engine.name) engine cannot take a domain's state")
@@ -134,6 +143,7 @@ extension DomainManager {
         if needKiB > free {
             throw XendError(.unavailable, "not enough free memory on the target: the domain needs \(needKiB) KiB, the target has \(free) KiB")
         }
+        try HostMemory.check(needMiB: max(cfg.memory, cfg.maxmem ?? 0), freeKiB: free, dom0MinMemMiB: xendConfig.dom0MinMem)
         for d in cfg.disks {
             guard let path = d.path else { continue }
             var st = stat()

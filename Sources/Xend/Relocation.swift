@@ -83,8 +83,12 @@ enum RelocationWire {
         while true {
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let left = deadline.timeIntervalSinceNow
-            if left <= 0 || poll(&p, 1, Int32(left * 1000)) == 0 {
-                throw XendError(.internalError, "\(peer) sent no answer for \(Int(timeout)) s")
+            let ready = left <= 0 ? 0 : poll(&p, 1, Int32(left * 1000))
+            if ready == 0 { throw XendError(.internalError, "\(peer) sent no answer for \(Int(timeout)) s") }
+            if ready < 0 {
+                // A signal: poll again with what is left (a blocking recv here would wait forever).
+                if errno == EINTR { continue }
+                throw XendError(.internalError, "\(peer): \(String(cString: strerror(errno)))")
             }
             var b: UInt8 = 0
             let n = recv(fd, &b, 1, 0)

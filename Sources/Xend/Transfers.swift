@@ -42,6 +42,12 @@ final class TransferTable: @unchecked Sendable {
 
     func end(file: String) { lock.lock(); byFile[file] = nil; lock.unlock() }
 
+    /// The kind (`save`, `migrate`) of a transfer taking `domid` away, nil when none is.
+    func outgoing(_ domid: Int) -> String? {
+        lock.lock(); defer { lock.unlock() }
+        return byFile.values.first { $0.domid == domid && ($0.kind == "save" || $0.kind == "migrate") }?.kind
+    }
+
     /// Whether `domid` is being restored.
     func isRestoring(_ domid: Int) -> Bool { lock.lock(); defer { lock.unlock() }; return restoring.contains(domid) }
 

@@ -42,6 +42,54 @@ extension ServerTests {
     }
 }
 
+extension ServerTests {
+    /// While a domain is being saved or migrated away, every other request on it but
+    /// destroy is refused (409): an unpause in a migration's switch-over window would run the
+    /// guest on both hosts.
+    @Test func aDomainBeingMigratedRefusesOtherRequests() async throws {
+        try await withServer { client, m, root in
+            var cfg = DomainConfiguration(name: "t2")
+            cfg.kernel = root + "/kernel"
+            let create = Array(try XendClient.encoder.encode(CreateRequest(config: cfg.toSXP().description)))
+            #expect(try client.send("POST", "/api/v1/domains", body: create).status == 201)
+            let domid = try #require(m.find("t2")?.domid)
+            #expect(m.transfers.begin(kind: "migrate", file: "migrate:t2", domain: "t2", domid: domid))
+            for op in ["pause", "unpause"] {
+                let r = try client.send("POST", "/api/v1/domains/t2/\(op)")
+                #expect(r.status == 409, "\(op): \(r.status)")
+                #expect(((json(r) as? [String: Any])?["error"] as? String)?.contains("it is being migrated") == true, "\(op)")
+            }
+            m.transfers.end(file: "migrate:t2")
+            #expect(try client.send("POST", "/api/v1/domains/t2/pause").status == 200)
+            #expect(m.transfers.begin(kind: "save", file: "/x", domain: "t2", domid: domid))
+            #expect(try client.send("POST", "/api/v1/domains/t2/destroy").status == 200)
+            m.transfers.end(file: "/x")
+        }
+    }
+}
+
+extension ServerTests {
+    /// An incoming domain's configuration comes from the peer: it gets xm create's checks,
+    /// and a vif script with a path (the peer would choose what runs as root here) is refused.
+    @Test func incomingConfigurationsAreCheckedLikeCreates() async throws {
+        try await withServer { _, m, root in
+            func refusal(_ vif: String?, disk: String? = nil, cpus: String? = nil) -> String? {
+                var cfg = DomainConfiguration(name: "in1")
+                cfg.kernel = root + "/kernel"
+                if let vif { cfg.vifs = [try! VifSpec(parsing: vif)] }
+                if let disk { cfg.disks = [try! DiskSpec(parsing: disk)] }
+                cfg.cpus = cpus
+                do { _ = try m.checkIncoming(cfg.toSXP().description); return nil } catch { return error.message }
+            }
+            #expect(refusal("mac=00:16:3e:00:00:01, script=/bin/sh")?.contains("may only name a script of the target's scripts directory") == true)
+            #expect(refusal("mac=00:16:3e:00:00:01, script=../../bin/sh")?.contains("may only name a script") == true)
+            // A script by name passes these checks (the test engine then cannot take state).
+            #expect(refusal("mac=00:16:3e:00:00:01, script=vif-bridge") == "the target's core engine cannot take a domain's state")
+            #expect(refusal(nil, cpus: "0-4095")?.hasPrefix("cpus:") == true)
+        }
+    }
+}
+
 @Suite(.serialized) struct SaveRestoreAPITests {
 
     /// While a save runs the domain is listed as `migrating-NAME` (Xen's rename), and
