@@ -81,16 +81,29 @@ extension DomainManager {
     /// none for a domain that is not running. Domain-0's vCPUs are the host's CPUs, with
     /// xend's own affinity (dom0-cpus) and each CPU's busy time from /proc/stat.
     /// - Throws: `XendError` 404 no such domain, 500 when the engine cannot tell.
+    /// The engine's vCPU threads that xend may act on: a vCPU number the domain can have
+    /// (0..<maxvcpus) and a thread of the engine's own process (`/proc/PID/task/TID`).
+    /// What the engine reports is not trusted — a compromised QEMU could name thread 0
+    /// (xend itself for sched_setaffinity), another process's thread, or a huge index.
+    static func engineThreads(_ reported: [Int: Int32], of p: EngineProcess, config: DomainConfiguration) -> [Int: Int32] {
+        engineThreads(reported, of: p, maxVcpus: maxVcpus(config))
+    }
+    static func engineThreads(_ reported: [Int: Int32], of p: EngineProcess, maxVcpus maxV: Int) -> [Int: Int32] {
+        reported.filter { k, tid in
+            k >= 0 && k < maxV && tid > 0 && access("/proc/\(p.pid)/task/\(tid)", F_OK) == 0
+        }
+    }
+
     public func vcpuList(_ dom: String) throws(XendError) -> DomainVcpus {
         let n = HostFacts.onlineCPUs
         if dom == "0" || dom == "Domain-0" { return DomainVcpus(domid: 0, name: "Domain-0", hostCpus: n, vcpus: Self.dom0Vcpus(xendConfig.dom0CPUs)) }
         guard let r = find(dom) else { throw .noDomain(dom) }
         guard let p = r.process, let e = engines[r.engine] else { return DomainVcpus(domid: r.domid, name: r.name, hostCpus: n, vcpus: []) }
         let threads: [Int: Int32]
-        do { threads = try e.vcpuThreads(p) } catch { throw XendError(.internalError, "Cannot list the vCPUs of domain \(r.name): \(error)") }
+        do { threads = Self.engineThreads(try e.vcpuThreads(p), of: p, config: r.config) } catch { throw XendError(.internalError, "Cannot list the vCPUs of domain \(r.name): \(error)") }
         let paused = statuses[r.domid]?.paused ?? false
         var rows: [VcpuInfo] = []
-        for k in 0..<max(Self.maxVcpus(r.config), (threads.keys.max() ?? -1) + 1) {
+        for k in 0..<Self.maxVcpus(r.config) {
             guard let tid = threads[k], let st = ThreadCPU.stat(pid: p.pid, tid: tid) else {
                 // Offline: the affinity it would come back with (the config's cpus, else any).
                 let aff = r.config.cpus.flatMap { try? CPUList.parse($0, hostCPUs: n) } ?? Array(0..<n)
@@ -134,7 +147,7 @@ extension DomainManager {
         let set: [Int]
         do { set = try CPUList.parse(cpus, hostCPUs: HostFacts.onlineCPUs) } catch { throw XendError(.badRequest, error.description) }
         let threads: [Int: Int32]
-        do { threads = try e.vcpuThreads(p) } catch { throw XendError(.internalError, "Cannot pin the vCPUs of domain \(r.name): \(error)") }
+        do { threads = Self.engineThreads(try e.vcpuThreads(p), of: p, config: r.config) } catch { throw XendError(.internalError, "Cannot pin the vCPUs of domain \(r.name): \(error)") }
         let maxV = Self.maxVcpus(r.config)
         var targets: [Int32] = []
         if vcpu.lowercased() == "all" {
@@ -173,7 +186,8 @@ extension DomainManager {
         }
         if count < maxV || cfg.maxvcpus != nil { cfg.maxvcpus = maxV }
         cfg.vcpus = count
-        registry.update(r.domid) { $0.config = cfg }
+        // Only the fields changed: a block-attach or rename meanwhile must not be undone.
+        registry.update(r.domid) { $0.config.vcpus = cfg.vcpus; $0.config.maxvcpus = cfg.maxvcpus }
         if let c = cfg.cpus { pinVcpus(r.name, p, e, c) }
         for k in 0..<maxV {   // Xen's per-vCPU entries, as its xend wrote them
             try? xenstore?.write("/local/domain/\(r.domid)/cpu/\(k)/availability", k < count ? "online" : "offline")
@@ -191,7 +205,7 @@ extension DomainManager {
             // The core starts its vCPU threads just after it answers: wait for them briefly.
             let deadline = Date().addingTimeInterval(3)
             repeat {
-                threads = (try? e.vcpuThreads(p)) ?? [:]
+                threads = Self.engineThreads((try? e.vcpuThreads(p)) ?? [:], of: p, maxVcpus: 4096)
                 if !threads.isEmpty { break }
                 usleep(20_000)
             } while Date() < deadline
@@ -249,7 +263,7 @@ extension DomainManager {
             do { try groups.apply(domid: r.domid, pids: e.cpuProcesses(p), weight: cfg.cpuWeight ?? 256, cap: cfg.cpuCap ?? 0) }
             catch { throw XendError(.internalError, "Cannot set the scheduler parameters of domain \(r.name): \(error)") }
         }
-        registry.update(r.domid) { $0.config = cfg }
+        registry.update(r.domid) { $0.config.cpuWeight = cfg.cpuWeight; $0.config.cpuCap = cfg.cpuCap }
         dmesg("Domain \(r.name) (\(r.domid)): weight \(cfg.cpuWeight ?? 256), cap \(cfg.cpuCap ?? 0)")
         return SchedCredit(domid: r.domid, name: r.name, weight: cfg.cpuWeight ?? 256, cap: cfg.cpuCap ?? 0)
     }

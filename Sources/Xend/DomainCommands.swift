@@ -95,8 +95,10 @@ extension DomainManager {
         guard target.hasPrefix("/") else { throw XendError(.badRequest, "Cannot dump core to \(target): not an absolute path") }
         let dir = (target as NSString).deletingLastPathComponent
         if file == nil { XenithPaths.makeDirectories(dir) }
-        let partial = dir + "/.\(r.name).partial-\(r.domid)"
-        let fd = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        // A partial file of this dump's own (O_EXCL): two dumps into one directory must not
+        // write into the same inode and publish a mix.
+        let partial = dir + "/.\(r.name).partial-\(r.domid)-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fd >= 0 else {
             throw XendError(.badRequest, "Cannot dump core of domain \(r.name) to \(target): \(String(cString: strerror(errno)))")
         }
