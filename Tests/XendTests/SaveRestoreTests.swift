@@ -19,10 +19,7 @@ extension ServerTests {
     /// domain is a 404; the transfer list has the documented shape.
     @Test func saveIsRefusedForAnEngineWithoutState() async throws {
         try await withServer { client, _, root in
-            var cfg = DomainConfiguration(name: "t1")
-            cfg.kernel = root + "/kernel"
-            let create = Array(try XendClient.encoder.encode(CreateRequest(config: cfg.toSXP().description)))
-            #expect(try client.send("POST", "/api/v1/domains", body: create).status == 201)
+            #expect(try client.send("POST", "/api/v1/domains", body: try createBody("t1", root: root)).status == 201)
             let body = Array(try XendClient.encoder.encode(SaveRequest(file: root + "/t1.chk")))
             let r = try client.send("POST", "/api/v1/domains/t1/save", body: body)
             #expect(r.status == 503)
@@ -48,10 +45,7 @@ extension ServerTests {
     /// guest on both hosts.
     @Test func aDomainBeingMigratedRefusesOtherRequests() async throws {
         try await withServer { client, m, root in
-            var cfg = DomainConfiguration(name: "t2")
-            cfg.kernel = root + "/kernel"
-            let create = Array(try XendClient.encoder.encode(CreateRequest(config: cfg.toSXP().description)))
-            #expect(try client.send("POST", "/api/v1/domains", body: create).status == 201)
+            #expect(try client.send("POST", "/api/v1/domains", body: try createBody("t2", root: root)).status == 201)
             let domid = try #require(m.find("t2")?.domid)
             #expect(m.transfers.begin(kind: "migrate", file: "migrate:t2", domain: "t2", domid: domid))
             for op in ["pause", "unpause"] {

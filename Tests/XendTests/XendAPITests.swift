@@ -103,6 +103,14 @@ func tempRoot() -> String {
 }
 
 /// Starts the API on a Unix socket with a sleep engine; returns the client and a stop closure.
+/// The body of `POST /api/v1/domains` for a minimal domain `name` whose kernel is
+/// `root/kernel` (the test engine never reads it).
+func createBody(_ name: String, root: String) throws -> [UInt8] {
+    var cfg = DomainConfiguration(name: name)
+    cfg.kernel = root + "/kernel"
+    return Array(try XendClient.encoder.encode(CreateRequest(config: cfg.toSXP().description)))
+}
+
 func withServer(limits: HTTPLimits = HTTPLimits(), _ body: (XendClient, DomainManager, String) async throws -> Void) async throws {
     let root = tempRoot()
     let paths = XenithPaths(root: root)
@@ -140,9 +148,7 @@ func schemaFor(_ method: String, _ path: String, _ status: Int) -> [String: Any]
             return v
         }
         _ = try check("GET", "/api/v1/info", "/api/v1/info", expect: 200)
-        var cfg = DomainConfiguration(name: "t1")
-        cfg.kernel = root + "/kernel"
-        let create = Array(try XendClient.encoder.encode(CreateRequest(config: cfg.toSXP().description)))
+        let create = try createBody("t1", root: root)
         _ = try check("POST", "/api/v1/domains", "/api/v1/domains", body: create, expect: 201)
         _ = try check("POST", "/api/v1/domains", "/api/v1/domains", body: create, expect: 409)
         _ = try check("POST", "/api/v1/domains", "/api/v1/domains", body: Array("{}".utf8), expect: 400)
