@@ -90,14 +90,14 @@ import Testing
         let c = try host.xm("create", cfg)
         #expect(c.status == 0, "\(c.stderr)")
         guard c.status == 0 else { return }
-        #expect(NamespacedXend.waitUntil(70) { host.consoleLog("dhcpguest").contains("XENITH-GOT") }, "\(host.consoleLog("dhcpguest").suffix(1500))")
+        let got = waitForMarkedValue(70, "XENITH-GOT") { host.consoleLog("dhcpguest") }.map { String($0.prefix(32)) }
+        #expect(got != nil, "\(host.consoleLog("dhcpguest").suffix(1500))")
         let out = host.consoleLog("dhcpguest")
         let addr = out.split(whereSeparator: { $0.isNewline }).first { $0.hasPrefix("XENITH-ADDR") }.map(String.init) ?? ""
         #expect(addr.contains("XENITH-ADDR 10.86.0."), "a DHCP lease on 10.86.0.0/24: \(out.suffix(800))")
         let leases = (try? String(contentsOfFile: host.root + "/run/xen/network-nat-default/xenbr0/leases", encoding: .utf8)) ?? ""
         #expect(leases.contains("00:16:3e:86:00:07"), "dnsmasq's lease: \(leases)")
         let sent = server.output.get().split(separator: "\n").first { $0.hasPrefix("LISTENING") }.map { String($0.dropFirst("LISTENING ".count)) }
-        let got = out.split(whereSeparator: { $0.isNewline }).first { $0.hasPrefix("XENITH-GOT") }.map { String($0.dropFirst("XENITH-GOT ".count).prefix(32)) }
         #expect(sent != nil && sent == got, "256 KiB from the outside server: sent \(sent ?? "-") got \(got ?? "-")")
         #expect(server.output.get().contains("PEER 203.0.113.1"), "the server saw the host's uplink address (NAT): \(server.output.get())")
         // The uplink is untouched while the network is up.

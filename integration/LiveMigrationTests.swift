@@ -263,10 +263,9 @@ import Testing
         try expectMoved(s, from: s.b, to: s.a, targetLog: logB, seconds: Date().timeIntervalSince(t0))
 
         // The TCP stream from the third namespace survived both moves, byte for byte.
-        #expect(peer.waitFor("XENITH-SENT", timeout: 60))
-        let sent = peer.output.get().components(separatedBy: "XENITH-SENT ").last?.prefix(32).description ?? "?"
-        #expect(Self.waitUntil(30) { s.a.consoleLog("lm").contains("XENITH-STREAM") }, "\(s.a.consoleLog("lm").suffix(300))")
-        let got = s.a.consoleLog("lm").components(separatedBy: "XENITH-STREAM ").last?.prefix(32).description ?? "?"
+        let sent = peer.waitForLine("XENITH-SENT", timeout: 60).map { String($0.prefix(32)) } ?? "?"
+        let got = waitForMarkedValue(30, "XENITH-STREAM") { s.a.consoleLog("lm") }.map { String($0.prefix(32)) } ?? "?"
+        #expect(got != "?", "\(s.a.consoleLog("lm").suffix(300))")
         #expect(got == sent, "stream md5 \(got) != sent \(sent)")
     }
 

@@ -88,6 +88,28 @@ final class Locked<T>: @unchecked Sendable {
     func update(_ f: (inout T) -> Void) { lock.lock(); f(&value); lock.unlock() }
 }
 
+/// The text after `tag` and one space on the first complete line of `text` that starts
+/// with `tag`; nil until such a line has arrived whole, ended by a
+/// newline. A serial console delivers a line in pieces, so a marker can be seen before the
+/// value that follows it: tests that read a value wait for this, never for the marker alone.
+func markedValue(_ text: String, _ tag: String) -> String? {
+    // `isNewline`, not "\n": a console's "\r\n" is one Character in Swift.
+    let lines = text.split(omittingEmptySubsequences: false, whereSeparator: { $0.isNewline }).dropLast()
+    guard let line = lines.first(where: { $0.hasPrefix(tag) }) else { return nil }
+    return String(line.dropFirst(tag.count).drop { $0 == " " })
+}
+
+/// Polls `text()` every 20 ms until `markedValue(text(), tag)` has a value (returned) or
+/// `timeout` seconds pass (nil).
+func waitForMarkedValue(_ timeout: Double, _ tag: String, in text: () -> String) -> String? {
+    let deadline = Date().addingTimeInterval(timeout)
+    repeat {
+        if let v = markedValue(text(), tag) { return v }
+        usleep(20_000)
+    } while Date() < deadline
+    return nil
+}
+
 /// A running process whose output is collected as it arrives.
 final class Running: @unchecked Sendable {
     let process = Process()
@@ -120,6 +142,12 @@ final class Running: @unchecked Sendable {
             usleep(20_000)
         }
         return false
+    }
+
+    /// Waits until a whole line starting with `tag` has arrived; returns what follows the tag
+    /// (see `markedValue`), or nil after `timeout` seconds.
+    func waitForLine(_ tag: String, timeout: Double = 20) -> String? {
+        waitForMarkedValue(timeout, tag) { output.get() }
     }
 
     /// Waits for exit; kills after `timeout`. Returns the exit status.

@@ -264,9 +264,7 @@ final class NamespacedXend {
         #expect(NamespacedXend.waitUntil(300) { x.consoleLog("g1").contains("XENITH-START") }, "g1: \(x.consoleLog("g1").suffix(2000))")
         let out1 = x.consoleLog("g1"), out2 = x.consoleLog("g2")
         #expect(out1.contains("XENITH-PING-OK"), "g1 pings g2: \(out1.suffix(1500))")
-        func md5(_ s: String, _ tag: String) -> String? {
-            s.split(whereSeparator: { $0.isNewline }).first { $0.hasPrefix(tag) }.map { String($0.dropFirst(tag.count + 1).prefix(32)) }
-        }
+        func md5(_ s: String, _ tag: String) -> String? { markedValue(s, tag).map { String($0.prefix(32)) } }
         let sent = md5(out2, "XENITH-MD5"), got = md5(out1, "XENITH-GOT")
         #expect(sent != nil && sent == got, "512 KiB over TCP guest to guest: sent \(sent ?? "-") got \(got ?? "-")")
 
@@ -277,10 +275,10 @@ final class NamespacedXend {
         #expect(pid != nil, "netback pid in network-list -l: \(list)")
         usleep(2_000_000)
         if let pid { kill(pid, SIGKILL) }
-        #expect(peer.waitFor("XENITH-SENT", timeout: 120), "peer: \(peer.output.get())")
-        #expect(NamespacedXend.waitUntil(120) { x.consoleLog("g1").contains("XENITH-STREAM") }, "\(x.consoleLog("g1").suffix(1500))")
-        let streamSent = peer.output.get().split(separator: "\n").first { $0.hasPrefix("XENITH-SENT") }.map { String($0.dropFirst("XENITH-SENT md5=".count)) }
-        let streamGot = md5(x.consoleLog("g1"), "XENITH-STREAM")
+        let streamSent = peer.waitForLine("XENITH-SENT md5=", timeout: 120)
+        #expect(streamSent != nil, "peer: \(peer.output.get())")
+        let streamGot = waitForMarkedValue(120, "XENITH-STREAM") { x.consoleLog("g1") }.map { String($0.prefix(32)) }
+        #expect(streamGot != nil, "\(x.consoleLog("g1").suffix(1500))")
         #expect(streamSent != nil && streamSent == streamGot, "stream across the SIGKILL: sent \(streamSent ?? "-") got \(streamGot ?? "-")")
         let after = try x.xm(["network-list", "-l", "g1"]).stdout
         #expect(!after.contains("(netback-pid \(pid ?? 0))") && after.contains("(netback-pid"), "restarted: \(after)")

@@ -152,13 +152,11 @@ final class VnetHost {
         #expect(ca.status == 0, "\(ca.stderr)")
         guard ca.status == 0 && cb.status == 0 else { return }
         #expect(NamespacedXend.waitUntil(60) { b.consoleLog("vserver").contains("XENITH-SERVING") }, "\(b.consoleLog("vserver").suffix(1500))")
-        #expect(NamespacedXend.waitUntil(70) { a.consoleLog("vclient").contains("XENITH-GOT") }, "\(a.consoleLog("vclient").suffix(1500))")
+        let got = waitForMarkedValue(70, "XENITH-GOT") { a.consoleLog("vclient") }.map { String($0.prefix(32)) }
+        #expect(got != nil, "\(a.consoleLog("vclient").suffix(1500))")
         let out = a.consoleLog("vclient")
         #expect(out.contains("XENITH-PING-OK"), "ping across the vnet: \(out.suffix(1500))")
-        func md5(_ s: String, _ tag: String) -> String? {
-            s.split(whereSeparator: { $0.isNewline }).first { $0.hasPrefix(tag) }.map { String($0.dropFirst(tag.count + 1).prefix(32)) }
-        }
-        let sent = md5(b.consoleLog("vserver"), "XENITH-MD5"), got = md5(out, "XENITH-GOT")
+        let sent = markedValue(b.consoleLog("vserver"), "XENITH-MD5").map { String($0.prefix(32)) }
         #expect(sent != nil && sent == got, "512 KiB over TCP across the vnet: sent \(sent ?? "-") got \(got ?? "-")")
 
         // A vif on the bridge: delete refused, naming it; nothing removed.
