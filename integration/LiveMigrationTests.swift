@@ -53,7 +53,7 @@ import Testing
             (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
         }
         func counts(_ name: String, from offset: Int = 0) -> [Int] {
-            String(consoleLog(name).dropFirst(offset)).components(separatedBy: "count=").dropFirst().compactMap { Int($0.prefix(while: { $0.isNumber })) }
+            completeValues(String(consoleLog(name).dropFirst(offset)), after: "count=").compactMap { Int($0.prefix(while: { $0.isNumber })) }
         }
         func names() -> [String] {
             ((try? xm("list"))?.stdout ?? "").split(separator: "\n").dropFirst().map { String($0.split(separator: " ").first ?? "") }
@@ -277,7 +277,7 @@ import Testing
         let s = try Self.setUp("k", stream: false)
         defer { s.teardown() }
         func fixtureCounts(_ h: Host, from offset: Int = 0) -> [Int] {
-            String(h.consoleLog("cm").dropFirst(offset)).components(separatedBy: "xenith-fixture: count ").dropFirst()
+            completeValues(String(h.consoleLog("cm").dropFirst(offset)), after: "xenith-fixture: count ")
                 .compactMap { Int($0.prefix(8), radix: 16) }
         }
         let cfg = s.shared + "/cm.cfg"

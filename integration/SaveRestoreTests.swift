@@ -20,11 +20,11 @@ import Testing
     }
     /// The counter values the guest printed, in order.
     func counts(_ name: String) -> [Int] {
-        consoleLog(name).components(separatedBy: "count=").dropFirst().compactMap { Int($0.prefix(while: { $0.isNumber })) }
+        completeValues(consoleLog(name), after: "count=").compactMap { Int($0.prefix(while: { $0.isNumber })) }
     }
     /// The disk contents the guest read, line by line.
     func diskReads(_ name: String) -> [String] {
-        consoleLog(name).components(separatedBy: "disk=").dropFirst().map { String($0.prefix(while: { !$0.isNewline })) }
+        completeValues(consoleLog(name), after: "disk=")
     }
     func waitUntil(_ timeout: Double, _ cond: () throws -> Bool) rethrows -> Bool {
         let deadline = Date().addingTimeInterval(timeout)

@@ -99,6 +99,14 @@ func markedValue(_ text: String, _ tag: String) -> String? {
     return String(line.dropFirst(tag.count).drop { $0 == " " })
 }
 
+/// For each occurrence of `tag` in `text` whose line has arrived whole, what follows it up to
+/// the end of that line; a line still arriving is left out (see `markedValue`).
+func completeValues(_ text: String, after tag: String) -> [String] {
+    text.components(separatedBy: tag).dropFirst().compactMap { rest in
+        rest.firstIndex(where: { $0.isNewline }).map { String(rest[..<$0]) }
+    }
+}
+
 /// Polls `text()` every 20 ms until `markedValue(text(), tag)` has a value (returned) or
 /// `timeout` seconds pass (nil).
 func waitForMarkedValue(_ timeout: Double, _ tag: String, in text: () -> String) -> String? {
