@@ -128,5 +128,15 @@ import Testing
         #expect(clash.status == 1 && clash.stderr.contains("203.0.113.0/24 overlaps the host's route '203.0.113.0/24 dev \(up)"),
                 "\(clash.stderr)")
         #expect(!host.linkExists("xenbr0") && Self.rules(host.ns) == rulesBefore)
+
+        // A start that fails late (dnsmasq refuses a malformed DHCP range, after the
+        // bridge, address, forwarding and chains were made) takes all of them back.
+        let late = try host.exec("XENITH_ROOT=\(host.root) \(script) start address=10.87.0.1/24 dhcp_range=10.87.0.300,10.87.0.20")
+        #expect(late.status == 1 && late.stderr.contains("dnsmasq did not start on xenbr0"), "\(late.stderr)")
+        #expect(!host.linkExists("xenbr0"), "bridge removed")
+        #expect(Self.rules(host.ns) == rulesBefore, "iptables as before: \(Self.rules(host.ns))")
+        #expect(try host.exec("cat /proc/sys/net/ipv4/ip_forward").stdout == forwardBefore)
+        #expect(!FileManager.default.fileExists(atPath: host.root + "/run/xen/network-nat-default"))
+        #expect(try host.exec("pgrep -f '[d]nsmasq.*\(host.root)'").stdout.isEmpty, "no dnsmasq left")
     }
 }
