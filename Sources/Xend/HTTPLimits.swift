@@ -18,7 +18,8 @@ public struct HTTPLimits: Sendable {
     /// past it is answered 413 when it does. Every route's JSON body fits in far less.
     public var maxBodyBytes: Int
     /// Seconds a request (header and body) may take to arrive, counted from the connection's
-    /// start or the end of the previous response; a request still incomplete then is answered
+    /// start or the end of the previous response (from its own head for a request pipelined
+    /// behind one still being answered); a request still incomplete then is answered
     /// 408 and the connection closed. A connection with no request in that time is closed
     /// (idle keep-alive). Time the server spends answering is not counted.
     public var requestSeconds: Int64
@@ -101,6 +102,9 @@ final class HTTPConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(let request):
             state = .receiving
             bodyBytes = 0
+            // A pipelined request can arrive while the one before it is served, when no clock
+            // runs (the end of that response would not start one: its state is `receiving`).
+            if deadline == nil { armDeadline(context) }
             if let announced = request.headerFields[.contentLength], !announced.isEmpty {
                 // All digits but beyond Int: larger than any bound.
                 let n = Int(announced) ?? (announced.allSatisfy(\.isNumber) ? Int.max : -1)

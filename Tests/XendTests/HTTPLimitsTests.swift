@@ -128,6 +128,23 @@ extension ServerTests {
         }
     }
 
+    @Test func aPipelinedRequestIsTimedFromItsOwnHead() async throws {
+        try await withServer(limits: HTTPLimits(requestSeconds: 1)) { _, _, root in
+            // A whole request and, behind it in the same write, the head of a second whose body
+            // never comes: the first is answered, the second gets 408 on its own clock (it
+            // arrived while the first was served, when no clock was running).
+            let c = try RawConnection(root + "/xend-socket")
+            defer { c.close() }
+            c.send("GET /api/v1/info HTTP/1.1\r\nHost: xend\r\n\r\n"
+                   + "POST /api/v1/domains HTTP/1.1\r\nHost: xend\r\nContent-Length: 100\r\n\r\n{\"con")
+            let start = Date()
+            let r = (try await blocking { c.readAll(seconds: 5) })
+            #expect(r.text.hasPrefix("HTTP/1.1 200 OK"), "\(r.text)")
+            #expect(r.text.contains("HTTP/1.1 408 Request Timeout"), "\(r.text)")
+            #expect(r.closed && Date().timeIntervalSince(start) < 4, "closed after \(Date().timeIntervalSince(start)) s")
+        }
+    }
+
     @Test func connectionsAboveTheBoundGet503() async throws {
         try await withServer(limits: HTTPLimits(maxConnections: 4)) { client, _, root in
             // withServer's own probe connection may still be closing: let it go.
