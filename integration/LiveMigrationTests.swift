@@ -328,6 +328,14 @@ import Testing
             }
             print("\(label): refused in \(String(format: "%.2f", secs)) s: \(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
+        // Peers that connect and say nothing hold every one of the target's slots (each for its
+        // handshake time): one more is told the server is busy, at once.
+        let holders = try Running("/usr/bin/env", ["ip", "netns", "exec", s.a.ns, "python3", "-c",
+            "import socket, time\ncs = [socket.create_connection(('\(Self.lanB)', 8002)) for _ in range(4)]\nprint('XENITH-HELD', flush=True)\ntime.sleep(8)"])
+        defer { if holders.process.isRunning { kill(holders.process.processIdentifier, SIGKILL) }; _ = holders.wait(timeout: 2) }
+        #expect(holders.waitFor("XENITH-HELD", timeout: 10), "\(holders.errors.get())")
+        try refused("server busy", ["-l", "lm", Self.lanB], "the relocation server is busy (4 peers at once)")
+        kill(holders.process.processIdentifier, SIGKILL)
         try refused("host does not resolve", ["-l", "lm", "no-such-host.invalid"], "no-such-host.invalid does not resolve")
         try refused("port closed", ["-l", "-p", "8009", "lm", Self.lanB], "cannot connect to \(Self.lanB) port 8009")
         try refused("rate 0", ["-l", "-r", "0", "lm", Self.lanB], "-r 0")

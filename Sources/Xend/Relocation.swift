@@ -4,7 +4,11 @@
 // answers `(ready receive)` and the state stream follows, or `(err REASON)` and closes.
 // Peers are checked against `xend-relocation-hosts-allow` (Xen 3.0.2+: space-separated
 // regular expressions, each matched from the start of the peer's host name and of its
-// address; none matching refuses the peer, with a log line and an error to it).
+// address; none matching refuses the peer, with a log line and an error to it). A host
+// name counts only when it resolves back to the peer's address (a peer controls its own
+// reverse DNS), and it is looked up on the connection's thread, never the accept loop's.
+// At most `RelocationServer.maxConnections` peers are served at once; one more is told
+// the server is busy and closed.
 //
 // After the stream Xenith adds the switch-over of the disk locks (DiskLockHandover.swift):
 // the source sends `(switchover)` once it released its locks; the target takes them,
@@ -13,6 +17,7 @@ import CLinux
 import DomainConfig
 import Foundation
 import Logging
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -114,6 +119,11 @@ final class RelocationServer: @unchecked Sendable {
     /// TLS when `xend-relocation-ssl` is yes: every connection is a TLS one (no plaintext).
     let tls: RelocationTLS?
     private var listenFD: Int32 = -1
+    /// Peers served at once (handshakes and incoming migrations); more are refused as busy
+    /// so that connections that send nothing cannot take threads without bound.
+    static let maxConnections = 4
+    /// Connections being served now.
+    private let served = Atomic<Int>(0)
 
     /// - Throws: `XendError` 400 naming `xend-relocation-hosts-allow` and the expression
     ///   that does not compile, or what is wrong with the `xend-relocation-ssl-*` files.
@@ -171,9 +181,22 @@ final class RelocationServer: @unchecked Sendable {
                 return
             }
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-            let (addr, name) = Self.peerNames(&ss, len)
+            if served.wrappingAdd(1, ordering: .relaxed).newValue > Self.maxConnections {
+                served.wrappingSubtract(1, ordering: .relaxed)
+                let addr = Self.numericAddress(&ss, len)
+                log.warning("Rejected connection from \(addr): \(Self.maxConnections) relocation peers are served already")
+                if tls == nil {
+                    try? RelocationWire.write(c, RelocationWire.err("the relocation server is busy (\(Self.maxConnections) peers at once); try again"),
+                                              peer: "relocation peer \(addr)")
+                }
+                close(c)
+                continue
+            }
+            let peerAddress = ss, peerLength = len
             let t = Thread { [self] in
-                defer { close(c) }
+                defer { close(c); served.wrappingSubtract(1, ordering: .relaxed) }
+                var ss = peerAddress
+                let (addr, name) = Self.peerNames(&ss, peerLength)
                 var fd = c
                 if let tls {
                     do throws(XendError) { fd = try tls.wrap(c, role: .server, peer: "relocation peer \(addr) (\(name))").fd } catch {
@@ -185,25 +208,54 @@ final class RelocationServer: @unchecked Sendable {
                 handle(fd, address: addr, name: name)
                 if fd != c { close(fd) }
             }
-            t.name = "relocation-\(addr)"
+            t.name = "relocation-peer"
             t.start()
         }
     }
 
-    /// The peer's numeric address and its host name (the address when it has none).
-    static func peerNames(_ ss: inout sockaddr_storage, _ len: socklen_t) -> (String, String) {
+    /// The peer's numeric address (IPv4-mapped IPv6 written as IPv4); "?" when it has none.
+    static func numericAddress(_ ss: inout sockaddr_storage, _ len: socklen_t) -> String {
         var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
         let addr: String = withUnsafePointer(to: &ss) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 getnameinfo($0, len, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 ? String(cString: host) : "?"
             }
         }
-        let name: String = withUnsafePointer(to: &ss) {
+        return addr.hasPrefix("::ffff:") ? String(addr.dropFirst(7)) : addr
+    }
+
+    /// The peer's numeric address and its host name: the reverse (PTR) name when that name
+    /// resolves back to the address, the address otherwise. Blocks on DNS.
+    static func peerNames(_ ss: inout sockaddr_storage, _ len: socklen_t) -> (String, String) {
+        let addr = numericAddress(&ss, len)
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        let reverse: String? = withUnsafePointer(to: &ss) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                getnameinfo($0, len, &host, socklen_t(host.count), nil, 0, NI_NAMEREQD) == 0 ? String(cString: host) : addr
+                getnameinfo($0, len, &host, socklen_t(host.count), nil, 0, NI_NAMEREQD) == 0 ? String(cString: host) : nil
             }
         }
-        return (addr.hasPrefix("::ffff:") ? String(addr.dropFirst(7)) : addr, name)
+        guard let reverse, resolves(reverse, to: addr) else { return (addr, addr) }
+        return (addr, reverse)
+    }
+
+    /// Whether `name`'s forward lookup (A and AAAA) includes the numeric `address`.
+    static func resolves(_ name: String, to address: String) -> Bool {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var res: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(name, nil, &hints, &res) == 0 else { return false }
+        defer { freeaddrinfo(res) }
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        var p = res
+        while let ai = p {
+            if getnameinfo(ai.pointee.ai_addr, ai.pointee.ai_addrlen, &host, socklen_t(host.count), nil, 0, NI_NUMERICHOST) == 0 {
+                let a = String(cString: host)
+                if a == address || a == "::ffff:" + address { return true }
+            }
+            p = ai.pointee.ai_next
+        }
+        return false
     }
 
     /// Whether `xend-relocation-hosts-allow` lets the peer in (an empty list lets all in).

@@ -29,6 +29,21 @@ import Glibc
         #expect(RelocationServer.allowed([], address: "1.2.3.4", name: "anyone"))
     }
 
+    @Test func aPeersHostNameCountsOnlyWhenItResolvesBackToItsAddress() throws {
+        // /etc/hosts: localhost is 127.0.0.1 (and ::1), so the reverse name is confirmed.
+        #expect(RelocationServer.resolves("localhost", to: "127.0.0.1"))
+        // A peer that names itself (its PTR record) a host whose address is another's.
+        #expect(!RelocationServer.resolves("localhost", to: "10.1.0.7"))
+        #expect(!RelocationServer.resolves("no-such-host.invalid", to: "10.1.0.7"))
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var ss = sockaddr_storage()
+        withUnsafeMutableBytes(of: &ss) { d in withUnsafeBytes(of: sin) { d.copyMemory(from: $0) } }
+        let (addr, name) = RelocationServer.peerNames(&ss, socklen_t(MemoryLayout<sockaddr_in>.size))
+        #expect(addr == "127.0.0.1" && name == "localhost", "\(addr) \(name)")
+    }
+
     @Test func linesAreReadWithoutTakingTheBytesAfterThemAndWithABound() throws {
         var sv: [Int32] = [-1, -1]
         #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv) == 0)
