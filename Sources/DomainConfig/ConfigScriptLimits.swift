@@ -26,5 +26,5 @@ let pyMaxSteps = 2_000_000
 /// Most bytes of strings and lists (16 bytes an element) one evaluation may build in all,
 /// counting every intermediate value.
 let pyMaxAllocation = 256 << 20
-/// Longest wall-clock time one evaluation may take, a backstop behind the step budget.
+/// Most CPU time one evaluation may take (its thread's), a backstop behind the step budget.
 let pyMaxEvaluationTime: Duration = .seconds(5)
