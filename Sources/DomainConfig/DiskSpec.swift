@@ -47,6 +47,11 @@ public struct DiskSpec: Sendable, Hashable {
     public var backendType: String?
     /// Block script (`script=`, or from `nbd:`/`iscsi:`/`enbd:`/`drbd:` prefixes as `block-NAME`).
     public var script: String?
+    /// The hot-plug slot a disk added with `xm block-attach` went into (an engine's name for
+    /// it, e.g. QEMU's root port `hpnet1`), so that a reboot, restore or migration puts it
+    /// back there; nil for a disk of the configuration as written. Kept in the stored
+    /// configuration as `(hotplug-port NAME)`, never written by users.
+    public var hotplugPort: String?
 
     public init(kind: Kind, target: String?, format: String = "raw", vdev: String, ioemu: Bool = false,
                 access: Access = .readWrite, deviceType: DeviceType = .disk, backend: String? = nil,

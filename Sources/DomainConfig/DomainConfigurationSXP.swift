@@ -8,14 +8,16 @@ extension DomainConfiguration {
     ///         (vcpus N) [(uuid U)] [(cpus '0-3')] [(engine core|qemu)]
     ///         [(bootloader B) [(bootloader_args A)]]
     ///         (image (linux (kernel K) [(ramdisk R)] [(ip IPSETTING)] [(root R)] [(args EXTRA)]))
-    ///         (device (vbd (uname phy:/dev/x) (dev xvda) (mode w) [(backend B)])) ...
-    ///         (device (vif (mac M) [(vifname) (bridge) (script) (backend) (ip) (type) (model) (rate)])) ...)
+    ///         (device (vbd (uname phy:/dev/x) (dev xvda) (mode w) [(backend B)] [(hotplug-port P)])) ...
+    ///         (device (vif (mac M) [(vifname) (bridge) (script) (backend) (ip) (type) (model) (rate)
+    ///                           (hotplug-port P)])) ...)
     ///
     /// For `builder = 'hvm'` the image is `(hvm [(kernel K)] (device_model D) (boot c) ...)`
     /// with the HVM settings that are set or on (Xen wrote `1` for true). The `ip`,
     /// `root` and `args` children hold the parts Xen's xend joined into the command
     /// line; with xl's `cmdline`, `args` holds it alone. Xenith adds `(engine ...)` when
-    /// the domain asks for one, and `(format F)` is expressed through `tap:F:` unames.
+    /// the domain asks for one, `(hotplug-port P)` to devices attached while the domain ran (the
+    /// slot they went into), and `(format F)` is expressed through `tap:F:` unames.
     public func toSXP() -> SXP {
         func p(_ k: String, _ v: String) -> SXP { .pair(k, .atom(v)) }
         var vm: [SXP] = [.atom("vm"), p("name", name), .pair("memory", .int(memory))]
@@ -68,6 +70,7 @@ extension DomainConfiguration {
             var vbd: [SXP] = [.atom("vbd"), .pair("uname", .string(d.uname)), p("dev", d.dev), p("mode", d.access.rawValue)]
             if let b = d.backend { vbd.append(p("backend", b)) }
             if let s = d.script { vbd.append(p("script", s)) }
+            if let s = d.hotplugPort { vbd.append(p("hotplug-port", s)) }
             vm.append(.element("device", [.list(vbd)]))
         }
         for v in vifs {
@@ -81,6 +84,7 @@ extension DomainConfiguration {
             if let x = v.type { vif.append(p("type", x)) }
             if let x = v.model { vif.append(p("model", x)) }
             if let x = v.rate { vif.append(p("rate", x.text)) }
+            if let x = v.hotplugPort { vif.append(p("hotplug-port", x)) }
             vm.append(.element("device", [.list(vif)]))
         }
         return .list(vm)
@@ -192,6 +196,7 @@ extension DomainConfiguration {
                     var disk = try DiskSpec(parsing: spec)
                     if let kind { disk.kind = kind }
                     disk.script = d.childText("script") ?? script
+                    disk.hotplugPort = d.childText("hotplug-port")
                     disks.append(disk)
                 } catch { throw fail("disk", "bad vbd: \(error.message)") }
             case "vif":
@@ -199,8 +204,11 @@ extension DomainConfiguration {
                 for k in ["mac", "bridge", "ip", "script", "vifname", "rate", "backend", "model", "type", "be_mac"] {
                     if let v = d.childText(k) { parts.append("\(k)=\(v)") }
                 }
-                do { vifs.append(try VifSpec(parsing: parts.joined(separator: ","))) }
-                catch { throw fail("vif", "bad vif: \(error.message)") }
+                do {
+                    var vif = try VifSpec(parsing: parts.joined(separator: ","))
+                    vif.hotplugPort = d.childText("hotplug-port")
+                    vifs.append(vif)
+                } catch { throw fail("vif", "bad vif: \(error.message)") }
             default:
                 continue
             }

@@ -30,6 +30,9 @@ public struct VifSpec: Sendable, Hashable {
     public var type: String?
     /// Xen 3.0's backend-side MAC (`be_mac`).
     public var backendMAC: MACAddress?
+    /// The hot-plug slot a vif added with `xm network-attach` went into (see
+    /// `DiskSpec.hotplugPort`); nil for a vif of the configuration as written.
+    public var hotplugPort: String?
 
     public init(mac: MACAddress, macGenerated: Bool = false, bridge: String? = nil, ip: String? = nil,
                 script: String? = nil, vifname: String? = nil, rate: VifRate? = nil, backend: String? = nil,

@@ -232,6 +232,10 @@ public enum QemuCommandLine {
         // Disks and CD-ROMs.
         var fdset = 0
         var ide = Set<Int>()
+        // Devices attached while the domain ran go back into their root ports, after those
+        // (the root complex keeps the order it had when the domain was created).
+        var intoPorts: [String] = []
+        var portsTaken = Set<String>()
         for (n, (disk, backend)) in zip(c.disks, i.disks).enumerated() {
             guard let backend else {
                 if disk.deviceType == .cdrom, let slot = ideSlot(disk.vdev) {
@@ -245,9 +249,19 @@ public enum QemuCommandLine {
                 // Served by blkback; reconnect=1: QEMU reconnects within a second when
                 // blkback restarts (PLATFORM.md). num-queues=1: blkback's default queue
                 // count (QEMU's default, one per vCPU, exceeds it).
+                if let port = disk.hotplugPort {
+                    // The names block-attach gives (QemuBlockHotplug), so block-detach finds them.
+                    let bus = try hotplugBus(port, "disk \(disk.vdev)", hvm: hvm, slots: i.netHotplugSlots, taken: &portsTaken)
+                    intoPorts += ["-chardev", "socket,id=\(disk.vdev)chr,path=\(escape(sock)),reconnect=1",
+                                  "-device", "vhost-user-blk-pci,chardev=\(disk.vdev)chr,num-queues=1,id=\(disk.vdev),bus=\(bus)"]
+                    continue
+                }
                 a += ["-chardev", "socket,id=\(id),path=\(escape(sock)),reconnect=1"]
                 a += ["-device", "vhost-user-blk-pci,chardev=\(id),num-queues=1,id=\(disk.vdev)" + bootIndex(disk, c)]
                 continue
+            }
+            if let port = disk.hotplugPort {
+                throw QemuConfigError("disk \(disk.vdev): hotplug-port \(port): only disks served by blkback go into hot-plug slots")
             }
             let file = try driveFile(backend, set: &fdset, readOnly: !disk.writable || disk.deviceType == .cdrom, a: &a)
             var drive = "file=\(escape(file)),if=none,id=\(id),format=\(disk.format == "raw" ? "raw" : disk.format)"
@@ -304,12 +318,19 @@ public enum QemuCommandLine {
             case .unconnected:
                 break
             }
+            if let port = vif.hotplugPort {
+                let bus = try hotplugBus(port, "vif \(n)", hvm: hvm, slots: i.netHotplugSlots, taken: &portsTaken)
+                // The netdev and chardev were added above; the device goes into its port below.
+                intoPorts += ["-device", device + ",bus=\(bus)"]
+                continue
+            }
             a += ["-device", device]
         }
         // q35's root complex cannot take hot-plugged devices: empty root ports can.
         if !hvm {
             for n in 0..<i.netHotplugSlots { a += ["-device", "pcie-root-port,id=hpnet\(n),chassis=\(n + 1)"] }
         }
+        a += intoPorts
 
         // Display. VNC (on by default in the manual) is bound to vnclisten, else localhost;
         // SDL opens a window; nographic or neither: no display at all.
@@ -351,6 +372,19 @@ public enum QemuCommandLine {
     }
 
     /// IDE position 0...3 of `hda`...`hdd` (channel = slot / 2, unit = slot % 2), nil otherwise.
+    /// The root port `port` names (`hpnetN`, one of the domain's `slots`), checked: the
+    /// value comes from a stored configuration, a save file or a migration peer.
+    /// - Throws: `QemuConfigError` naming `what`: an HVM domain (no root ports), a name
+    ///   that is not one of the ports, or a port another device already takes.
+    static func hotplugBus(_ port: String, _ what: String, hvm: Bool, slots: Int, taken: inout Set<String>) throws(QemuConfigError) -> String {
+        guard !hvm else { throw QemuConfigError("\(what): hotplug-port \(port): HVM domains have no hot-plug root ports") }
+        guard port.hasPrefix("hpnet"), let n = Int(port.dropFirst(5)), n >= 0, n < slots, port == "hpnet\(n)" else {
+            throw QemuConfigError("\(what): hotplug-port '\(port)' is not one of the domain's \(slots) hot-plug root ports (hpnet0...)")
+        }
+        guard taken.insert(port).inserted else { throw QemuConfigError("\(what): hotplug-port \(port) is taken by another device") }
+        return port
+    }
+
     public static func ideSlot(_ vdev: String) -> Int? {
         switch vdev {
         case "hda": 0

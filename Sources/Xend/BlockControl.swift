@@ -67,11 +67,17 @@ extension DomainManager {
         guard let blocks else { throw XendError(.unavailable, "disks are not available without blkback") }
         let rec = try blocks.attach(domid: r.domid, name: r.name, disk: d, queues: plan.diskQueues,
                                     inUse: registry.disksInUse(except: -1), socketOwner: plan.socketOwner)
-        do { try e.attachBlock(p, vdev: d.vdev, socket: rec.socket) } catch {
+        var kept = d
+        do { kept.hotplugPort = try e.attachBlock(p, vdev: d.vdev, socket: rec.socket) } catch {
             try? blocks.detach(domid: r.domid, vdev: d.vdev)
             throw XendError(.internalError, "Device \(d.vdev) (vbd) could not be connected. \(error)")
         }
-        registry.update(r.domid, onlyLive: true) { $0.config.disks.append(d); $0.hotplugged = ($0.hotplugged ?? []) + ["vbd \(d.vdev)"] }
+        // Kept with its slot: a reboot, restore or migration puts it back there. Without a
+        // slot the engine could not (hotplugged: save and migrate refuse the domain).
+        registry.update(r.domid, onlyLive: true) {
+            $0.config.disks.append(kept)
+            if kept.hotplugPort == nil { $0.hotplugged = ($0.hotplugged ?? []) + ["vbd \(d.vdev)"] }
+        }
         dmesg("Domain \(r.name) (\(r.domid)): vbd \(n) (\(d.uname),\(d.vdev),\(d.access.rawValue)) attached")
         let now = registry[r.domid] ?? r
         return vbdInfos(now).first { $0.dev == d.vdev }!
@@ -118,10 +124,12 @@ extension DomainManager {
         return all.isEmpty ? nil : all
     }
 
-    /// `xm save` of a domain with devices added while it runs is refused: the engine holds
-    /// them in hot-plug slots, while a restore starts the engine from the configuration,
-    /// which puts them elsewhere, and the guest's state would not load (the guest would be
-    /// gone with its save file unusable). A reboot (or detaching them) makes it savable.
+    /// `xm save` of a domain with devices added while it runs in slots the engine cannot
+    /// name again (QEMU's i440fx HVM machine, where QEMU picked the slot) is refused: a
+    /// restore starts the engine from the configuration, which would put them elsewhere, and
+    /// the guest's state would not load (the guest would be gone with its save file
+    /// unusable). Devices in q35 root ports are kept with their port (`hotplugPort`) and do
+    /// not count. A reboot (or detaching them) makes it savable.
     /// The same holds for `xm migrate` (`operation` "migrated"): the target starts its engine
     /// from the configuration too.
     /// - Throws: `XendError` (409) naming the devices.

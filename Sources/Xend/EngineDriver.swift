@@ -172,15 +172,18 @@ public protocol DomainEngineDriver: Sendable {
     /// - Throws: `EngineError` when the engine has no balloon device (the default).
     func setMemoryTarget(_ p: EngineProcess, mib: Int) throws
     /// Adds a virtio-net device with `mac` served at `socket`, id derived from `devid`.
+    /// - Returns: the hot-plug slot it went into (kept as the vif's `hotplugPort`, so a
+    ///   restart, restore or migration puts it back there), nil when the engine cannot.
     /// - Throws: `EngineError` when the engine cannot hot-plug NICs (the default).
-    func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws
+    func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws -> String?
     /// Removes the device `attachNet` added.
     func detachNet(_ p: EngineProcess, devid: Int) throws
     /// Adds a virtio-blk device named `vdev` (its QEMU id) served by blkback at `socket`
     /// (`xm block-attach`).
     /// - Throws: `EngineError` when the engine cannot hot-plug disks (the default), no
     ///   hot-plug slot is free or the engine refused; nothing is left added then.
-    func attachBlock(_ p: EngineProcess, vdev: String, socket: String) throws
+    /// - Returns: the hot-plug slot it went into (see `attachNet`), nil when the engine cannot.
+    func attachBlock(_ p: EngineProcess, vdev: String, socket: String) throws -> String?
     /// Removes disk `vdev` from the guest and waits until the guest released it
     /// (`xm block-detach`); `force` does not wait for the guest.
     /// - Throws: `EngineError` when the engine cannot hot-unplug it or the guest did not
@@ -254,13 +257,13 @@ extension DomainEngineDriver {
     public func setMemoryTarget(_ p: EngineProcess, mib: Int) throws {
         throw EngineError("the \(name) engine has no balloon device: a domain's memory is set when it is created")
     }
-    public func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws {
+    public func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws -> String? {
         throw EngineError("the \(name) engine cannot hot-plug network devices")
     }
     public func detachNet(_ p: EngineProcess, devid: Int) throws {
         throw EngineError("the \(name) engine cannot hot-unplug network devices")
     }
-    public func attachBlock(_ p: EngineProcess, vdev: String, socket: String) throws {
+    public func attachBlock(_ p: EngineProcess, vdev: String, socket: String) throws -> String? {
         throw EngineError("the \(name) engine cannot hot-plug block devices")
     }
     public func detachBlock(_ p: EngineProcess, vdev: String, force: Bool) throws {

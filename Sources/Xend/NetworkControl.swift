@@ -41,14 +41,20 @@ extension DomainManager {
         }
         let rec = try nets.attach(domid: r.domid, name: r.name, spec: v, inUse: registry.vifsInUse(),
                                   socketOwner: e.devicePlan(for: r.config, domid: r.domid).socketOwner)
-        do { try e.attachNet(p, devid: rec.devid, socket: rec.socket, mac: rec.mac) } catch {
+        let port: String?
+        do { port = try e.attachNet(p, devid: rec.devid, socket: rec.socket, mac: rec.mac) } catch {
             try? nets.detach(domid: r.domid, devid: rec.devid)
             throw XendError(.internalError, "Device \(rec.devid) (vif) could not be connected. \(error)")
         }
-        // Kept in the stored configuration (with the MAC it got): a reboot brings it back.
+        // Kept in the stored configuration (with the MAC it got and its slot): a reboot,
+        // restore or migration brings it back there (see blockAttach).
         var kept = v
         kept.macGenerated = false
-        registry.update(r.domid, onlyLive: true) { $0.config.vifs.append(kept); $0.hotplugged = ($0.hotplugged ?? []) + ["vif \(rec.devid)"] }
+        kept.hotplugPort = port
+        registry.update(r.domid, onlyLive: true) {
+            $0.config.vifs.append(kept)
+            if port == nil { $0.hotplugged = ($0.hotplugged ?? []) + ["vif \(rec.devid)"] }
+        }
         dmesg("Domain \(r.name) (\(r.domid)): vif \(rec.devid) (\(rec.vifname)) attached")
         return vifInfo(r.domid, rec)
     }

@@ -9,12 +9,12 @@ import QemuEngine
 extension QemuEngineDriver {
     /// - Throws: `EngineError` with QEMU's reason (no free slot, blkback refused the
     ///   connection...); the chardev is removed again then.
-    public func attachBlock(_ p: EngineProcess, vdev: String, socket: String) throws {
+    public func attachBlock(_ p: EngineProcess, vdev: String, socket: String) throws -> String? {
         let chr = vdev + "chr"
         try qmp(p, "chardev-add", ["id": chr, "backend": ["type": "socket", "data": [
             "addr": ["type": "unix", "data": ["path": socket]], "server": false, "reconnect": 1]]])
         do {
-            try plugIntoFreeSlot(p, ["driver": "vhost-user-blk-pci", "id": vdev, "chardev": chr, "num-queues": 1])
+            return try plugIntoFreeSlot(p, ["driver": "vhost-user-blk-pci", "id": vdev, "chardev": chr, "num-queues": 1])
         } catch {
             try? qmp(p, "chardev-remove", ["id": chr])
             throw error

@@ -39,9 +39,12 @@ extension QemuEngineDriver {
 
     /// `device_add`s `device` (its `id` set) into the first empty root port (q35) or onto
     /// the machine's hot-plug bus (i440fx), and checks QEMU put it there.
+    /// - Returns: the root port (`hpnetN`), which a later command line can name again; nil
+    ///   on i440fx, where QEMU picked the slot.
     /// - Throws: `EngineError` when no root port is free (naming how many there are) or
     ///   QEMU refused; nothing is left added then.
-    func plugIntoFreeSlot(_ p: EngineProcess, _ device: [String: Any]) throws {
+    @discardableResult
+    func plugIntoFreeSlot(_ p: EngineProcess, _ device: [String: Any]) throws -> String? {
         var device = device
         let id = device["id"] as? String ?? "?"
         let ports = try rootPorts(p)
@@ -56,6 +59,7 @@ extension QemuEngineDriver {
             try? qmp(p, "device_del", ["id": id])
             throw EngineError("QEMU did not place device \(id) on root port \(bus)")
         }
+        return device["bus"] as? String
     }
 
     /// Whether QEMU still has device `id` (`/machine/peripheral`).

@@ -8,7 +8,7 @@ import QemuEngine
 extension QemuEngineDriver {
     /// - Throws: `EngineError` with QEMU's reason (no free slot, the back-end refused...);
     ///   whatever was added before the failing step is removed again.
-    public func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws {
+    public func attachNet(_ p: EngineProcess, devid: Int, socket: String, mac: String) throws -> String? {
         let id = "vif\(devid)"
         try qmp(p, "chardev-add", ["id": id + "chr", "backend": ["type": "socket", "data": [
             "addr": ["type": "unix", "data": ["path": socket]], "server": false, "reconnect": 1]]])
@@ -20,7 +20,7 @@ extension QemuEngineDriver {
         }
         // vectors=0: QEMU 7.2 under TCG crashes in vhost_net_start with MSI-X (see QemuCommandLine).
         do {
-            try plugIntoFreeSlot(p, ["driver": "virtio-net-pci", "id": id, "netdev": id + "net", "mac": mac, "vectors": 0])
+            return try plugIntoFreeSlot(p, ["driver": "virtio-net-pci", "id": id, "netdev": id + "net", "mac": mac, "vectors": 0])
         } catch {
             try? qmp(p, "netdev_del", ["id": id + "net"])
             try? qmp(p, "chardev-remove", ["id": id + "chr"])

@@ -113,6 +113,48 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         #expect(pair(a, "-append", "root=/dev/vda console=ttyS0"))
     }
 
+    /// Devices attached while the domain ran (hotplug-port kept in the configuration) go
+    /// back into their root ports, after the ports; the root complex keeps its order.
+    @Test func attachedDevicesGoBackIntoTheirRootPorts() throws {
+        var c = try DomainConfiguration(parsing: """
+            name = "hp"
+            kernel = "/g/k"
+            memory = 256
+            disk = ['file:/g/a.img,xvda,w', 'file:/g/b.img,xvdb,w']
+            vif = ['mac=00:16:3e:00:00:01', 'mac=00:16:3e:00:00:02']
+            """)
+        c.disks[1].hotplugPort = "hpnet1"
+        c.vifs[1].hotplugPort = "hpnet0"
+        // Through SXP, as the registry, save files and migration carry it.
+        let back = try DomainConfiguration(sxp: SXP.parse(c.toSXP().description, file: "t"), file: "t")
+        #expect(back.disks.map(\.hotplugPort) == [nil, "hpnet1"] && back.vifs.map(\.hotplugPort) == [nil, "hpnet0"])
+        var i = inputs
+        i.disks = [.vhostUser(socket: "/s/a.sock"), .vhostUser(socket: "/s/b.sock")]
+        i.vifs = [.vhostUser(socket: "/s/v0.sock"), .vhostUser(socket: "/s/v1.sock")]
+        i.netHotplugSlots = 4
+        let a = try QemuCommandLine.arguments(for: back, i)
+        let devices = values(a, "-device")
+        let rootPort = devices.firstIndex(of: "pcie-root-port,id=hpnet3,chassis=4") ?? -1
+        let disk = devices.firstIndex(of: "vhost-user-blk-pci,chardev=xvdbchr,num-queues=1,id=xvdb,bus=hpnet1") ?? -1
+        let nic = devices.firstIndex(of: "virtio-net-pci,mac=00:16:3e:00:00:02,id=vif1,netdev=vif1net,vectors=0,bus=hpnet0") ?? -1
+        #expect(rootPort >= 0 && disk > rootPort && nic > rootPort, "\(devices)")
+        #expect(pair(a, "-chardev", "socket,id=xvdbchr,path=/s/b.sock,reconnect=1"))
+        #expect(devices.contains("vhost-user-blk-pci,chardev=vbd0,num-queues=1,id=xvda"))
+        #expect(devices.contains("virtio-net-pci,mac=00:16:3e:00:00:01,id=vif0,netdev=vif0net,vectors=0"))
+        // From a stored configuration, a save file or a peer: checked.
+        for (port, why) in [("hpnet4", "is not one of the domain's 4 hot-plug root ports"), ("hpnet01", "is not one of"),
+                            ("pcie.0", "is not one of"), ("hpnet0", "hpnet0 is taken by another device")] {
+            var bad = back
+            bad.disks[1].hotplugPort = port
+            #expect(throws: QemuConfigError.self) { try QemuCommandLine.arguments(for: bad, i) }
+            do { _ = try QemuCommandLine.arguments(for: bad, i) } catch { #expect(error.message.contains(why), "\(port): \(error.message)") }
+        }
+        var hvm = back
+        hvm.builder = .hvm
+        do { _ = try QemuCommandLine.arguments(for: hvm, i); Issue.record("HVM accepted a hotplug-port") }
+        catch { #expect(error.message.contains("HVM domains have no hot-plug root ports"), "\(error.message)") }
+    }
+
     @Test func hvmCdromBootWithVNC() throws {
         let c = try DomainConfiguration(parsing: """
             name = "hvm"
