@@ -5,10 +5,7 @@ import Testing
 /// xenconsoled, in a temporary XENITH_ROOT (xm create with a disk, xm console, SIGKILL and
 /// SIGSYS deaths of blkback, SIGKILL and SIGSYS deaths of xenconsoled, xm destroy leaves nothing).
 @Suite(.serialized) struct BackendSupervisionTests {
-    let root: String = {
-        var t = Array("/tmp/xenith-bs-XXXXXX".utf8CString)
-        return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }()
+    let root = Scratch.make("xenith-bs")
 
     func env() {
         setenv("XENITH_ROOT", root, 1)

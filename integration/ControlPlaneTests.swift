@@ -3,10 +3,7 @@ import Testing
 
 /// xend + xm + xenstored + xenith-core end to end, in a temporary XENITH_ROOT.
 @Suite(.serialized) struct ControlPlaneTests {
-    let root: String = {
-        var t = Array("/tmp/xenith-cp-XXXXXX".utf8CString)
-        return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }()
+    let root = Scratch.make("xenith-cp")
 
     func xm(_ args: String...) throws -> RunResult {
         setenv("XENITH_ROOT", root, 1)

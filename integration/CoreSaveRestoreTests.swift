@@ -6,10 +6,7 @@ import Testing
 /// restored guest that goes on above its last value proves RAM, registers and devices came
 /// back; the checkpoint is the live pre-copy path (KVM's dirty log) and keeps it running.
 @Suite(.serialized) struct CoreSaveRestoreTests {
-    let root: String = {
-        var t = Array("/tmp/coresave-it-XXXXXX".utf8CString)
-        return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }()
+    let root = Scratch.make("coresave-it")
 
     func tool(_ name: String, _ args: [String], timeout: Double = 60) throws -> RunResult {
         setenv("XENITH_ROOT", root, 1)

@@ -33,7 +33,7 @@ enum QemuEnv {
         let d = "/tmp/xenith-qemu-\(tag)-\(getpid())"
         try? FileManager.default.removeItem(atPath: d)
         try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        return d
+        return Scratch.track(d)
     }
 }
 

@@ -88,6 +88,29 @@ final class Locked<T>: @unchecked Sendable {
     func update(_ f: (inout T) -> Void) { lock.lock(); f(&value); lock.unlock() }
 }
 
+/// Scratch directories (test `$XENITH_ROOT`s) the tests made: removed when the test process
+/// exits, so a run leaves nothing under /tmp; while it runs they are there to look at.
+enum Scratch {
+    static let directories = Locked<[String]>([])
+    private static let removeAtExit: Void = {
+        atexit { for d in Scratch.directories.get() { try? FileManager.default.removeItem(atPath: d) } }
+    }()
+
+    /// Removes `path` when the test process exits; returns it.
+    @discardableResult
+    static func track(_ path: String) -> String {
+        _ = removeAtExit
+        directories.update { $0.append(path) }
+        return path
+    }
+
+    /// A new directory `/tmp/PREFIX-XXXXXX` (mkdtemp), tracked.
+    static func make(_ prefix: String) -> String {
+        var t = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
+        return track(t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) })
+    }
+}
+
 /// The text after `tag` and one space on the first complete line of `text` that starts
 /// with `tag`; nil until such a line has arrived whole, ended by a
 /// newline. A serial console delivers a line in pieces, so a marker can be seen before the

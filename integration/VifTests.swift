@@ -10,7 +10,7 @@ final class NamespacedXend {
 
     init(_ ns: NetbackNamespace, tag: String, xendConfig: String? = nil) throws {
         self.ns = ns
-        root = "/tmp/xenith-vif-\(tag)-\(getpid())"
+        root = Scratch.track("/tmp/xenith-vif-\(tag)-\(getpid())")
         try? FileManager.default.removeItem(atPath: root)
         try FileManager.default.createDirectory(atPath: root + "/etc/xen", withIntermediateDirectories: true)
         if let c = xendConfig { try c.write(toFile: root + "/etc/xen/xend-config.sxp", atomically: true, encoding: .utf8) }

@@ -7,10 +7,7 @@ import Testing
 /// domain's entries, and xm, xend's own writes, a blkback restart and Debian's xenstore-utils
 /// work on; then xend is restarted while xenstored is down.
 @Suite(.serialized) struct XenstoredRestartTests {
-    let root: String = {
-        var t = Array("/tmp/xenith-xsd-XXXXXX".utf8CString)
-        return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }()
+    let root = Scratch.make("xenith-xsd")
 
     func env() { setenv("XENITH_ROOT", root, 1); setenv("XENSTORED_PATH", root + "/run/xenstored/socket", 1) }
     func xm(_ args: String...) throws -> RunResult { env(); return try run(Env.binary("xm"), args, timeout: 60) }
