@@ -269,6 +269,13 @@ import Testing
         #expect(ph.notes == 1)
         let notes = try run("/usr/bin/readelf", ["-n", file]).stdout
         #expect(notes.contains("XENITH"), "\(notes)")
+        #expect(notes.contains("NT_PRSTATUS"), "a CORE note with the vCPU's registers: \(notes)")
+        // gdb reads the vCPU's registers: it was stopped in the fixture's code (its PT_LOAD at
+        // 1 MiB, 0x19b4 bytes), in 64-bit mode (cs 0x8 or 0x10 of the fixture's GDT).
+        let g = try run("/usr/bin/gdb", ["-batch", "-nx", "-ex", "info registers rip cs", "-c", file], timeout: 60)
+        let fields = g.stdout.split(whereSeparator: \.isWhitespace)
+        let rip = fields.firstIndex(of: "rip").flatMap { i in i + 1 < fields.count ? UInt64(fields[i + 1].dropFirst(2), radix: 16) : nil }
+        #expect(rip.map { (0x10_0000..<0x10_19b4).contains($0) } == true, "gdb: \(g.stdout) \(g.stderr)")
         // The guest's bytes are in it: the fixture's greeting sits in its RAM.
         let core = try Data(contentsOf: URL(fileURLWithPath: file))
         #expect(core.range(of: Data("xenith-fixture: balloon actual ".utf8)) != nil)

@@ -4,23 +4,51 @@ import Glibc
 #endif
 
 /// An ELF64 core file of a domain's RAM (System V gABI "ELF header", "Program header";
-/// the layout gdb and crash read): one PT_NOTE with a `XENITH` note naming the domain,
+/// the layout gdb and crash read): one PT_NOTE holding a `CORE` NT_PRSTATUS note per vCPU
+/// (Linux's `struct elf_prstatus` for x86-64, 336 bytes: `pr_pid` = vCPU index + 1, its
+/// general registers in `user_regs_struct` order) and a `XENITH` note naming the domain,
 /// then one PT_LOAD per guest RAM region with `p_paddr` = `p_vaddr` = its guest-physical
 /// address, file offsets page-aligned.
 public enum ElfCore {
     /// Note type of the `XENITH` note: the text `name=NAME vcpus=N memory_mib=M`.
     public static let noteType: UInt32 = 1
+    /// NT_PRSTATUS (the `CORE` note of a thread's registers).
+    public static let prstatusType: UInt32 = 1
+    /// Registers of `user_regs_struct` (x86-64), in its order: r15 r14 r13 r12 rbp rbx r11
+    /// r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs eflags rsp ss fs_base gs_base ds es fs gs.
+    public static let registerCount = 27
+    /// Size of `struct elf_prstatus` on x86-64, bytes; `pr_reg` starts at byte 112.
+    static let prstatusSize = 336, prRegOffset = 112
 
-    /// The headers and note for `regions` (guest-physical base, bytes): the bytes to write at
-    /// offset 0, and each region's file offset.
-    public static func layout(regions: [(base: UInt64, size: UInt64)], note text: String) -> (header: [UInt8], offsets: [UInt64]) {
+    /// One vCPU's NT_PRSTATUS descriptor: `registers` (`registerCount` values, shorter
+    /// lists padded with 0) at `pr_reg`, `pr_pid` = `index` + 1, the rest 0.
+    static func prstatus(index: Int, registers: [UInt64]) -> [UInt8] {
+        var d = [UInt8](repeating: 0, count: prstatusSize)
+        withUnsafeBytes(of: Int32(index + 1).littleEndian) { d.replaceSubrange(32..<36, with: $0) }
+        for (i, r) in registers.prefix(registerCount).enumerated() {
+            withUnsafeBytes(of: r.littleEndian) { d.replaceSubrange(prRegOffset + 8 * i ..< prRegOffset + 8 * i + 8, with: $0) }
+        }
+        return d
+    }
+
+    /// The headers and notes for `regions` (guest-physical base, bytes) and `cpus` (each
+    /// vCPU's registers, see `registerCount`): the bytes to write at offset 0, and each
+    /// region's file offset.
+    public static func layout(regions: [(base: UInt64, size: UInt64)], cpus: [[UInt64]] = [], note text: String) -> (header: [UInt8], offsets: [UInt64]) {
         var out: [UInt8] = []
         func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
         let phnum = 1 + regions.count
-        let name = Array("XENITH".utf8) + [0]
-        let desc = Array(text.utf8) + [0]
         func pad4(_ n: Int) -> Int { (n + 3) & ~3 }
-        let noteSize = 12 + pad4(name.count) + pad4(desc.count)
+        var notes: [UInt8] = []
+        func note(_ name: String, _ type: UInt32, _ desc: [UInt8]) {
+            let n = Array(name.utf8) + [0]
+            for v in [UInt32(n.count), UInt32(desc.count), type] { withUnsafeBytes(of: v.littleEndian) { notes += $0 } }
+            notes += n + [UInt8](repeating: 0, count: pad4(n.count) - n.count)
+            notes += desc + [UInt8](repeating: 0, count: pad4(desc.count) - desc.count)
+        }
+        for (i, regs) in cpus.enumerated() { note("CORE", prstatusType, prstatus(index: i, registers: regs)) }
+        note("XENITH", noteType, Array(text.utf8) + [0])
+        let noteSize = notes.count
         let noteOffset = 64 + 56 * phnum
         var dataOffset = UInt64(noteOffset + noteSize)
         dataOffset = (dataOffset + 4095) & ~4095
@@ -48,19 +76,17 @@ public enum ElfCore {
             put(UInt32(1)); put(UInt32(7)); put(offsets[i]); put(r.base); put(r.base)
             put(r.size); put(r.size); put(UInt64(4096))
         }
-        // The note.
-        put(UInt32(name.count)); put(UInt32(desc.count)); put(noteType)
-        out += name + [UInt8](repeating: 0, count: pad4(name.count) - name.count)
-        out += desc + [UInt8](repeating: 0, count: pad4(desc.count) - desc.count)
+        out += notes
         return (out, offsets)
     }
 
-    /// Writes the core of `memory` into `fd` (from offset 0; the file is truncated first).
+    /// Writes the core of `memory`, with `cpus`' registers (see `layout`), into `fd` (from
+    /// offset 0; the file is truncated first).
     /// - Returns: the bytes the file holds.
     /// - Throws: the errno of a failed write, as `CoreError.system`.
-    public static func write(_ memory: GuestMemory, note: String, to fd: Int32) throws(CoreError) -> UInt64 {
+    public static func write(_ memory: GuestMemory, cpus: [[UInt64]] = [], note: String, to fd: Int32) throws(CoreError) -> UInt64 {
         let regions = memory.regions.map { (base: $0.guestBase, size: $0.size) }
-        let (header, offsets) = layout(regions: regions, note: note)
+        let (header, offsets) = layout(regions: regions, cpus: cpus, note: note)
         guard ftruncate(fd, 0) == 0 else { throw .system("ftruncate", errno) }
         var e = header.withUnsafeBytes { writeAll(fd, $0, at: 0) }
         if e != 0 { throw .system("write", e) }

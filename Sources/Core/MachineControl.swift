@@ -32,7 +32,8 @@ extension Machine {
         guard serial.receiveBreak(then: key) else { throw .badArgument("the console's receive buffer is full") }
     }
 
-    /// Writes the guest's RAM as an ELF core into `fd` (ElfCore) with the vCPUs stopped;
+    /// Writes the guest's RAM and each vCPU's registers as an ELF core into `fd` (ElfCore)
+    /// with the vCPUs stopped;
     /// they run again afterwards unless the domain was paused.
     /// - Returns: the size of the file, bytes.
     public func dumpCore(into fd: Int32) throws(CoreError) -> UInt64 {
@@ -40,6 +41,17 @@ extension Machine {
         if wasRunning { pause() }
         defer { if wasRunning { unpause() } }
         let note = "name=\(config.name) vcpus=\(config.vcpus) memory_mib=\(config.memoryMiB)"
-        return try ElfCore.write(memory, note: note, to: fd)
+        // Each vCPU's registers (stopped: read from this thread), as gdb and crash read them.
+        var cpus: [[UInt64]] = []
+        for v in vcpus {
+            do {
+                let r = try v.regs(), s = try v.sregs()
+                cpus.append([r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx,
+                             r.rsi, r.rdi, r.rax, r.rip, UInt64(s.cs.selector), r.rflags, r.rsp, UInt64(s.ss.selector),
+                             s.fs.base, s.gs.base, UInt64(s.ds.selector), UInt64(s.es.selector), UInt64(s.fs.selector),
+                             UInt64(s.gs.selector)])
+            } catch { throw .kvm("dump-core: vCPU \(v.id): \(error)") }
+        }
+        return try ElfCore.write(memory, cpus: cpus, note: note, to: fd)
     }
 }

@@ -44,6 +44,27 @@ import Testing
         #expect(String(decoding: h, as: UTF8.self).contains("XENITH"))
     }
 
+    @Test func elfCoreHasAPrstatusNotePerVCPU() {
+        let regs = (0..<UInt64(ElfCore.registerCount)).map { 0x1000 + $0 }
+        let (h, _) = ElfCore.layout(regions: [(0, 0x10_0000)], cpus: [regs, regs.map { $0 + 0x100 }], note: "name=x")
+        func u32(_ o: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(h[o + $1]) << (8 * $1) } }
+        func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(h[o + $1]) << (8 * $1) } }
+        let noteOffset = Int(u64(64 + 8)), noteSize = Int(u64(64 + 32))
+        // Two CORE/NT_PRSTATUS notes (namesz 5, descsz 336), then the XENITH one.
+        var o = noteOffset
+        for cpu in 0..<2 {
+            #expect(u32(o) == 5 && u32(o + 4) == 336 && u32(o + 8) == 1)
+            #expect(Array(h[(o + 12)..<(o + 17)]) == Array("CORE\0".utf8))
+            let desc = o + 12 + 8
+            #expect(u32(desc + 32) == UInt32(cpu + 1), "pr_pid")
+            #expect(u64(desc + 112) == 0x1000 + UInt64(cpu) * 0x100, "r15 first")
+            #expect(u64(desc + 112 + 16 * 8) == 0x1010 + UInt64(cpu) * 0x100, "rip 17th")
+            o = desc + 336
+        }
+        #expect(u32(o) == 7 && u32(o + 8) == ElfCore.noteType)
+        #expect(o + 12 + 8 + 8 == noteOffset + noteSize, "the note segment ends after the XENITH note")
+    }
+
     @Test func controlRequestsWithAnArgument() {
         #expect(CoreControlRequest(line: "balloon 48") == .balloon(mib: 48))
         #expect(CoreControlRequest(line: "sysrq h") == .sysrq(UInt8(ascii: "h")))
