@@ -51,6 +51,9 @@ import Testing
         let cfg = root + "/cs.cfg"
         try "kernel = '\(Env.fixture("pvh.elf"))'\nmemory = 32\nname = 'cs'\nextra = 'c'\nengine = 'core'\n"
             .write(toFile: cfg, atomically: true, encoding: .utf8)
+        // One later run of the migration service makes a syscall outside its manifest.
+        setenv("XENITH_MIGRATION_TEST_FORBIDDEN", root + "/sigsys-once", 1)
+        defer { unsetenv("XENITH_MIGRATION_TEST_FORBIDDEN") }
         #expect(try tool("xend", ["start"]).status == 0)
         let c = try xm("create", cfg)
         #expect(c.status == 0, "\(c.stderr)")
@@ -65,6 +68,15 @@ import Testing
         #expect(waitUntil(20) { (counts("cs").last ?? 0) > atCheckpoint + 20000 }, "the guest did not run on after save -c")
         #expect(try xm("list", "cs").stdout.contains("r-----"))
         #expect((try? Data(contentsOf: URL(fileURLWithPath: chk)))?.prefix(16) == Data("LinuxGuestRecord".utf8))
+
+        // The service killed by seccomp: the error names the syscall; the guest runs on here.
+        FileManager.default.createFile(atPath: root + "/sigsys-once", contents: nil)
+        let k = try xm("save", "cs", root + "/cs-killed.chk")
+        #expect(k.status != 0 && k.stderr.contains("migration killed by SIGSYS: blocked syscall getppid"), "\(k.stderr)")
+        let atKill = counts("cs").last ?? 0
+        #expect(waitUntil(20) { (counts("cs").last ?? 0) > atKill + 20000 }, "the guest did not run on after the failed save")
+        #expect(try xm("list", "cs").stdout.contains("r-----"))
+        #expect(!FileManager.default.fileExists(atPath: root + "/cs-killed.chk"))
 
         // Save: silent, the domain and its core are gone, the file carries the SXP.
         let file = root + "/cs.chk"

@@ -286,10 +286,16 @@ extension DomainManager {
     }
 
     /// The service's failure reason if it has already sent one (it explains an engine
-    /// error better: the file system was full), waiting at most a second for it.
+    /// error better: the file system was full), waiting at most a second for it; or how it
+    /// ended when it closed its channel without one.
     static func serviceReason(_ run: MigrationRun) -> String? {
-        if case .failed(let why)? = try? run.next(timeout: 1) { return why }
-        return nil
+        do {
+            if case .failed(let why) = try run.next(timeout: 1) { return why }
+            return nil
+        } catch {
+            // Gone without a word (killed: by seccomp, the error names the syscall).
+            return run.channelClosed ? error.message : nil
+        }
     }
 }
 

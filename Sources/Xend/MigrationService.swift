@@ -49,7 +49,7 @@ public struct MigrationService: Sendable {
             close(pair[0])
             throw XendError(.internalError, "cannot start the migration service \(binary): \(error)")
         }
-        return MigrationRun(pid: pid, channel: pair[0], mode: mode)
+        return MigrationRun(pid: pid, channel: pair[0], mode: mode, logPath: logPath)
     }
 }
 
@@ -74,13 +74,18 @@ final class MigrationRun: @unchecked Sendable {
     private var queue: [StatusMessage] = []
     private var closed: String? = nil
     private var reaped = false
+    /// The service's stderr log, whose tail names a syscall seccomp refused.
+    private let logPath: String?
+    /// The wait(2) status once the process was reaped (by `next` or `finish`).
+    private var exitStatus: Int32?
     /// Engine-stream bytes so far and the last rate (bytes per second) the service reported.
     private(set) var progress: (bytes: UInt64, bytesPerSecond: UInt64) = (0, 0)
     /// Called on the reader thread with each progress message.
     var onProgress: (@Sendable (UInt64, UInt64) -> Void)?
 
-    init(pid: pid_t, channel: Int32, mode: MigrationService.Mode) {
+    init(pid: pid_t, channel: Int32, mode: MigrationService.Mode, logPath: String? = nil) {
         self.pid = pid
+        self.logPath = logPath
         self.fd = channel
         self.mode = mode
         self.channel = StatusChannel(Descriptor(channel, role: "migration status channel"))
@@ -109,6 +114,9 @@ final class MigrationRun: @unchecked Sendable {
         }
     }
 
+    /// Whether the service's end of the channel closed (the process ended or is ending).
+    var channelClosed: Bool { cond.lock(); defer { cond.unlock() }; return closed != nil }
+
     /// Sends `m` to the service.
     /// - Throws: `XendError` 500 when the service is gone.
     func send(_ m: StatusMessage) throws(XendError) {
@@ -122,7 +130,14 @@ final class MigrationRun: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         cond.lock(); defer { cond.unlock() }
         while queue.isEmpty {
-            if let c = closed { throw XendError(.internalError, c) }
+            if let c = closed {
+                // Say how the process ended (a seccomp kill names the syscall), not only that
+                // its channel closed.
+                cond.unlock()
+                let death = deathDescription()
+                cond.lock()
+                throw XendError(.internalError, death.map { "\(c) (\($0))" } ?? c)
+            }
             if !cond.wait(until: deadline) {
                 if queue.isEmpty { throw XendError(.internalError, "the migration service sent nothing for \(Int(timeout)) s") }
             }
@@ -130,13 +145,28 @@ final class MigrationRun: @unchecked Sendable {
         return queue.removeFirst()
     }
 
+    /// How the process ended when it exited within a second ("migration killed by SIGSYS:
+    /// blocked syscall NAME (NR)", "migration exited with status 1"); nil while it runs.
+    private func deathDescription() -> String? {
+        let deadline = Date().addingTimeInterval(1)
+        while exitStatus == nil && Date() < deadline {
+            var status: Int32 = 0
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { exitStatus = status; break }
+            if r < 0 && errno != EINTR { break }
+            usleep(10_000)
+        }
+        guard let status = exitStatus else { return nil }
+        return Sandbox.describeDeath(service: "migration", status: status, stderr: logPath.map { fileTail($0) })
+    }
+
     /// Waits up to `timeout` seconds for the process to exit (SIGKILL after that), reaps it
     /// and closes the channel; returns the wait(2) status.
     @discardableResult
     func finish(timeout: Double) -> Int32 {
         let deadline = Date().addingTimeInterval(timeout)
-        var status: Int32 = 0
-        while true {
+        var status: Int32 = exitStatus ?? 0
+        while exitStatus == nil {
             let r = waitpid(pid, &status, WNOHANG)
             if r == pid || (r < 0 && errno != EINTR) { break }
             if Date() >= deadline { Glibc.kill(pid, SIGKILL); while waitpid(pid, &status, 0) < 0 && errno == EINTR {}; break }
