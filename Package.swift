@@ -131,6 +131,7 @@ if Context.environment["XENITH_FUZZ"] != nil {
         ("fuzz-virtqueue", ["Virtio", "GuestMemory"]),
         ("fuzz-vhost-user", ["VhostUser", "BlockBackend", "Virtio", "GuestMemory", "CLinux"]),
         ("fuzz-virtio-blk", ["BlockBackend", "VhostUser", "Virtio", "GuestMemory"]),
+        ("fuzz-qcow2", ["BlockBackend", "CLinux"]),
 //NET
         ("fuzz-xenstore", ["XenStore"]),
         ("fuzz-sxp", ["DomainConfig"]),
