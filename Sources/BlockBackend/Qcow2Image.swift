@@ -83,7 +83,7 @@ public final class Qcow2Image: BlockStorage, @unchecked Sendable {
         let rtRange = h.refcountTableOffset..<(h.refcountTableOffset + UInt64(h.refcountTableClusters) * cs)
         func checkTable(_ o: UInt64, _ what: String) throws(BlockBackendError) {
             guard o % cs == 0 else { throw bad("\(what) at \(o) is not cluster-aligned") }
-            guard o + cs <= end else { throw bad("\(what) at \(o) is outside the file (\(end) bytes)") }
+            guard o < end, cs <= end - o else { throw bad("\(what) at \(o) is outside the file (\(end) bytes)") }
             guard o >= cs, !l1Range.contains(o), !rtRange.contains(o) else { throw bad("\(what) at \(o) overlaps the header, the L1 table or the refcount table") }
         }
         var l1Bytes = [UInt8](repeating: 0, count: Int(h.l1Size) * 8)

@@ -254,6 +254,19 @@ func expectClean(_ image: String, equals ref: Reference, in s: Qcow2Scratch) thr
         }
     }
 
+    /// fuzz-qcow2 finding: a refcount table entry near 2^64 overflowed the "inside the
+    /// file" check (offset + cluster size) and trapped; it must be refused by name.
+    @Test func fuzzFindingRefcountBlockOffsetOverflow() throws {
+        guard haveQemuImg else { print("SKIP: qcow2 fuzz finding: qemu-img not installed"); return }
+        let s = try Qcow2Scratch()
+        try expectRefused(s, "rbhuge", why: "refcount block 1 at 18446744073709486080 is outside the file") { b in
+            let rt = Int(Qcow2Header.be64(b, 48)); Self.put64(&b, rt + 8, 0xFFFF_FFFF_FFFF_0000)
+        }
+        try expectRefused(s, "l2huge", why: "L2 table 0 at 72057594037862400 is outside the file") { b in
+            let l1 = Int(Qcow2Header.be64(b, 40)); Self.put64(&b, l1, 0xFFFF_FFFF_FFFF_0000)
+        }
+    }
+
     /// An L2 entry pointing outside the file (or at metadata) fails that request only.
     @Test func badDataPointerFailsTheRequest() throws {
         guard haveQemuImg else { print("SKIP: qcow2 bad L2 entry: qemu-img not installed"); return }
