@@ -140,7 +140,7 @@ do {
     image = raw
     if format == "qcow2" {
         var files = backingFds
-        if let spec = imageSpec {
+        if let spec = imageSpec, !failIO {   // the error server reads nothing below
             let path = spec.hasPrefix("file:") ? String(spec.dropFirst(5)) : spec
             files = try Qcow2Chain.openBackingFiles(imagePath: path, fd: raw.fd).map(\.fd)
         }

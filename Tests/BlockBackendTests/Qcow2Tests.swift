@@ -308,4 +308,33 @@ func expectClean(_ image: String, equals ref: Reference, in s: Qcow2Scratch) thr
         catch { #expect("\(error)".contains("was not handed over"), "\(error)") }
         close(fd)
     }
+
+    /// blkback itself (`--format qcow2`, the chain opened from the header's names) under the
+    /// synthetic front-end's write/read/flush/discard/write-zeroes workload, with I/O
+    /// threads; the image checks clean afterwards. The error server starts on it too.
+    @Test func blkbackServesQcow2OverBacking() throws {
+        guard haveQemuImg else { print("SKIP: blkback qcow2: qemu-img not installed"); return }
+        let s = try Qcow2Scratch()
+        let base = s.path("base.raw")
+        try Data(pattern(64 << 20, seed: 5)).write(to: URL(fileURLWithPath: base))
+        let img = s.path("o.qcow2"), sock = s.path("blk.sock")
+        try qimg(["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", img])
+        do {
+            let b = try startBlkback(["--socket", sock, "--image", img, "--format", "qcow2", "--io-threads", "4"], socket: sock)
+            defer { stop(b) }
+            let r = try run(frontendTool, ["verify", "--socket", sock])
+            #expect(r.status == 0 && r.out.contains("verify: passed"), "\(r.out)\(r.err)")
+        }
+        let c = try run(qemuImg, ["check", img])
+        #expect(c.status == 0 && c.out.contains("No errors were found"), "\(c.out)\(c.err)")
+        // A raw image given as qcow2, and a missing backing file, are refused by name.
+        let bad = try run(blkback, noSandbox + ["--socket", s.path("x.sock"), "--image", base, "--format", "qcow2"])
+        #expect(bad.status != 0 && bad.err.contains("not a qcow2 image"), "\(bad.err)")
+        try qimg(["rebase", "-u", "-b", "gone.raw", "-F", "raw", img])
+        let gone = try run(blkback, noSandbox + ["--socket", s.path("y.sock"), "--image", img, "--format", "qcow2"])
+        #expect(gone.status != 0 && gone.err.contains("backing file \(s.dir)/gone.raw of \(img)"), "\(gone.err)")
+        let failing = try startBlkback(["--socket", s.path("z.sock"), "--image", img, "--format", "qcow2", "--fail-io"], socket: s.path("z.sock"))
+        #expect(failing.isRunning, "the error server did not start on a qcow2 image without its backing file")
+        stop(failing)
+    }
 }
