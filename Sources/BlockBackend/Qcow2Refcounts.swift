@@ -38,10 +38,9 @@ extension Qcow2Image {
         }
         var b = refTable[ti]
         if b == 0 { b = try newBlock(ti) }
-        var blk = try refBlock(b)
+        _ = try refBlock(b)                                   // cached from here on
         let i = Int(c % epb)
-        blk[i] = v
-        refBlocks[b] = blk
+        refBlocks[b]![i] = v                                  // in place: no copy of the block
         guard Qcow2IO.write(fd, Qcow2IO.be16(v), at: b + UInt64(i) * 2) else { throw RequestError(why: "cannot write a refcount") }
     }
 
