@@ -72,7 +72,7 @@ let package = Package(
         .target(name: "XendAPI", dependencies: ["DomainConfig", "UnixSocket"], swiftSettings: swiftSettings),
         // The xm command logic (no NIO: xm starts fast).
         .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend", "XendAPI"], swiftSettings: swiftSettings),
-        .target(name: "Xend", dependencies: ["CLinux", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn", "UnixSocket", "Migration",
+        .target(name: "Xend", dependencies: ["CLinux", "BlockBackend", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn", "UnixSocket", "Migration",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log"),
                                             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -131,6 +131,7 @@ if Context.environment["XENITH_FUZZ"] != nil {
         ("fuzz-virtqueue", ["Virtio", "GuestMemory"]),
         ("fuzz-vhost-user", ["VhostUser", "BlockBackend", "Virtio", "GuestMemory", "CLinux"]),
         ("fuzz-virtio-blk", ["BlockBackend", "VhostUser", "Virtio", "GuestMemory"]),
+        ("fuzz-qcow2", ["BlockBackend", "CLinux"]),
 //NET
         ("fuzz-xenstore", ["XenStore"]),
         ("fuzz-sxp", ["DomainConfig"]),

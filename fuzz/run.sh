@@ -26,6 +26,7 @@ max_len() {
   case $1 in
     fuzz-virtqueue|fuzz-virtio-blk|fuzz-vhost-user|fuzz-virtio-net) echo 20000 ;;
     fuzz-migration) echo 8192 ;;
+    fuzz-qcow2) echo 16384 ;;
     *) echo 4096 ;;
   esac
 }

@@ -38,7 +38,7 @@ public enum VirtioBlk {
 }
 
 /// The virtio-blk device (virtio 1.2 §5.2) served over vhost-user: IN, OUT, FLUSH, GET_ID,
-/// DISCARD, WRITE_ZEROES on a ``BlockImage``.
+/// DISCARD, WRITE_ZEROES on a ``BlockStorage`` (a raw ``BlockImage`` or a ``Qcow2Image``).
 ///
 /// Every request is checked: header and status placement, buffer direction, sector range
 /// (in 512-byte sectors) against the capacity, sizes against the advertised limits, buffers
@@ -47,7 +47,7 @@ public enum VirtioBlk {
 /// Writes to a read-only device (VIRTIO_BLK_F_RO) get IOERR and write nothing (§5.2.6.2).
 /// ``handle(_:queue:memory:)`` is safe to call from several threads at once.
 public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
-    public let image: BlockImage
+    public let image: any BlockStorage
     public let numQueues: Int
     /// Serial number returned by GET_ID (at most 20 bytes used).
     public let serial: [UInt8]
@@ -66,7 +66,7 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
     /// - Parameters:
     ///   - numQueues: request queues offered (VIRTIO_BLK_F_MQ when > 1), 1...64.
     ///   - serial: GET_ID answer.
-    public init(image: BlockImage, numQueues: Int = 1, serial: String = "xenith-blk") {
+    public init(image: any BlockStorage, numQueues: Int = 1, serial: String = "xenith-blk") {
         self.image = image
         self.numQueues = max(1, min(numQueues, 64))
         self.serial = Array(serial.utf8.prefix(VirtioBlk.idBytes))

@@ -10,6 +10,13 @@
 // itself, the back-end replays in-flight requests) and the lock never lapses. After an xend
 // restart the running blkbacks are re-adopted (pid + start time from the registry); if one
 // of them dies later, xend opens the image and binds the socket again.
+//
+// A qcow2 disk (`tap:qcow2:`, `format=qcow2`) is served the same way (`--format qcow2`);
+// its backing files, which blkback's sandbox cannot open, are opened here too (read-only,
+// shared lock, the whole chain: loops, missing files and chains deeper than 16 refused by
+// name) and handed over at 6, 7, ... (BlockBackend/Qcow2Chain.swift).
+import enum BlockBackend.Qcow2Chain
+import struct BlockBackend.Qcow2Header
 import DomainConfig
 import Foundation
 import Logging
@@ -54,6 +61,8 @@ public final class BlockSupervisor: @unchecked Sendable {
         let numQueues: Int
         var imageFD: Int32 = -1
         var listenFD: Int32 = -1
+        /// A qcow2 disk's backing files, nearest first (read-only, share-locked).
+        var backingFDs: [Int32] = []
         var broken = false
         /// The image is open but not locked yet: the target of a live migration on a host
         /// that shares the file with the source, until switch-over (DiskLockHandover.swift).
@@ -162,11 +171,14 @@ public final class BlockSupervisor: @unchecked Sendable {
         return started.map(\.socket)
     }
 
-    /// The checks of a disk against the other domains' disks: a raw image, not written by
-    /// another domain (nor written here while another domain has it) unless `w!`.
+    /// Image formats blkback serves.
+    static let servedFormats: Set<String> = ["raw", "qcow2"]
+
+    /// The checks of a disk against the other domains' disks: a raw or qcow2 image, not
+    /// written by another domain (nor written here while another domain has it) unless `w!`.
     /// - Throws: `XendError` (400) naming the disk.
     static func check(_ d: DiskSpec, path: String, inUse: [(domain: String, disk: DiskSpec)]) throws(XendError) {
-        if d.format != "raw" { throw Self.refuse(d, "Image format \(d.format) is not supported (raw images only).") }
+        if !servedFormats.contains(d.format) { throw Self.refuse(d, "Image format \(d.format) is not supported (raw and qcow2 images only).") }
         let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
         guard d.access != .readWriteShared else { return }
         for (other, od) in inUse {
@@ -251,11 +263,28 @@ public final class BlockSupervisor: @unchecked Sendable {
             close(fd)
             throw Self.refuse(d, "\(path) is already in use by another back-end\(d.writable ? "" : " read-write"); use mode w! to share it read-write.")
         }
+        var backing: [Int32] = []
+        if d.format == "qcow2" {
+            guard Qcow2Header.isQcow2(fd: fd) else { close(fd); throw Self.refuse(d, "\(path) is not a qcow2 image.") }
+            do { backing = try Qcow2Chain.openBackingFiles(imagePath: path, fd: fd).map(\.fd) }
+            catch { close(fd); throw Self.refuse(d, "\(error.description).") }
+        }
         XenithPaths.makeDirectories(host.runDir)
         let l: Int32
-        do { l = try host.listen(b.socket, owner: b.socketOwner) } catch { close(fd); throw XendError(.internalError, "\(b.socket): \(error)") }
+        do { l = try host.listen(b.socket, owner: b.socketOwner) } catch {
+            close(fd); for f in backing { close(f) }
+            throw XendError(.internalError, "\(b.socket): \(error)")
+        }
         b.imageFD = fd
         b.listenFD = l
+        b.backingFDs = backing
+    }
+
+    /// Closes a vbd's image and backing descriptors (with the lock).
+    private func closeImage(_ b: Backend) {
+        if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+        for f in b.backingFDs { close(f) }
+        b.backingFDs = []
     }
 
     /// The mount point where block device `rdev` is mounted read-write, if any
@@ -274,12 +303,22 @@ public final class BlockSupervisor: @unchecked Sendable {
         return nil
     }
 
-    /// Starts blkback on the descriptors of `b` (listener at 3, image at 4, readiness at 5).
-    /// - Parameter failing: start it as the vbd's error server (`--fail-io`).
+    /// Starts blkback on the descriptors of `b` (listener at 3, image at 4, readiness at 5,
+    /// a qcow2 image's backing files at 6, 7, ...).
+    /// - Parameter failing: start it as the vbd's error server (`--fail-io`; a qcow2 image
+    ///   is opened without its backing files, only its size is used).
     private func spawn(_ b: Backend, failing: Bool = false) throws {
-        let argv = [host.binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues)]
-            + (b.spec.writable ? [] : ["--read-only"]) + (failing ? ["--fail-io"] : []) + host.sandboxArguments
-        try b.proc.spawn(argv, descriptors: [(b.listenFD, 3), (b.imageFD, 4)])
+        let backing = failing ? [] : b.backingFDs
+        var argv: [String] = [host.binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues)]
+        var fds: [(Int32, Int32)] = [(b.listenFD, 3), (b.imageFD, 4)]
+        if b.spec.format == "qcow2" { argv += ["--format", "qcow2"] }
+        for (i, f) in backing.enumerated() {
+            argv += ["--backing-fd", String(6 + i)]
+            fds.append((f, Int32(6 + i)))
+        }
+        if !b.spec.writable { argv.append("--read-only") }
+        if failing { argv.append("--fail-io") }
+        try b.proc.spawn(argv + host.sandboxArguments, descriptors: fds)
     }
 
     /// Waits (up to 10 s) for blkback's readiness message (sent once its sandbox is applied
@@ -322,7 +361,7 @@ public final class BlockSupervisor: @unchecked Sendable {
         b.proc.watch(log: log, restart: { [self] _ in
             if b.imageFD < 0 || b.listenFD < 0 {
                 // Re-adopted after an xend restart: this xend holds no descriptors yet.
-                if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+                closeImage(b)
                 if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
                 do throws(XendError) { try open(b) } catch { throw EngineError(error.message) }
             }
@@ -340,7 +379,7 @@ public final class BlockSupervisor: @unchecked Sendable {
     private func markBroken(_ b: Backend, _ why: String) {
         lock.lock()
         b.broken = true; b.proc.pid = 0
-        if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+        closeImage(b)
         var serving = false
         if b.listenFD >= 0, let path = b.spec.path {
             let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
@@ -362,7 +401,7 @@ public final class BlockSupervisor: @unchecked Sendable {
             b.proc.halt()
             lock.lock()
             if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
-            if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+            closeImage(b)
             unlink(b.socket)
             lock.unlock()
         }
@@ -383,7 +422,7 @@ public final class BlockSupervisor: @unchecked Sendable {
     private func halt(_ b: Backend) {
         b.proc.halt()
         lock.lock()
-        if b.imageFD >= 0 { close(b.imageFD); b.imageFD = -1 }
+        closeImage(b)
         if b.listenFD >= 0 { close(b.listenFD); b.listenFD = -1 }
         lock.unlock()
         unlink(b.socket)

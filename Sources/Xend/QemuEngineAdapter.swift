@@ -81,16 +81,16 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
 
     public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .blockHotplug, .save, .liveMigrate, .vcpuHotplug, .sysrq, .dumpCore] }
 
-    /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks on
-    /// blkback over vhost-user (one queue: QEMU's vhost-user-blk-pci asks for one), the
+    /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks and
+    /// its qcow2 disks (`tap:qcow2:`, `format=qcow2`) on blkback over vhost-user (one queue: QEMU's vhost-user-blk-pci asks for one), the
     /// socket files owned by the domain's QEMU uid (``identity(domid:)``) so that it reconnects after a blkback
     /// restart; its serial line on xenconsoled as a stream. Left to QEMU: `ioemu:` disks,
-    /// CD-ROMs, other image formats and, for HVM domains, the IDE disks hda...hdd (the
+    /// CD-ROMs, other image formats (qcow, vhd, qed) and, for HVM domains, the IDE disks hda...hdd (the
     /// emulated controller of Xen's qemu-dm), and NIC models other than virtio-net
     /// (HVM's rtl8139 or ne2000, or `model=`), emulated on the tap.
     public func devicePlan(for c: DomainConfiguration, domid: Int) -> DevicePlan {
         let served = c.disks.filter { d in
-            !d.ioemu && d.deviceType == .disk && d.path != nil && d.format == "raw"
+            !d.ioemu && d.deviceType == .disk && d.path != nil && BlockSupervisor.servedFormats.contains(d.format)
                 && !(c.builder == .hvm && QemuCommandLine.ideSlot(d.vdev) != nil)
         }
         let emulated = Set(c.vifs.indices.filter { QemuCommandLine.nicModel(c.vifs[$0], in: c) != "virtio-net-pci" })

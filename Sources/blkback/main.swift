@@ -23,6 +23,11 @@ at a time; keeps listening for a reconnect after the front-end goes away.
 \(BackendService.usageLines)
   --image IMAGE       file:PATH (raw image), phy:DEVICE (host block device) or a path
   --image-fd N        an open image fd (from a supervisor)
+  --format F          raw (default) or qcow2 (QEMU's qcow2, versions 2 and 3: cluster
+                      allocation, refcounts, discard; a read-only backing chain)
+  --backing-fd N      with --image-fd and qcow2: an open backing file, nearest first, once
+                      per file of the chain (at most 16); with --image the chain is opened
+                      from the header's names before the sandbox
   --read-only         export read-only (VIRTIO_BLK_F_RO; writes fail with IOERR); takes a
                       shared lock on the image
   --shared-write      Xen's 'w!' mode: export read-write without the exclusive image lock
@@ -43,8 +48,9 @@ at a time; keeps listening for a reconnect after the front-end goes away.
   --help              this text
 
 With the sandbox the listener ends up at fd 3 and the image at fd 4 (the manifest's fd
-lines); a supervisor best hands them there (--listen-fd 3 --image-fd 4), and the readiness
-pipe at fd 5 (--ready-fd 5), the number the manifest keeps for it.
+lines); a supervisor best hands them there (--listen-fd 3 --image-fd 4), the readiness
+pipe at fd 5 (--ready-fd 5), the number the manifest keeps for it, and backing files at
+6, 7, ... (--backing-fd 6 --backing-fd 7).
 """
 
 var service = BackendService(program: "blkback")
@@ -61,6 +67,8 @@ var ioThreads = 4
 var testDelayUs: UInt32 = 0
 var testForbiddenSyscall = false
 var failIO = false
+var format = "raw"
+var backingFds: [Int32] = []
 
 var args = ServiceArguments(program: "blkback", arguments: CommandLine.arguments.dropFirst())
 while let a = args.next() {
@@ -68,6 +76,12 @@ while let a = args.next() {
     switch a {
     case "--image": imageSpec = args.value(a)
     case "--image-fd": imageFdArg = Int32(args.int(a, in: 0...65535))
+    case "--format":
+        format = args.value(a)
+        guard format == "raw" || format == "qcow2" else { fail("--format \(format): expected raw or qcow2") }
+    case "--backing-fd":
+        guard backingFds.count < Qcow2Chain.maxDepth else { fail("--backing-fd: more than \(Qcow2Chain.maxDepth) backing files") }
+        backingFds.append(Int32(args.int(a, in: 0...65535)))
     case "--read-only", "--readonly": readOnly = true
     case "--shared-write": sharedWrite = true
     case "--num-queues": numQueues = args.int(a, in: 1...64)
@@ -96,17 +110,52 @@ if manifestPath != nil {
     let moved = service.reserveFixedDescriptors(upTo: 4, moving: [(imageFdArg, "image fd"), (service.listenFd, "listen fd")])
     imageFdArg = moved[0]; service.listenFd = moved[1]
 }
+if !backingFds.isEmpty && (format != "qcow2" || imageFdArg == nil) { fail("--backing-fd needs --format qcow2 and --image-fd") }
+
+/// The backing files, placed at 6, 7, ... under the sandbox (the manifest's fd lines):
+/// first moved above them all, so that placing one never clobbers another.
+@MainActor func placeBacking(_ fds: [Int32]) -> [Int32] {
+    guard manifestPath != nil else { return fds }
+    let high = fds.map { f -> Int32 in
+        let h = fcntl(f, F_DUPFD_CLOEXEC, 64)
+        guard h >= 0 else { fail("backing fd \(f): \(String(cString: strerror(errno)))") }
+        if f > 5 { close(f) }
+        return h
+    }
+    return high.enumerated().map { service.place($0.element, at: Int32(6 + $0.offset)) }
+}
 BackendService.resetSignals()
 
 // 1. The image (before the socket, so a bad image leaves nothing behind).
-var image: BlockImage
+var image: any BlockStorage
 do {
-    if let spec = imageSpec { image = try BlockImage.open(spec, readOnly: readOnly, sharedWrite: sharedWrite) }
-    else { image = try BlockImage(fd: imageFdArg!, readOnly: readOnly) }
-    if manifestPath != nil && image.fd != 4 {
+    var raw: BlockImage
+    if let spec = imageSpec { raw = try BlockImage.open(spec, readOnly: readOnly, sharedWrite: sharedWrite) }
+    else { raw = try BlockImage(fd: imageFdArg!, readOnly: readOnly) }
+    if manifestPath != nil && raw.fd != 4 {
         // The manifest filters image syscalls on fd 4. The lock (flock) belongs to the open
         // file description, so it carries over; the old BlockImage closes its own fd.
-        image = try BlockImage(fd: service.place(image.fd, at: 4, closingSource: false), readOnly: readOnly)
+        raw = try BlockImage(fd: service.place(raw.fd, at: 4, closingSource: false), readOnly: readOnly)
+    }
+    image = raw
+    if format == "qcow2" {
+        var files = backingFds
+        if let spec = imageSpec, !failIO {   // the error server reads nothing below
+            let path = spec.hasPrefix("file:") ? String(spec.dropFirst(5)) : spec
+            files = try Qcow2Chain.openBackingFiles(imagePath: path, fd: raw.fd).map(\.fd)
+        }
+        files = placeBacking(files)
+        // The qcow2 image owns the descriptor from here, at the same number (the manifest's
+        // fd 4 under the sandbox): the raw wrapper closes its own, so keep a duplicate of
+        // the open file description (and its lock) and put it back at that number.
+        let number = raw.fd
+        let keep = fcntl(number, F_DUPFD_CLOEXEC, 64)
+        guard keep >= 0 else { fail("image: \(String(cString: strerror(errno)))") }
+        raw = try BlockImage(fd: keep, readOnly: true)
+        image = raw    // the first wrapper is gone now, and `number` closed with it
+        guard dup2(keep, number) == number else { fail("image: dup2: \(String(cString: strerror(errno)))") }
+        _ = fcntl(number, F_SETFD, FD_CLOEXEC)
+        image = try Qcow2Chain.assemble(top: number, backing: files, readOnly: readOnly, ignoringBacking: failIO)
     }
 } catch { fail(error.description) }
 
@@ -159,7 +208,7 @@ if testReorder { backend.completionOrder = .reversedBatches }
 backend.ioThreads = ioThreads
 if !service.quiet { backend.log = { eprint("blkback: \($0)\n") } }
 
-let serving = (failIO ? "failing every request to " : "serving ") + "\(imageSpec ?? "fd \(image.fd)") (\(image.size) bytes\(readOnly ? ", read-only" : ""), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(service.socketPath ?? "fd \(listenFd)")"
+let serving = (failIO ? "failing every request to " : "serving ") + "\(imageSpec ?? "fd \(imageFdArg ?? 4)") (\(format), \(image.size) bytes\(readOnly ? ", read-only" : ""), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(service.socketPath ?? "fd \(listenFd)")"
 service.log(serving)
 // The signal for the launcher (the log line above is for people).
 ServiceReadiness.ready(serving)

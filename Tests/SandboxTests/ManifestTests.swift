@@ -40,9 +40,10 @@ let minimal = "allow write -- log\nallow exit_group -- exit\n"
             #expect(m.rules.contains { $0.name == "setpriority" && $0.action == .errno(0) })
         }
         let blk = try Manifest.load(path: "\(manifestsDir)/blkback.manifest")
-        #expect(blk.fds.map(\.number) == [3, 4, 5])
-        #expect(blk.fds.map(\.name) == ["listener", "image", "readiness"])
-        #expect(blk.fds.map(\.optional) == [false, false, true])
+        // Listener, image, readiness, then a qcow2 image's backing files (at most 16).
+        #expect(blk.fds.map(\.number) == [3, 4, 5] + Array(6...21))
+        #expect(blk.fds.map(\.name) == ["listener", "image", "readiness"] + (1...16).map { "backing\($0)" })
+        #expect(blk.fds.map(\.optional) == [false, false] + [Bool](repeating: true, count: 17))
         // Every service that reports readiness keeps its pipe at a number of its own.
         let net = try Manifest.load(path: "\(manifestsDir)/netback.manifest")
         #expect(net.fds.filter { $0.name == "readiness" }.map(\.number) == [5])

@@ -194,3 +194,27 @@ out("fuzz-qmp", "session", '{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2
     '{"return": {"actual": 268435456}, "id": 4}\n'
     '{"error": {"class": "GenericError", "desc": "no such device"}, "id": 5}\n'
     '{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "SHUTDOWN", "data": {"guest": true, "reason": "guest-shutdown"}}\n')
+
+
+# --- qcow2 images (fuzz-qcow2): byte 0 read-only flag, byte 1 offset seed, then the file.
+# Small images (512-byte clusters) made by qemu-img when it is installed.
+import subprocess, tempfile
+def qcow2_seeds():
+    if not shutil.which("qemu-img"):
+        return
+    with tempfile.TemporaryDirectory() as d:
+        cases = [("v3", ["-o", "cluster_size=512"], []), ("v2", ["-o", "cluster_size=512,compat=0.10"], []),
+                 ("data", ["-o", "cluster_size=512"], ["write -P 0x5a 0 4k", "write -z 8k 1k", "discard 1k 512"]),
+                 ("backing", ["-o", "cluster_size=512", "-b", "base.raw", "-F", "raw"], ["write -P 0x11 512 512"]),
+                 ("c4k", ["-o", "cluster_size=4096"], ["write -P 0x22 32k 8k"])]
+        open(os.path.join(d, "base.raw"), "wb").truncate(64 << 10)
+        for name, opts, io in cases:
+            img = os.path.join(d, name + ".qcow2")
+            args = ["qemu-img", "create", "-q", "-f", "qcow2"] + opts + [img] + ([] if "-b" in opts else ["64K"])
+            subprocess.run(args, check=True, cwd=d)
+            for c in io:
+                subprocess.run(["qemu-io", "-f", "qcow2", "-c", c, img], check=True, stdout=subprocess.DEVNULL)
+            data = open(img, "rb").read()
+            out("fuzz-qcow2", name + "-rw", bytes([0, 7]) + data)
+            out("fuzz-qcow2", name + "-ro", bytes([1, 3]) + data)
+qcow2_seeds()
