@@ -31,7 +31,9 @@ final class IOPool: @unchecked Sendable {
         for _ in 0..<threads {
             let me = Unmanaged.passUnretained(self)   // the pool lives as long as its back-end's process
             _ = me.retain()
-            spawnThread { me.takeUnretainedValue().work() }
+            // 1 MiB stacks: a request needs little, and up to 64 threads stay well inside
+            // blkback's `rlimit data` (the default 8 MiB stack each would not).
+            spawnThread(stackBytes: 1 << 20) { me.takeUnretainedValue().work() }
         }
     }
 

@@ -91,9 +91,18 @@ public final class BlockSupervisor: @unchecked Sendable {
     /// - Parameters:
     ///   - binary: the blkback executable (beside xend's).
     ///   - manifest: `blkback.manifest`; nil runs blkback with `--no-sandbox` (logged).
-    public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?, logger: Logger) {
+    ///   - defaultCache: xend-config's `blkback-cache`, for disks that do not choose.
+    public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?, logger: Logger,
+                defaultCache: DiskSpec.CacheMode = .writeback) {
         host = BackendHost(paths: paths, binary: binary, manifest: manifest, xenstore: xenstore, log: logger)
+        self.defaultCache = defaultCache
     }
+
+    /// xend-config's `blkback-cache`: the cache mode of a disk that does not choose one.
+    let defaultCache: DiskSpec.CacheMode
+
+    /// The cache mode disk `d` is served with.
+    func cacheMode(_ d: DiskSpec) -> DiskSpec.CacheMode { d.cache ?? defaultCache }
 
     /// The socket path of domain `domid`'s disk `vdev`.
     public func socketPath(domid: Int, vdev: String) -> String { host.socketPath("blkback", domid: domid, device: vdev) }
@@ -116,6 +125,13 @@ public final class BlockSupervisor: @unchecked Sendable {
     }
 
     // MARK: start
+
+    /// open(2)'s O_DIRECT (hidden from Swift's Glibc without _GNU_SOURCE).
+    #if arch(x86_64)
+    static let openDirect: Int32 = 0o40000
+    #else
+    static let openDirect: Int32 = 0o200000
+    #endif
 
     /// Why a disk cannot be connected, in Xen's words, naming the disk.
     static func refuse(_ d: DiskSpec, _ why: String) -> XendError {
@@ -245,8 +261,16 @@ public final class BlockSupervisor: @unchecked Sendable {
         if kind == S_IFBLK, d.writable, let m = Self.mountedReadWrite(rdev: st.st_rdev) {
             throw Self.refuse(d, "\(path) is mounted read-write on this host at \(m).")
         }
-        let fd = Glibc.open(path, (d.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
-        guard fd >= 0 else { throw Self.refuse(d, "\(path): \(String(cString: strerror(errno))).") }
+        // Direct I/O is the open file description's O_DIRECT, set here (blkback's sandbox
+        // opens nothing); a file system that refuses it says EINVAL now, before anything exists.
+        let direct = cacheMode(d) == .direct
+        let fd = Glibc.open(path, (d.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | (direct ? Self.openDirect : 0))
+        guard fd >= 0 else {
+            if direct && errno == EINVAL {
+                throw Self.refuse(d, "\(path): its file system refuses direct I/O (O_DIRECT, cache mode direct); use cache=writeback for this disk or (blkback-cache writeback).")
+            }
+            throw Self.refuse(d, "\(path): \(String(cString: strerror(errno))).")
+        }
         if d.access != .readWriteShared && !b.lockDeferred && flock(fd, (d.writable ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
             close(fd)
             throw Self.refuse(d, "\(path) is already in use by another back-end\(d.writable ? "" : " read-write"); use mode w! to share it read-write.")
@@ -277,7 +301,8 @@ public final class BlockSupervisor: @unchecked Sendable {
     /// Starts blkback on the descriptors of `b` (listener at 3, image at 4, readiness at 5).
     /// - Parameter failing: start it as the vbd's error server (`--fail-io`).
     private func spawn(_ b: Backend, failing: Bool = false) throws {
-        let argv = [host.binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues)]
+        let argv = [host.binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues),
+                    "--cache", failing ? "writeback" : cacheMode(b.spec).rawValue]   // an error server reads nothing
             + (b.spec.writable ? [] : ["--read-only"]) + (failing ? ["--fail-io"] : []) + host.sandboxArguments
         try b.proc.spawn(argv, descriptors: [(b.listenFD, 3), (b.imageFD, 4)])
     }
