@@ -23,7 +23,7 @@ for b in blkback vhost-user-frontend; do
 done
 command -v qemu-storage-daemon >/dev/null || { echo "SKIP: blk_direct.sh: qemu-storage-daemon not installed (Debian qemu-system-common)"; exit 0; }
 command -v fio >/dev/null || { echo "SKIP: blk_direct.sh: fio not installed (Debian fio; make deps)"; exit 0; }
-fstype=$(stat -f -c %T "$DIR")
+fstype=$(findmnt -n -o FSTYPE -T "$DIR" 2>/dev/null || stat -f -c %T "$DIR")
 [ "$fstype" != tmpfs ] || { echo "SKIP: blk_direct.sh: $DIR is tmpfs, not a disk (set BENCH_DIR)"; exit 0; }
 
 WORK=$(mktemp -d "$DIR/blk-direct-bench.XXXXXX")
@@ -86,6 +86,10 @@ printf '%-36s %18s %16s %17s\n' "" "randread 4K QD32" "seqread 1M MB/s" "seqwrit
 for n in host blkback qsd; do
     case $n in host) label="host fio (libaio, direct=1)";; blkback) label="blkback --cache direct";; qsd) label="qemu-storage-daemon cache.direct=on";; esac
     printf '%-36s %13s IOPS %16s %17s\n' "$label" "$(m $n.randread_4k_qd32_iops)" "$(m $n.seqread_1m_mbps)" "$(m $n.seqwrite_1m_mbps)"
+done
+echo "each run (in order):"
+for n in host blkback qsd; do
+    printf '  %-8s randread %s | seqread %s | seqwrite %s\n' "$n" "${R[$n.randread_4k_qd32_iops]:-}" "${R[$n.seqread_1m_mbps]:-}" "${R[$n.seqwrite_1m_mbps]:-}"
 done
 for peer in host qsd; do
     printf '%-36s %18s %16s %17s\n' "blkback / $peer" \

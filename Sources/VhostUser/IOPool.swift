@@ -62,10 +62,17 @@ final class IOPool: @unchecked Sendable {
             do { r = .success(try device.handle(j.chain, queue: j.queue, memory: j.memory)) }
             catch { r = .failure(error) }
             pthread_mutex_lock(&lock)
+            // Only the first result of a batch wakes the event loop: while `done` holds
+            // results the loop has not taken, a wake-up is already pending (the loop reads
+            // the eventfd before it takes them), so small direct requests cost one write
+            // per batch, not one each.
+            let wake = done.isEmpty
             done.append(Done(queue: j.queue, generation: j.generation, result: r, chain: j.chain, memory: j.memory))
             pthread_mutex_unlock(&lock)
-            var one: UInt64 = 1
-            _ = write(doneFd, &one, 8)
+            if wake {
+                var one: UInt64 = 1
+                _ = write(doneFd, &one, 8)
+            }
         }
     }
 }
