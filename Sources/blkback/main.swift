@@ -180,7 +180,9 @@ final class DelayedDevice: VhostUserDevice {
 // glibc's malloc sizes its arena limit from the CPU count the first time a thread needs a
 // ninth arena, reading /sys/devices/system/cpu/online: an open the sandbox forbids. A fixed
 // limit (mallopt M_ARENA_MAX) means it never asks; more I/O threads then share arenas.
-if let p = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
+// Only with more than 7 I/O threads (direct I/O's default 16); the page-cache mode's 4 keep
+// glibc's defaults.
+if (ioThreads ?? (direct ? 16 : 4)) > 7, let p = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
     let mallopt = unsafeBitCast(p, to: (@convention(c) (Int32, Int32) -> Int32).self)
     _ = mallopt(-8, 8)   // M_ARENA_MAX (<malloc.h>)
 }
