@@ -133,6 +133,7 @@ integration-images: guest
 bench: release fixtures guest
 	python3 bench/core_boot.py
 	SCRATCH=.build bench/blk.sh
+	SCRATCH=.build bench/blk_direct.sh
 	python3 bench/control_plane.py
 	python3 bench/net.py
 	python3 bench/qemu_overhead.py

@@ -41,10 +41,20 @@ public final class BlockImage: @unchecked Sendable {
     public let logicalBlockSize: UInt32
     public let isBlockDevice: Bool
     public let readOnly: Bool
+    /// The alignment rules when the descriptor is open with O_DIRECT (direct I/O, the
+    /// `direct` cache mode); nil for the page cache (`writeback`).
+    public let direct: DirectIOAlignment?
+    /// Serializes direct-I/O read-modify-write cycles (DirectIO.swift).
+    private let rmwLock: UnsafeMutablePointer<pthread_mutex_t>
 
-    /// Wraps an open descriptor (handed over by a supervisor); takes ownership.
+    /// Wraps an open descriptor (handed over by a supervisor); takes ownership. A descriptor
+    /// open with O_DIRECT is served with direct I/O: the alignment rules come from statx(2)
+    /// (else the device's logical block size, 4096 for a file), `minDirectAlignment` raises
+    /// the offset rule (tests: the read-modify-write path on a 512-byte file system).
     /// - Throws: ``BlockBackendError`` when `fd` is not a regular file or block device.
-    public init(fd: Int32, readOnly: Bool) throws(BlockBackendError) {
+    public init(fd: Int32, readOnly: Bool, minDirectAlignment: Int = 512) throws(BlockBackendError) {
+        rmwLock = .allocate(capacity: 1)
+        pthread_mutex_init(rmwLock, nil)
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw .errno("image fd \(fd)") }
         let fmt = st.st_mode & S_IFMT
@@ -63,16 +73,44 @@ public final class BlockImage: @unchecked Sendable {
         } else {
             throw BlockBackendError("image is neither a regular file nor a block device")
         }
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 && flags & directIOOpenFlag != 0 {
+            let q = DirectIOAlignment.query(fd: fd)
+                ?? DirectIOAlignment(offset: isBlockDevice ? Int(logicalBlockSize) : 4096, memory: 4096)
+            let m = max(512, minDirectAlignment)
+            direct = DirectIOAlignment(offset: max(q.offset, m & (m - 1) == 0 ? m : 4096), memory: q.memory)
+        } else {
+            direct = nil
+        }
     }
 
-    deinit { close(fd) }
+    deinit { close(fd); pthread_mutex_destroy(rmwLock); rmwLock.deallocate() }
+
+    /// The image's descriptor as whole-block positional I/O (preadv/pwritev: the manifest's
+    /// positional syscalls).
+    struct FileBlockIO: AlignedBlockIO {
+        let fd: Int32
+        func readBlocks(_ buf: UnsafeMutableRawPointer, _ length: Int, at offset: UInt64) -> Int {
+            var v = iovec(iov_base: buf, iov_len: length)
+            return preadv(fd, &v, 1, off_t(offset))
+        }
+        func writeBlocks(_ buf: UnsafeRawPointer, _ length: Int, at offset: UInt64) -> Int {
+            var v = iovec(iov_base: UnsafeMutableRawPointer(mutating: buf), iov_len: length)
+            return pwritev(fd, &v, 1, off_t(offset))
+        }
+    }
+
+    /// The bounce-buffer transfer for requests direct I/O cannot take as they are.
+    private func bounced(_ a: DirectIOAlignment) -> BouncedTransfer { BouncedTransfer(alignment: a, rmwLock: rmwLock) }
 
     /// Opens `spec`: `file:PATH`, `phy:DEVICE` (a path under /dev is tried if not absolute),
     /// or a bare path. Locks it (exclusive for read-write unless `sharedWrite`, shared for
     /// read-only) and, for block devices, refuses one mounted read-write on this host.
+    /// `direct` opens it with O_DIRECT (the `direct` cache mode).
     /// - Throws: ``BlockBackendError`` naming the image: missing, a directory, locked by
-    ///   another back-end, or mounted.
-    public static func open(_ spec: String, readOnly: Bool, sharedWrite: Bool) throws(BlockBackendError) -> BlockImage {
+    ///   another back-end, mounted, or on a file system that refuses O_DIRECT.
+    public static func open(_ spec: String, readOnly: Bool, sharedWrite: Bool, direct: Bool = false,
+                            minDirectAlignment: Int = 512) throws(BlockBackendError) -> BlockImage {
         var path = spec
         if spec.hasPrefix("file:") { path = String(spec.dropFirst(5)) }
         else if spec.hasPrefix("phy:") {
@@ -83,10 +121,13 @@ public final class BlockImage: @unchecked Sendable {
         var st = stat()
         guard stat(path, &st) == 0 else { throw .errno("image \(path)") }
         if st.st_mode & S_IFMT == S_IFDIR { throw BlockBackendError("image \(path) is a directory") }
-        let fd = clinux_open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC, 0)
-        guard fd >= 0 else { throw .errno("image \(path)") }
+        let fd = clinux_open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | (direct ? directIOOpenFlag : 0), 0)
+        guard fd >= 0 else {
+            if direct && errno == EINVAL { throw BlockBackendError("image \(path): its file system refuses direct I/O (O_DIRECT); use the writeback cache mode") }
+            throw .errno("image \(path)")
+        }
         let img: BlockImage
-        do { img = try BlockImage(fd: fd, readOnly: readOnly) }
+        do { img = try BlockImage(fd: fd, readOnly: readOnly, minDirectAlignment: minDirectAlignment) }
         catch { close(fd); throw BlockBackendError("image \(path): \(error.description)") }
         if !(sharedWrite && !readOnly) {
             if flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
@@ -126,13 +167,22 @@ public final class BlockImage: @unchecked Sendable {
 
     /// Reads into `iov` (`count` entries, `total` bytes) at byte `offset`; false on error
     /// or short read. May rewrite the iovec entries. Thread-safe.
+    /// With direct I/O, a request the alignment rules refuse goes through a bounce buffer.
     public func readv(_ iov: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64, total: Int) -> Bool {
-        Self.transferAll(fd: fd, iov, count: count, offset: offset, total: total, write: false)
+        if let a = direct, !(a.allows(iov, count: count, offset: offset) && total & (a.offset - 1) == 0) {
+            return bounced(a).read(FileBlockIO(fd: fd), into: iov, count: count, offset: offset, total: total)
+        }
+        return Self.transferAll(fd: fd, iov, count: count, offset: offset, total: total, write: false)
     }
 
     /// Writes `iov` at byte `offset`; false on error, short write or a read-only image.
+    /// With direct I/O, a request the alignment rules refuse goes through a bounce buffer
+    /// (read-modify-write of partial blocks).
     public func writev(_ iov: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64, total: Int) -> Bool {
         guard !readOnly else { return false }
+        if let a = direct, !(a.allows(iov, count: count, offset: offset) && total & (a.offset - 1) == 0) {
+            return bounced(a).write(FileBlockIO(fd: fd), from: iov, count: count, offset: offset, total: total, fileSize: size)
+        }
         return Self.transferAll(fd: fd, iov, count: count, offset: offset, total: total, write: true)
     }
 
@@ -193,6 +243,12 @@ public final class BlockImage: @unchecked Sendable {
             let n = Int(min(UInt64(chunk), offset + length - off))
             // pwritev, not pwrite: the manifest allows one positional-write syscall.
             var iov = iovec(iov_base: zeros, iov_len: n)
+            if direct != nil {
+                // Through the alignment rules (a bounce buffer when the range is not aligned).
+                guard writev(&iov, count: 1, offset: off, total: n) else { return false }
+                off += UInt64(n)
+                continue
+            }
             let w = pwritev(fd, &iov, 1, off_t(off))
             if w <= 0 { if w < 0 && errno == EINTR { continue }; return false }
             off += UInt64(w)

@@ -4,12 +4,15 @@
 ///
 /// Two syntaxes are read (xl-disk-configuration(5); Xen 3 `xm create`):
 /// - Xen 3: `[PREFIX:]TARGET,VDEV[:cdrom],MODE[,BACKEND]`, e.g. `phy:/dev/vg/g,xvda,w`,
-///   `file:/img/g.img,hda1,r`, `tap:aio:/img/g.img,xvdb,w` (read as `file:`),
+///   `file:/img/g.img,hda1,r`, `tap:aio:/img/g.img,xvdb,w` (read as `file:`; every type
+///   Xen users write is mapped or refused by name, see `DiskSpecParser.stripPrefixes`),
 ///   `file:/x.img,ioemu:hda,w`, `,hdc:cdrom,r` (empty CD-ROM). MODE is `r`, `w` or `w!`
 ///   (read-write even when the device is in use elsewhere).
 /// - xl: positional `TARGET,FORMAT,VDEV,ACCESS` and/or `key=value` (`target=` last,
 ///   taking the rest of the string), `format=`, `vdev=`, `access=` (`r ro w rw`),
-///   `devtype=cdrom` or the flag `cdrom`, `backend=`, `backendtype=`, `script=`.
+///   `devtype=cdrom` or the flag `cdrom`, `backend=`, `backendtype=`, `script=`,
+///   `cache=direct|none|writeback` (Xenith; also after a Xen 3 spec) or the flag
+///   `direct-io-safe` (direct I/O, as xl's qdisk back-end takes it).
 public struct DiskSpec: Sendable, Hashable {
     /// How the host provides the disk.
     public enum Kind: String, Sendable, Hashable {
@@ -29,6 +32,13 @@ public struct DiskSpec: Sendable, Hashable {
     }
     /// What the guest sees.
     public enum DeviceType: String, Sendable, Hashable { case disk, cdrom }
+    /// How blkback reaches the image (xend-config `blkback-cache`, or per disk `cache=`).
+    public enum CacheMode: String, Sendable, Hashable, CaseIterable {
+        /// Through the host's page cache (preadv/pwritev on a plain descriptor).
+        case writeback
+        /// Direct I/O (O_DIRECT): the page cache is bypassed; QEMU's `cache=none`.
+        case direct
+    }
 
     public var kind: Kind
     /// The target as written (`sda7`, `/dev/vg/g`, `/img/g.img`); nil for an empty CD-ROM.
@@ -45,7 +55,12 @@ public struct DiskSpec: Sendable, Hashable {
     public var backend: String?
     /// xl `backendtype=` (phy, qdisk, tap, standalone), kept as given.
     public var backendType: String?
-    /// Block script (`script=`, or from `nbd:`/`iscsi:`/`enbd:`/`drbd:` prefixes as `block-NAME`).
+    /// Cache mode asked for by this disk: `cache=direct` (or `none`), `cache=writeback`, or
+    /// xl's flag `direct-io-safe` (direct, as xl's qdisk back-end reads it); nil takes
+    /// xend-config's `blkback-cache`.
+    public var cache: CacheMode?
+    /// Block script (xl's `script=`; xend refuses every block script). The `nbd:`, `iscsi:`,
+    /// `enbd:`, `drbd:` types that would name one are refused when the spec is parsed.
     public var script: String?
     /// The hot-plug slot a disk added with `xm block-attach` went into (an engine's name for
     /// it, e.g. QEMU's root port `hpnet1`), so that a reboot, restore or migration puts it
@@ -55,7 +70,8 @@ public struct DiskSpec: Sendable, Hashable {
 
     public init(kind: Kind, target: String?, format: String = "raw", vdev: String, ioemu: Bool = false,
                 access: Access = .readWrite, deviceType: DeviceType = .disk, backend: String? = nil,
-                backendType: String? = nil, script: String? = nil) {
+                backendType: String? = nil, script: String? = nil, cache: CacheMode? = nil) {
+        self.cache = cache
         self.kind = kind
         self.target = target
         self.format = format
@@ -112,7 +128,7 @@ enum DiskSpecParser {
     static let formats: Set<String> = ["raw", "qcow", "qcow2", "vhd", "qed"]
     static let flags: Set<String> = ["cdrom", "discard", "no-discard", "trusted", "untrusted", "direct-io-safe"]
     static let keys: Set<String> = ["target", "format", "vdev", "access", "devtype", "backend",
-                                    "backendtype", "script", "specification"]
+                                    "backendtype", "script", "specification", "cache"]
 
     /// `hda`, `hda1`, `sdb`, `xvda`, `xvdaa15`, `vda`, or a decimal device number.
     static func validVdev(_ v: String) -> Bool {
@@ -135,22 +151,70 @@ enum DiskSpecParser {
         }
     }
 
-    /// Strips Xen 3 / xend prefixes from a positional target: `phy:`, `file:`, `tap:`,
-    /// `tap2:`, `tapdisk:`, `aio:`, `ioemu:` (kind), `raw: qcow: qcow2: vhd: qed:`
-    /// (format), `iscsi: nbd: enbd: drbd:` (script).
-    static func stripPrefixes(_ s: String, kind: inout DiskSpec.Kind?, format: inout String?,
-                              script: inout String?) -> String {
+    /// Disk types that need one of Xen's block scripts (`block-nbd`, ...), which Xenith does
+    /// not ship: refused by name.
+    static let scriptTypes: Set<String> = ["nbd", "enbd", "iscsi", "drbd"]
+    /// blktap subtypes Xen knew that Xenith does not serve, with the reason.
+    static let refusedTapSubtypes: [String: String] = [
+        "vmdk": "VMware images are not supported: convert the image with 'qemu-img convert -O raw' (or -O qcow2)",
+        "ram": "blktap's RAM disk is not supported",
+        "remus": "Remus replication is not supported",
+    ]
+
+    /// Whether `p` (the text before a colon) is a disk type word: `[A-Za-z][A-Za-z0-9_-]*`.
+    /// `/srv/a:b.img` or `disk.img:1` start with a path instead.
+    static func isTypeWord(_ p: String) -> Bool {
+        guard let f = p.unicodeScalars.first, f.isASCII, f.properties.isAlphabetic else { return false }
+        return p.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || $0 == "-" || $0 == "_") }
+    }
+
+    /// Strips Xen 3 / xend / xl prefixes from a positional target and maps each disk type
+    /// Xen users write:
+    /// - `phy:` (kind phy; `phy:vg/lv` is `/dev/vg/lv`), `file:` (kind file);
+    /// - `tap:`/`tap2:` [`tapdisk:`] followed by a blktap subtype: `aio:`, `sync:` (raw file),
+    ///   `qcow:`, `qcow2:` (format qcow2: Xen 3's `tap:qcow:` images are mostly qcow2 today;
+    ///   xend reads the header and refuses a qcow version 1 image by name), `vhd:` (format vhd);
+    ///   `vmdk:`, `ram:`, `remus:` or any other subtype are refused naming it;
+    /// - xl's deprecated prefixes `aio:`, `ioemu:`, `tapdisk:`, and the formats `raw:`,
+    ///   `qcow:`, `qcow2:`, `vhd:`, `qed:`;
+    /// - `nbd:`, `enbd:`, `iscsi:`, `drbd:` need Xen's block scripts: refused naming the type.
+    ///
+    /// Any other type word before the first colon (`foo:/x`) is refused naming it; after a
+    /// `file:`/`phy:` prefix the rest is the path, colons included.
+    /// - Throws: `DiskSpecError` naming the refused type.
+    static func stripPrefixes(_ s: String, kind: inout DiskSpec.Kind?, format: inout String?) throws(DiskSpecError) -> String {
         var t = Substring(s)
+        var tap: String?            // the `tap:`/`tap2:` prefix seen, awaiting its subtype
         while let colon = t.firstIndex(of: ":") {
             let p = String(t[..<colon])
-            switch p {
-            case "phy": kind = .phy
-            case "file", "tap", "tap2", "tapdisk", "aio", "ioemu": kind = kind ?? .file
-            case "raw", "qcow", "qcow2", "vhd", "qed":
-                format = p
-                kind = kind ?? .file
-            case "iscsi", "nbd", "enbd", "drbd": script = "block-" + p
-            default: return String(t)
+            guard isTypeWord(p) else { break }
+            if let tp = tap {
+                switch p {
+                case "tapdisk": break
+                case "aio", "sync": format = "raw"; tap = nil
+                case "qcow", "qcow2": format = "qcow2"; tap = nil
+                case "vhd": format = "vhd"; tap = nil
+                default:
+                    if let why = refusedTapSubtypes[p] { throw DiskSpecError("disk type '\(tp):\(p):' is refused: \(why)") }
+                    throw DiskSpecError("unknown \(tp): subtype '\(p)' in '\(s)' (expected \(tp):aio:, \(tp):sync:, \(tp):qcow:, \(tp):qcow2: or \(tp):vhd:)")
+                }
+            } else {
+                switch p {
+                case "phy": kind = .phy
+                case "file": kind = .file
+                case "tap", "tap2", "tapdisk": kind = .file; tap = p
+                case "aio", "ioemu": kind = kind ?? .file
+                case "raw", "qcow", "qcow2", "vhd", "qed":
+                    format = p
+                    kind = kind ?? .file
+                default:
+                    if scriptTypes.contains(p) {
+                        throw DiskSpecError("disk type '\(p):' is refused: it needs Xen's block-\(p) script, which Xenith does not ship (use file: or phy:)")
+                    }
+                    // After file:/phy: the rest is a path that may hold colons.
+                    if kind != nil { return String(t) }
+                    throw DiskSpecError("unknown disk type '\(p):' in '\(s)' (expected phy:, file:, tap:aio:, tap:sync:, tap:qcow2: ...; write file:PATH for a path holding a colon)")
+                }
             }
             t = t[t.index(after: colon)...]
         }
@@ -161,6 +225,7 @@ enum DiskSpecParser {
         var positional: [String] = []
         var named: [String: String] = [:]
         var isCdromFlag = false
+        var directFlag = false
 
         func set(_ k: String, _ v: String) throws(DiskSpecError) {
             if named[k] != nil { throw DiskSpecError("'\(k)' given twice in '\(spec)'") }
@@ -180,6 +245,7 @@ enum DiskSpecParser {
                 try set(String(part[..<eq]), String(part[part.index(after: eq)...]))
             } else if flags.contains(part) {
                 if part == "cdrom" { isCdromFlag = true }
+                if part == "direct-io-safe" { directFlag = true }
             } else if part.contains("=") && !part.contains("/") && !part.contains(":") {
                 throw DiskSpecError("unknown disk parameter '\(part)' in '\(spec)'")
             } else {
@@ -192,7 +258,8 @@ enum DiskSpecParser {
         // Xen 3 style: TARGET,VDEV,MODE[,BACKEND] where MODE is an access mode.
         let prefixed = positional.first.map { p in
             ["phy:", "file:", "tap:", "tap2:", "tapdisk:", "aio:"].contains { p.hasPrefix($0) } } ?? false
-        let xen3 = named.isEmpty && !isCdromFlag &&
+        // `cache=` may follow a Xen 3 spec too (`file:/g.img,xvda,w,cache=direct`).
+        let xen3 = named.keys.allSatisfy({ $0 == "cache" }) && !isCdromFlag &&
             ((positional.count == 3 && (access(positional[2]) != nil || prefixed)) ||
              (positional.count == 4 && access(positional[2]) != nil && access(positional[3]) == nil
               && !formats.contains(positional[1])))
@@ -206,7 +273,7 @@ enum DiskSpecParser {
         var devtype: String?
 
         if xen3 {
-            let t = stripPrefixes(positional[0], kind: &kind, format: &format, script: &script)
+            let t = try stripPrefixes(positional[0], kind: &kind, format: &format)
             target = t.isEmpty ? nil : t
             vdevField = positional[1]
             accessField = positional[2]
@@ -222,7 +289,7 @@ enum DiskSpecParser {
                 guard slot < names.count else { throw DiskSpecError("too many fields in '\(spec)'") }
                 if !p.isEmpty {
                     if names[slot] == "target" {
-                        let t = stripPrefixes(p, kind: &kind, format: &format, script: &script)
+                        let t = try stripPrefixes(p, kind: &kind, format: &format)
                         named["target"] = t
                     } else {
                         named[names[slot]] = p
@@ -280,13 +347,24 @@ enum DiskSpecParser {
             throw DiskSpecError("no target in '\(spec)' (only a CD-ROM may be empty)")
         }
         if let t = target, t.contains("\0") { throw DiskSpecError("NUL in target") }
+        var cache: DiskSpec.CacheMode? = directFlag ? .direct : nil
+        if let c = named["cache"] {
+            let m: DiskSpec.CacheMode
+            switch c {
+            case "direct", "none": m = .direct
+            case "writeback": m = .writeback
+            default: throw DiskSpecError("bad cache mode '\(c)' in '\(spec)' (expected direct, none or writeback)")
+            }
+            if directFlag && m != .direct { throw DiskSpecError("cache=\(c) conflicts with direct-io-safe in '\(spec)'") }
+            cache = m
+        }
         let resolvedKind: DiskSpec.Kind
         if let kind { resolvedKind = kind }
         else if let t = target, t.hasPrefix("/dev/") || !t.hasPrefix("/") { resolvedKind = .phy }
         else { resolvedKind = .file }
         return DiskSpec(kind: resolvedKind, target: target, format: fmt, vdev: vdevField, ioemu: ioemu,
                         access: mode, deviceType: type, backend: backend,
-                        backendType: named["backendtype"], script: script)
+                        backendType: named["backendtype"], script: script, cache: cache)
     }
 }
 

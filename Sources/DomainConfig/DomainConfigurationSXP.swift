@@ -70,6 +70,7 @@ extension DomainConfiguration {
             var vbd: [SXP] = [.atom("vbd"), .pair("uname", .string(d.uname)), p("dev", d.dev), p("mode", d.access.rawValue)]
             if let b = d.backend { vbd.append(p("backend", b)) }
             if let s = d.script { vbd.append(p("script", s)) }
+            if let c = d.cache { vbd.append(p("cache", c.rawValue)) }
             if let s = d.hotplugPort { vbd.append(p("hotplug-port", s)) }
             vm.append(.element("device", [.list(vbd)]))
         }
@@ -185,17 +186,19 @@ extension DomainConfiguration {
             switch d.name {
             case "vbd":
                 // Built as a key=value spec so that a target may hold commas.
-                var kind: DiskSpec.Kind?, format: String?, script: String?
-                let target = DiskSpecParser.stripPrefixes(d.childText("uname") ?? "", kind: &kind,
-                                                          format: &format, script: &script)
+                var kind: DiskSpec.Kind?, format: String?
+                let target: String
+                do { target = try DiskSpecParser.stripPrefixes(d.childText("uname") ?? "", kind: &kind, format: &format) }
+                catch { throw fail("disk", "bad vbd: \(error.message)") }
                 var spec = "vdev=\(d.childText("dev") ?? ""), access=\(d.childText("mode") ?? "w")"
                 if let b = d.childText("backend") { spec += ", backend=\(b)" }
                 if let f = format { spec += ", format=\(f)" }
+                if let c = d.childText("cache") { spec += ", cache=\(c)" }
                 spec += ", target=\(target)"
                 do {
                     var disk = try DiskSpec(parsing: spec)
                     if let kind { disk.kind = kind }
-                    disk.script = d.childText("script") ?? script
+                    disk.script = d.childText("script")
                     disk.hotplugPort = d.childText("hotplug-port")
                     disks.append(disk)
                 } catch { throw fail("disk", "bad vbd: \(error.message)") }

@@ -66,6 +66,11 @@ public struct XendConfig: Sendable, Equatable {
     public var consoleLimit = 1024
     /// `domain-engine` (Xenith): engine for domains that do not ask for one. Default `auto`.
     public var domainEngine = DomainEngine.auto
+    /// `blkback-cache` (Xenith): how blkback reaches a disk image that does not ask for a
+    /// cache mode itself (`cache=` in its disk spec): `writeback` through the host's page
+    /// cache, or `direct` with O_DIRECT (xend opens the image so; a file system that
+    /// refuses it, such as ramfs (tmpfs before Linux 6.6), fails the create naming the disk). Default `writeback`.
+    public var blkbackCache = DiskSpec.CacheMode.writeback
     /// `qemu-user` (Xenith): the unprivileged user QEMU switches to after start-up
     /// (`-runas`), for qemu-engine domains. Default `xenith-qemu`, used when xend runs as
     /// root and the user exists (create it with `useradd --system xenith-qemu`); `none`
@@ -108,7 +113,7 @@ public struct XendConfig: Sendable, Equatable {
         "xend-relocation-address", "xend-relocation-hosts-allow", "xend-relocation-ssl",
         "xend-relocation-ssl-key-file", "xend-relocation-ssl-cert-file", "xend-relocation-ssl-ca-file", "network-script",
         "vif-script", "dom0-min-mem", "dom0-cpus", "enable-dump", "console-limit",
-        "domain-engine", "qemu-user", "qemu-uid-base", "vnet-port", "vnet-group", "vnet-peers", "vnet-device",
+        "domain-engine", "blkback-cache", "qemu-user", "qemu-uid-base", "vnet-port", "vnet-group", "vnet-peers", "vnet-device",
     ]
 
     /// All defaults: what xend uses when the file is absent.
@@ -229,6 +234,11 @@ public struct XendConfig: Sendable, Equatable {
                 throw fail("expected auto, core or qemu, found '\(s)'")
             }
             domainEngine = e
+        case "blkback-cache":
+            guard let m = DiskSpec.CacheMode(rawValue: s) else {
+                throw fail("expected writeback or direct, found '\(s)'")
+            }
+            blkbackCache = m
         case "qemu-user":
             guard s.isEmpty || s == "none" || (s.utf8.count <= 32 && s.utf8.allSatisfy({
                 ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F || $0 == 0x2D || ($0 >= 0x41 && $0 <= 0x5A)
@@ -293,6 +303,7 @@ public struct XendConfig: Sendable, Equatable {
             .pair("enable-dump", b(enableDump)),
             .pair("console-limit", .int(consoleLimit)),
             .pair("domain-engine", .atom(domainEngine.rawValue)),
+            .pair("blkback-cache", .atom(blkbackCache.rawValue)),
             .pair("qemu-user", .atom(qemuUser.isEmpty ? "none" : qemuUser)),
             .pair("qemu-uid-base", qemuUIDBase.map { .int(Int($0)) } ?? .atom("none")),
             .pair("vnet-port", .int(vnetPort)),

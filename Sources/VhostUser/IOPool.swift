@@ -31,7 +31,9 @@ final class IOPool: @unchecked Sendable {
         for _ in 0..<threads {
             let me = Unmanaged.passUnretained(self)   // the pool lives as long as its back-end's process
             _ = me.retain()
-            spawnThread { me.takeUnretainedValue().work() }
+            // 1 MiB stacks: a request needs little, and up to 64 threads stay well inside
+            // blkback's `rlimit data` (the default 8 MiB stack each would not).
+            spawnThread(stackBytes: 1 << 20) { me.takeUnretainedValue().work() }
         }
     }
 
@@ -60,10 +62,17 @@ final class IOPool: @unchecked Sendable {
             do { r = .success(try device.handle(j.chain, queue: j.queue, memory: j.memory)) }
             catch { r = .failure(error) }
             pthread_mutex_lock(&lock)
+            // Only the first result of a batch wakes the event loop: while `done` holds
+            // results the loop has not taken, a wake-up is already pending (the loop reads
+            // the eventfd before it takes them), so small direct requests cost one write
+            // per batch, not one each.
+            let wake = done.isEmpty
             done.append(Done(queue: j.queue, generation: j.generation, result: r, chain: j.chain, memory: j.memory))
             pthread_mutex_unlock(&lock)
-            var one: UInt64 = 1
-            _ = write(doneFd, &one, 8)
+            if wake {
+                var one: UInt64 = 1
+                _ = write(doneFd, &one, 8)
+            }
         }
     }
 }

@@ -224,11 +224,17 @@ public func vhostUserListen(path: String) throws(VhostUserError) -> Int32 {
 /// Starts `body` on a new dedicated pthread (not Dispatch, not the concurrency pool). The
 /// thread is detached: nobody joins it, and its stack is freed when `body` returns (a
 /// joinable thread that is never joined keeps its stack; ThreadSanitizer reported it).
-public func spawnThread(_ body: @escaping @Sendable () -> Void) {
+/// - Parameter stackBytes: the thread's stack size; nil for the default (RLIMIT_STACK, which
+///   counts against a sandboxed service's `rlimit data` for every thread).
+public func spawnThread(stackBytes: Int? = nil, _ body: @escaping @Sendable () -> Void) {
     final class Box { let f: @Sendable () -> Void; init(_ f: @escaping @Sendable () -> Void) { self.f = f } }
     var t = pthread_t()
+    var attr = pthread_attr_t()
+    pthread_attr_init(&attr)
+    defer { pthread_attr_destroy(&attr) }
+    if let n = stackBytes { pthread_attr_setstacksize(&attr, n) }
     let arg = Unmanaged.passRetained(Box(body)).toOpaque()
-    let r = pthread_create(&t, nil, { p in
+    let r = pthread_create(&t, &attr, { p in
         let b = Unmanaged<Box>.fromOpaque(p!).takeRetainedValue()
         b.f()
         return nil

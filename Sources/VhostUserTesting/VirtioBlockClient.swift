@@ -134,6 +134,36 @@ public final class VirtioBlockClient: @unchecked Sendable {
         return s
     }
 
+    /// Runs one IN or OUT request whose data is scattered over `segments` (byte offset into
+    /// a free slot's data buffer, length): odd addresses and lengths on purpose, as a guest
+    /// may hand them. For OUT the caller has put the data at those offsets of
+    /// `data(q, slot)` (`prepare` is given the slot first); for IN it is there afterwards.
+    /// Returns the slot and the status (0xff: no answer in `timeoutMs`).
+    public func runScattered(_ q: Int = 0, type: UInt32, sector: UInt64, segments: [(offset: Int, length: Int)],
+                             timeoutMs: Int32 = 5000, prepare: (Int) -> Void = { _ in }) throws -> (slot: Int, status: UInt8) {
+        guard let s = queues[q].freeSlots.popLast() else { throw BlockBackendError("no free slot") }
+        prepare(s)
+        let a = slotAddresses(q, s)
+        try memory.store(type, at: a.header); try memory.store(UInt32(0), at: a.header + 4); try memory.store(sector, at: a.header + 8)
+        try memory.store(UInt8(0xff), at: a.status)
+        var bufs = [ChainBuffer(address: a.header, length: 16, writable: false)]
+        for g in segments {
+            guard g.offset >= 0, g.length > 0, g.offset + g.length <= maxRequestBytes else { throw BlockBackendError("segment outside the slot") }
+            bufs.append(ChainBuffer(address: a.data + UInt64(g.offset), length: UInt32(g.length), writable: type == VirtioBlk.tIn))
+        }
+        bufs.append(ChainBuffer(address: a.status, length: 1, writable: true))
+        guard let head = try queues[q].driver.add(bufs) else { queues[q].freeSlots.append(s); throw BlockBackendError("ring full") }
+        queues[q].slotOfHead[head] = s
+        try queues[q].driver.publish(head)
+        kick(q)
+        var waited: Int32 = 0
+        while waited < timeoutMs {
+            if let r = try reap(q, timeoutMs: 50).first(where: { $0.slot == s }) { return (s, r.status) }
+            waited += 50
+        }
+        return (s, 0xff)
+    }
+
     /// Notifies the back-end of new avail entries on queue `q`.
     public func kick(_ q: Int) {
         var one: UInt64 = 1

@@ -50,6 +50,7 @@ extension DomainManager {
         guard d.kind == .file || d.kind == .phy, d.script == nil, d.path != nil else {
             throw BlockSupervisor.refuse(d, "Give the image as file:PATH or phy:DEVICE.")
         }
+        try DiskImageChecks.refuseOldQcow(d)
         if d.ioemu || d.deviceType != .disk { throw BlockSupervisor.refuse(d, "Only disks can be attached (no ioemu: devices, no CD-ROMs).") }
         guard let n = XenStoreLayout.virtualDeviceNumber(d.vdev) else { throw BlockSupervisor.refuse(d, "\(d.vdev) is not a device name Xen knows.") }
         if let other = r.config.disks.first(where: { $0.vdev == d.vdev || XenStoreLayout.virtualDeviceNumber($0.vdev) == n }) {

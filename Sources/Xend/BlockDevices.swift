@@ -100,9 +100,20 @@ public final class BlockSupervisor: @unchecked Sendable {
     /// - Parameters:
     ///   - binary: the blkback executable (beside xend's).
     ///   - manifest: `blkback.manifest`; nil runs blkback with `--no-sandbox` (logged).
-    public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?, logger: Logger) {
+    ///   - defaultCache: xend-config's `blkback-cache`, for disks that do not choose.
+    public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?, logger: Logger,
+                defaultCache: DiskSpec.CacheMode = .writeback) {
         host = BackendHost(paths: paths, binary: binary, manifest: manifest, xenstore: xenstore, log: logger)
+        self.defaultCache = defaultCache
     }
+
+    /// xend-config's `blkback-cache`: the cache mode of a disk that does not choose one.
+    let defaultCache: DiskSpec.CacheMode
+
+    /// The cache mode disk `d` is served with: a qcow2 image always through the page cache
+    /// (its metadata I/O is not aligned for O_DIRECT; an explicit `cache=direct` on one is
+    /// refused when it is opened).
+    func cacheMode(_ d: DiskSpec) -> DiskSpec.CacheMode { d.format == "qcow2" ? .writeback : (d.cache ?? defaultCache) }
 
     /// The socket path of domain `domid`'s disk `vdev`.
     public func socketPath(domid: Int, vdev: String) -> String { host.socketPath("blkback", domid: domid, device: vdev) }
@@ -125,6 +136,13 @@ public final class BlockSupervisor: @unchecked Sendable {
     }
 
     // MARK: start
+
+    /// open(2)'s O_DIRECT (hidden from Swift's Glibc without _GNU_SOURCE).
+    #if arch(x86_64)
+    static let openDirect: Int32 = 0o40000
+    #else
+    static let openDirect: Int32 = 0o200000
+    #endif
 
     /// Why a disk cannot be connected, in Xen's words, naming the disk.
     static func refuse(_ d: DiskSpec, _ why: String) -> XendError {
@@ -257,8 +275,19 @@ public final class BlockSupervisor: @unchecked Sendable {
         if kind == S_IFBLK, d.writable, let m = Self.mountedReadWrite(rdev: st.st_rdev) {
             throw Self.refuse(d, "\(path) is mounted read-write on this host at \(m).")
         }
-        let fd = Glibc.open(path, (d.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC)
-        guard fd >= 0 else { throw Self.refuse(d, "\(path): \(String(cString: strerror(errno))).") }
+        if d.format == "qcow2" && d.cache == .direct {
+            throw Self.refuse(d, "cache=direct is for raw images: blkback serves qcow2 images through the page cache; use cache=writeback.")
+        }
+        // Direct I/O is the open file description's O_DIRECT, set here (blkback's sandbox
+        // opens nothing); a file system that refuses it says EINVAL now, before anything exists.
+        let direct = cacheMode(d) == .direct
+        let fd = Glibc.open(path, (d.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | (direct ? Self.openDirect : 0))
+        guard fd >= 0 else {
+            if direct && errno == EINVAL {
+                throw Self.refuse(d, "\(path): its file system refuses direct I/O (O_DIRECT, cache mode direct); use cache=writeback for this disk or (blkback-cache writeback).")
+            }
+            throw Self.refuse(d, "\(path): \(String(cString: strerror(errno))).")
+        }
         if d.access != .readWriteShared && !b.lockDeferred && flock(fd, (d.writable ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
             close(fd)
             throw Self.refuse(d, "\(path) is already in use by another back-end\(d.writable ? "" : " read-write"); use mode w! to share it read-write.")
@@ -309,7 +338,8 @@ public final class BlockSupervisor: @unchecked Sendable {
     ///   is opened without its backing files, only its size is used).
     private func spawn(_ b: Backend, failing: Bool = false) throws {
         let backing = failing ? [] : b.backingFDs
-        var argv: [String] = [host.binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues)]
+        var argv: [String] = [host.binary, "--listen-fd", "3", "--image-fd", "4", "--num-queues", String(b.numQueues),
+                              "--cache", failing ? "writeback" : cacheMode(b.spec).rawValue]   // an error server reads nothing
         var fds: [(Int32, Int32)] = [(b.listenFD, 3), (b.imageFD, 4)]
         if b.spec.format == "qcow2" { argv += ["--format", "qcow2"] }
         for (i, f) in backing.enumerated() {

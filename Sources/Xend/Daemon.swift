@@ -143,7 +143,8 @@ public struct XendDaemon {
         let consoles = ConsoleSupervisor(paths: paths, binary: binDir + "/xenconsoled", manifest: consoleManifest, logger: log)
         consoles.start()
         let blocks = BlockSupervisor(paths: paths, binary: binDir + "/blkback",
-                                     manifest: manifests.map { $0 + "/blkback.manifest" }, xenstore: xs, logger: log)
+                                     manifest: manifests.map { $0 + "/blkback.manifest" }, xenstore: xs, logger: log,
+                                     defaultCache: cfg.blkbackCache)
         let nets = NetSupervisor(paths: paths, binary: binDir + "/netback",
                                  manifest: manifests.map { $0 + "/netback.manifest" }, xenstore: xs,
                                  defaultScript: cfg.vifScript, logger: log)

@@ -36,6 +36,7 @@ extension DomainManager {
         if let d = cfg.disks.first(where: { $0.script != nil }) {
             throw XendError(.badRequest, "Device \(d.vdev) (vbd) could not be connected. Block script \(d.script!) is not supported here: use file: or phy: (disk '\(d.uname),\(d.dev),\(d.access.rawValue)')")
         }
+        for d in cfg.disks { try DiskImageChecks.refuseOldQcow(d) }
         let engine = try engines.choose(for: cfg, configured: xendConfig.domainEngine)
         try checkCPUSettings(cfg)
         lifecycle.lock(); defer { lifecycle.unlock() }

@@ -34,8 +34,16 @@ at a time; keeps listening for a reconnect after the front-end goes away.
                       (by default an image already exported read-write, by this or another
                       blkback, is refused; so is a block device mounted read-write here)
   --num-queues N      request queues (VIRTIO_BLK_F_MQ when N > 1; default 1, max 64)
+  --cache MODE        writeback (default): image I/O through the host's page cache;
+                      direct: O_DIRECT, bypassing it (the image fd must allow O_DIRECT: a
+                      supervisor opens it so; with --image blkback does). Requests whose
+                      buffers or sectors break the file system's alignment rules go through
+                      an aligned bounce buffer (read-modify-write of partial blocks). FLUSH is
+                      fdatasync in both modes
   --io-threads N      threads serving requests of 256 KiB or more concurrently, so large
-                      transfers overlap (default 4; 0 serves everything on the event loop)
+                      transfers overlap (default 4; 0 serves everything on the event loop);
+                      with --cache direct every request goes to them (default 16), since
+                      each one waits for the device
   --serial S          GET_ID serial (default xenith-blk, at most 20 bytes)
   --fail-io           answer every request with an I/O error (VIRTIO_BLK_S_IOERR) and never
                       touch the image: the stand-in xend starts for a disk whose blkback it
@@ -63,7 +71,9 @@ var sharedWrite = false
 var numQueues = 1
 var serial = "xenith-blk"
 var testReorder = false
-var ioThreads = 4
+var ioThreads: Int?
+var direct = false
+var testDirectAlign = 512
 var testDelayUs: UInt32 = 0
 var testForbiddenSyscall = false
 var failIO = false
@@ -86,7 +96,16 @@ while let a = args.next() {
     case "--shared-write": sharedWrite = true
     case "--num-queues": numQueues = args.int(a, in: 1...64)
     case "--serial": serial = args.value(a)
-    case "--io-threads": ioThreads = args.int(a, in: 0...16)
+    case "--io-threads": ioThreads = args.int(a, in: 0...64)
+    case "--cache":
+        switch args.value(a) {
+        case "direct": direct = true
+        case "writeback": direct = false
+        case let m: fail("--cache \(m): expected direct or writeback")
+        }
+    // Tests only: raise the direct-I/O offset alignment (bytes, a power of two) so the
+    // read-modify-write path runs on a file system with 512-byte blocks.
+    case "--test-dio-align": testDirectAlign = args.int(a, in: 512...65536)
     case "--fail-io": failIO = true
     case "--test-reorder": testReorder = true          // complete each batch in reverse (tests)
     case "--test-delay-us": testDelayUs = UInt32(args.int(a, in: 0...1_000_000))  // slow each request (tests)
@@ -129,13 +148,30 @@ BackendService.resetSignals()
 // 1. The image (before the socket, so a bad image leaves nothing behind).
 var image: any BlockStorage
 do {
+    if testDirectAlign & (testDirectAlign - 1) != 0 { fail("--test-dio-align \(testDirectAlign): not a power of two") }
+    // qcow2's metadata I/O is not aligned for O_DIRECT: its images use the page cache.
+    if direct && format == "qcow2" { fail("--cache direct: qcow2 images are served through the page cache (writeback)") }
     var raw: BlockImage
-    if let spec = imageSpec { raw = try BlockImage.open(spec, readOnly: readOnly, sharedWrite: sharedWrite) }
-    else { raw = try BlockImage(fd: imageFdArg!, readOnly: readOnly) }
+    if let spec = imageSpec {
+        raw = try BlockImage.open(spec, readOnly: readOnly, sharedWrite: sharedWrite, direct: direct, minDirectAlignment: testDirectAlign)
+    } else {
+        // The cache mode is the open file description's O_DIRECT flag: a supervisor opens the
+        // image with it (where a file system refuses it, that open fails and names the disk);
+        // set or cleared here when it did not.
+        let fd = imageFdArg!
+        let flags = fcntl(fd, F_GETFL)
+        if flags >= 0 && (flags & directIOOpenFlag != 0) != direct
+            && fcntl(fd, F_SETFL, direct ? flags | directIOOpenFlag : flags & ~directIOOpenFlag) != 0 {
+            fail("image fd \(fd): cannot \(direct ? "set" : "clear") O_DIRECT: \(String(cString: strerror(errno)))\(direct ? " (its file system refuses direct I/O; use the writeback cache mode)" : "")")
+        }
+        raw = try BlockImage(fd: fd, readOnly: readOnly, minDirectAlignment: testDirectAlign)
+    }
     if manifestPath != nil && raw.fd != 4 {
         // The manifest filters image syscalls on fd 4. The lock (flock) belongs to the open
-        // file description, so it carries over; the old BlockImage closes its own fd.
-        raw = try BlockImage(fd: service.place(raw.fd, at: 4, closingSource: false), readOnly: readOnly)
+        // file description, so it carries over (so does O_DIRECT); the old BlockImage closes
+        // its own fd.
+        raw = try BlockImage(fd: service.place(raw.fd, at: 4, closingSource: false), readOnly: readOnly,
+                             minDirectAlignment: testDirectAlign)
     }
     image = raw
     if format == "qcow2" {
@@ -192,6 +228,15 @@ final class DelayedDevice: VhostUserDevice {
 // byte is read. From here on blkback opens nothing (memory and eventfds arrive over the
 // socket): the listener is fd 3, the image fd 4 (manifests/blkback.manifest).
 // ---------------------------------------------------------------------------------------
+// glibc's malloc sizes its arena limit from the CPU count the first time a thread needs a
+// ninth arena, reading /sys/devices/system/cpu/online: an open the sandbox forbids. A fixed
+// limit (mallopt M_ARENA_MAX) means it never asks; more I/O threads then share arenas.
+// Only with more than 7 I/O threads (direct I/O's default 16); the page-cache mode's 4 keep
+// glibc's defaults.
+if (ioThreads ?? (direct ? 16 : 4)) > 7, let p = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
+    let mallopt = unsafeBitCast(p, to: (@convention(c) (Int32, Int32) -> Int32).self)
+    _ = mallopt(-8, 8)   // M_ARENA_MAX (<malloc.h>)
+}
 service.applySandbox(manifestPath: manifestPath, probe: testForbiddenSyscall)
 // unlink is outside the manifest (and the root is empty now): whoever bound the socket
 // removes its file.
@@ -205,10 +250,17 @@ else { device = blk }
 let backend: VhostUserBackend
 do { backend = try VhostUserBackend(device: device, listenFd: listenFd) } catch { fail("\(error)") }
 if testReorder { backend.completionOrder = .reversedBatches }
-backend.ioThreads = ioThreads
+if direct {
+    // Each direct request waits for the device: serve them all on the I/O threads, so a
+    // queue of small random reads keeps the device busy as a deep queue would.
+    backend.offloadBytes = 0
+    backend.ioThreads = ioThreads ?? 16
+} else {
+    backend.ioThreads = ioThreads ?? 4
+}
 if !service.quiet { backend.log = { eprint("blkback: \($0)\n") } }
 
-let serving = (failIO ? "failing every request to " : "serving ") + "\(imageSpec ?? "fd \(imageFdArg ?? 4)") (\(format), \(image.size) bytes\(readOnly ? ", read-only" : ""), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(service.socketPath ?? "fd \(listenFd)")"
+let serving = (failIO ? "failing every request to " : "serving ") + "\(imageSpec ?? "fd \(imageFdArg ?? 4)") (\(format), \(image.size) bytes\(readOnly ? ", read-only" : ""), \(direct ? "direct I/O" : "page cache"), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(service.socketPath ?? "fd \(listenFd)")"
 service.log(serving)
 // The signal for the launcher (the log line above is for people).
 ServiceReadiness.ready(serving)

@@ -22,6 +22,10 @@ modes:
               with IOERR/UNSUPP or flags DEVICE_NEEDS_RESET, then serves a good request
   verify      write/read/verify, flush, GET_ID, discard, write-zeroes; --read-only
               expects writes to be refused instead
+  unaligned   --image PATH: writes and reads with buffers at odd addresses, split into
+              segments of odd lengths, at sectors not aligned to 4 KiB, against a copy of
+              PATH read at the start; checks every read and, at the end, PATH itself
+              (the neighbours of each write survive a back-end's read-modify-write)
   restart     --backend-cmd 'CMD' [--kills N] [--queues N] [--blocks N]: starts CMD,
               keeps writes in flight, SIGKILLs and restarts it N times, reconnects,
               then verifies every block; prints the SIGKILL → first completion times
@@ -411,12 +415,79 @@ enum Expect { case ioerr, unsupp, broken, errorOrBroken }
     if bad > 0 || times.count != kills { exit(1) }
 }
 
+// MARK: unaligned (checked byte for byte against the image file)
+
+@MainActor func unaligned() throws {
+    guard let path = opts["--image"] else { fail("unaligned needs --image PATH (the file the back-end serves)") }
+    let c = connectClient(queues: 1, depth: 4, maxBytes: 256 << 10)
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { fail("\(path): \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    func readFile() -> [UInt8] {
+        var st = stat()
+        fstat(fd, &st)
+        var b = [UInt8](repeating: 0, count: Int(st.st_size))
+        var done = 0
+        while done < b.count {
+            let n = b.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, $0.count - done, off_t(done)) }
+            if n <= 0 { fail("\(path): short read") }
+            done += n
+        }
+        return b
+    }
+    var model = readFile()
+    guard model.count >= 1 << 20, UInt64(model.count / 512) == c.capacitySectors else {
+        fail("\(path) holds \(model.count) bytes, the device \(c.capacitySectors) sectors (want ≥ 1 MiB, the same)")
+    }
+    var g = SystemRandomNumberGenerator()
+    var failures = 0, writes = 0, reads = 0
+    let span = min(model.count / 512, 4096)          // the first 2 MiB
+    for round in 0..<300 {
+        let sectors = [1, 1, 2, 3, 7, 8, 9, 17, 64][round % 9]
+        let sector = Int.random(in: 0...(span - sectors), using: &g)
+        let total = sectors * 512
+        let cuts = (0..<Int.random(in: 0...3, using: &g)).map { _ in Int.random(in: 1..<max(2, total), using: &g) }
+        let segs = oddSegments(total: total, cuts: cuts, shift: Int.random(in: 0...5, using: &g))
+        let off = sector * 512
+        if round % 3 != 2 {
+            let bytes = (0..<total).map { _ in UInt8.random(in: 0...255, using: &g) }
+            let r = try c.runScattered(type: VirtioBlk.tOut, sector: UInt64(sector), segments: segs) { slot in
+                var k = 0
+                let d = c.data(0, slot)
+                for s in segs { for j in 0..<s.length { d[s.offset + j] = bytes[k]; k += 1 } }
+            }
+            writes += 1
+            if r.status != VirtioBlk.sOK { print("FAIL write \(total) bytes at sector \(sector) in \(segs.count) segments: status \(r.status)"); failures += 1; continue }
+            model.replaceSubrange(off..<off + total, with: bytes)
+        } else {
+            let r = try c.runScattered(type: VirtioBlk.tIn, sector: UInt64(sector), segments: segs)
+            reads += 1
+            let d = c.data(0, r.slot)
+            var got: [UInt8] = []
+            for s in segs { got += UnsafeRawBufferPointer(rebasing: d[s.offset..<s.offset + s.length]) }
+            if r.status != VirtioBlk.sOK || got != Array(model[off..<off + total]) {
+                print("FAIL read \(total) bytes at sector \(sector) in \(segs.count) segments: status \(r.status)\(r.status == 0 ? ", wrong data" : "")")
+                failures += 1
+            }
+        }
+    }
+    if try c.run(type: VirtioBlk.tFlush, sector: 0, bytes: 0).status != VirtioBlk.sOK { print("FAIL flush"); failures += 1 }
+    let file = readFile()
+    var differ = 0
+    for i in model.indices where file[i] != model[i] { differ += 1 }
+    if differ > 0 { print("FAIL \(path) differs from the expected contents in \(differ) bytes"); failures += 1 }
+    print("unaligned: \(writes) writes, \(reads) reads, file checked: \(failures == 0 ? "passed" : "\(failures) failures")")
+    c.frontend.disconnect()
+    if failures > 0 { exit(1) }
+}
+
 do {
     switch mode {
     case "bench": try bench()
     case "verify": try verify()
     case "malformed": try malformed()
     case "restart": try restart()
+    case "unaligned": try unaligned()
     case "net-ping": try netPing()
     case "net-malformed": try netMalformed()
     case "net-bench": try netBench()

@@ -53,7 +53,6 @@ import Testing
         #expect(d == c)
         let e = try DiskSpec(parsing: "/dev/vg/guest-volume,,hda")
         #expect(e == (try DiskSpec(parsing: "format=raw, vdev=hda, access=rw, target=/dev/vg/guest-volume")))
-        #expect(try DiskSpec(parsing: "nbd:192.0.2.1:5000,xvdb,w").script == "block-nbd")
         for bad in ["phy:/dev/x,xvda,q", "phy:/dev/x,floppy,w", "phy:/dev/x", "vdev=xvda,access=rw", "a,b,c,d,e",
                     "phy:/dev/x,xvda:tape,w", "format=vmdk,vdev=xvda,target=/x", "bogus=1,vdev=xvda,target=/x"] {
             #expect(throws: DiskSpecError.self, "\(bad)") { _ = try DiskSpec(parsing: bad) }

@@ -1,0 +1,100 @@
+import Foundation
+import Testing
+
+/// blkback's `direct` cache mode through xend: `(blkback-cache direct)` in xend-config.sxp;
+/// xend opens the image with O_DIRECT and blkback serves it so (the core domain's disk
+/// rounds pass); a disk on a file system that refuses O_DIRECT (ramfs; tmpfs did before
+/// Linux 6.6) fails `xm create` naming the disk and the reason, leaving no domain, blkback
+/// or socket; the same disk with `cache=writeback` starts.
+@Suite(.serialized) struct DirectDiskTests {
+    let root: String = {
+        var t = Array("/tmp/xenith-disk-dio-XXXXXX".utf8CString)
+        return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }()
+    /// A ramfs mount in the test's root: it refuses O_DIRECT.
+    var ramfs: String { root + "/ramfs" }
+    var shmImage: String { ramfs + "/disk.img" }
+
+    func xm(_ args: String...) throws -> RunResult { setenv("XENITH_ROOT", root, 1); return try run(Env.binary("xm"), args, timeout: 60) }
+    func xend(_ arg: String) throws -> RunResult { setenv("XENITH_ROOT", root, 1); return try run(Env.binary("xend"), [arg], timeout: 60) }
+    func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
+    func pidFile(_ rel: String) -> Int32? {
+        (try? String(contentsOfFile: root + rel, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+    /// blkback processes of this test's root.
+    func blkbacks() -> [Int32] {
+        ((try? run("/usr/bin/pgrep", ["-f", "--", "blkback --listen-fd 3 --image-fd 4"]))?.stdout ?? "").split(separator: "\n").compactMap { Int32($0) }
+            .filter { ((try? String(contentsOfFile: "/proc/\($0)/environ", encoding: .utf8)) ?? "").contains("XENITH_ROOT=\(root)\u{0}") }
+    }
+    func waitUntil(_ seconds: Double, _ cond: () -> Bool) -> Bool {
+        let end = Date().addingTimeInterval(seconds)
+        while Date() < end { if cond() { return true }; usleep(50_000) }
+        return cond()
+    }
+    func lastRound(_ text: String) -> Int {
+        text.components(separatedBy: "blk round ok ").dropFirst().compactMap { Int($0.prefix(8), radix: 16) }.max() ?? -1
+    }
+
+    @Test func directDisksAndRefusal() throws {
+        if skip(Env.kvmUnavailable) { return }
+        if getuid() != 0 { print("SKIP: directDisksAndRefusal: needs root (blkback's sandbox)"); return }
+        try FileManager.default.createDirectory(atPath: ramfs, withIntermediateDirectories: true)
+        guard (try? run("/usr/bin/mount", ["-t", "ramfs", "xenith-disk-dio", ramfs]))?.status == 0 else {
+            print("SKIP: directDisksAndRefusal: cannot mount a ramfs"); return
+        }
+        let kernel = Env.fixture("pvh.elf")
+        defer {
+            _ = try? xend("stop")
+            for f in ["/run/xenconsoled/xenconsoled.pid", "/run/xenstored/xenstored.pid"] { if let p = pidFile(f) { kill(p, SIGTERM) } }
+            _ = try? run("/usr/bin/umount", [ramfs])
+            try? FileManager.default.removeItem(atPath: root)
+        }
+        try FileManager.default.createDirectory(atPath: root + "/etc/xen", withIntermediateDirectories: true)
+        try "(blkback-cache direct)\n".write(toFile: root + "/etc/xen/xend-config.sxp", atomically: true, encoding: .utf8)
+        let img = root + "/disk.img"             // on the disk file system (ext4 here)
+        #expect(FileManager.default.createFile(atPath: img, contents: Data(count: 1 << 20)))
+        #expect(FileManager.default.createFile(atPath: shmImage, contents: Data(count: 1 << 20)))
+        let cfg = root + "/d.cfg"
+        try "kernel = '\(kernel)'\nmemory = 32\nname = 'd1'\nextra = 'B'\nengine = 'core'\ndisk = ['file:\(img),xvda,w']\n"
+            .write(toFile: cfg, atomically: true, encoding: .utf8)
+        #expect(try xend("start").status == 0)
+
+        // ramfs: refused at create, naming the disk and the reason; nothing left.
+        let bad = try xm("create", cfg, "name=t1", "disk=file:\(shmImage),xvda,w")
+        #expect(bad.status != 0, "\(bad.stdout)")
+        #expect(bad.stderr.contains("xvda") && bad.stderr.contains(shmImage) && bad.stderr.contains("refuses direct I/O"), "\(bad.stderr)")
+        #expect(!(try xm("list").stdout.contains("t1")))
+        #expect(blkbacks().isEmpty)
+        let sockets = (try? FileManager.default.contentsOfDirectory(atPath: root + "/run/xenith")) ?? []
+        #expect(!sockets.contains { $0.hasPrefix("blkback-") }, "\(sockets)")
+
+        // The same ramfs disk asking for the page cache starts.
+        let wb = try xm("create", cfg, "name=t2", "disk=file:\(shmImage),xvda,w,cache=writeback")
+        #expect(wb.status == 0, "\(wb.stderr)")
+        #expect(waitUntil(10) { lastRound(read("/var/log/xen/console/guest-t2.log")) >= 3 })
+        #expect(try xm("destroy", "t2").status == 0)
+
+        // ext4: served with O_DIRECT (the flags of blkback's image fd), the disk rounds pass.
+        let ok = try xm("create", cfg)
+        #expect(ok.status == 0, "\(ok.stderr) \(read("/var/log/xen/xend.log").suffix(600))")
+        let log = "/var/log/xen/console/guest-d1.log"
+        #expect(waitUntil(10) { lastRound(read(log)) >= 3 }, "\(read(log).suffix(300))")
+        #expect(!read(log).contains("blk round bad"))
+        // blkback's sandbox keeps a reaper beside the server: the one holding the image at fd 4.
+        func inode(_ path: String) -> UInt64? {   // stat(2) follows /proc/PID/fd/N to the file
+            var st = stat()
+            return stat(path, &st) == 0 ? UInt64(st.st_ino) : nil
+        }
+        let procs = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+        let servers = procs.filter {
+            (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8)) == "blkback\n" && inode("/proc/\($0)/fd/4") == inode(img)
+        }
+        #expect(!servers.isEmpty, "no blkback holds \(img)")
+        for p in servers {
+            let info = (try? String(contentsOfFile: "/proc/\(p)/fdinfo/4", encoding: .utf8)) ?? ""
+            let flags = info.split(separator: "\n").first { $0.hasPrefix("flags:") }.flatMap { Int($0.split(separator: "\t").last ?? "", radix: 8) } ?? 0
+            #expect(flags & 0o40000 != 0, "blkback's image fd is not O_DIRECT: \(info)")
+        }
+        #expect(try xm("destroy", "d1").status == 0)
+    }
+}
