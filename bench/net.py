@@ -130,14 +130,16 @@ def cpu_seconds(pid):
     return total / TICK
 
 
-def tap_tx_bytes(vif):
-    """Bytes the kernel handed to the reader of tap `vif` (its tx_bytes) in the bench namespace."""
-    return int(nsx("cat /sys/class/net/%s/statistics/tx_bytes" % vif).stdout)
+def tap_tx(vif):
+    """(bytes, frames) the kernel handed to the reader of tap `vif` (tx_bytes, tx_packets) in the
+    bench namespace."""
+    out = nsx("cat /sys/class/net/%s/statistics/tx_bytes /sys/class/net/%s/statistics/tx_packets" % (vif, vif)).stdout.split()
+    return int(out[0]), int(out[1])
 
 
 def throughput(work, mode):
     """One guest 1 → guest 2 run: (iperf3's receiver Mbit/s, CPU s/GB of everything, CPU s/GB
-    of the back-ends alone or None) or None. `mode` is "netback", "before" (netback from
+    of the back-ends alone or None, mean bytes per frame into the receiver's tap) or None. `mode` is "netback", "before" (netback from
     BIN_BEFORE) or "qemu"."""
     recv = "iperf3 -s -1 >/dev/null 2>&1; echo XENITH-RECEIVED; sleep 2; poweroff -f"
     send = ("i=0; until ping -c 1 -W 1 10.77.0.12 >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 60 ] && break; done; "
@@ -166,7 +168,7 @@ def throughput(work, mode):
         marks, lines = {}, []
 
         def sample():
-            return (time.monotonic(), [cpu_seconds(pid) for pid in pids], tap_tx_bytes("vif2.0"))
+            return (time.monotonic(), [cpu_seconds(pid) for pid in pids], tap_tx("vif2.0"))
 
         def reader():
             # The sender's console, line by line: sample at the markers around iperf3 -c.
@@ -185,13 +187,14 @@ def throughput(work, mode):
             sys.stderr.write("%s: no iperf3 figure from the sender guest:\n%s\n" % (mode, out[-1500:]))
             return None
         (t0, c0, b0), (t1, c1, b1) = marks["XENITH-START"], marks["XENITH-END"]
-        gb = (b1 - b0) / 1e9
+        gb = (b1[0] - b0[0]) / 1e9
+        frame = (b1[0] - b0[0]) / max(1, b1[1] - b0[1])
         if gb <= 0:
             sys.stderr.write("%s: no bytes reached the receiver's tap\n" % mode)
             return None
         cpu = [b - a for a, b in zip(c0, c1)]
         nb = sum(cpu[len(guests):]) / gb if backends else None
-        return float(m.group(1)), sum(cpu) / gb, nb
+        return float(m.group(1)), sum(cpu) / gb, nb, frame
     finally:
         for p in procs:
             if p.poll() is None:
@@ -242,6 +245,7 @@ def main():
         print("  %-36s" % "throughput (median)" + "".join("%-24s" % fmt(med(m, 0), "Mbit/s") for m in modes))
         print("  %-36s" % "host CPU s/GB, back-end + 2 QEMUs" + "".join("%-24s" % fmt(med(m, 1), "s/GB") for m in modes))
         print("  %-36s" % "host CPU s/GB, netback alone" + "".join("%-24s" % fmt(med(m, 2), "s/GB") for m in modes))
+        print("  %-36s" % "mean frame to the receiver" + "".join("%-24s" % fmt(med(m, 3), "bytes") for m in modes))
         for i, what in ((0, "runs, Mbit/s"), (1, "runs, CPU s/GB")):
             print("  %-36s" % what + "".join("%-24s" % (" ".join("%.0f" % r[i] if i == 0 else "%.1f" % r[i]
                                                                    for r in res[m]) or "-") for m in modes))
