@@ -246,9 +246,9 @@ def main():
         print("  %-36s" % "host CPU s/GB, back-end + 2 QEMUs" + "".join("%-24s" % fmt(med(m, 1), "s/GB") for m in modes))
         print("  %-36s" % "host CPU s/GB, netback alone" + "".join("%-24s" % fmt(med(m, 2), "s/GB") for m in modes))
         print("  %-36s" % "mean frame to the receiver" + "".join("%-24s" % fmt(med(m, 3), "bytes") for m in modes))
-        for i, what in ((0, "runs, Mbit/s"), (1, "runs, CPU s/GB")):
-            print("  %-36s" % what + "".join("%-24s" % (" ".join("%.0f" % r[i] if i == 0 else "%.1f" % r[i]
-                                                                   for r in res[m]) or "-") for m in modes))
+        for m in modes:
+            print("  runs, %-20s Mbit/s %s; CPU s/GB %s" % (names[m], " ".join("%.0f" % r[0] for r in res[m]) or "-",
+                                                          " ".join("%.1f" % r[1] for r in res[m]) or "-"))
         nb, qm = med("netback", 0), med("qemu", 0)
         verdict = "n/a" if nb is None or qm is None else ("met" if nb >= qm else "NOT met (%.0f %% of QEMU)" % (100 * nb / qm))
         print("  target netback throughput >= QEMU's built-in: %s" % verdict)
