@@ -244,7 +244,7 @@ def main():
         print("  %-36s" % "" + "".join("%-24s" % names[m] for m in modes))
         print("  %-36s" % "throughput (median)" + "".join("%-24s" % fmt(med(m, 0), "Mbit/s") for m in modes))
         print("  %-36s" % "host CPU s/GB, back-end + 2 QEMUs" + "".join("%-24s" % fmt(med(m, 1), "s/GB") for m in modes))
-        print("  %-36s" % "host CPU s/GB, netback alone" + "".join("%-24s" % fmt(med(m, 2), "s/GB") for m in modes))
+        print("  %-36s" % "host CPU s/GB, netback alone" + "".join("%-24s" % ("n/a" if med(m, 2) is None else "%.2f s/GB" % med(m, 2)) for m in modes))
         print("  %-36s" % "mean frame to the receiver" + "".join("%-24s" % fmt(med(m, 3), "bytes") for m in modes))
         for m in modes:
             print("  runs, %-20s Mbit/s %s; CPU s/GB %s" % (names[m], " ".join("%.0f" % r[0] for r in res[m]) or "-",

@@ -259,22 +259,25 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
             }
             iov.append(iovec(iov_base: p.baseAddress, iov_len: p.count))
         }
-        // The header may straddle buffers: gather its first bytes.
-        var h = [UInt8](repeating: 0, count: hl)
-        var got = 0
-        for v in iov where got < hl {
-            let n = min(v.iov_len, hl - got)
-            for i in 0..<n { h[got + i] = v.iov_base!.load(fromByteOffset: i, as: UInt8.self) }
-            got += n
+        // The header may straddle buffers: gather it (on the stack, no allocation per frame).
+        var hdr: (UInt64, UInt32) = (0, 0)
+        withUnsafeMutableBytes(of: &hdr) { d in
+            var got = 0
+            for v in iov where got < hl {
+                let n = min(v.iov_len, hl - got)
+                (d.baseAddress! + got).copyMemory(from: v.iov_base!, byteCount: n)
+                got += n
+            }
         }
+        let h = withUnsafeBytes(of: hdr) { b in (b[0], b[1], b[6], b[7], b[8], b[9]) }
         let frame = Int(total) - hl
-        let gso = h[1]
+        let gso = h.1
         let mtuFrame = Int(config.mtu) + 18
         if gso == VirtioNetHeader.gsoNone && frame > mtuFrame {
             stats.txOversized &+= 1; note("tx oversized", "non-GSO frame of \(frame) bytes (MTU \(config.mtu))"); return nil
         }
-        let csumStart = UInt16(h[6]) | UInt16(h[7]) << 8, csumOffset = UInt16(h[8]) | UInt16(h[9]) << 8
-        if let why = VirtioNetHeader.checkTransmit(flags: h[0], gsoType: gso, csumStart: csumStart, csumOffset: csumOffset,
+        let csumStart = UInt16(h.2) | UInt16(h.3) << 8, csumOffset = UInt16(h.4) | UInt16(h.5) << 8
+        if let why = VirtioNetHeader.checkTransmit(flags: h.0, gsoType: gso, csumStart: csumStart, csumOffset: csumOffset,
                                                    frameLength: frame, features: features) {
             stats.txMalformed &+= 1; note("tx malformed", "chain \(chain.head): \(why)"); return nil
         }
