@@ -99,8 +99,8 @@ extension VirtioNetDevice {
 
     /// Takes chains from the avail ring until the unused ones hold `room` bytes or the ring
     /// is empty. A chain with device-readable buffers, buffers outside guest memory or no
-    /// bytes is returned unused (length 0, which the driver drops) when it comes first,
-    /// else left in the ring until the chains before it are used: a frame's chains stay
+    /// bytes is returned unused (length 0, which the driver drops) together with the unused
+    /// chains taken before it; no frame is half-placed here, so a frame's chains stay
     /// contiguous in the used ring (§5.1.6.4).
     func takeChains(_ q: Virtqueue, ring: VhostUserRing, room: Int, pending: inout Int) throws(VirtioError) {
         if rxNext == rxChains.count && !rxChains.isEmpty {
@@ -125,12 +125,14 @@ extension VirtioNetDevice {
                 rxRoom += r
                 continue
             }
-            rxIov.removeSubrange(start...)
-            if rxNext < rxChains.count { q.setLastAvailIdx(q.lastAvailIdx &- 1); return }
+            // Unusable chain: it and the unused chains taken before it go back empty (the
+            // driver drops zero-length buffers). Waiting for those to be used first could
+            // wait forever: the room a frame needs may lie behind this chain.
             stats.rxMalformed &+= 1; note("rx malformed", "receive chain \(c.head) has readable or invalid buffers")
+            for j in rxNext..<rxChains.count { ring.addUsed(rxChains[j].chain, written: 0); pending += 1 }
             ring.addUsed(c, written: 0); pending += 1
             rxChains.removeAll(keepingCapacity: true); rxIov.removeAll(keepingCapacity: true)
-            rxNext = 0; rxFirstIdx = q.lastAvailIdx
+            rxNext = 0; rxRoom = 0; rxFirstIdx = q.lastAvailIdx
         }
     }
 
