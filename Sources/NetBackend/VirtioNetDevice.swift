@@ -47,10 +47,13 @@ public struct NetStats: Sendable, Equatable {
 /// counted and completed with length 0. With a rate limit the queue is paced by a token
 /// bucket (``RateLimiter``) and a timerfd.
 ///
-/// Receive: a frame read from the tap is copied into one receive chain, or with
-/// VIRTIO_NET_F_MRG_RXBUF into as many as it needs (num_buffers set in the header, §5.1.6.4).
-/// When the guest has posted too few buffers, the chains taken are put back, the frame
-/// waits and the tap is not read until the next kick.
+/// Receive: each frame is read from the tap with one `readv` straight into the guest's
+/// receive buffers — one chain, or with VIRTIO_NET_F_MRG_RXBUF as many as the largest
+/// frame the tap may hand over needs, filled in place, num_buffers written in the header
+/// (§5.1.6.4) — with a bounce buffer as the last element for what does not fit. A frame
+/// that reached the bounce buffer (the guest posted too few buffers) is copied into chains
+/// once the guest posts more; meanwhile the tap is not read. Used entries are published
+/// and the driver notified once per batch of frames (event idx decides, §2.7.7).
 ///
 /// Chains go back through ``VhostUserRing/addUsed(_:written:)`` with the bytes written, so
 /// during a live migration the received frames' pages and the used ring are logged.
@@ -66,7 +69,7 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
     public let deviceFeatures: UInt64
     public var numQueues: Int { 2 }
     /// Counters (read on the event-loop thread, e.g. from a signalfd handler).
-    public private(set) var stats = NetStats()
+    public internal(set) var stats = NetStats()
     /// One line per notable event (first drops of each kind, tap errors).
     public var log: (String) -> Void = { _ in }
 
@@ -79,9 +82,22 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
     unowned(unsafe) var backend: VhostUserBackend?
     var rxRing: VhostUserRing?
     var txRing: VhostUserRing?
+    /// Bounce buffer: the tail of a frame longer than the receive buffers posted when it
+    /// was read, or a whole frame waiting for buffers (`rxLen` bytes, header included).
     var rxBuf: UnsafeMutableRawBufferPointer
     var rxLen = 0
     var rxWatch = false
+    /// Receive chains taken from the avail ring, checked and mapped, in avail order; those
+    /// from `rxNext` on are not used yet (``VirtioNetDevice/receiveFrames()``).
+    var rxChains: [RxChain] = []
+    var rxNext = 0
+    /// Their buffers' host memory, chain after chain (a chain's run starts at `iovStart`).
+    var rxIov: [iovec] = []
+    /// Bytes of the unused chains, and the avail index of `rxChains[0]`.
+    var rxRoom = 0
+    var rxFirstIdx: UInt16 = 0
+    /// The queue the chains came from (they are dropped when the ring changes).
+    var rxQueue: Virtqueue?
     var scratch: UnsafeMutableRawBufferPointer
     var iov: [iovec]
     var logged: [String: UInt64] = [:]
@@ -111,6 +127,8 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
         scratch = .allocate(byteCount: Self.rxBufferSize, alignment: 64)
         iov = []
         iov.reserveCapacity(256)
+        rxChains.reserveCapacity(256)
+        rxIov.reserveCapacity(1024)
         try tap.setVnetHeaderSize(VirtioNetHeader.size)
         try? tap.setOffload(0)
     }
@@ -160,6 +178,7 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
     public func queueReady(_ queue: Int, ring: VhostUserRing?) {
         if queue == 0 {
             rxRing = ring
+            dropChains()
             setTapWatch(ring != nil)
         } else if queue == 1 {
             txRing = ring
@@ -240,22 +259,25 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
             }
             iov.append(iovec(iov_base: p.baseAddress, iov_len: p.count))
         }
-        // The header may straddle buffers: gather its first bytes.
-        var h = [UInt8](repeating: 0, count: hl)
-        var got = 0
-        for v in iov where got < hl {
-            let n = min(v.iov_len, hl - got)
-            for i in 0..<n { h[got + i] = v.iov_base!.load(fromByteOffset: i, as: UInt8.self) }
-            got += n
+        // The header may straddle buffers: gather it (on the stack, no allocation per frame).
+        var hdr: (UInt64, UInt32) = (0, 0)
+        withUnsafeMutableBytes(of: &hdr) { d in
+            var got = 0
+            for v in iov where got < hl {
+                let n = min(v.iov_len, hl - got)
+                (d.baseAddress! + got).copyMemory(from: v.iov_base!, byteCount: n)
+                got += n
+            }
         }
+        let h = withUnsafeBytes(of: hdr) { b in (b[0], b[1], b[6], b[7], b[8], b[9]) }
         let frame = Int(total) - hl
-        let gso = h[1]
+        let gso = h.1
         let mtuFrame = Int(config.mtu) + 18
         if gso == VirtioNetHeader.gsoNone && frame > mtuFrame {
             stats.txOversized &+= 1; note("tx oversized", "non-GSO frame of \(frame) bytes (MTU \(config.mtu))"); return nil
         }
-        let csumStart = UInt16(h[6]) | UInt16(h[7]) << 8, csumOffset = UInt16(h[8]) | UInt16(h[9]) << 8
-        if let why = VirtioNetHeader.checkTransmit(flags: h[0], gsoType: gso, csumStart: csumStart, csumOffset: csumOffset,
+        let csumStart = UInt16(h.2) | UInt16(h.3) << 8, csumOffset = UInt16(h.4) | UInt16(h.5) << 8
+        if let why = VirtioNetHeader.checkTransmit(flags: h.0, gsoType: gso, csumStart: csumStart, csumOffset: csumOffset,
                                                    frameLength: frame, features: features) {
             stats.txMalformed &+= 1; note("tx malformed", "chain \(chain.head): \(why)"); return nil
         }
@@ -275,95 +297,6 @@ public final class VirtioNetDevice: VhostUserDrivenDevice, @unchecked Sendable {
             note("tx error", "tap write: \(String(cString: strerror(errno)))")
         } else {
             stats.txFrames &+= 1; stats.txBytes &+= UInt64(frame)
-        }
-    }
-
-    // MARK: receive (tap → guest)
-
-    func receive() {
-        do { try receiveFrames() } catch { rxRing?.fail(error.description) }
-    }
-
-    /// Moves frames from the tap into receive chains until the tap is empty, the guest
-    /// has no buffers left, or a budget of frames is used (fairness with transmit).
-    func receiveFrames() throws(VirtioError) {
-        guard let ring = rxRing else { setTapWatch(false); return }
-        let q = ring.queue
-        let mergeable = features & VirtioNetFeature.mrgRxbuf != 0
-        let hl = headerLength
-        var published = 0
-        defer { if published > 0 { ring.publishUsed(); ring.notifyIfNeeded() } }
-        var chains: [(chain: DescriptorChain, bufs: [UnsafeMutableRawBufferPointer], room: Int)] = []
-        for _ in 0..<256 {
-            if rxLen == 0 {
-                let n = read(tap.fd, rxBuf.baseAddress, rxBuf.count)
-                if n < 0 {
-                    // EAGAIN: the tap is empty. Anything else is the tap's fault: say so
-                    // (once or so); the loop calls again while the tap reports readable.
-                    if errno != EAGAIN && errno != EINTR { note("tap read error", String(cString: strerror(errno))) }
-                    setTapWatch(true)
-                    return
-                }
-                if n < hl + 14 { stats.rxDropped &+= 1; note("rx dropped", "short frame of \(n) bytes from the tap"); continue }
-                rxLen = n
-            }
-            var start = q.lastAvailIdx
-            chains.removeAll(keepingCapacity: true)
-            var room = 0
-            while room < rxLen {
-                guard let c = try q.pop() else {
-                    // Too few buffers: put the chains back, keep the frame, wait for a kick.
-                    q.setLastAvailIdx(start)
-                    setTapWatch(false)
-                    return
-                }
-                var bufs: [UnsafeMutableRawBufferPointer] = []
-                var ok = c.readable.isEmpty
-                var r = 0
-                if ok {
-                    for b in c.writable where b.length > 0 {
-                        do { bufs.append(try q.memory.slice(b)); r += Int(b.length) } catch { ok = false; break }
-                    }
-                }
-                if !ok || r == 0 {
-                    // Unusable chain: it and the chains gathered before it go back empty
-                    // (the driver drops zero-length buffers), so a frame's chains stay
-                    // contiguous in the used ring; the frame then starts over.
-                    stats.rxMalformed &+= 1; note("rx malformed", "receive chain \(c.head) has readable or invalid buffers")
-                    for g in chains { ring.addUsed(g.chain, written: 0); published += 1 }
-                    ring.addUsed(c, written: 0); published += 1
-                    chains.removeAll(keepingCapacity: true); room = 0
-                    start = q.lastAvailIdx
-                    continue
-                }
-                chains.append((c, bufs, r))
-                room += r
-                if !mergeable { break }
-            }
-            if room < rxLen {
-                // One chain without MRG_RXBUF and it is too small: drop the frame, keep the chain.
-                q.setLastAvailIdx(q.lastAvailIdx &- 1)
-                stats.rxDropped &+= 1; note("rx dropped", "frame of \(rxLen - hl) bytes larger than the receive buffer (\(room - hl) bytes)")
-                rxLen = 0
-                continue
-            }
-            if hl == VirtioNetHeader.size {
-                rxBuf.storeBytes(of: UInt16(chains.count).littleEndian, toByteOffset: VirtioNetHeader.numBuffersOffset, as: UInt16.self)
-            }
-            var off = 0
-            for c in chains {
-                var written = 0
-                for b in c.bufs where off < rxLen {
-                    let n = min(b.count, rxLen - off)
-                    b.baseAddress!.copyMemory(from: rxBuf.baseAddress! + off, byteCount: n)
-                    off += n; written += n
-                }
-                ring.addUsed(c.chain, written: UInt32(written))
-                published += 1
-            }
-            stats.rxFrames &+= 1; stats.rxBytes &+= UInt64(rxLen - hl)
-            rxLen = 0
-            if published >= 64 { ring.publishUsed(); ring.notifyIfNeeded(); published = 0 }
         }
     }
 }

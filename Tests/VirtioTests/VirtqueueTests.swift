@@ -60,6 +60,67 @@ struct Rig {
         #expect(availEvent == 3)
     }
 
+    /// vring_need_event across the 16-bit wrap (virtio 1.1 §2.6.7.2): indices are free-running
+    /// and compared modulo 2^16, so a used_event just past 65535 still fires exactly once, at
+    /// the entry it names, and avail_event wraps with the avail cursor.
+    @Test(arguments: [UInt16(0), UInt16(1), UInt16(65535)])
+    func eventIdxAcrossTheWrap(usedEvent: UInt16) throws {
+        let mem = try GuestMemory.memfd(name: "vq-wrap", layout: [(0, 0x80000)])
+        let driver = try VirtqueueDriver(memory: mem, size: 8, base: 0x10000)
+        let start: UInt16 = 65533
+        try mem.store(start, at: driver.usedRing + 2)      // used->idx (the device resumes there)
+        try driver.resync()
+        try driver.forceAvailIdx(start)
+        let device = try Virtqueue(memory: mem, size: 8, descTable: driver.descTable, availRing: driver.availRing,
+                                   usedRing: driver.usedRing, features: VirtioFeature.ringEventIdx, lastAvailIdx: start)
+        for _ in 0..<6 {
+            let h = try #require(try driver.add([ChainBuffer(address: 0x40000, length: 1, writable: true)]))
+            try driver.publish(h)
+        }
+        // The first decision after start-up always notifies (nothing was signalled before).
+        #expect(device.needsNotification())
+        try driver.setUsedEvent(usedEvent)
+        var fired: [UInt16] = []
+        while let c = try device.pop() {
+            device.addUsed(head: c.head, length: 1); device.publishUsed()
+            // Entry number (nextUsedIdx - 1) was just used: notify iff it is used_event.
+            if device.needsNotification() { fired.append(device.nextUsedIdx &- 1) }
+        }
+        #expect(fired == [usedEvent])
+        #expect(device.publishedUsedIdx == start &+ 6)        // 3, past the wrap
+        let availEvent: UInt16 = try mem.load(at: driver.usedRing + 4 + 8 * 8)
+        #expect(availEvent == start &+ 6)
+    }
+
+    /// Several entries published at once: one notification when used_event lies among them
+    /// (also across the wrap), none when it lies before or after them.
+    @Test func eventIdxBatchAcrossTheWrap() throws {
+        let mem = try GuestMemory.memfd(name: "vq-wrap2", layout: [(0, 0x80000)])
+        let driver = try VirtqueueDriver(memory: mem, size: 8, base: 0x10000)
+        let start: UInt16 = 65534
+        try mem.store(start, at: driver.usedRing + 2)
+        try driver.resync()
+        try driver.forceAvailIdx(start)
+        let device = try Virtqueue(memory: mem, size: 8, descTable: driver.descTable, availRing: driver.availRing,
+                                   usedRing: driver.usedRing, features: VirtioFeature.ringEventIdx, lastAvailIdx: start)
+        #expect(device.needsNotification())
+        func batch(_ n: Int, usedEvent: UInt16) throws -> Bool {
+            for _ in 0..<n {
+                let h = try #require(try driver.add([ChainBuffer(address: 0x40000, length: 1, writable: true)]))
+                try driver.publish(h)
+            }
+            try driver.setUsedEvent(usedEvent)
+            for _ in 0..<n { let c = try #require(try device.pop()); device.addUsed(head: c.head, length: 1) }
+            device.publishUsed()
+            while try driver.pollUsed() != nil {}
+            return device.needsNotification()
+        }
+        #expect(try batch(4, usedEvent: 0))            // entries 65534, 65535, 0, 1: 0 among them
+        #expect(try !batch(2, usedEvent: 0))           // entries 2, 3: 0 is behind
+        #expect(try !batch(2, usedEvent: 7))           // entries 4, 5: 7 is ahead
+        #expect(try batch(3, usedEvent: 7))            // entries 6, 7, 8
+    }
+
     @Test func loopIsDetected() throws {
         let r = try Rig()
         try r.driver.writeDescriptor(0, address: 0x1000, length: 16, flags: VirtqDescFlag.next, next: 1)
