@@ -82,13 +82,15 @@ public final class XenStorePersistentStore {
                 throw XenStorePersistenceError(path: snapshotPath, reason: "not a xenstored snapshot (no XSSNAPS1 header); refusing to start: move it aside to start with an empty store")
             }
             do {
-                guard let (changes, end) = try XenStoreRecords.readRecord(snap, at: 8) else {
+                // One record, or several for a store larger than one record may hold.
+                guard var (changes, end) = try XenStoreRecords.readRecord(snap, at: 8) else {
                     throw XenStoreRecordError(offset: 8, reason: "no record after the header")
                 }
-                guard end == snap.count else {
-                    throw XenStoreRecordError(offset: end, reason: "\(snap.count - end) bytes after the snapshot's record")
-                }
                 state.apply(changes)
+                while let (more, next) = try XenStoreRecords.readRecord(snap, at: end) {
+                    state.apply(more)
+                    (changes, end) = (more, next)
+                }
             } catch {
                 throw XenStorePersistenceError(path: snapshotPath, reason: "damaged snapshot \(error); refusing to start: move it aside to start with an empty store")
             }
@@ -179,14 +181,18 @@ public final class XenStorePersistentStore {
     /// Whether the journal has outgrown `compactThreshold`.
     public var wantsCompaction: Bool { journalSize > compactThreshold }
 
-    /// Writes `state` (the whole store) as the new snapshot and empties the journal.
+    /// Largest payload of one snapshot record (`XenStoreRecords.recordMax`; smaller in tests).
+    var snapshotRecordBytes = XenStoreRecords.recordMax
+
+    /// Writes `state` (the whole store) as the new snapshot, in as many records as it needs
+    /// (none above `snapshotRecordBytes`), and empties the journal.
     /// - Throws: `XenStorePersistenceError` when the snapshot cannot be written; the old
     ///   snapshot and journal then stay as they were.
     public func compact(_ state: [XenStoreChange]) throws(XenStorePersistenceError) {
         let tmp = snapshotPath + ".tmp"
         let fd = Glibc.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw Self.systemError(tmp, "open") }
-        let ok = Self.writeAll(fd, Self.snapshotMagic + XenStoreRecords.record(state)) && fsync(fd) == 0
+        let ok = Self.writeAll(fd, Self.snapshotMagic + XenStoreRecords.records(state, maxPayload: snapshotRecordBytes)) && fsync(fd) == 0
         let e = errno
         Glibc.close(fd)
         guard ok else { unlink(tmp); throw XenStorePersistenceError(path: tmp, reason: "write: \(String(cString: strerror(e)))") }

@@ -67,6 +67,30 @@ public enum XenStoreRecords {
         return out
     }
 
+    /// `changes` framed as consecutive records, each payload at most `maxPayload` bytes (a
+    /// change larger than that alone in its record: a single xenstore change is far smaller).
+    /// A snapshot of a large store is several records, so none passes `recordMax`.
+    public static func records(_ changes: [XenStoreChange], maxPayload: Int = recordMax) -> [UInt8] {
+        var out: [UInt8] = []
+        var payload: [UInt8] = []
+        func flush() {
+            guard !payload.isEmpty else { return }
+            appendU32(UInt32(payload.count), &out)
+            appendU32(crc32c(payload), &out)
+            out.append(contentsOf: payload)
+            payload.removeAll(keepingCapacity: true)
+        }
+        var one: [UInt8] = []
+        for c in changes {
+            one.removeAll(keepingCapacity: true)
+            encode(c, into: &one)
+            if !payload.isEmpty && payload.count + one.count > maxPayload { flush() }
+            payload.append(contentsOf: one)
+        }
+        flush()
+        return out
+    }
+
     /// Reads the record starting at `offset` of `bytes`.
     /// - Returns: its changes and the offset after it; nil at the exact end of `bytes`.
     /// - Throws: `XenStoreRecordError` for a short header or payload (a torn write), a length

@@ -220,6 +220,28 @@ private func journaled(_ core: XenStoreCore, _ store: XenStorePersistentStore, _
         for i in 260..<300 { #expect(s.ask(.read, ["/tool/n\(i % 40)"]) == [String(repeating: "v", count: i)]) }
     }
 
+    /// A store larger than one record may hold is snapshotted as several records (each at
+    /// most the bound; here 4 KiB stands for the 64 MiB one) and all of them load again.
+    @Test func aSnapshotLargerThanOneRecordIsSplitAndLoadsWhole() throws {
+        let dir = StoreDir()
+        do {
+            let (core, store) = try dir.open()
+            journaled(core, store) { s in for i in 0..<200 { _ = s.write("/tool/big/n\(i)", String(repeating: "x", count: 100 + i)) } }
+            store.snapshotRecordBytes = 4096
+            try store.compact(core.stateAsChanges())
+        }
+        let snap = dir.bytes(dir.snapshot)
+        var offset = 8, records = 0
+        while let (_, next) = try XenStoreRecords.readRecord(snap, at: offset) {
+            #expect(next - offset - XenStoreRecords.headerSize <= 4096 + 512, "a record of \(next - offset) bytes")
+            offset = next; records += 1
+        }
+        #expect(records > 5, "\(records) records for ~40 KiB of store")
+        let (core, _) = try dir.open(compact: false)
+        var s = Session(core)
+        for i in [0, 99, 199] { #expect(s.ask(.read, ["/tool/big/n\(i)"]) == [String(repeating: "x", count: 100 + i)]) }
+    }
+
     @Test func aServerJournalsBeforeItRepliesAndAReloadServesIt() throws {
         let dir = StoreDir()
         let sock = dir.path + "/sock"
