@@ -122,7 +122,8 @@ extension DomainManager {
         let n = HostFacts.onlineCPUs
         let aff = ThreadCPU.affinity(0) ?? Array(0..<n)
         var busy: [Int: Double] = [:]
-        let tick = Double(sysconf(Int32(_SC_CLK_TCK)))
+        // 2 is _SC_CLK_TCK (glibc's bits/confname.h): the release build's Glibc module does not export that name.
+        let tick = Double(sysconf(Int32(2)))
         for l in ((try? String(contentsOfFile: "/proc/stat", encoding: .utf8)) ?? "").split(separator: "\n") where l.hasPrefix("cpu") {
             let f = l.split(separator: " ")
             guard let id = Int(f[0].dropFirst(3)), f.count > 7 else { continue }

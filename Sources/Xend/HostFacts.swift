@@ -30,7 +30,8 @@ enum HostFacts {
         var cpu = 0.0
         if let s = try? String(contentsOfFile: "/proc/self/stat", encoding: .utf8), let c = s.lastIndex(of: ")") {
             let f = s[s.index(after: c)...].split(separator: " ")
-            if f.count > 12 { cpu = Double((Int(f[11]) ?? 0) + (Int(f[12]) ?? 0)) / Double(sysconf(Int32(_SC_CLK_TCK))) }
+            // 2 is _SC_CLK_TCK (glibc's bits/confname.h): the release build's Glibc module does not export that name.
+            if f.count > 12 { cpu = Double((Int(f[11]) ?? 0) + (Int(f[12]) ?? 0)) / Double(sysconf(Int32(2))) }
         }
         let n = onlineCPUs
         let boot = Date().timeIntervalSince1970 - ((try? String(contentsOfFile: "/proc/uptime", encoding: .utf8))
