@@ -78,6 +78,10 @@ import Testing
         #expect(try xm("list", "cs").stdout.contains("r-----"))
         #expect(!FileManager.default.fileExists(atPath: root + "/cs-killed.chk"))
 
+        // mem-set first: the stored configuration then says memory 16, maxmem 32 (the RAM);
+        // the restore must still get the 32 MiB its saved state holds.
+        #expect(try xm("mem-set", "cs", "16").status == 0)
+
         // Save: silent, the domain and its core are gone, the file carries the SXP.
         let file = root + "/cs.chk"
         let s = try xm("save", "cs", file)
@@ -90,7 +94,8 @@ import Testing
         #expect(saved.prefix(16) == Data("LinuxGuestRecord".utf8))
         let len = saved.count > 20 ? Int(saved[16]) << 24 | Int(saved[17]) << 16 | Int(saved[18]) << 8 | Int(saved[19]) : 0
         let sxp = saved.count >= 20 + len ? String(decoding: saved[20..<(20 + len)], as: UTF8.self) : ""
-        #expect(sxp.contains("(name cs)") && sxp.contains("(engine core)"), "\(sxp.prefix(300))")
+        #expect(sxp.contains("(name cs)") && sxp.contains("(engine core)") && sxp.contains("(memory 16)") && sxp.contains("(maxmem 32)"),
+                "\(sxp.prefix(300))")
 
         // Restore: it counts on from above its last value (RAM and registers came back).
         let r = try xm("restore", file)

@@ -28,7 +28,11 @@ public struct CoreEngine: DomainEngineDriver {
         unlink(l.controlPath); unlink(l.statusFile)
         var args = [binary, "--kernel", kernel]
         if let r = l.config.ramdisk { args += ["--ramdisk", r] }
-        args += ["--extra", l.commandLine, "--memory", String(l.config.memory), "--vcpus", String(l.config.vcpus),
+        // RAM is max(memory, maxmem), as on the qemu engine: after `xm mem-set` the stored
+        // configuration has the target as `memory` and the RAM as `maxmem`, and a restore must
+        // get the RAM its saved state holds. The balloon takes a new guest down to `memory`.
+        let ram = max(l.config.memory, l.config.maxmem ?? 0)
+        args += ["--extra", l.commandLine, "--memory", String(ram), "--vcpus", String(l.config.vcpus),
                  "--name", l.name, "--control", l.controlPath, "--status-file", l.statusFile, "--no-input", "--balloon"]
         if l.incoming { args.append("--incoming") }
         for sock in l.blockSockets { args += ["--vhost-user-blk", sock] }
@@ -66,8 +70,11 @@ public struct CoreEngine: DomainEngineDriver {
             }
             if let r = try? ProcessInfo2.control(l.controlPath, CoreControlCommand.query.rawValue, timeoutMs: 200),
                CoreControlReply.isOK(r) {
-                return EngineProcess(pid: pid, startTicks: ProcessInfo2.startTicks(pid) ?? 0,
-                                     controlPath: l.controlPath, statusFile: l.statusFile)
+                let p = EngineProcess(pid: pid, startTicks: ProcessInfo2.startTicks(pid) ?? 0,
+                                      controlPath: l.controlPath, statusFile: l.statusFile)
+                // A restored guest brings its balloon target in its state.
+                if ram > l.config.memory && !l.incoming { try? setMemoryTarget(p, mib: l.config.memory) }
+                return p
             }
             usleep(10_000)
         }
