@@ -9,7 +9,8 @@ extension DomainConfiguration {
     ///         [(bootloader B) [(bootloader_args A)]]
     ///         (image (linux (kernel K) [(ramdisk R)] [(ip IPSETTING)] [(root R)] [(args EXTRA)]))
     ///         (device (vbd (uname phy:/dev/x) (dev xvda) (mode w) [(backend B)])) ...
-    ///         (device (vif (mac M) [(vifname) (bridge) (script) (backend) (ip) (type) (model) (rate)])) ...)
+    ///         (device (vif (mac M) [(vifname) (bridge) (script) (backend) (ip) (type) (model) (rate)])) ...
+    ///         [(device (pci (dev (domain 0x0) (bus 0x3) (slot 0x1a) (func 0x1) [(vslot 0x5)]) ...))])
     ///
     /// For `builder = 'hvm'` the image is `(hvm [(kernel K)] (device_model D) (boot c) ...)`
     /// with the HVM settings that are set or on (Xen wrote `1` for true). The `ip`,
@@ -83,6 +84,7 @@ extension DomainConfiguration {
             if let x = v.rate { vif.append(p("rate", x.text)) }
             vm.append(.element("device", [.list(vif)]))
         }
+        if !pciDevices.isEmpty { vm.append(PciSpec.deviceSXP(pciDevices)) }
         return .list(vm)
     }
 
@@ -201,6 +203,15 @@ extension DomainConfiguration {
                 }
                 do { vifs.append(try VifSpec(parsing: parts.joined(separator: ","))) }
                 catch { throw fail("vif", "bad vif: \(error.message)") }
+            case "pci":
+                for dev in d.children(named: "dev") {
+                    let p: PciSpec
+                    do { p = try PciSpec(sxp: dev) } catch { throw fail("pci", error.message) }
+                    guard !pciDevices.contains(where: { $0.address == p.address }) else {
+                        throw fail("pci", "PCI device \(p.address) given twice")
+                    }
+                    pciDevices.append(p)
+                }
             default:
                 continue
             }
