@@ -36,7 +36,8 @@ import Testing
             "-drive", "file=\(out)/vfio-host.img,if=virtio,format=raw",
             "-nodefaults", "-nographic", "-serial", "stdio", "-no-reboot",
         ], timeout: 1500)
-        let lines = r.stdout.split(separator: "\n").map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }
+        // The serial line ends lines with \r\n: one Character, so split on every newline kind.
+        let lines = r.stdout.split(whereSeparator: \.isNewline).map { String($0).trimmingCharacters(in: .whitespacesAndNewlines) }
         let results = lines.filter { $0.hasPrefix("vfio-test: ") }
         print("nested PCI passthrough: \(Int(Date().timeIntervalSince(started))) s\n" + results.joined(separator: "\n"))
         #expect(results.last == "vfio-test: done", "\(r.stdout.suffix(4000))")
