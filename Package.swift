@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "xend", targets: ["xend"]),
         .executable(name: "xm", targets: ["xm"]),
         .executable(name: "migration", targets: ["migration"]),
+        .executable(name: "pciback", targets: ["pciback"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -68,11 +69,15 @@ let package = Package(
         // Save files and the migration stream: envelope, frames, CRC-32C, pacing, status messages.
         // Foundation-free (the migration service runs under seccomp); xend may import it.
         .target(name: "Migration", dependencies: ["CLinux"], exclude: ["README.md"], swiftSettings: swiftSettings),
+        // PCI passthrough: host PCI functions in sysfs (hiding on vfio-pci, giving back), the
+        // checks that refuse a device, VFIO group/device ioctls. Foundation-free (pciback runs
+        // under seccomp); xend imports it for the sysfs side.
+        .target(name: "PciBack", dependencies: ["CLinux", "DomainConfig"], swiftSettings: swiftSettings),
         // The xm ↔ xend API: wire types, routes, the blocking client, the host's paths (no NIO).
         .target(name: "XendAPI", dependencies: ["DomainConfig", "UnixSocket"], swiftSettings: swiftSettings),
         // The xm command logic (no NIO: xm starts fast).
         .target(name: "XM", dependencies: ["DomainConfig", "ConsoleBackend", "XendAPI"], swiftSettings: swiftSettings),
-        .target(name: "Xend", dependencies: ["CLinux", "BlockBackend", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn", "UnixSocket", "Migration",
+        .target(name: "Xend", dependencies: ["CLinux", "BlockBackend", "DomainConfig", "XenStore", "XendAPI", "CoreControl", "QemuEngine", "ConsoleBackend", "Sandbox", "Spawn", "UnixSocket", "Migration", "PciBack",
                                             .product(name: "Hummingbird", package: "hummingbird"),
                                             .product(name: "Logging", package: "swift-log"),
                                             .product(name: "Prometheus", package: "swift-prometheus"),
@@ -98,6 +103,8 @@ let package = Package(
         .executableTarget(name: "xm", dependencies: ["XM"], swiftSettings: swiftSettings),
         // migration: same constraints as blkback (no Foundation, sandboxed, handed every fd).
         .executableTarget(name: "migration", dependencies: ["Migration", "Sandbox"], swiftSettings: swiftSettings),
+        // pciback: same constraints (no Foundation, sandboxed, handed its VFIO descriptors).
+        .executableTarget(name: "pciback", dependencies: ["PciBack", "Sandbox"], swiftSettings: swiftSettings),
 
         // Unit tests mirror the library targets; integration/ boots guests on /dev/kvm.
         .testTarget(name: "GuestMemoryTests", dependencies: ["GuestMemory"]),
@@ -116,6 +123,7 @@ let package = Package(
         .testTarget(name: "ConsoleBackendTests", dependencies: ["ConsoleBackend"]),
         .testTarget(name: "XendTests", dependencies: ["Xend", "XendAPI"]),
         .testTarget(name: "XMTests", dependencies: ["XM", "XendAPI"]),
+        .testTarget(name: "PciBackTests", dependencies: ["PciBack", "DomainConfig"]),
         .testTarget(name: "MigrationTests", dependencies: ["Migration", "Spawn", "CLinux"]),
         .executableTarget(name: "sandbox-probe", dependencies: ["Sandbox"], path: "Tests/SandboxProbe"),
         .testTarget(name: "IntegrationTests", dependencies: ["Core", "KVM", "ConsoleBackend", "QemuEngine", "DomainConfig"], path: "integration", exclude: ["README.md"]),

@@ -99,6 +99,8 @@ public struct DomainConfiguration: Sendable, Hashable {
     public var bootloaderArgs: String?
     public var disks: [DiskSpec] = []
     public var vifs: [VifSpec] = []
+    /// PCI devices passed through (`pci = [...]`), in config order, each host function once.
+    public var pciDevices: [PciSpec] = []
     /// Kernel IP settings for `ip=` (see `kernelCommandLine`).
     public var ip: String?
     public var netmask: String?
@@ -126,7 +128,7 @@ public struct DomainConfiguration: Sendable, Hashable {
     /// Keys with a meaning here (besides variables a file defines for its own use).
     public static let knownKeys: Set<String> = [
         "name", "uuid", "memory", "maxmem", "vcpus", "cpus", "maxvcpus", "cpu_weight", "cpu_cap", "builder", "kernel", "ramdisk", "extra",
-        "root", "cmdline", "bootloader", "bootargs", "disk", "vif", "nics", "ip", "netmask", "gateway",
+        "root", "cmdline", "bootloader", "bootargs", "disk", "vif", "pci", "nics", "ip", "netmask", "gateway",
         "hostname", "interface", "dhcp", "nfs_server", "nfs_root", "on_poweroff", "on_reboot", "on_crash",
         "engine", "boot", "cdrom", "vnc", "vncdisplay", "vncunused", "vnclisten", "vncpasswd", "vncviewer",
         "vncconsole", "sdl", "serial", "acpi", "apic", "pae", "localtime", "nographic", "device_model",
@@ -135,7 +137,7 @@ public struct DomainConfiguration: Sendable, Hashable {
 
     /// Keys Xen 3.x's `xm create` accepted that Xenith reads and ignores with a warning.
     public static let ignoredKeys: Set<String> = [
-        "ssidref", "cpu", "restart", "blkif", "netif", "tpmif", "vtpm", "pci",
+        "ssidref", "cpu", "restart", "blkif", "netif", "tpmif", "vtpm",
         "ioports", "irq", "usbport", "vfb", "vscsi", "access_control", "security", "shadow_memory",
         "features", "bootentry", "lapic", "isa", "display", "xauthority", "fda", "fdb", "full_screen",
         "hap", "timer_mode", "viridian", "rtc_timeoffset", "on_xend_start", "on_xend_stop", "description",

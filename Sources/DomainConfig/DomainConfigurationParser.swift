@@ -416,6 +416,20 @@ struct Converter {
                 }
                 c.vifs.append(v)
             }
+        case "pci":
+            for (spec, line) in try stringList(b, key) {
+                let p: PciSpec
+                do { p = try PciSpec(parsing: spec) } catch {
+                    throw fail(b, key, "bad pci spec: \(error.message)", line: line)
+                }
+                if c.pciDevices.contains(where: { $0.address == p.address }) {
+                    throw fail(b, key, "PCI device \(p.address) given twice", line: line)
+                }
+                if let s = p.guestSlot, c.pciDevices.contains(where: { $0.guestSlot == s }) {
+                    throw fail(b, key, "guest slot \(s) given twice", line: line)
+                }
+                c.pciDevices.append(p)
+            }
         case "nics": nics = try int(b, key, 0...64, "interface count")
         case "boot":
             guard let s = try string(b, key) else { return }

@@ -10,7 +10,8 @@ extension DomainConfiguration {
     ///         (image (linux (kernel K) [(ramdisk R)] [(ip IPSETTING)] [(root R)] [(args EXTRA)]))
     ///         (device (vbd (uname phy:/dev/x) (dev xvda) (mode w) [(backend B)] [(hotplug-port P)])) ...
     ///         (device (vif (mac M) [(vifname) (bridge) (script) (backend) (ip) (type) (model) (rate)
-    ///                           (hotplug-port P)])) ...)
+    ///                           (hotplug-port P)])) ...
+    ///         [(device (pci (dev (domain 0x0) (bus 0x3) (slot 0x1a) (func 0x1) [(vslot 0x5)]) ...))])
     ///
     /// For `builder = 'hvm'` the image is `(hvm [(kernel K)] (device_model D) (boot c) ...)`
     /// with the HVM settings that are set or on (Xen wrote `1` for true). The `ip`,
@@ -88,6 +89,7 @@ extension DomainConfiguration {
             if let x = v.hotplugPort { vif.append(p("hotplug-port", x)) }
             vm.append(.element("device", [.list(vif)]))
         }
+        if !pciDevices.isEmpty { vm.append(PciSpec.deviceSXP(pciDevices)) }
         return .list(vm)
     }
 
@@ -212,6 +214,15 @@ extension DomainConfiguration {
                     vif.hotplugPort = d.childText("hotplug-port")
                     vifs.append(vif)
                 } catch { throw fail("vif", "bad vif: \(error.message)") }
+            case "pci":
+                for dev in d.children(named: "dev") {
+                    let p: PciSpec
+                    do { p = try PciSpec(sxp: dev) } catch { throw fail("pci", error.message) }
+                    guard !pciDevices.contains(where: { $0.address == p.address }) else {
+                        throw fail("pci", "PCI device \(p.address) given twice")
+                    }
+                    pciDevices.append(p)
+                }
             default:
                 continue
             }

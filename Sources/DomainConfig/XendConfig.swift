@@ -101,6 +101,16 @@ public struct XendConfig: Sendable, Equatable {
     /// default) takes the device of the route to the first peer, or of the default route.
     public var vnetDevice = ""
 
+    /// `pci-hide` (Xenith; Linux's `pciback.hide` list): PCI functions taken from the host's
+    /// drivers and bound to `vfio-pci` when xend starts, to be passed through to domains:
+    /// `(pci-hide (0000:00:04.0) (01:00.0))`. Default: none.
+    public var pciHide: [PciAddress] = []
+    /// `pci-hide-on-create` (Xenith): whether a device a domain's `pci` names that is not
+    /// in `pci-hide` may be taken from its host driver when the domain starts (and given
+    /// back when it ends). With `no`, such a device bound to a host driver is refused.
+    /// Default `yes`.
+    public var pciHideOnCreate = true
+
     /// Keys this type does not know, with their whole `(key ...)` form, kept as read.
     public var unknown: [String: SXP] = [:]
     /// Remarks made while reading (unknown keys, duplicates).
@@ -114,6 +124,7 @@ public struct XendConfig: Sendable, Equatable {
         "xend-relocation-ssl-key-file", "xend-relocation-ssl-cert-file", "xend-relocation-ssl-ca-file", "network-script",
         "vif-script", "dom0-min-mem", "dom0-cpus", "enable-dump", "console-limit",
         "domain-engine", "blkback-cache", "qemu-user", "qemu-uid-base", "vnet-port", "vnet-group", "vnet-peers", "vnet-device",
+        "pci-hide", "pci-hide-on-create",
     ]
 
     /// All defaults: what xend uses when the file is absent.
@@ -182,6 +193,21 @@ public struct XendConfig: Sendable, Equatable {
             ConfigError(file: file, line: line, key: key, message: message)
         }
         let values = form.children
+        if key == "pci-hide" {
+            // A list of PCI addresses, each `(BDF)` as Linux's pciback.hide wrote them, or bare.
+            var seen = Set<PciAddress>()
+            pciHide = []
+            for v in values {
+                let t: String?
+                if let items = v.items { t = items.count == 1 ? items[0].text : nil } else { t = v.text }
+                guard let t else { throw fail("expected PCI addresses like (0000:00:04.0), found \(v)") }
+                let a: PciAddress
+                do { a = try PciAddress(parsing: t) } catch { throw fail(error.message) }
+                guard seen.insert(a).inserted else { throw fail("PCI device \(a) given twice") }
+                pciHide.append(a)
+            }
+            return
+        }
         guard values.count == 1 else {
             throw fail(values.isEmpty ? "missing value"
                        : "expected one value, found \(values.count) (quote a value holding spaces)")
@@ -270,6 +296,7 @@ public struct XendConfig: Sendable, Equatable {
                 throw fail("expected an interface name (1 to 15 letters, digits, '-', '_', '.') or '', found '\(s)'")
             }
             vnetDevice = s
+        case "pci-hide-on-create": pciHideOnCreate = try bool()
         default:
             break
         }
@@ -310,6 +337,8 @@ public struct XendConfig: Sendable, Equatable {
             .pair("vnet-group", .atom(vnetGroup)),
             .pair("vnet-peers", .string(vnetPeers.joined(separator: " "))),
             .pair("vnet-device", .string(vnetDevice)),
+            .list([.atom("pci-hide")] + pciHide.map { .list([.atom($0.description)]) }),
+            .pair("pci-hide-on-create", b(pciHideOnCreate)),
         ]
         out += unknown.keys.sorted().compactMap { unknown[$0] }
         return out

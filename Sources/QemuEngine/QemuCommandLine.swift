@@ -229,6 +229,15 @@ public enum QemuCommandLine {
             break
         }
 
+        // PCI passthrough (`pci = [...]`): QEMU's vfio-pci opens /dev/vfio/N itself, which
+        // xend made this domain's QEMU user's. First among the PCI devices, so that a slot
+        // the configuration asks for (`@SLOT`, QEMU's `addr=`) is still free.
+        for (n, p) in c.pciDevices.enumerated() {
+            var d = "vfio-pci,host=\(p.address),id=pci\(n)"
+            if let s = p.guestSlot { d += ",addr=0x\(String(s, radix: 16))" }
+            a += ["-device", d]
+        }
+
         // Disks and CD-ROMs.
         var fdset = 0
         var ide = Set<Int>()

@@ -99,12 +99,13 @@ public final class QemuDomain: @unchecked Sendable {
     ///
     /// - Parameters:
     ///   - arguments: from `QemuCommandLine.arguments` (its `-qmp`/`-pidfile` must be `paths`').
+    ///   - memlockBytes: RLIMIT_MEMLOCK for QEMU (VFIO pins guest RAM against it); nil: xend's.
     ///   - onEvent: every QMP event, on the QMP reader thread, after this type's own handling.
     /// - Throws: `QemuEngineError` with QEMU's last stderr line when it exits during start-up,
     ///   or when QMP does not answer within `timeout` seconds; QEMU is killed and the
     ///   socket, pidfile and status file are removed then.
     public static func launch(binary: String, arguments: [String], passFDs: [Int32] = [], paths: QemuDomainPaths,
-                              timeout: Double = 15, onEvent: @escaping @Sendable (QMPEvent) -> Void = { _ in }) throws -> QemuDomain {
+                              memlockBytes: UInt64? = nil, timeout: Double = 15, onEvent: @escaping @Sendable (QMPEvent) -> Void = { _ in }) throws -> QemuDomain {
         for p in [paths.qmpSocket, paths.pidfile, paths.statusFile, paths.stderrLog] {
             let dir = (p as NSString).deletingLastPathComponent
             try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -117,9 +118,10 @@ public final class QemuDomain: @unchecked Sendable {
         // would outlive us).
         let pid: pid_t
         do {
-            pid = try spawnProcess([binary] + arguments,
-                                   SpawnOptions(stdout: .stderr, stderr: .file(paths.stderrLog, mode: 0o640),
-                                                descriptors: passFDs.map { (source: $0, target: $0) }))
+            var options = SpawnOptions(stdout: .stderr, stderr: .file(paths.stderrLog, mode: 0o640),
+                                       descriptors: passFDs.map { (source: $0, target: $0) })
+            options.memlockBytes = memlockBytes
+            pid = try spawnProcess([binary] + arguments, options)
         } catch { throw QemuEngineError(error.message) }
 
         let deadline = Date().addingTimeInterval(timeout)

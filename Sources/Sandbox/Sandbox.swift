@@ -177,7 +177,7 @@ public enum Sandbox {
     static let expectedKinds: [String: [mode_t]] = [
         "socket": [S_IFSOCK], "listener": [S_IFSOCK], "vhost-user": [S_IFSOCK],
         "image": [S_IFREG, S_IFBLK], "disk": [S_IFREG, S_IFBLK],
-        "tap": [S_IFCHR], "log": [S_IFREG, S_IFIFO, S_IFCHR],
+        "tap": [S_IFCHR], "vfio": [S_IFCHR], "log": [S_IFREG, S_IFIFO, S_IFCHR],
         "readiness": [S_IFIFO, S_IFSOCK],
     ]
 

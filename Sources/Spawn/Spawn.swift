@@ -1,9 +1,14 @@
 // Starting the toolstack's child processes (engines, back-ends, xenconsoled, hotplug
 // scripts) one way: posix_spawn with a clean signal state, chosen standard streams,
 // descriptors handed over at fixed numbers, and nothing else of the parent inherited.
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// Held while a spawn runs with a raised RLIMIT_MEMLOCK (`SpawnOptions.memlockBytes`), and
+/// by every other spawn, so that no other child inherits the raised limit.
+private let spawnLimitLock = Mutex(())
 
 /// Where a child's standard stream goes.
 public enum SpawnStream: Sendable, Equatable {
@@ -31,6 +36,11 @@ public struct SpawnOptions: Sendable {
     public var newSession: Bool = true
     /// The file to run when it is not `argv[0]` (e.g. /proc/self/exe, keeping argv[0]).
     public var executable: String? = nil
+    /// RLIMIT_MEMLOCK (soft and hard, bytes) the child starts with; nil inherits ours.
+    /// posix_spawn cannot set limits, so the parent's own limit is raised around the
+    /// spawn (needs CAP_SYS_RESOURCE) while no other spawn runs. For QEMU with VFIO
+    /// devices: VFIO's type-1 IOMMU pins all guest RAM against this limit.
+    public var memlockBytes: UInt64? = nil
 
     public init(stdin: SpawnStream = .devNull, stdout: SpawnStream = .devNull, stderr: SpawnStream = .devNull,
                 descriptors: [(source: Int32, target: Int32)] = [], environment: [String: String]? = nil,
@@ -116,7 +126,15 @@ public func spawnProcess(_ argv: [String], _ options: SpawnOptions = SpawnOption
     _ = spawnCloseRange(3, UInt32.max, 4 /* CLOSE_RANGE_CLOEXEC */)
     var pid: pid_t = 0
     let path = options.executable ?? argv[0]
-    let rc = posix_spawn(&pid, path, &fa, &attr, &cargs, &cenv)
+    let rc: Int32 = spawnLimitLock.withLock { _ in
+        guard let m = options.memlockBytes else { return posix_spawn(&pid, path, &fa, &attr, &cargs, &cenv) }
+        var old = rlimit()
+        getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &old)
+        var raised = rlimit(rlim_cur: rlim_t(m), rlim_max: rlim_t(m))
+        if setrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &raised) != 0 { return errno }
+        defer { setrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &old) }
+        return posix_spawn(&pid, path, &fa, &attr, &cargs, &cenv)
+    }
     guard rc == 0 else { throw SpawnError(message: "\(path): \(String(cString: strerror(rc)))") }
     return pid
 }

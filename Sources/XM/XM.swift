@@ -67,6 +67,8 @@ public final class XM {
         ("block-attach", "<Domain> <BackDev> <FrontDev> <Mode> [BackDomain]", "Create a new virtual block device."),
         ("block-detach", "<Domain> <DevId> [-f]", "Destroy a domain's virtual block device, where <DevId> may either be the device ID or the device name as mounted in the guest."),
         ("block-list", "<Domain> [--long]", "List virtual block devices for a domain."),
+        ("pci-list", "<Domain>", "List the PCI devices assigned to a domain."),
+        ("pci-list-assignable-devices", "", "List PCI devices that can be assigned to domains."),
     ]
     static let commonCommands = ["console", "create", "destroy", "help", "list", "pause", "reboot", "shutdown", "unpause", "uptime"]
     static let options: [String: [(String, String, String)]] = [
@@ -197,6 +199,8 @@ public final class XM {
         case "block-attach": try xmBlockAttach(args)
         case "block-detach": try xmBlockDetach(args)
         case "block-list": try xmBlockList(args)
+        case "pci-list": try xmPciList(args)
+        case "pci-list-assignable-devices": try xmPciListAssignable(args)
         case "save": try xmSave(args)
         case "restore": try xmRestore(args)
         case "migrate": try xmMigrate(args)

@@ -230,6 +230,24 @@ public struct XenStoreDevice: Sendable, Equatable {
                               frontendEntries: ["mac": mac, "handle": String(devid)], backendEntries: be)
     }
 
+    /// A domain's passed-through PCI devices (pciif.h; one device, devid 0, for all of them,
+    /// as Xen's xend made it): backend `dev-N` = `DDDD:BB:SS.F` for each host function in
+    /// order, `num_devs`, and `vdevfn-N` (`0x` + two hex digits, slot << 3 | function) for
+    /// a device placed at a guest slot. `devices` pairs each address (already in
+    /// `DDDD:BB:SS.F` form) with that slot or nil.
+    public static func pci(domid: UInt32, devices: [(address: String, guestSlot: Int?)],
+                           backendDomid: UInt32 = 0) -> XenStoreDevice {
+        var be = ["num_devs": String(devices.count)]
+        for (i, d) in devices.enumerated() {
+            be["dev-\(i)"] = d.address
+            if let s = d.guestSlot, let fn = d.address.split(separator: ".").last, let f = Int(fn, radix: 16) {
+                let v = s << 3 | f
+                be["vdevfn-\(i)"] = "0x" + (v < 16 ? "0" : "") + String(v, radix: 16)
+            }
+        }
+        return XenStoreDevice(type: "pci", domid: domid, devid: 0, backendDomid: backendDomid, backendEntries: be)
+    }
+
     /// Frontend and backend entries, both `state` = Initialising. The frontend directory is
     /// owned by the guest with read for the backend domain; the backend directory is owned
     /// by the backend domain with read for the guest (as xend creates them).

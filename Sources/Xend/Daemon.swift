@@ -157,6 +157,11 @@ public struct XendDaemon {
         let migration = MigrationService(binary: binDir + "/migration", manifest: migrationManifest,
                                          logPath: paths.logDir + "/migration.log")
         if access(migration.binary, X_OK) != 0 { log.error("\(migration.binary) is missing: xm save and xm restore are refused") }
+        // pciback (PCI passthrough), found and sandboxed as the migration service is.
+        let pciManifest: String? = manifests.map { $0 + "/pciback.manifest" }.flatMap { access($0, R_OK) == 0 ? $0 : nil }
+        let pcis = PciSupervisor(paths: paths, binary: binDir + "/pciback", manifest: pciManifest, xenstore: xs,
+                                 config: cfg, logger: log)
+        pcis.hideConfigured()
         let qemu = QemuEngineDriver(runAs: cfg.qemuUser, uidBase: cfg.qemuUIDBase)
         if let b = qemu.uidBase { log.info("QEMU runs as a uid of its own per domain: \(b) + domid (-runas UID:GID)") }
         else if let u = qemu.runAs { log.info("QEMU runs as user \(u) (-runas)") }
@@ -164,7 +169,8 @@ public struct XendDaemon {
         let manager = DomainManager(paths: paths, xendConfig: cfg, engines: [core.name: core, qemu.name: qemu],
                                     autoPrefersQemu: QemuEngineDriver.preferredForAuto, xenstore: xs, logger: log,
                                     consoles: consoles, blocks: blocks, nets: nets,
-                                    migration: access(migration.binary, X_OK) == 0 ? migration : nil)
+                                    migration: access(migration.binary, X_OK) == 0 ? migration : nil,
+                                    pcis: access(pcis.binary, X_OK) == 0 ? pcis : nil)
         manager.adopt()
         manager.cpuGroups?.sweep(live: Set(manager.registry.all.filter { $0.process != nil }.map(\.domid)))
         manager.startStatusRefresher()

@@ -79,6 +79,13 @@ extension DomainManager {
         r.creating = true
         let domid = r.domid, cfg = r.config
         let plan = engine.devicePlan(for: cfg, domid: domid)
+        if !cfg.pciDevices.isEmpty {
+            // Refused before anything is made.
+            guard engine.capabilities.contains(.pciPassthrough) else {
+                throw XendError(.badRequest, "pci: the \(engine.name) engine cannot pass PCI devices through (VFIO DMA mapping of guest RAM is not implemented in it): use engine = 'qemu'")
+            }
+            guard pcis != nil else { throw XendError(.unavailable, "pci: PCI passthrough is not available (no pciback)") }
+        }
         let undo = Rollback()
         defer { undo.finish() }
 
@@ -99,6 +106,9 @@ extension DomainManager {
         }
         FaultInjection.crashPoint("xenstore")
         undo.add { [self] in releaseDevices(domid) }
+        if let pcis, !cfg.pciDevices.isEmpty {
+            try pcis.assign(domid: domid, specs: cfg.pciDevices, owner: plan.socketOwner)
+        }
 
         if !cfg.vifs.isEmpty {
             guard let nets else { throw XendError(.unavailable, "network interfaces are not available without netback") }

@@ -33,6 +33,8 @@ public final class DomainManager: @unchecked Sendable {
     let blocks: BlockSupervisor?
     /// Taps, vif scripts and netback processes (nil: domains with vifs are refused).
     let nets: NetSupervisor?
+    /// Passed-through PCI functions (PciDevices.swift; nil: domains with `pci` are refused).
+    let pcis: PciSupervisor?
     let registry: DomainRegistry
     let dmesgRing: DmesgRing
     let statuses = StatusCache()
@@ -65,11 +67,14 @@ public final class DomainManager: @unchecked Sendable {
     ///   - blocks: blkback's supervisor; nil refuses domains whose engine wants disks served.
     ///   - nets: netback's supervisor; nil refuses domains with vifs.
     ///   - migration: the migration service; nil refuses `xm save` and `xm restore`.
+    ///   - pcis: PCI passthrough; nil refuses domains with `pci`.
     public init(paths: XenithPaths, xendConfig: XendConfig, engines: [String: any DomainEngineDriver],
                 autoPrefersQemu: Bool = false,
                 xenstore: XenStoreClient?, logger: Logger, consoles: ConsoleSupervisor? = nil,
-                blocks: BlockSupervisor? = nil, nets: NetSupervisor? = nil, migration: MigrationService? = nil) {
+                blocks: BlockSupervisor? = nil, nets: NetSupervisor? = nil, migration: MigrationService? = nil,
+                pcis: PciSupervisor? = nil) {
         self.migration = migration
+        self.pcis = pcis
         self.nets = nets
         self.consoles = consoles
         self.blocks = blocks
@@ -104,6 +109,7 @@ public final class DomainManager: @unchecked Sendable {
         blocks?.stop(domid: domid)
         consoles?.remove(domid: domid)
         cpuGroups?.remove(domid)
+        pcis?.release(domid: domid)
     }
 
     // MARK: dmesg

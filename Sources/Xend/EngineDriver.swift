@@ -102,6 +102,8 @@ public struct EngineCapabilities: OptionSet, Sendable {
     public static let sysrq = EngineCapabilities(rawValue: 1 << 6)
     /// `xm dump-core`: the engine writes the guest's RAM as an ELF core (``DomainEngineDriver/dumpCore(_:into:)``).
     public static let dumpCore = EngineCapabilities(rawValue: 1 << 7)
+    /// `pci = [...]`: the engine gives the guest host PCI functions bound to vfio-pci.
+    public static let pciPassthrough = EngineCapabilities(rawValue: 1 << 8)
 }
 
 /// How an engine takes a domain's console.

@@ -79,7 +79,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) } == .tcg
     }
 
-    public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .blockHotplug, .save, .liveMigrate, .vcpuHotplug, .sysrq, .dumpCore] }
+    public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .blockHotplug, .save, .liveMigrate, .vcpuHotplug, .sysrq, .dumpCore, .pciPassthrough] }
 
     /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks and
     /// its qcow2 disks (`tap:qcow2:`, `format=qcow2`) on blkback over vhost-user (one queue: QEMU's vhost-user-blk-pci asks for one), the
@@ -186,7 +186,14 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         let logStart = (try? FileManager.default.attributesOfItem(atPath: paths.stderrLog)[.size] as? Int) ?? 0
         let d: QemuDomain
         do {
-            d = try QemuDomain.launch(binary: qemu, arguments: args, passFDs: fds + (l.serialFD.map { [$0] } ?? []), paths: paths)
+            // With passed-through PCI devices VFIO pins all guest RAM, charged to QEMU's
+            // RLIMIT_MEMLOCK once it runs without CAP_IPC_LOCK: RAM plus 1 GiB, as libvirt allows.
+            let memlock: UInt64? = l.config.pciDevices.isEmpty ? nil
+                : UInt64(max(l.config.memory, l.config.maxmem ?? 0) + 1024) << 20
+            // QEMU answers QMP only after vfio-pci pinned and mapped all guest RAM: slow
+            // under an emulated IOMMU, so such a start gets longer than the usual 15 s.
+            d = try QemuDomain.launch(binary: qemu, arguments: args, passFDs: fds + (l.serialFD.map { [$0] } ?? []), paths: paths,
+                                      memlockBytes: memlock, timeout: memlock == nil ? 15 : 120)
         } catch { throw EngineError("\(error)") }
         let vncFile = l.controlPath + ".vnc"
         if let display {

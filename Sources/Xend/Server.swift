@@ -190,6 +190,11 @@ public enum XendHTTP {
             let force = ["1", "true"].contains(req.uri.queryParameters.get("force") ?? "0")
             return await offload { json(VbdList(vbds: try m.blockDetach(d, dev: dev, force: force))) }
         }
+        r.get("/api/v1/domains/:domain/pci") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            return await offload { json(try m.pciList(d)) }
+        }
+        r.get("/api/v1/pci/assignable") { _, _ in await offload { json(m.pciAssignable()) } }
         r.get("/api/v1/dmesg") { _, _ in json(TextReply(text: m.dmesgText())) }
         r.post("/api/v1/dmesg/clear") { _, _ in m.dmesgClear(); return json(TextReply(text: "")) }
         r.get("/api/v1/log") { _, _ in

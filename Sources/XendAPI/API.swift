@@ -38,6 +38,8 @@ public enum XendAPI {
         XendRoute("GET", "/api/v1/domains/{domain}/vbds"),
         XendRoute("POST", "/api/v1/domains/{domain}/vbds"),
         XendRoute("DELETE", "/api/v1/domains/{domain}/vbds/{dev}"),
+        XendRoute("GET", "/api/v1/domains/{domain}/pci"),
+        XendRoute("GET", "/api/v1/pci/assignable"),
         XendRoute("GET", "/api/v1/dmesg"),
         XendRoute("POST", "/api/v1/dmesg/clear"),
         XendRoute("GET", "/api/v1/log"),

@@ -16,11 +16,11 @@ import Testing
             device_model = "/usr/lib/xen/bin/qemu-dm"
             soundhw = "sb16"
             vncviewer = 1
-            pci = ["01:00.0"]
+            ioports = ["2f8-2ff"]
             vtpm = ["instance=1,backend=0"]
             """)
         #expect(c.warnings.map(\.description) == [
-            "u.cfg:8: warning: key 'pci': accepted by xm, ignored by Xenith",
+            "u.cfg:8: warning: key 'ioports': accepted by xm, ignored by Xenith",
             "u.cfg:9: warning: key 'vtpm': accepted by xm, ignored by Xenith",
             "u.cfg:3: warning: key 'bootloader': read but not acted on: no bootloader is run: give kernel and ramdisk",
             "u.cfg:4: warning: key 'bootargs': read but not acted on: no bootloader is run",

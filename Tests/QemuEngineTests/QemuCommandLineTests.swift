@@ -315,3 +315,24 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
     let one = try QemuCommandLine.arguments(for: DomainConfiguration(parsing: "name = 'o'\nkernel = '/k'\n"), i)
     #expect(one.firstIndex(of: "-smp").map { one[$0 + 1] } == "1")
 }
+
+/// `pci = [...]` becomes QEMU's vfio-pci devices (issue 18, item 3).
+@Suite struct QemuPciPassthroughTests {
+    @Test func vfioDevicesAtTheSlotsAskedFor() throws {
+        let c = try DomainConfiguration(parsing: """
+            name = "p"
+            kernel = "/g/vmlinuz"
+            disk = ['file:/g/d.img,xvda,w']
+            pci = ['01:00.0', '0000:00:04.1@1a']
+            """)
+        let a = try QemuCommandLine.arguments(for: c, QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/q", pidfile: "/p",
+                                                                        serial: .none, disks: [.path("/g/d.img")]))
+        let devices = values(a, "-device")
+        #expect(devices.contains("vfio-pci,host=0000:01:00.0,id=pci0"))
+        #expect(devices.contains("vfio-pci,host=0000:00:04.1,id=pci1,addr=0x1a"))
+        // Before every other PCI device, so that an asked-for slot is still free.
+        let first = try #require(devices.firstIndex { $0.hasPrefix("vfio-pci") })
+        let disk = try #require(devices.firstIndex { $0.hasPrefix("virtio-blk-pci") })
+        #expect(first < disk)
+    }
+}

@@ -225,11 +225,12 @@ let commonInclude = "include \(manifestsDir)/common.manifest\n"
         writeFile("\(dir)/disk.img", String(repeating: "\0", count: 4096))
         let image = open("\(dir)/disk.img", O_RDWR | O_CLOEXEC)
         let tap = open("/dev/net/tun", O_RDWR | O_CLOEXEC)
-        defer { close(listener); close(image); if tap >= 0 { close(tap) } }
+        let vfioStandIn = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(listener); close(image); close(vfioStandIn); if tap >= 0 { close(tap) } }
         let cases: [(String, [Int32: Int32])] = [
             ("blkback", [3: listener, 4: image]),
             ("xenconsoled", [3: listener]),
-            ("pciback", [:]),
+            ("pciback", [3: vfioStandIn, 4: vfioStandIn]),   // character devices, as /dev/vfio/* are
             ("migration", [4: image, 5: listener]),   // fd 3 (engine) is optional: verify has none
         ] + (tap >= 0 ? [("netback", [3: listener, 4: tap])] : [])
         if tap < 0 { print("SKIP: netback: no /dev/net/tun") }

@@ -125,11 +125,11 @@ let examples: String = {
 @Test func ignoredKeysAreWarnedAboutByName() throws {
     let dir = NSTemporaryDirectory() + "xm-warn-\(getpid())"
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    try "name = 'w'\nkernel = '/k'\npci = ['0000:01:00.0']\nvtpm = ['instance=1,backend=0']\n"
+    try "name = 'w'\nkernel = '/k'\nioports = ['2f8-2ff']\nvtpm = ['instance=1,backend=0']\n"
         .write(toFile: dir + "/w.cfg", atomically: true, encoding: .utf8)
     let xm = XM(paths: XenithPaths(root: dir + "/root"), cwd: dir)
     #expect(xm.run(["create", "-n", "w.cfg"]) == 0)
-    #expect(xm.stderr == "Warning: ./w.cfg:3: key 'pci': accepted by xm, ignored by Xenith\n"
+    #expect(xm.stderr == "Warning: ./w.cfg:3: key 'ioports': accepted by xm, ignored by Xenith\n"
             + "Warning: ./w.cfg:4: key 'vtpm': accepted by xm, ignored by Xenith\n")
 }
 

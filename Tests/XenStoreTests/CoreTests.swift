@@ -389,3 +389,20 @@ func events(_ outs: [XenStoreOutput], for id: XenStoreConnectionID) -> [[String]
         #expect(bytes == n)
     }
 }
+
+/// The pci back-end entries as Xen's xend wrote them (issue 18, item 4).
+@Suite struct PciDeviceEntriesTests {
+    @Test func devNAndNumDevs() {
+        let d = XenStoreDevice.pci(domid: 7, devices: [("0000:01:00.0", nil), ("0000:00:04.1", 5)])
+        let e = Dictionary(uniqueKeysWithValues: d.entries().map { ($0.path, $0.value) })
+        let be = "/local/domain/0/backend/pci/7/0"
+        #expect(e[be + "/dev-0"] == "0000:01:00.0")
+        #expect(e[be + "/dev-1"] == "0000:00:04.1")
+        #expect(e[be + "/num_devs"] == "2")
+        #expect(e[be + "/vdevfn-0"] == nil)
+        #expect(e[be + "/vdevfn-1"] == "0x29")
+        #expect(e[be + "/frontend"] == "/local/domain/7/device/pci/0")
+        #expect(e["/local/domain/7/device/pci/0/backend"] == be)
+        #expect(e[be + "/state"] == "1")
+    }
+}

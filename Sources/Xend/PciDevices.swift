@@ -1,0 +1,223 @@
+// Passed-through PCI devices (issue 18): xend takes each function from its host driver onto
+// vfio-pci (PciBack.PciHiding, through sysfs), has the sandboxed `pciback` reset it through
+// VFIO on the container and group descriptors xend opened, makes its IOMMU group node
+// (`/dev/vfio/N`) the engine's for as long as the domain runs, writes the `backend/pci`
+// entries, and undoes all of it when the domain ends (reset again, node back to root, the
+// original driver bound again). What was taken is kept in `var/lib/xend/pci.json`, so an
+// xend restarted meanwhile still gives every device back to the right driver.
+import DomainConfig
+import Foundation
+import Logging
+import PciBack
+import Spawn
+import XenStore
+import XendAPI
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The PCI functions xend holds for domains and for `pci-hide`.
+public final class PciSupervisor: @unchecked Sendable {
+    /// One function xend took from the host.
+    struct Entry: Codable, Equatable {
+        /// `DDDD:BB:SS.F`.
+        var address: String
+        /// The driver to give it back to (nil: it was unbound).
+        var originalDriver: String?
+        var iommuGroup: Int
+        /// The domain it is assigned to, nil while only hidden.
+        var domid: Int?
+        /// Taken for `pci-hide` at xend start: stays on vfio-pci when its domain ends.
+        var configured: Bool
+    }
+
+    let sysfs: PciSysfs
+    /// Where `vfio/vfio` and `vfio/N` are (`/dev`).
+    let devRoot: String
+    let binary: String
+    let manifest: String?
+    let logPath: String
+    let statePath: String
+    let xenstore: XenStoreClient?
+    let log: Logger
+    let hide: [PciAddress]
+    let hideOnCreate: Bool
+    private let lock = NSRecursiveLock()
+    private var entries: [String: Entry] = [:]
+
+    /// - Parameters:
+    ///   - sysfsRoot: `/sys`; `XENITH_SYSFS_ROOT` (tests) replaces it.
+    ///   - devRoot: `/dev`; `XENITH_DEV_ROOT` (tests) replaces it.
+    public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?, config: XendConfig,
+                logger: Logger, sysfsRoot: String? = nil, devRoot: String? = nil) {
+        let env = ProcessInfo.processInfo.environment
+        sysfs = PciSysfs(HostSysfs(root: sysfsRoot ?? env["XENITH_SYSFS_ROOT"] ?? "/sys"))
+        self.devRoot = devRoot ?? env["XENITH_DEV_ROOT"] ?? "/dev"
+        self.binary = binary
+        self.manifest = manifest
+        self.logPath = paths.logDir + "/pciback.log"
+        self.statePath = paths.xendLib + "/pci.json"
+        self.xenstore = xenstore
+        self.log = logger
+        self.hide = config.pciHide
+        self.hideOnCreate = config.pciHideOnCreate
+        if let d = try? Data(contentsOf: URL(fileURLWithPath: statePath)),
+           let list = try? JSONDecoder().decode([Entry].self, from: d) {
+            for e in list { entries[e.address] = e }
+        }
+    }
+
+    private func persist() {
+        let list = entries.values.sorted { $0.address < $1.address }
+        guard let d = try? JSONEncoder().encode(list) else { return }
+        XenithPaths.makeDirectories((statePath as NSString).deletingLastPathComponent)
+        let tmp = statePath + ".new"
+        if FileManager.default.createFile(atPath: tmp, contents: d) { rename(tmp, statePath) }
+    }
+
+    func policy(for domid: Int) -> PciHostPolicy {
+        var assigned: [PciAddress: Int] = [:]
+        for e in entries.values { if let d = e.domid, let a = try? PciAddress(parsing: e.address) { assigned[a] = d } }
+        return PciHostPolicy(hidden: Set(hide), hideOnCreate: hideOnCreate, assigned: assigned)
+    }
+
+    /// `pci-hide`: takes each listed function onto vfio-pci at xend start. A function that
+    /// cannot be taken is logged, naming it, and left where it is.
+    public func hideConfigured() {
+        lock.lock(); defer { lock.unlock() }
+        for a in hide where entries[a.description] == nil {
+            do throws(PciRefusal) {
+                let devs = try PciHiding.check([a], domid: -1, sysfs: sysfs,
+                                               policy: PciHostPolicy(hidden: Set(hide), hideOnCreate: true))
+                for t in try PciHiding.take(devs, sysfs: sysfs) {
+                    entries[a.description] = Entry(address: a.description, originalDriver: t.originalDriver,
+                                                   iommuGroup: t.iommuGroup, domid: nil, configured: true)
+                    log.info("pci-hide: \(a) taken from \(t.originalDriver ?? "no driver") onto vfio-pci")
+                }
+            } catch { log.error("pci-hide: \(error.message)") }
+        }
+        persist()
+    }
+
+    /// Gives `domid` its PCI functions: checks all of them first, takes them onto vfio-pci,
+    /// resets each (pciback), hands each group node to `owner` (the engine's uid and gid),
+    /// writes `backend/pci/DOMID/0`. Any failure undoes every step before it throws.
+    /// - Throws: `XendError` bad request naming the device for a refusal, 500 otherwise.
+    func assign(domid: Int, specs: [PciSpec], owner: (uid: uid_t, gid: gid_t)?) throws(XendError) {
+        lock.lock(); defer { lock.unlock() }
+        let addrs = specs.map(\.address)
+        let devs: [PciHostDevice]
+        do { devs = try PciHiding.check(addrs, domid: domid, sysfs: sysfs, policy: policy(for: domid)) }
+        catch { throw XendError(.badRequest, "pci: \(error.message)") }
+        let undo = Rollback()
+        defer { undo.finish() }
+        let taken: [PciTaken]
+        do { taken = try PciHiding.take(devs, sysfs: sysfs) } catch { throw XendError(.badRequest, "pci: \(error.message)") }
+        for t in taken {
+            let key = t.address.description
+            let before = entries[key]
+            entries[key] = Entry(address: key, originalDriver: before?.originalDriver ?? t.originalDriver, iommuGroup: t.iommuGroup,
+                                 domid: domid, configured: before?.configured ?? false)
+            undo.add { [self] in
+                entries[key] = before
+                if before == nil { giveBack(t.address, t.originalDriver) }
+            }
+        }
+        persist()
+        undo.add { [self] in persist() }
+        let groups = Dictionary(grouping: taken, by: \.iommuGroup)
+        for (g, members) in groups.sorted(by: { $0.key < $1.key }) {
+            do { try reset(group: g, members.map(\.address)) } catch { throw XendError(.badRequest, "pci: \(error.message)") }
+            if let o = owner {
+                let node = devRoot + "/vfio/\(g)"
+                guard chown(node, o.uid, o.gid) == 0 else {
+                    throw XendError(.internalError, "pci: chown \(node) to \(o.uid):\(o.gid): \(String(cString: strerror(errno)))")
+                }
+                undo.add { chown(node, 0, 0) }
+            }
+        }
+        if let xs = xenstore {
+            let dev = XenStoreDevice.pci(domid: UInt32(domid), devices: specs.map { ($0.address.description, $0.guestSlot) })
+            do { try xs.writeDevice(dev); try xs.setState(dev.backendPath, .connected) }
+            catch { throw XendError(.internalError, "pci: xenstore: \(error)") }
+            undo.add { try? xs.removeDevice(dev) }
+        }
+        undo.commit()
+        log.info("domain \(domid): PCI \(addrs.map(\.description).joined(separator: " ")) assigned")
+    }
+
+    /// When `domid` has ended: resets its functions, gives their group nodes back to root,
+    /// and gives each function back to its original driver (those of `pci-hide` stay on
+    /// vfio-pci, assignable). Failures are logged, naming the device; the rest goes on.
+    func release(domid: Int) {
+        lock.lock(); defer { lock.unlock() }
+        let mine = entries.values.filter { $0.domid == domid }
+        guard !mine.isEmpty else { return }
+        for (g, members) in Dictionary(grouping: mine, by: \.iommuGroup) {
+            let addrs = members.compactMap { try? PciAddress(parsing: $0.address) }
+            do { try reset(group: g, addrs) } catch { log.error("domain \(domid): \(error.message)") }
+            chown(devRoot + "/vfio/\(g)", 0, 0)
+        }
+        for e in mine {
+            if e.configured {
+                entries[e.address]?.domid = nil
+            } else {
+                if let a = try? PciAddress(parsing: e.address) { giveBack(a, e.originalDriver) }
+                entries[e.address] = nil
+            }
+        }
+        persist()
+        if let xs = xenstore {
+            try? xs.rm(XenStoreLayout.backend(type: "pci", domid: UInt32(domid), devid: 0))
+        }
+        log.info("domain \(domid): PCI \(mine.map(\.address).sorted().joined(separator: " ")) released")
+    }
+
+    /// `pci-hide` devices when xend stops are left on vfio-pci (as Linux's pciback.hide).
+    private func giveBack(_ a: PciAddress, _ driver: String?) {
+        do { try sysfs.giveBack(a, to: driver); log.info("PCI \(a) given back to \(driver ?? "no driver")") }
+        catch { log.error("PCI \(a): giving it back to \(driver ?? "no driver") failed: \(error.message)") }
+    }
+
+    /// The functions of `domid` xend holds.
+    func assigned(domid: Int) -> [String] {
+        lock.lock(); defer { lock.unlock() }
+        return entries.values.filter { $0.domid == domid }.map(\.address).sorted()
+    }
+
+    /// `xm pci-list-assignable-devices`: functions bound to vfio-pci that no domain has.
+    func assignable() -> [String] {
+        lock.lock(); defer { lock.unlock() }
+        let busy = Set(entries.values.compactMap { $0.domid == nil ? nil : $0.address })
+        return sysfs.fs.list("bus/pci/devices").filter { bdf in
+            !busy.contains(bdf) && sysfs.fs.linkName("bus/pci/devices/\(bdf)/driver") == PciSysfs.vfioDriver
+        }
+    }
+
+    /// Runs pciback once on group `g` to reset `members`, on descriptors opened here.
+    /// - Throws: `PciRefusal` naming the devices and pciback's reason.
+    func reset(group g: Int, _ members: [PciAddress]) throws(PciRefusal) {
+        let names = members.map(\.description).joined(separator: " ")
+        let container = open(devRoot + "/vfio/vfio", O_RDWR | O_CLOEXEC)
+        guard container >= 0 else { throw PciRefusal("PCI \(names): \(devRoot)/vfio/vfio: \(String(cString: strerror(errno)))") }
+        defer { close(container) }
+        let group = open(devRoot + "/vfio/\(g)", O_RDWR | O_CLOEXEC)
+        guard group >= 0 else { throw PciRefusal("PCI \(names): \(devRoot)/vfio/\(g): \(String(cString: strerror(errno)))") }
+        defer { close(group) }
+        let ready: ReadinessChannel
+        do { ready = try ReadinessChannel.make() } catch { throw PciRefusal("PCI \(names): \(error.message)") }
+        var argv = [binary] + members.flatMap { ["--reset", $0.description] } + ["--ready-fd", "5"]
+        if let m = manifest { argv += ["--manifest", m] } else { argv.append("--no-sandbox") }
+        let pid: pid_t
+        do { pid = try spawnDetached(argv, log: logPath, fds: [(container, 3), (group, 4), ready.handOver(at: 5)]) }
+        catch { throw PciRefusal("PCI \(names): cannot start pciback \(binary): \(error)") }
+        let r = ready.wait(pid: pid, timeout: .seconds(20))
+        if case .timedOut = r { Glibc.kill(pid, SIGKILL) }
+        var st: Int32 = 0
+        while waitpid(pid, &st, 0) < 0 && errno == EINTR {}
+        guard case .ready = r else {
+            if case .failed(let why) = r { throw PciRefusal(why) }
+            throw PciRefusal("PCI \(names): pciback \(r)")
+        }
+    }
+}

@@ -1,0 +1,28 @@
+// PCI passthrough in the management API: `xm pci-list` and `xm pci-list-assignable-devices`.
+
+/// One host PCI function given to a domain (`GET /api/v1/domains/{domain}/pci`).
+public struct PciDeviceInfo: Codable, Sendable, Equatable {
+    /// PCI domain (segment), bus, device (slot) and function of the host function.
+    public var domain: Int
+    public var bus: Int
+    public var slot: Int
+    public var `func`: Int
+    /// Guest slot the configuration asked for (`@SLOT`); nil: the engine chose.
+    public var vslot: Int?
+    public init(domain: Int, bus: Int, slot: Int, func f: Int, vslot: Int?) {
+        self.domain = domain; self.bus = bus; self.slot = slot; self.func = f; self.vslot = vslot
+    }
+}
+
+/// A domain's passed-through PCI functions, in configuration order.
+public struct PciList: Codable, Sendable, Equatable {
+    public var devices: [PciDeviceInfo]
+    public init(devices: [PciDeviceInfo]) { self.devices = devices }
+}
+
+/// `GET /api/v1/pci/assignable`: functions bound to vfio-pci that no domain holds, as
+/// `DDDD:BB:SS.F`, sorted.
+public struct PciAssignableList: Codable, Sendable, Equatable {
+    public var devices: [String]
+    public init(devices: [String]) { self.devices = devices }
+}

@@ -1,0 +1,61 @@
+import DomainConfig
+import Foundation
+import Logging
+import Testing
+import XendAPI
+@testable import Xend
+
+/// PCI passthrough refusals in xend (issue 18): before anything is made, naming the engine
+/// or the device; nothing is left (no record, no pci.json entry).
+@Suite struct PciRefusalTests {
+    @Test func theCoreEngineRefusesPciNamingItself() throws {
+        let root = tempRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let manager = DomainManager(paths: XenithPaths(root: root), xendConfig: XendConfig(), engines: ["core": SleepEngine()],
+                                    xenstore: nil, logger: Logger(label: "test"))
+        var cfg = DomainConfiguration(name: "p")
+        cfg.kernel = root + "/kernel"
+        cfg.pciDevices = [try PciSpec(parsing: "00:04.0")]
+        do {
+            _ = try manager.create(sxpText: cfg.toSXP().description, paused: false)
+            Issue.record("created")
+        } catch {
+            #expect(error.kind == .badRequest)
+            #expect(error.message == "pci: the core engine cannot pass PCI devices through (VFIO DMA mapping of guest RAM is not implemented in it): use engine = 'qemu'")
+        }
+        #expect(manager.list(long: false).count == 1)   // Domain-0 only
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: XenithPaths(root: root).registryDir))?.isEmpty ?? true)
+    }
+
+    @Test func supervisorRefusesAbsentAndSharedDevicesNamingThem() throws {
+        let root = tempRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        // A sysfs tree: 0000:00:04.0 in IOMMU group 3 with 0000:00:05.0, which ahci holds.
+        let sys = root + "/sys"
+        for (bdf, drv) in [("0000:00:04.0", nil), ("0000:00:05.0", "ahci")] as [(String, String?)] {
+            let dir = sys + "/bus/pci/devices/" + bdf
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: sys + "/kernel/iommu_groups/3/devices", withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: sys + "/kernel/iommu_groups/3/devices/" + bdf, withDestinationPath: dir)
+            try FileManager.default.createSymbolicLink(atPath: dir + "/iommu_group", withDestinationPath: sys + "/kernel/iommu_groups/3")
+            if let drv {
+                try FileManager.default.createDirectory(atPath: sys + "/bus/pci/drivers/" + drv, withIntermediateDirectories: true)
+                try FileManager.default.createSymbolicLink(atPath: dir + "/driver", withDestinationPath: sys + "/bus/pci/drivers/" + drv)
+            }
+        }
+        let paths = XenithPaths(root: root)
+        let pcis = PciSupervisor(paths: paths, binary: "/nonexistent/pciback", manifest: nil, xenstore: nil, config: XendConfig(),
+                                 logger: Logger(label: "test"), sysfsRoot: sys, devRoot: root + "/dev")
+        func refusal(_ bdf: String) -> XendError? {
+            do { try pcis.assign(domid: 4, specs: [try! PciSpec(parsing: bdf)], owner: nil); return nil } catch { return error }
+        }
+        let absent = refusal("0000:07:00.0")
+        #expect(absent?.kind == .badRequest)
+        #expect(absent?.message == "pci: PCI device 0000:07:00.0 does not exist on this host (no /sys/bus/pci/devices/0000:07:00.0)")
+        let shared = refusal("00:04.0")
+        #expect(shared?.message == "pci: PCI device 0000:00:04.0 shares IOMMU group 3 with 0000:00:05.0, which is bound to host driver ahci")
+        #expect(pcis.assigned(domid: 4).isEmpty)
+        #expect(pcis.assignable().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: paths.xendLib + "/pci.json"))
+    }
+}
