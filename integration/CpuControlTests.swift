@@ -189,6 +189,15 @@ import Testing
         #expect(try xm("vcpu-set", "cpu", "2").stderr == "Error: Cannot set the vCPUs of domain cpu: vCPU 1 was unplugged from this QEMU, which cannot plug a CPU back into a slot it unplugged (QEMU 7.2 aborts): reboot the domain to have 2 vCPUs\n")
         let listed = try xm("list", "cpu").stdout
         #expect(listed.contains("  1   192     1     r-----"), "\(listed)")
+        // So would adding any PCI device now (QEMU 7.2 crashes on device_add after a CPU
+        // unplug): refused before anything is made, the domain runs on, no blkback left.
+        let img = root + "/hp.img"
+        FileManager.default.createFile(atPath: img, contents: Data(count: 1 << 20))
+        let a = try xm("block-attach", "cpu", "file:\(img)", "xvdb", "w")
+        #expect(a.status != 0 && a.stderr.contains("vCPU 1 was unplugged from this domain's QEMU (xm vcpu-set), and QEMU 7.2 crashes adding a device after that"), "\(a.stderr)")
+        usleep(500_000)
+        #expect(try xm("list", "cpu").stdout.contains("  1   192     1     r-----"), "still the same domain, running")
+        #expect(!(try xm("block-list", "cpu").stdout.contains("51728")))
     }
 
     /// Two spinning guests pinned on CPU 1 with weights 256 (the default) and 768

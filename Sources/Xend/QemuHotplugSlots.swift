@@ -41,12 +41,20 @@ extension QemuEngineDriver {
     /// the machine's hot-plug bus (i440fx), and checks QEMU put it there.
     /// - Returns: the root port (`hpnetN`), which a later command line can name again; nil
     ///   on i440fx, where QEMU picked the slot.
-    /// - Throws: `EngineError` when no root port is free (naming how many there are) or
-    ///   QEMU refused; nothing is left added then.
+    /// - Throws: `EngineError` when a vCPU was unplugged from this QEMU (it would crash),
+    ///   no root port is free (naming how many there are) or QEMU refused; nothing is left
+    ///   added then.
     @discardableResult
     func plugIntoFreeSlot(_ p: EngineProcess, _ device: [String: Any]) throws -> String? {
         var device = device
         let id = device["id"] as? String ?? "?"
+        // QEMU 7.2 (Debian 12's) crashes (SIGSEGV, or SIGABRT on heap corruption) on any PCI
+        // device_add once a CPU was unplugged from it; the slots setVcpuCount unplugged are
+        // in `.unplugged` (QemuEngineAdapter), kept across xend restarts.
+        let unplugged = ((try? String(contentsOfFile: p.controlPath + ".unplugged", encoding: .utf8)) ?? "").split(separator: "\n")
+        if !unplugged.isEmpty {
+            throw EngineError("vCPU \(unplugged.joined(separator: ", ")) was unplugged from this domain's QEMU (xm vcpu-set), and QEMU 7.2 crashes adding a device after that, which would end the domain: reboot it first (it keeps its vCPU count), then attach", badRequest: true)
+        }
         let ports = try rootPorts(p)
         if !ports.isEmpty {
             guard let free = ports.keys.sorted().first(where: { ports[$0] == 0 }) else {
