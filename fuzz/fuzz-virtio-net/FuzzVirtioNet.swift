@@ -19,7 +19,8 @@
 // (run.sh's -max_len).
 //
 // Checks beyond no crash: the used length of every receive chain never exceeds its
-// device-writable bytes; num_buffers in a delivered frame's header is the number of chains
+// device-writable bytes (entries the device's own frame writes may have overwritten, where
+// the driver points receive buffers at the used ring, are not checked); num_buffers in a delivered frame's header is the number of chains
 // it used; nothing shorter than a header + Ethernet header, longer than header + 64 KiB
 // (GSO), or a non-GSO frame longer than the MTU + 18 reaches the tap, and as many frames
 // reach it as the device counted.
@@ -174,7 +175,16 @@ func fuzzVirtioNet(_ input: UnsafeBufferPointer<UInt8>) {
     // The chains as they were before each device call: the device took every chain it used
     // from one of these states (its own writes land between calls' walks).
     var walks = [walkAll(size: rxSize, descTable: 0, features: ringFeatures)]
-    var usedSeen: UInt16 = 0
+    // Guest memory the device may write frames into: a used entry there may have been
+    // overwritten by a later frame (a driver may point buffers at its own used ring).
+    var writableRanges = Set<Range<UInt64>>()
+    func noteWritable(_ w: [DescriptorChain?]) {
+        for c in w.compactMap({ $0 }) {
+            for b in c.writable where b.length > 0 { writableRanges.insert(b.address..<(b.address &+ UInt64(b.length))) }
+        }
+    }
+    noteWritable(walks[0])
+    var usedSeen = rxQ.nextUsedIdx   // the queue starts at the used index the image has
     var rxBroken = false, txBroken = false
     var txSent = 0
 
@@ -185,11 +195,13 @@ func fuzzVirtioNet(_ input: UnsafeBufferPointer<UInt8>) {
         do { try device.kicked(0) } catch { rxBroken = true; device.queueReady(0, ring: nil) }
         // Used entries added by this call: (head, length).
         var entries: [(UInt16, UInt32)] = []
+        var clobbered = false
         while usedSeen != rxQ.nextUsedIdx {
             let o = 0x500 + 4 + 8 * UInt64(usedSeen % rxSize)
+            usedSeen &+= 1
+            if writableRanges.contains(where: { $0.overlaps(o..<(o + 8)) }) { clobbered = true; continue }
             let head = (try? memory.load(UInt32.self, at: o)) ?? 0, len = (try? memory.load(UInt32.self, at: o + 4)) ?? 0
             entries.append((UInt16(truncatingIfNeeded: head), len))
-            usedSeen &+= 1
         }
         for (head, len) in entries where len > 0 {
             guard Int(head) < Int(rxSize) else { fatalError("used head \(head) outside a queue of \(rxSize)") }
@@ -197,7 +209,7 @@ func fuzzVirtioNet(_ input: UnsafeBufferPointer<UInt8>) {
             if UInt64(len) > room { fatalError("used length \(len) exceeds chain \(head)'s \(room) writable bytes") }
         }
         let used = entries.filter { $0.1 > 0 }
-        if hl == VirtioNetHeader.size, device.stats.rxFrames == framesBefore + 1, let first = used.first {
+        if hl == VirtioNetHeader.size, !clobbered, device.stats.rxFrames == framesBefore + 1, let first = used.first {
             // One frame delivered: its chains are the non-empty entries, its header in the first.
             let seen = walks.compactMap { w in w[Int(first.0)].flatMap { writableU16($0, at: VirtioNetHeader.numBuffersOffset, usedRing: usedRange) } }
             if !seen.isEmpty && !seen.contains(UInt16(truncatingIfNeeded: used.count)) {
@@ -205,6 +217,7 @@ func fuzzVirtioNet(_ input: UnsafeBufferPointer<UInt8>) {
             }
         }
         walks.append(walkAll(size: rxSize, descTable: 0, features: ringFeatures))
+        noteWritable(walks[walks.count - 1])
     }
     func kickTx() {
         guard !txBroken else { return }
@@ -229,6 +242,7 @@ func fuzzVirtioNet(_ input: UnsafeBufferPointer<UInt8>) {
             fatalError("\(got.count) frames reached the tap, the device counted \(device.stats.txFrames - before)")
         }
         walks.append(walkAll(size: rxSize, descTable: 0, features: ringFeatures))
+        noteWritable(walks[walks.count - 1])
     }
 
     kickRx()
