@@ -180,7 +180,10 @@ func fuzzVirtioNet(_ input: UnsafeBufferPointer<UInt8>) {
     var writableRanges = Set<Range<UInt64>>()
     func noteWritable(_ w: [DescriptorChain?]) {
         for c in w.compactMap({ $0 }) {
-            for b in c.writable where b.length > 0 { writableRanges.insert(b.address..<(b.address &+ UInt64(b.length))) }
+            for b in c.writable where b.length > 0 {
+                let (end, o) = b.address.addingReportingOverflow(UInt64(b.length))
+                writableRanges.insert(b.address..<(o ? UInt64.max : end))
+            }
         }
     }
     noteWritable(walks[0])
