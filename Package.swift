@@ -140,7 +140,7 @@ if Context.environment["XENITH_FUZZ"] != nil {
         ("fuzz-vhost-user", ["VhostUser", "BlockBackend", "Virtio", "GuestMemory", "CLinux"]),
         ("fuzz-virtio-blk", ["BlockBackend", "VhostUser", "Virtio", "GuestMemory"]),
         ("fuzz-qcow2", ["BlockBackend", "CLinux"]),
-//NET
+        ("fuzz-virtio-net", ["NetBackend", "VhostUser", "Virtio", "GuestMemory", "CLinux"]),
         ("fuzz-xenstore", ["XenStore"]),
         ("fuzz-sxp", ["DomainConfig"]),
         ("fuzz-domain-config", ["DomainConfig"]),

@@ -18,6 +18,9 @@ shift
 targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || for d in fuzz/fuzz-*/; do targets+=("$(basename "$d")"); done
 bin=${FUZZ_BIN:-.build-fuzz/release}
+# A Swift trap is reported by libFuzzer's stack trace; the Swift backtracer would run first and
+# trip ASan in its own crash handler, hiding the trap's message behind a report about itself.
+export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 work=${FUZZ_WORK:-.build-fuzz/fuzz}
 mkdir -p "$work/artifacts" "$work/logs"
 

@@ -25,11 +25,25 @@ public final class TapDevice: @unchecked Sendable {
     public let fd: Int32
     /// Whether this object closes `fd` when released.
     let owns: Bool
+    /// False for the socket stand-in (``init(socket:owns:)``), which takes no tap ioctls.
+    let isTap: Bool
+    /// The virtio-net header length (bytes) and TUN_F_* offloads last set.
+    private(set) var vnetHeaderSize = 0, offloadFlags: UInt32 = 0
 
     /// Adopts an open tap fd (from a launcher); sets O_NONBLOCK. The tap must have been
     /// attached with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR.
     public init(fd: Int32, owns: Bool = false) {
-        self.fd = fd; self.owns = owns
+        self.fd = fd; self.owns = owns; isTap = true
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+    }
+
+    /// Adopts one end of a SOCK_SEQPACKET socket pair standing in for a tap, so netback
+    /// runs in-process without root or /dev/net/tun (fuzz/fuzz-virtio-net, unit tests):
+    /// the other end sends and receives what a tap would, one frame per message with the
+    /// virtio-net header in front. Header size and offloads are recorded
+    /// (``vnetHeaderSize``, ``offloadFlags``), not set; sets O_NONBLOCK.
+    init(socket fd: Int32, owns: Bool = false) {
+        self.fd = fd; self.owns = owns; isTap = false
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
     }
 
@@ -57,6 +71,8 @@ public final class TapDevice: @unchecked Sendable {
     /// TUNSETVNETHDRSZ: the virtio-net header length on every frame (10 or 12 bytes).
     /// - Throws: ``NetBackendError`` when the ioctl fails (not a tap, no IFF_VNET_HDR).
     public func setVnetHeaderSize(_ n: Int) throws(NetBackendError) {
+        vnetHeaderSize = n
+        guard isTap else { return }
         var v = Int32(n)
         if clinux_ioctl_ptr(fd, CLINUX_TUNSETVNETHDRSZ, &v) != 0 { throw .errno("TUNSETVNETHDRSZ \(n)") }
     }
@@ -64,6 +80,8 @@ public final class TapDevice: @unchecked Sendable {
     /// TUNSETOFFLOAD: which partial-checksum / GSO frames the tap may hand us (TUN_F_* bits).
     /// - Throws: ``NetBackendError`` when the kernel refuses the combination.
     public func setOffload(_ flags: UInt32) throws(NetBackendError) {
+        offloadFlags = flags
+        guard isTap else { return }
         if clinux_ioctl_int(fd, CLINUX_TUNSETOFFLOAD, UInt(flags)) != 0 { throw .errno("TUNSETOFFLOAD 0x\(String(flags, radix: 16))") }
     }
 

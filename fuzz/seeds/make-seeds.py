@@ -5,15 +5,21 @@ Text formats are seeded from the repository's own files (examples, manifests, th
 DomainConfig test corpus); binary formats are built here, byte for byte as the specs (and
 the tests) lay them out: xenstore wire messages, split virtqueues in a guest-memory image,
 virtio-blk requests, vhost-user message streams, save files, QMP lines.
-Run from the repository root: python3 fuzz/seeds/make-seeds.py
+Run from the repository root: python3 fuzz/seeds/make-seeds.py [TARGET...] (only those
+targets' seeds are written when some are named).
 """
-import os, shutil, struct, glob
+import os, shutil, struct, glob, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SEEDS = os.path.join(ROOT, "fuzz", "seeds")
 
 
+ONLY = set(sys.argv[1:])
+
+
 def out(target, name, data):
+    if ONLY and target not in ONLY:
+        return
     d = os.path.join(SEEDS, target)
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, name), "wb") as f:
@@ -217,4 +223,159 @@ def qcow2_seeds():
             data = open(img, "rb").read()
             out("fuzz-qcow2", name + "-rw", bytes([0, 7]) + data)
             out("fuzz-qcow2", name + "-ro", bytes([1, 3]) + data)
-qcow2_seeds()
+if not ONLY or "fuzz-qcow2" in ONLY:
+    qcow2_seeds()
+
+
+# --- virtio-net (fuzz-virtio-net): byte 0 features, byte 1 queue sizes and rate, byte 2
+# frame count and transmit kicks, byte 3 buffers posted per kick (0: all at once), the frames (u16 length, pattern length, pattern), then
+# guest memory: receive ring at 0x0/0x400/0x500, transmit ring at 0x800/0xc00/0xd00,
+# buffers from 0x1000 (inputs are cut at 20000 bytes) and in the second region (guest 0x10000).
+def virtio_net_seeds():
+    INDIRECT, EVENT_IDX, MRG, V1, GUEST_OFF, HOST_OFF, RATE, JUMBO = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80
+    mac = bytes([2, 0x16, 0x3e, 0, 0, 1])
+
+    def hdr(hl, flags=0, gso=0, hdr_len=0, gso_size=0, start=0, off=0):
+        return struct.pack("<BBHHHH", flags, gso, hdr_len, gso_size, start, off) + (b"\1\0" if hl == 12 else b"")
+
+    def eth(n, seed=1):
+        return mac + bytes([2, 0, 0, 0, 0, seed, 0x08, 0x00]) + bytes((i * 7 + seed) & 0xff for i in range(n - 14))
+
+    def frame(hl, n, seed=1):
+        pat = (bytes(hl) + eth(min(n, 100), seed))[:127]   # repeated to the full length
+        return struct.pack("<HB", hl + n, len(pat)) + pat
+
+    def image(rx, tx, extra=()):
+        mem = bytearray(0x10000)
+        for desc, avail, chains in ((0, 0x400, rx), (0x800, 0xc00, tx)):
+            i, heads = 0, []
+            for c in chains:
+                heads.append(i)
+                for j, (a, l, f) in enumerate(c):
+                    last = j + 1 == len(c)
+                    struct.pack_into("<QIHH", mem, desc + 16 * i, a, l, f | (0 if last else F_NEXT), 0 if last else i + 1)
+                    i += 1
+            struct.pack_into("<HH", mem, avail, 0, len(heads))
+            for k, h in enumerate(heads):
+                struct.pack_into("<H", mem, avail + 4 + 2 * k, h)
+        for a, data in extra:
+            o = a if a < 0x10000 else 0x8000 + a - 0x10000
+            mem[o:o + len(data)] = data
+        return bytes(mem).rstrip(b"\0") or b"\0"
+
+    def seed(name, f0, sizes, frames, kicks, rx, tx=(), extra=(), step=0):
+        out("fuzz-virtio-net", name, bytes([f0, sizes, len(frames) | kicks << 3, step]) + b"".join(frames) + image(rx, tx, extra))
+
+    rx2k = [[(0x10000 + 0x800 * i, 0x800, F_WRITE)] for i in range(8)]
+    # Mergeable buffers: a 3000-byte frame takes two 2 KiB chains (num_buffers 2).
+    seed("rx-mergeable", MRG | V1, 3 | 3 << 3, [frame(12, 60), frame(12, 3000, 2), frame(12, 1514, 3)], 0, rx2k)
+    # Jumbo MTU with guest TSO: netback lines up 64 KiB before each read; the driver posts
+    # 2 KiB buffers two per kick, so the 9000-byte frame waits in the bounce buffer until
+    # five are there.
+    seed("rx-bounce", MRG | V1 | GUEST_OFF | JUMBO, 3 | 3 << 3, [frame(12, 9000), frame(12, 60, 2)], 0, rx2k, step=2)
+    # No MRG_RXBUF, small chains: a frame larger than one chain is dropped.
+    small = [[(0x10000 + 0x100 * i, 0x100, F_WRITE)] for i in range(4)]
+    seed("rx-small-chains", V1, 2 | 2 << 3, [frame(12, 1514), frame(12, 100, 2)], 0, small)
+    # Legacy 10-byte header (neither VERSION_1 nor MRG_RXBUF), header and frame split.
+    seed("rx-legacy", 0, 2 | 2 << 3, [frame(10, 60), frame(10, 600, 2)], 0,
+         [[(0x10000, 10, F_WRITE), (0x10100, 1514, F_WRITE)], [(0x11000, 2048, F_WRITE)]])
+    # Hostile receive chains (readable, outside memory, empty) ahead of good ones; indirect.
+    ind = struct.pack("<QIHH", 0x12000, 0x800, F_WRITE, 0)   # an indirect table at 0x1000
+    seed("rx-hostile", MRG | V1 | INDIRECT | EVENT_IDX, 3 | 3 << 3, [frame(12, 1000), frame(12, 3000, 2)], 0,
+         [[(0x10000, 0x800, 0)], [(0x7fff0000, 0x800, F_WRITE)], [(0x10800, 0, F_WRITE)],
+          [(0x1000, 16, F_INDIRECT)], [(0x11000, 0x800, F_WRITE)], [(0x11800, 0x800, F_WRITE)]],
+         extra=[(0x1000, ind)])
+    # Transmit: header + frame split, one buffer, a GSO TCPv4 frame with a partial
+    # checksum, a non-GSO frame over the MTU (dropped), a too-short chain (dropped).
+    tcp = eth(4000)
+    tx = [[(0x1000, 12, 0), (0x1100, 60, 0)], [(0x1200, 12 + 1514, 0)], [(0x1800, 12 + 4000, 0)],
+          [(0x2800, 12 + 2000, 0)], [(0x1180, 20, 0)]]
+    txmem = [(0x1000, hdr(12)), (0x1100, eth(60)), (0x1200, hdr(12) + eth(1514, 2)),
+             (0x1800, hdr(12, 1, 1, 54, 1448, 34, 16) + tcp), (0x2800, hdr(12) + eth(2000, 3)), (0x1180, hdr(12))]
+    seed("tx-frames", V1 | HOST_OFF, 3 | 3 << 3, [], 0, [], tx, txmem)
+    # The same behind a 64-bytes-per-millisecond rate limit: the queue is throttled.
+    seed("tx-rate", V1 | HOST_OFF | RATE, 3 | 3 << 3, [frame(12, 60)], 1, rx2k[:2], tx, txmem)
+    # Both directions, transmit kicked between received frames.
+    seed("both", MRG | V1 | EVENT_IDX | HOST_OFF, 3 | 3 << 3, [frame(12, 60), frame(12, 1514, 2), frame(12, 200, 3)],
+         0b101, rx2k[:4], tx[:3], txmem)
+
+
+if not ONLY or "fuzz-virtio-net" in ONLY:
+    virtio_net_seeds()
+
+
+# --- virtio-net (fuzz-virtio-net): byte 0 features, byte 1 queue sizes and rate, byte 2
+# frame count and transmit kicks, byte 3 buffers posted per kick (0: all at once), the frames (u16 length, pattern length, pattern), then
+# guest memory: receive ring at 0x0/0x400/0x500, transmit ring at 0x800/0xc00/0xd00,
+# buffers from 0x1000 (inputs are cut at 20000 bytes) and in the second region (guest 0x10000).
+def virtio_net_seeds():
+    INDIRECT, EVENT_IDX, MRG, V1, GUEST_OFF, HOST_OFF, RATE, JUMBO = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80
+    mac = bytes([2, 0x16, 0x3e, 0, 0, 1])
+
+    def hdr(hl, flags=0, gso=0, hdr_len=0, gso_size=0, start=0, off=0):
+        return struct.pack("<BBHHHH", flags, gso, hdr_len, gso_size, start, off) + (b"\1\0" if hl == 12 else b"")
+
+    def eth(n, seed=1):
+        return mac + bytes([2, 0, 0, 0, 0, seed, 0x08, 0x00]) + bytes((i * 7 + seed) & 0xff for i in range(n - 14))
+
+    def frame(hl, n, seed=1):
+        pat = (bytes(hl) + eth(min(n, 100), seed))[:127]   # repeated to the full length
+        return struct.pack("<HB", hl + n, len(pat)) + pat
+
+    def image(rx, tx, extra=()):
+        mem = bytearray(0x10000)
+        for desc, avail, chains in ((0, 0x400, rx), (0x800, 0xc00, tx)):
+            i, heads = 0, []
+            for c in chains:
+                heads.append(i)
+                for j, (a, l, f) in enumerate(c):
+                    last = j + 1 == len(c)
+                    struct.pack_into("<QIHH", mem, desc + 16 * i, a, l, f | (0 if last else F_NEXT), 0 if last else i + 1)
+                    i += 1
+            struct.pack_into("<HH", mem, avail, 0, len(heads))
+            for k, h in enumerate(heads):
+                struct.pack_into("<H", mem, avail + 4 + 2 * k, h)
+        for a, data in extra:
+            o = a if a < 0x10000 else 0x8000 + a - 0x10000
+            mem[o:o + len(data)] = data
+        return bytes(mem).rstrip(b"\0") or b"\0"
+
+    def seed(name, f0, sizes, frames, kicks, rx, tx=(), extra=(), step=0):
+        out("fuzz-virtio-net", name, bytes([f0, sizes, len(frames) | kicks << 3, step]) + b"".join(frames) + image(rx, tx, extra))
+
+    rx2k = [[(0x10000 + 0x800 * i, 0x800, F_WRITE)] for i in range(8)]
+    # Mergeable buffers: a 3000-byte frame takes two 2 KiB chains (num_buffers 2).
+    seed("rx-mergeable", MRG | V1, 3 | 3 << 3, [frame(12, 60), frame(12, 3000, 2), frame(12, 1514, 3)], 0, rx2k)
+    # Jumbo MTU with guest TSO: netback lines up 64 KiB before each read; the driver posts
+    # 2 KiB buffers two per kick, so the 9000-byte frame waits in the bounce buffer until
+    # five are there.
+    seed("rx-bounce", MRG | V1 | GUEST_OFF | JUMBO, 3 | 3 << 3, [frame(12, 9000), frame(12, 60, 2)], 0, rx2k, step=2)
+    # No MRG_RXBUF, small chains: a frame larger than one chain is dropped.
+    small = [[(0x10000 + 0x100 * i, 0x100, F_WRITE)] for i in range(4)]
+    seed("rx-small-chains", V1, 2 | 2 << 3, [frame(12, 1514), frame(12, 100, 2)], 0, small)
+    # Legacy 10-byte header (neither VERSION_1 nor MRG_RXBUF), header and frame split.
+    seed("rx-legacy", 0, 2 | 2 << 3, [frame(10, 60), frame(10, 600, 2)], 0,
+         [[(0x10000, 10, F_WRITE), (0x10100, 1514, F_WRITE)], [(0x11000, 2048, F_WRITE)]])
+    # Hostile receive chains (readable, outside memory, empty) ahead of good ones; indirect.
+    ind = struct.pack("<QIHH", 0x12000, 0x800, F_WRITE, 0)   # an indirect table at 0x1000
+    seed("rx-hostile", MRG | V1 | INDIRECT | EVENT_IDX, 3 | 3 << 3, [frame(12, 1000), frame(12, 3000, 2)], 0,
+         [[(0x10000, 0x800, 0)], [(0x7fff0000, 0x800, F_WRITE)], [(0x10800, 0, F_WRITE)],
+          [(0x1000, 16, F_INDIRECT)], [(0x11000, 0x800, F_WRITE)], [(0x11800, 0x800, F_WRITE)]],
+         extra=[(0x1000, ind)])
+    # Transmit: header + frame split, one buffer, a GSO TCPv4 frame with a partial
+    # checksum, a non-GSO frame over the MTU (dropped), a too-short chain (dropped).
+    tcp = eth(4000)
+    tx = [[(0x1000, 12, 0), (0x1100, 60, 0)], [(0x1200, 12 + 1514, 0)], [(0x1800, 12 + 4000, 0)],
+          [(0x2800, 12 + 2000, 0)], [(0x1180, 20, 0)]]
+    txmem = [(0x1000, hdr(12)), (0x1100, eth(60)), (0x1200, hdr(12) + eth(1514, 2)),
+             (0x1800, hdr(12, 1, 1, 54, 1448, 34, 16) + tcp), (0x2800, hdr(12) + eth(2000, 3)), (0x1180, hdr(12))]
+    seed("tx-frames", V1 | HOST_OFF, 3 | 3 << 3, [], 0, [], tx, txmem)
+    # The same behind a 64-bytes-per-millisecond rate limit: the queue is throttled.
+    seed("tx-rate", V1 | HOST_OFF | RATE, 3 | 3 << 3, [frame(12, 60)], 1, rx2k[:2], tx, txmem)
+    # Both directions, transmit kicked between received frames.
+    seed("both", MRG | V1 | EVENT_IDX | HOST_OFF, 3 | 3 << 3, [frame(12, 60), frame(12, 1514, 2), frame(12, 200, 3)],
+         0b101, rx2k[:4], tx[:3], txmem)
+
+
+if not ONLY or "fuzz-virtio-net" in ONLY:
+    virtio_net_seeds()
