@@ -25,10 +25,17 @@ public enum Qcow2Chain {
         return i == path.startIndex ? "/" : String(path[..<i])
     }
 
-    /// The format of the file a qcow2 header names as backing: the header extension's, else
-    /// probed from the file's magic.
-    static func format(_ h: Qcow2Header, _ fd: Int32) -> String {
-        h.backingFormat ?? (Qcow2Header.isQcow2(fd: fd) ? "qcow2" : "raw")
+    /// The format of the file a qcow2 header names as backing: the header extension's.
+    /// Without one, a file without the qcow2 magic is raw, and one with it is refused:
+    /// bytes a guest may have written into a raw image must not make it read as a qcow2
+    /// image that names further files for xend (root) to open.
+    /// - Throws: ``BlockBackendError`` naming the file and the `qemu-img rebase -F` fix.
+    static func format(_ h: Qcow2Header, _ fd: Int32, name: String, of namer: String) throws(BlockBackendError) -> String {
+        if let f = h.backingFormat { return f }
+        guard !Qcow2Header.isQcow2(fd: fd) else {
+            throw BlockBackendError("backing file \(name) of \(namer) looks like qcow2 but \(namer) does not record its format; record it with: qemu-img rebase -u -b \(name) -F qcow2 \(namer)")
+        }
+        return "raw"
     }
 
     /// Opens the backing files of the qcow2 image at `imagePath` (open on `fd`), nearest
@@ -65,7 +72,8 @@ public enum Qcow2Chain {
                 close(bfd)
                 throw BlockBackendError("backing file \(path) of \(namer) is in use read-write by another back-end")
             }
-            let fmt = format(header, bfd)
+            let fmt: String
+            do { fmt = try format(header, bfd, name: path, of: namer) } catch { close(bfd); throw error }
             files.append(BackingFile(fd: bfd, path: path, format: fmt))
             switch fmt {
             case "raw": ok = true; return files
@@ -94,7 +102,7 @@ public enum Qcow2Chain {
         do { h = try Qcow2Header(fd: top, writable: !readOnly) } catch { throw BlockBackendError("image: \(error.description)") }
         for (i, fd) in backing.enumerated() {
             guard let name = h.backingFile else { throw BlockBackendError("backing fd \(fd): layer \(i) names no backing file") }
-            let f = format(h, fd)
+            let f = try format(h, fd, name: name, of: i == 0 ? "the image" : "layer \(i)")
             formats.append(f)
             if f == "qcow2" {
                 do { h = try Qcow2Header(fd: fd, writable: false) } catch { throw BlockBackendError("backing file \(name): \(error.description)") }

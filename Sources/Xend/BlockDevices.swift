@@ -197,6 +197,9 @@ public final class BlockSupervisor: @unchecked Sendable {
     /// - Throws: `XendError` (400) naming the disk.
     static func check(_ d: DiskSpec, path: String, inUse: [(domain: String, disk: DiskSpec)]) throws(XendError) {
         if !servedFormats.contains(d.format) { throw Self.refuse(d, "Image format \(d.format) is not supported (raw and qcow2 images only).") }
+        if d.format == "qcow2" && d.access == .readWriteShared {
+            throw Self.refuse(d, "Mode w! cannot share a qcow2 image: two back-ends allocating clusters in it would corrupt it; use a raw image, or an overlay of its own for each domain.")
+        }
         let real = URL(fileURLWithPath: path).resolvingSymlinksInPath().path
         guard d.access != .readWriteShared else { return }
         for (other, od) in inUse {

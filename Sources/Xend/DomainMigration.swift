@@ -41,6 +41,8 @@ extension DomainManager {
     public func migrate(_ dom: String, host: String, port: Int, live isLive: Bool, resource: Int?) throws(XendError) -> MigrateReply {
         let (r, p, engine) = try live(dom, for: "migrate")
         try refuseSaveWithHotpluggedDevices(dom, operation: "migrated")
+        do throws(XendError) { try Self.refuseWritableQcow2(r.config) }
+        catch { throw XendError(.conflict, "Cannot migrate domain \(r.name): \(error.message)") }
         if let resource, !(1...1_000_000).contains(resource) {
             throw XendError(.badRequest, "xm migrate: -r \(resource): the rate must be 1...1000000 Mbit/s (0 would never send anything)")
         }

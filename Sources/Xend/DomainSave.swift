@@ -205,6 +205,11 @@ extension DomainManager {
         if Self.nameRegex.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) == nil || name.count > 64 {
             throw XendError(.badRequest, "Restore failed: \(file): not a valid guest state file: invalid VM name '\(name)'")
         }
+        // No save holds a passed-through device's state; a file naming one would only make
+        // this host take the device from its driver.
+        if let p = cfg.pciDevices.first {
+            throw XendError(.badRequest, "Restore failed: \(file): PCI device \(p.address): a domain with passed-through PCI devices cannot be restored")
+        }
         let engine = try engines.choose(for: cfg, configured: xendConfig.domainEngine)
         guard engine.capabilities.contains(.save) else {
             throw XendError(.unavailable, "Cannot restore \(file): the \(engine.name) engine cannot restore a domain's state")

@@ -130,6 +130,13 @@ extension DomainManager {
         if let v = cfg.vifs.first(where: { ($0.script ?? "").contains("/") || ($0.script ?? "") == ".." }) {
             throw XendError(.badRequest, "vif script \(v.script!): an incoming domain may only name a script of the target's scripts directory")
         }
+        // A peer must not make this host hand it one of its PCI devices (pci-hide-on-create
+        // would take it from its host driver), and no engine carries a passed-through
+        // device's state anyway.
+        if let p = cfg.pciDevices.first {
+            throw XendError(.badRequest, "PCI device \(p.address): a domain with passed-through PCI devices cannot be migrated in")
+        }
+        try Self.refuseWritableQcow2(cfg)
         try checkCPUSettings(cfg)
         let engine = try engines.choose(for: cfg, configured: xendConfig.domainEngine)
         guard engine.capabilities.contains(.save) else {
@@ -153,6 +160,16 @@ extension DomainManager {
         }
         if cfg.uuid == nil { cfg.uuid = UUID().uuidString.lowercased() }
         return (cfg, engine)
+    }
+
+    /// A writable qcow2 disk cannot move yet: the target's blkback reads the image's L1 and
+    /// refcount tables when it starts, before the source has stopped allocating clusters,
+    /// and would then work from stale metadata (lost or overwritten guest data).
+    /// - Throws: `XendError` 400 naming the disk.
+    static func refuseWritableQcow2(_ cfg: DomainConfiguration) throws(XendError) {
+        if let d = cfg.disks.first(where: { $0.format == "qcow2" && $0.writable }) {
+            throw XendError(.badRequest, "disk \(d.vdev): a writable qcow2 disk cannot be migrated (the target would read its metadata while the source still changes it)")
+        }
     }
 
     /// Tells the source why, while its stream may still be coming: an abort frame with the

@@ -316,6 +316,16 @@ func expectClean(_ image: String, equals ref: Reference, in s: Qcow2Scratch) thr
         do { _ = try Qcow2Chain.assemble(top: fd, backing: [], readOnly: true); Issue.record("opened without its backing file") }
         catch { #expect("\(error)".contains("was not handed over"), "\(error)") }
         close(fd)
+        // No recorded backing format: a file that looks like qcow2 is not probed into one
+        // (bytes a guest wrote could name any host file); a raw-looking one reads as raw.
+        try qimg(["create", "-q", "-f", "qcow2", "-b", "c0.qcow2", "-F", "qcow2", s.path("u.qcow2")])
+        var u = try Data(contentsOf: URL(fileURLWithPath: s.path("u.qcow2")))
+        let ext = Data([0xE2, 0x79, 0x2A, 0xCA])   // the backing-format extension's type
+        guard let r = u.range(of: ext) else { Issue.record("no backing-format extension"); return }
+        u.replaceSubrange(r, with: [0x12, 0x34, 0x56, 0x78])   // an unknown extension, skipped
+        try u.write(to: URL(fileURLWithPath: s.path("u.qcow2")))
+        do { _ = try openQcow2(s.path("u.qcow2")); Issue.record("a probed qcow2 backing file opened") }
+        catch { #expect("\(error)".contains("looks like qcow2 but") && "\(error)".contains("qemu-img rebase -u -b"), "\(error)") }
     }
 
     /// blkback itself (`--format qcow2`, the chain opened from the header's names) under the

@@ -28,5 +28,13 @@ import Testing
         let vhd = config.disks[2]
         do { try BlockSupervisor.check(vhd, path: vhd.path!, inUse: []); Issue.record("vhd accepted") }
         catch { #expect(error.message.contains("Image format vhd is not supported (raw and qcow2 images only)"), "\(error.message)") }
+        // w! would let two blkbacks allocate clusters in one qcow2 image.
+        var shared = config.disks[0]
+        shared.access = .readWriteShared
+        do { try BlockSupervisor.check(shared, path: shared.path!, inUse: []); Issue.record("qcow2 w! accepted") }
+        catch { #expect(error.message.contains("Mode w! cannot share a qcow2 image"), "\(error.message)") }
+        var raw = config.disks[1]
+        raw.access = .readWriteShared
+        #expect(throws: Never.self) { try BlockSupervisor.check(raw, path: raw.path!, inUse: []) }
     }
 }

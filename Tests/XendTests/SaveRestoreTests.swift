@@ -80,6 +80,14 @@ extension ServerTests {
             // A script by name passes these checks (the test engine then cannot take state).
             #expect(refusal("mac=00:16:3e:00:00:01, script=vif-bridge") == "the target's core engine cannot take a domain's state")
             #expect(refusal(nil, cpus: "0-4095")?.hasPrefix("cpus:") == true)
+            // A writable qcow2 disk: the target would read its metadata while the source writes.
+            #expect(refusal(nil, disk: "tap:qcow2:\(root)/d.qcow2,xvda,w")?.contains("disk xvda: a writable qcow2 disk cannot be migrated") == true)
+            // A peer naming one of this host's PCI devices is refused before anything is touched.
+            var withPCI = DomainConfiguration(name: "in2")
+            withPCI.kernel = root + "/kernel"
+            withPCI.pciDevices = [try PciSpec(parsing: "0000:00:1f.2")]
+            do throws(XendError) { _ = try m.checkIncoming(withPCI.toSXP().description); Issue.record("PCI device accepted") }
+            catch { #expect(error.message.contains("PCI device 0000:00:1f.2: a domain with passed-through PCI devices cannot be migrated in"), "\(error.message)") }
         }
     }
 }
