@@ -81,6 +81,8 @@ import Testing
         // mem-set first: the stored configuration then says memory 16, maxmem 32 (the RAM);
         // the restore must still get the 32 MiB its saved state holds.
         #expect(try xm("mem-set", "cs", "16").status == 0)
+        // and mem-max above the RAM it runs with: for its next fresh start, not for the restore.
+        #expect(try xm("mem-max", "cs", "64").status == 0)
 
         // Save: silent, the domain and its core are gone, the file carries the SXP.
         let file = root + "/cs.chk"

@@ -104,8 +104,7 @@ extension DomainManager {
         dmesg("Domain \(r.name) (\(r.domid)): migrating\(isLive ? " live" : "") to \(target)")
 
         // 1. The stream: the engine writes, the service frames and sends.
-        var cfg = r.config
-        cfg.engine = DomainEngine(rawValue: engine.name) ?? cfg.engine
+        let cfg = Self.transferConfiguration(r, engine: engine.name)
         let memBytes = UInt64(max(cfg.memory, cfg.maxmem ?? 0)) << 20
         var rounds = 1, engineDowntime = 0
         // A paused guest stays paused here if the migration fails (the target runs it).

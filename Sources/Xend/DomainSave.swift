@@ -73,8 +73,7 @@ extension DomainManager {
         phases.mark("service")
 
         // The SXP names its engine, so the restore picks the same one.
-        var cfg = r.config
-        cfg.engine = DomainEngine(rawValue: engine.name) ?? cfg.engine
+        let cfg = Self.transferConfiguration(r, engine: engine.name)
         let wasRunning: Bool
         do throws(XendError) {
             try run.send(.config(cfg.toSXP().description))
@@ -281,6 +280,17 @@ extension DomainManager {
 
     /// The saves and restores under way.
     public func transferList() -> [TransferInfo] { transfers.all }
+
+    /// The configuration a save file or a migration carries: its engine named (the restore
+    /// picks the same one), and as much RAM as the domain runs with: `xm mem-max` above that
+    /// takes effect at a fresh start, while the state holds the RAM it has, which a restore
+    /// must give it exactly.
+    static func transferConfiguration(_ r: DomainRecord, engine: String) -> DomainConfiguration {
+        var cfg = r.config
+        cfg.engine = DomainEngine(rawValue: engine) ?? cfg.engine
+        if let boot = r.bootMemory, let mx = cfg.maxmem, mx > boot { cfg.maxmem = max(boot, cfg.memory) }
+        return cfg
+    }
 
     /// A message that should not have come, as a reason: the service's own failure text.
     static func describe(_ m: StatusMessage) -> String {
