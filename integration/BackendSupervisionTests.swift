@@ -26,19 +26,14 @@ import Testing
     }
     func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
     /// Pids matching `pattern` that belong to this test's root (other xends may run here).
-    func pgrep(_ pattern: String) -> [Int32] {
-        ((try? run("/usr/bin/pgrep", ["-f", "--", pattern]))?.stdout ?? "").split(separator: "\n").compactMap { Int32($0) }
-            .filter { ((try? String(contentsOfFile: "/proc/\($0)/environ", encoding: .utf8)) ?? "").contains("XENITH_ROOT=\(root)\u{0}") }
-    }
+    func pgrep(_ pattern: String) -> [Int32] { processes(matching: pattern, root: root) }
     func waitUntil(_ seconds: Double, _ cond: () -> Bool) -> Bool {
         let end = Date().addingTimeInterval(seconds)
         while Date() < end { if cond() { return true }; usleep(50_000) }
         return cond()
     }
     /// Highest "blk round ok N" (hex) in a text.
-    func lastRound(_ text: String) -> Int {
-        text.components(separatedBy: "blk round ok ").dropFirst().compactMap { Int($0.prefix(8), radix: 16) }.max() ?? -1
-    }
+    func lastRound(_ text: String) -> Int { lastBlkRound(text) }
 
     /// `xm console DOM` for `seconds` with its stdin held open; returns what it printed.
     func console(_ dom: String, seconds: Double) throws -> (status: Int32, output: String) {

@@ -7,10 +7,7 @@ import Testing
 /// Linux 6.6) fails `xm create` naming the disk and the reason, leaving no domain, blkback
 /// or socket; the same disk with `cache=writeback` starts.
 @Suite(.serialized) struct DirectDiskTests {
-    let root: String = {
-        var t = Array("/tmp/xenith-disk-dio-XXXXXX".utf8CString)
-        return t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }()
+    let root = Scratch.make("xenith-disk-dio")
     /// A ramfs mount in the test's root: it refuses O_DIRECT.
     var ramfs: String { root + "/ramfs" }
     var shmImage: String { ramfs + "/disk.img" }
@@ -22,18 +19,13 @@ import Testing
         (try? String(contentsOfFile: root + rel, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
     /// blkback processes of this test's root.
-    func blkbacks() -> [Int32] {
-        ((try? run("/usr/bin/pgrep", ["-f", "--", "blkback --listen-fd 3 --image-fd 4"]))?.stdout ?? "").split(separator: "\n").compactMap { Int32($0) }
-            .filter { ((try? String(contentsOfFile: "/proc/\($0)/environ", encoding: .utf8)) ?? "").contains("XENITH_ROOT=\(root)\u{0}") }
-    }
+    func blkbacks() -> [Int32] { processes(matching: "blkback --listen-fd 3 --image-fd 4", root: root) }
     func waitUntil(_ seconds: Double, _ cond: () -> Bool) -> Bool {
         let end = Date().addingTimeInterval(seconds)
         while Date() < end { if cond() { return true }; usleep(50_000) }
         return cond()
     }
-    func lastRound(_ text: String) -> Int {
-        text.components(separatedBy: "blk round ok ").dropFirst().compactMap { Int($0.prefix(8), radix: 16) }.max() ?? -1
-    }
+    func lastRound(_ text: String) -> Int { lastBlkRound(text) }
 
     @Test func directDisksAndRefusal() throws {
         if skip(Env.kvmUnavailable) { return }

@@ -8,8 +8,7 @@ import Testing
 
 @Suite(.serialized) struct Qcow2DiskTests {
     let root: String = {
-        var t = Array("/tmp/xenith-qcow2-XXXXXX".utf8CString)
-        let d = t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        let d = Scratch.make("xenith-qcow2")
         chmod(d, 0o755)   // QEMU, as its own uid, reconnects to run/xenith/*.sock
         return d
     }()

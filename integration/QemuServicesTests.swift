@@ -50,8 +50,7 @@ final class ConsoleSession: @unchecked Sendable {
 
 @Suite(.serialized) struct QemuServicesTests {
     let root: String = {
-        var t = Array("/tmp/xenith-qsvc-XXXXXX".utf8CString)
-        let d = Scratch.track(t.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) })
+        let d = Scratch.make("xenith-qsvc")
         chmod(d, 0o755)   // as / is: QEMU, once it runs as its own uid, reconnects to run/xenith/*.sock
         return d
     }()

@@ -111,6 +111,18 @@ enum Scratch {
     }
 }
 
+/// Pids of the processes whose command line matches `pattern` (`pgrep -f`) and whose
+/// environment names `root` as XENITH_ROOT: one test root's services, not another test's.
+func processes(matching pattern: String, root: String) -> [Int32] {
+    ((try? run("/usr/bin/pgrep", ["-f", "--", pattern]))?.stdout ?? "").split(separator: "\n").compactMap { Int32($0) }
+        .filter { ((try? String(contentsOfFile: "/proc/\($0)/environ", encoding: .utf8)) ?? "").contains("XENITH_ROOT=\(root)\u{0}") }
+}
+
+/// The highest "blk round ok N" (hex) the block fixture printed in `text`; -1 for none.
+func lastBlkRound(_ text: String) -> Int {
+    text.components(separatedBy: "blk round ok ").dropFirst().compactMap { Int($0.prefix(8), radix: 16) }.max() ?? -1
+}
+
 /// The text after `tag` and one space on the first complete line of `text` that starts
 /// with `tag`; nil until such a line has arrived whole, ended by a
 /// newline. A serial console delivers a line in pieces, so a marker can be seen before the

@@ -16,10 +16,7 @@ import Testing
     func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
     func pidFile(_ rel: String) -> Int32? { Int32(read(rel).trimmingCharacters(in: .whitespacesAndNewlines)) }
     var xenstoredPid: Int32? { pidFile("/run/xenstored/xenstored.pid") }
-    func pgrep(_ pattern: String) -> [Int32] {
-        ((try? run("/usr/bin/pgrep", ["-f", "--", pattern]))?.stdout ?? "").split(separator: "\n").compactMap { Int32($0) }
-            .filter { ((try? String(contentsOfFile: "/proc/\($0)/environ", encoding: .utf8)) ?? "").contains("XENITH_ROOT=\(root)\u{0}") }
-    }
+    func pgrep(_ pattern: String) -> [Int32] { processes(matching: pattern, root: root) }
     func waitUntil(_ seconds: Double, _ cond: () -> Bool) -> Bool {
         let end = Date().addingTimeInterval(seconds)
         while Date() < end { if cond() { return true }; usleep(20_000) }
