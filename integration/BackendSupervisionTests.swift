@@ -80,6 +80,7 @@ import Testing
         let xsPath = root + "/run/xenstored/socket"
         if FileManager.default.fileExists(atPath: "/usr/bin/xenstore-read") {
             setenv("XENSTORED_PATH", xsPath, 1)
+            defer { unsetenv("XENSTORED_PATH") }   // later suites' xend and tools must not inherit it
             let st = try run("/usr/bin/xenstore-read", ["/local/domain/0/backend/vbd/1/51712/state"], timeout: 10)
             #expect(st.stdout == "4\n", "vbd backend state: \(st.stdout)\(st.stderr)")
         }
@@ -162,6 +163,7 @@ import Testing
         #expect(domains.isEmpty, "\(domains)")
         if FileManager.default.fileExists(atPath: "/usr/bin/xenstore-ls") {
             setenv("XENSTORED_PATH", xsPath, 1)
+            defer { unsetenv("XENSTORED_PATH") }   // later suites' xend and tools must not inherit it
             let ls = try run("/usr/bin/xenstore-ls", ["/local/domain"], timeout: 10)
             #expect(!ls.stdout.contains("vbd") && !ls.stdout.contains("d1") && !ls.stdout.contains("1 = "), "\(ls.stdout)")
         }

@@ -58,7 +58,16 @@ final class ConsoleSession: @unchecked Sendable {
     func env() { setenv("XENITH_ROOT", root, 1) }
     func xm(_ args: String..., timeout: Double = 60) throws -> RunResult { env(); return try run(Env.binary("xm"), args, timeout: timeout) }
     func xend(_ arg: String) throws -> RunResult { env(); return try run(Env.binary("xend"), [arg], timeout: 60) }
-    func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
+    /// A file under the test root as text ("" when absent; bytes that are not UTF-8 do not
+    /// make the whole file read as absent).
+    func read(_ rel: String) -> String {
+        (FileManager.default.contents(atPath: root + rel)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+    }
+    /// What a failed check should show: the end of xend's log and of xenstored's.
+    func logs() -> String {
+        "xend.log: \(read("/var/log/xen/xend.log").suffix(1500))\nxend-debug.log: \(read("/var/log/xen/xend-debug.log").suffix(500))"
+            + "\nxenstored.log: \(read("/var/log/xen/xenstored.log").suffix(500))"
+    }
     func pidFile(_ path: String) -> Int32? {
         (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
@@ -144,10 +153,14 @@ final class ConsoleSession: @unchecked Sendable {
         #expect(waitUntil(150) { read("/var/log/xen/console/guest-deb.log").contains("login:") },
                 "console log: \(read("/var/log/xen/console/guest-deb.log").suffix(800))")
         print("qemu services: xm create → login: \(String(format: "%.1f", Date().timeIntervalSince(t0))) s")
-        let vbd = (try? run("/usr/bin/env", ["XENSTORED_PATH=\(root)/run/xenstored/socket", "xenstore-read",
-                                             "/local/domain/0/backend/vbd/\(domid)/51712/state"]))?.stdout ?? ""
         if FileManager.default.fileExists(atPath: "/usr/bin/xenstore-read") {
-            #expect(vbd.trimmingCharacters(in: .whitespacesAndNewlines) == "4", "vbd state: '\(vbd)'")
+            var vbd: RunResult?
+            let connected = waitUntil(10) {
+                vbd = try? run("/usr/bin/env", ["XENSTORED_PATH=\(root)/run/xenstored/socket", "/usr/bin/xenstore-read",
+                                                "/local/domain/0/backend/vbd/\(domid)/51712/state"], timeout: 10)
+                return vbd?.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "4"
+            }
+            #expect(connected, "vbd state: '\(vbd?.stdout ?? "")' \(vbd?.stderr ?? "") status \(vbd?.status ?? -1)\n\(logs())")
         }
         var con = try ConsoleSession(xm: Env.binary("xm"), domain: "deb")
         con.type("root\n")
@@ -195,7 +208,11 @@ final class ConsoleSession: @unchecked Sendable {
         // socketpair back from xenconsoled; xenconsoled killed again still comes back with it.
         _ = con.detach()
         #expect(try xend("restart").status == 0)
-        #expect(waitUntil(10) { read("/var/log/xen/xend.log").contains("Domain deb (\(domid)) re-adopted") })
+        // xend's own account (xm dmesg, as Xen's): the domain re-adopted, under its domid.
+        var dmesg = ""
+        #expect(waitUntil(20) { dmesg = (try? xm("dmesg"))?.stdout ?? ""; return dmesg.contains("Domain deb (\(domid)) re-adopted") },
+                "xm dmesg: \(dmesg.suffix(800))\n\(logs())")
+        #expect(try xm("domid", "deb").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == domid)
         let second = pidFile(root + "/run/xenconsoled/xenconsoled.pid") ?? 0
         kill(second, SIGKILL)
         #expect(waitUntil(15) { let p = pidFile(root + "/run/xenconsoled/xenconsoled.pid") ?? 0; return p > 0 && p != second && kill(p, 0) == 0 })
