@@ -6,7 +6,9 @@
 // regular expressions, each matched from the start of the peer's host name and of its
 // address; none matching refuses the peer, with a log line and an error to it). A host
 // name counts only when it resolves back to the peer's address (a peer controls its own
-// reverse DNS), and it is looked up on the connection's thread, never the accept loop's.
+// reverse DNS), and it is looked up on the connection's thread, never the accept loop's;
+// an expression written for addresses is matched against the address only. A peer the
+// address alone refuses is refused in the accept loop, and every check comes before TLS.
 // At most `RelocationServer.maxConnections` peers are served at once; one more is told
 // the server is busy and closed.
 //
@@ -181,6 +183,13 @@ final class RelocationServer: @unchecked Sendable {
                 return
             }
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+            // A peer refused by its address alone never takes one of the served places.
+            if Self.allowedByAddress(allow, address: Self.numericAddress(&ss, len)) == false {
+                let addr = Self.numericAddress(&ss, len)
+                refuse(c, address: addr, name: addr, plaintextAnswer: tls == nil)
+                close(c)
+                continue
+            }
             if served.wrappingAdd(1, ordering: .relaxed).newValue > Self.maxConnections {
                 served.wrappingSubtract(1, ordering: .relaxed)
                 let addr = Self.numericAddress(&ss, len)
@@ -197,6 +206,12 @@ final class RelocationServer: @unchecked Sendable {
                 defer { close(c); served.wrappingSubtract(1, ordering: .relaxed) }
                 var ss = peerAddress
                 let (addr, name) = Self.peerNames(&ss, peerLength)
+                // The hosts-allow check comes before the TLS handshake: a refused peer is
+                // let go at once, not after a handshake it may drag out.
+                guard allowed(address: addr, name: name) else {
+                    refuse(c, address: addr, name: name, plaintextAnswer: tls == nil)
+                    return
+                }
                 var fd = c
                 if let tls {
                     do throws(XendError) { fd = try tls.wrap(c, role: .server, peer: "relocation peer \(addr) (\(name))").fd } catch {
@@ -263,22 +278,50 @@ final class RelocationServer: @unchecked Sendable {
 
     /// Xen 3.0.2's rule: some expression of `allow` matches from the start of the peer's
     /// host name or of its address (Python's `re.match`); an empty list lets every peer in.
+    /// Unlike Xen, an expression written for addresses (`addressOnly`) is matched against
+    /// the address alone: a peer names itself through its reverse DNS, and a name such as
+    /// `10.evil.example` must not pass `^10\.`.
     static func allowed(_ allow: [NSRegularExpression], address: String, name: String) -> Bool {
         if allow.isEmpty { return true }
         return allow.contains { rx in
-            [name, address].contains { s in rx.firstMatch(in: s, options: .anchored, range: NSRange(s.startIndex..., in: s)) != nil }
+            (addressOnly(rx.pattern) ? [address] : [name, address]).contains { s in
+                rx.firstMatch(in: s, options: .anchored, range: NSRange(s.startIndex..., in: s)) != nil
+            }
         }
     }
 
-    /// One connection: the peer check, the request, then the incoming migration.
+    /// Whether the address alone settles the check: no expression could match a host name
+    /// (every one is `addressOnly`), or one matches the address. `nil` when the name is
+    /// needed (a DNS lookup, done on the connection's thread).
+    static func allowedByAddress(_ allow: [NSRegularExpression], address: String) -> Bool? {
+        if allowed(allow, address: address, name: address) { return true }
+        return allow.allSatisfy { addressOnly($0.pattern) } ? false : nil
+    }
+
+    /// Whether a hosts-allow expression is written for addresses: it names an IPv6 address
+    /// (a colon), or once `\d` and `\.` are set aside it has digits, dots and regular-
+    /// expression punctuation only (`^10\.0\.[0-9]+$`, `192\.168\..*`).
+    static func addressOnly(_ pattern: String) -> Bool {
+        if pattern.contains(":") { return true }
+        let bare = pattern.replacingOccurrences(of: "\\d", with: "0").replacingOccurrences(of: "\\.", with: ".")
+        return bare.contains { $0.isASCII && $0.isNumber } && bare.allSatisfy { "0123456789.^$[]-()|?*+{},".contains($0) }
+    }
+
+    /// Logs a peer that `xend-relocation-hosts-allow` refuses and, on a plaintext server,
+    /// tells it why (a TLS peer, refused before its handshake, is only closed).
+    private func refuse(_ fd: Int32, address: String, name: String, plaintextAnswer: Bool) {
+        log.warning("Rejected connection from \(address) (\(name)): not in xend-relocation-hosts-allow")
+        manager.dmesg("Relocation: rejected connection from \(address) (\(name)): not in xend-relocation-hosts-allow")
+        if plaintextAnswer {
+            try? RelocationWire.write(fd, RelocationWire.err("relocation from \(address) (\(name)) refused: not in the target's xend-relocation-hosts-allow"),
+                                      peer: "relocation peer \(address)")
+        }
+    }
+
+    /// One connection, once its peer passed hosts-allow: the request, then the incoming
+    /// migration.
     func handle(_ fd: Int32, address: String, name: String) {
         let peer = "relocation peer \(address)"
-        guard allowed(address: address, name: name) else {
-            log.warning("Rejected connection from \(address) (\(name)): not in xend-relocation-hosts-allow")
-            manager.dmesg("Relocation: rejected connection from \(address) (\(name)): not in xend-relocation-hosts-allow")
-            try? RelocationWire.write(fd, RelocationWire.err("relocation from \(address) (\(name)) refused: not in the target's xend-relocation-hosts-allow"), peer: peer)
-            return
-        }
         do throws(XendError) {
             guard let request = try RelocationWire.readLine(fd, timeout: RelocationWire.handshakeTimeout, peer: peer) else { return }
             guard request == RelocationWire.receive || request == "(" + RelocationWire.receive + ")" else {

@@ -29,6 +29,28 @@ import Glibc
         #expect(RelocationServer.allowed([], address: "1.2.3.4", name: "anyone"))
     }
 
+    @Test func anExpressionForAddressesIsNotMatchedAgainstAPeersChosenName() throws {
+        let allow = try ["^10\\.1\\.", "192\\.168\\.[0-9]+\\.\\d+$", "fe80:", "hostb"].map { try NSRegularExpression(pattern: $0) }
+        // The peer 203.0.113.5 controls its reverse DNS and names itself 10.1.evil.example.
+        #expect(!RelocationServer.allowed(allow, address: "203.0.113.5", name: "10.1.evil.example"))
+        #expect(!RelocationServer.allowed(allow, address: "203.0.113.5", name: "192.168.1.1"))
+        #expect(RelocationServer.allowed(allow, address: "10.1.0.7", name: "some.name"))
+        #expect(RelocationServer.allowed(allow, address: "fe80::1", name: "fe80::1"))
+        #expect(RelocationServer.allowed(allow, address: "203.0.113.5", name: "hostb.example"))
+        #expect(RelocationServer.addressOnly("^10\\.0\\.[0-9]+$") && RelocationServer.addressOnly("::1"))
+        #expect(!RelocationServer.addressOnly("hostb") && !RelocationServer.addressOnly("^h10\\.") && !RelocationServer.addressOnly(".*"))
+    }
+
+    @Test func theAddressAloneSettlesThePeerCheckWhenNoExpressionNamesAHost() throws {
+        let byAddress = try ["^10\\.1\\."].map { try NSRegularExpression(pattern: $0) }
+        #expect(RelocationServer.allowedByAddress(byAddress, address: "10.1.0.7") == true)
+        #expect(RelocationServer.allowedByAddress(byAddress, address: "10.2.0.7") == false)
+        let withName = try ["^10\\.1\\.", "^hostb$"].map { try NSRegularExpression(pattern: $0) }
+        #expect(RelocationServer.allowedByAddress(withName, address: "10.1.0.7") == true)
+        #expect(RelocationServer.allowedByAddress(withName, address: "10.2.0.7") == nil)   // the name decides
+        #expect(RelocationServer.allowedByAddress([], address: "10.2.0.7") == true)
+    }
+
     @Test func aPeersHostNameCountsOnlyWhenItResolvesBackToItsAddress() throws {
         // /etc/hosts: localhost is 127.0.0.1 (and ::1), so the reverse name is confirmed.
         #expect(RelocationServer.resolves("localhost", to: "127.0.0.1"))
