@@ -24,7 +24,7 @@ import Testing
         unsetenv("XENITH_BLKBACK_TEST_FORBIDDEN")
         unsetenv("XENITH_XENCONSOLED_TEST_FORBIDDEN")
     }
-    func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
+    func read(_ rel: String) -> String { readText(root + rel) }
     /// Pids matching `pattern` that belong to this test's root (other xends may run here).
     func pgrep(_ pattern: String) -> [Int32] { processes(matching: pattern, root: root) }
     func waitUntil(_ seconds: Double, _ cond: () -> Bool) -> Bool {

@@ -13,7 +13,7 @@ import Testing
     func xm(_ args: String...) throws -> RunResult { try tool("xm", args) }
 
     func consoleLog(_ name: String) -> String {
-        (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
+        readText(root + "/var/log/xen/console/guest-\(name).log")
     }
     /// The MemTotal readings (KiB) the guest script printed, oldest first.
     func memTotals(_ name: String) -> [Int] {

@@ -25,7 +25,7 @@ import Testing
         guard c.status == 0 else { return }
         #expect(NamespacedXend.waitUntil(120) { x.consoleLog("b1").contains("XENITH-TICK 3") })
         // Kill netback whenever it is back, until xend gives up on it.
-        let xendLog = { (try? String(contentsOfFile: x.root + "/var/log/xen/xend.log", encoding: .utf8)) ?? "" }
+        let xendLog = { readText(x.root + "/var/log/xen/xend.log") }
         var kills = 0
         _ = NamespacedXend.waitUntil(60) {
             if xendLog().contains("vif marked broken") { return true }
@@ -77,7 +77,7 @@ import Testing
         #expect(c.status == 0, "\(c.stderr)")
         guard c.status == 0 else { return }
         #expect(NamespacedXend.waitUntil(60) { x.consoleLog("bb").contains("XENITH-IO-OK 3") }, "\(x.consoleLog("bb").suffix(800))")
-        let xendLog = { (try? String(contentsOfFile: x.root + "/var/log/xen/xend.log", encoding: .utf8)) ?? "" }
+        let xendLog = { readText(x.root + "/var/log/xen/xend.log") }
         // Kill blkback whenever it is back (never its error server), until xend gives up on it.
         let isErrorServer = { (p: Int32) in (try? String(contentsOfFile: "/proc/\(p)/cmdline", encoding: .utf8))?.contains("--fail-io") == true }
         var kills = 0

@@ -22,7 +22,7 @@ import Testing
         }
         deinit { try? FileManager.default.removeItem(atPath: dir) }
         func log(_ name: String) -> String {
-            (try? String(contentsOfFile: logDir + "/guest-\(name).log", encoding: .utf8)) ?? ""
+            readText(logDir + "/guest-\(name).log")
         }
     }
 
@@ -200,13 +200,13 @@ import Testing
         print("console: \(all.count) ticks logged, last \(all.last ?? -1); \(before) before the kill; log \(s.log("ticker").utf8.count) bytes")
         let gaps = zip(all, all.dropFirst()).filter { $1 != $0 + 1 }
         #expect(gaps.isEmpty, "no tick lost or repeated across the kill: \(gaps.prefix(5))")
-        let out = (try? String(contentsOfFile: s.dir + "/core.out", encoding: .utf8)) ?? ""
+        let out = readText(s.dir + "/core.out")
         #expect(!out.contains("tick"), "the console does not go to stdout")
 
         #expect(try control(controlPath, "destroy") == "ok")
         var st: Int32 = 0
         #expect(waitUntil(10) { waitpid(pid, &st, WNOHANG) == pid })
-        #expect((st >> 8) & 0xff == 4, "destroyed: \((try? String(contentsOfFile: s.dir + "/core.err", encoding: .utf8)) ?? "")")
+        #expect((st >> 8) & 0xff == 4, "destroyed: \(readText(s.dir + "/core.err"))")
         kill(d.process.processIdentifier, SIGTERM)
         _ = d.wait(timeout: 10)
     }

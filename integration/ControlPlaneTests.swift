@@ -93,7 +93,7 @@ import Testing
         // Destroy leaves nothing behind.
         #expect(try xm("destroy", "f1").status == 0)
         // Gone, or a zombie waiting for its (non-xend) parent to reap it.
-        let st = (try? String(contentsOfFile: "/proc/\(corePid)/stat", encoding: .utf8)) ?? ""
+        let st = readText("/proc/\(corePid)/stat")
         #expect(st.isEmpty || st.contains(") Z "), "\(st)")
         l = try xm("list")
         #expect(!l.stdout.contains("f1"))

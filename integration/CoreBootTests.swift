@@ -199,7 +199,7 @@ import Testing
         let t = try Running(core, ["--kernel", Env.fixture("pvh.elf"), "--extra", "S", "--memory", "32", "--no-input", "--control", sock])
         #expect(t.waitFor("xenith-fixture: pci 00:00.0"))  // the flood itself prints nothing: loopback
         func rssKiB() -> Int {
-            let s = (try? String(contentsOfFile: "/proc/\(t.process.processIdentifier)/status", encoding: .utf8)) ?? ""
+            let s = readText("/proc/\(t.process.processIdentifier)/status")
             let line = s.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
             return Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
         }

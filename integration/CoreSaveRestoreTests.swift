@@ -16,7 +16,7 @@ import Testing
 
     /// The counter values the fixture printed ("count XXXXXXXX", hex), in order.
     func counts(_ name: String) -> [Int] {
-        let log = (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
+        let log = readText(root + "/var/log/xen/console/guest-\(name).log")
         return completeValues(log, after: "xenith-fixture: count ").compactMap { Int($0.prefix(8), radix: 16) }
     }
     func waitUntil(_ timeout: Double, _ cond: () throws -> Bool) rethrows -> Bool {

@@ -25,7 +25,7 @@ import Testing
     }
 
     func consoleLog(_ name: String) -> String {
-        (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
+        readText(root + "/var/log/xen/console/guest-\(name).log")
     }
     func waitUntil(_ timeout: Double, _ cond: () throws -> Bool) rethrows -> Bool {
         let deadline = Date().addingTimeInterval(timeout)
@@ -57,7 +57,7 @@ import Testing
         return out
     }
     static func allowed(_ pid: Int32, _ tid: Int32) -> String {
-        let s = (try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/status", encoding: .utf8)) ?? ""
+        let s = readText("/proc/\(pid)/task/\(tid)/status")
         return s.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
             .map { $0.dropFirst(18).trimmingCharacters(in: .whitespaces) } ?? "?"
     }
@@ -75,7 +75,7 @@ import Testing
     }
     /// The cpu-controller group holding `pid` (v1 `cpu` or v2 hierarchy), from /proc/PID/cgroup.
     static func cgroupDir(_ pid: Int32) -> String? {
-        let s = (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)) ?? ""
+        let s = readText("/proc/\(pid)/cgroup")
         for l in s.split(separator: "\n") {
             let f = l.split(separator: ":", maxSplits: 2)
             guard f.count == 3, f[2].contains("/xenith") else { continue }
@@ -93,7 +93,7 @@ import Testing
     /// The group's CFS quota in microseconds per 100 ms (v1 `cpu.cfs_quota_us`, v2 `cpu.max`); nil: none.
     static func quota(_ dir: String) -> Int? {
         let t = (try? String(contentsOfFile: dir + "/cpu.cfs_quota_us", encoding: .utf8))
-            ?? (try? String(contentsOfFile: dir + "/cpu.max", encoding: .utf8)) ?? ""
+            ?? readText(dir + "/cpu.max")
         return Int(t.split(separator: " ").first?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "")
     }
     static let hostCPUs = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
@@ -157,7 +157,7 @@ import Testing
         #expect(throttled() > throttledBefore, "cpu.stat nr_throttled did not grow (uncapped \(free) CPU/s)")
         if let dir {
             #expect(Self.quota(dir) == 20000, "\(dir)")
-        } else { Issue.record("QEMU is in no xenith cpu cgroup: \((try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)) ?? "")") }
+        } else { Issue.record("QEMU is in no xenith cpu cgroup: \(readText("/proc/\(pid)/cgroup"))") }
 
         // Bad input: Xen's words where Xen has them, nothing changed.
         let n = Self.hostCPUs

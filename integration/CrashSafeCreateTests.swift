@@ -45,7 +45,7 @@ import Glibc
         func xendAlive() -> Bool {
             guard let t = try? String(contentsOfFile: pidFile, encoding: .utf8),
                   let pid = Int32(t.trimmingCharacters(in: .whitespacesAndNewlines)) else { return false }
-            let st = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+            let st = readText("/proc/\(pid)/stat")
             return !st.isEmpty && !st.contains(") Z ")
         }
         func startXend(crashAt point: String?) throws {

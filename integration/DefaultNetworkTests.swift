@@ -95,7 +95,7 @@ import Testing
         let out = host.consoleLog("dhcpguest")
         let addr = out.split(whereSeparator: { $0.isNewline }).first { $0.hasPrefix("XENITH-ADDR") }.map(String.init) ?? ""
         #expect(addr.contains("XENITH-ADDR 10.86.0."), "a DHCP lease on 10.86.0.0/24: \(out.suffix(800))")
-        let leases = (try? String(contentsOfFile: host.root + "/run/xen/network-nat-default/xenbr0/leases", encoding: .utf8)) ?? ""
+        let leases = readText(host.root + "/run/xen/network-nat-default/xenbr0/leases")
         #expect(leases.contains("00:16:3e:86:00:07"), "dnsmasq's lease: \(leases)")
         let sent = server.output.get().split(separator: "\n").first { $0.hasPrefix("LISTENING") }.map { String($0.dropFirst("LISTENING ".count)) }
         #expect(sent != nil && sent == got, "256 KiB from the outside server: sent \(sent ?? "-") got \(got ?? "-")")

@@ -14,7 +14,7 @@ import Testing
 
     func xm(_ args: String...) throws -> RunResult { setenv("XENITH_ROOT", root, 1); return try run(Env.binary("xm"), args, timeout: 60) }
     func xend(_ arg: String) throws -> RunResult { setenv("XENITH_ROOT", root, 1); return try run(Env.binary("xend"), [arg], timeout: 60) }
-    func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
+    func read(_ rel: String) -> String { readText(root + rel) }
     func pidFile(_ rel: String) -> Int32? {
         (try? String(contentsOfFile: root + rel, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
@@ -83,7 +83,7 @@ import Testing
         }
         #expect(!servers.isEmpty, "no blkback holds \(img)")
         for p in servers {
-            let info = (try? String(contentsOfFile: "/proc/\(p)/fdinfo/4", encoding: .utf8)) ?? ""
+            let info = readText("/proc/\(p)/fdinfo/4")
             let flags = info.split(separator: "\n").first { $0.hasPrefix("flags:") }.flatMap { Int($0.split(separator: "\t").last ?? "", radix: 8) } ?? 0
             #expect(flags & 0o40000 != 0, "blkback's image fd is not O_DIRECT: \(info)")
         }

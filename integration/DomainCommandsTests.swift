@@ -14,7 +14,7 @@ import Testing
     func xm(_ args: String..., timeout: Double = 60) throws -> RunResult { try tool("xm", args, timeout: timeout) }
 
     func consoleLog(_ name: String) -> String {
-        (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
+        readText(root + "/var/log/xen/console/guest-\(name).log")
     }
     func waitUntil(_ timeout: Double, _ cond: () throws -> Bool) rethrows -> Bool {
         let deadline = Date().addingTimeInterval(timeout)

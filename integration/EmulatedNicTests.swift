@@ -44,7 +44,7 @@ import Testing
         #expect(qemuPid != nil, "no QEMU pidfile")
         if let qemuPid {
             let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(qemuPid)/fdinfo")) ?? []
-            let holds = fds.contains { ((try? String(contentsOfFile: "/proc/\(qemuPid)/fdinfo/\($0)", encoding: .utf8)) ?? "").contains("iff:\tvif\(domid).0") }
+            let holds = fds.contains { (readText("/proc/\(qemuPid)/fdinfo/\($0)")).contains("iff:\tvif\(domid).0") }
             #expect(holds, "QEMU (pid \(qemuPid)) holds tap vif\(domid).0")
         }
         #expect(try x.xm(["network-list", "e1"]).stdout.contains("00:16:3e:0d:00:01"))

@@ -189,13 +189,13 @@ private func manRender(_ path: String) throws -> RunResult? {
         #expect(fm.fileExists(atPath: dest + "/usr/share/xenith/scripts/xen-network-common.sh"))
         for s in ["xend", "xendomains"] {
             #expect(executable("/etc/init.d/" + s), "missing /etc/init.d/\(s)")
-            let body = (try? String(contentsOfFile: dest + "/etc/init.d/" + s, encoding: .utf8)) ?? ""
+            let body = readText(dest + "/etc/init.d/" + s)
             #expect(body.contains("XENITH_BINDIR=${XENITH_BINDIR:-/usr/bin}"), "/etc/init.d/\(s) does not point at /usr/bin")
             #expect(try run("/bin/sh", ["-n", dest + "/etc/init.d/" + s]).status == 0)
         }
-        let xendUnit = (try? String(contentsOfFile: dest + "/usr/lib/systemd/system/xend.service", encoding: .utf8)) ?? ""
+        let xendUnit = readText(dest + "/usr/lib/systemd/system/xend.service")
         #expect(xendUnit.contains("ExecStart=/usr/bin/xend start") && !xendUnit.contains("@"), "xend.service: \(xendUnit)")
-        let domUnit = (try? String(contentsOfFile: dest + "/usr/lib/systemd/system/xendomains.service", encoding: .utf8)) ?? ""
+        let domUnit = readText(dest + "/usr/lib/systemd/system/xendomains.service")
         #expect(domUnit.contains("ExecStop=/etc/init.d/xendomains stop") && !domUnit.contains("@"), "xendomains.service: \(domUnit)")
         // systemd's own reading of the units: no unknown key or bad value (commands and man
         // pages that do not exist on this host, and the missing targets under --root, aside).

@@ -50,7 +50,7 @@ import Testing
             try run("/usr/bin/env", ["ip", "netns", "exec", ns, "env", "XENITH_ROOT=\(root)", Env.binary("xend"), "start"], timeout: 60)
         }
         func consoleLog(_ name: String) -> String {
-            (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
+            readText(root + "/var/log/xen/console/guest-\(name).log")
         }
         func counts(_ name: String, from offset: Int = 0) -> [Int] {
             completeValues(String(consoleLog(name).dropFirst(offset)), after: "count=").compactMap { Int($0.prefix(while: { $0.isNumber })) }

@@ -16,7 +16,7 @@ import Testing
     func env() { setenv("XENITH_ROOT", root, 1) }
     func xm(_ args: String..., timeout: Double = 60) throws -> RunResult { env(); return try run(Env.binary("xm"), args, timeout: timeout) }
     func xend(_ arg: String) throws -> RunResult { env(); return try run(Env.binary("xend"), [arg], timeout: 60) }
-    func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
+    func read(_ rel: String) -> String { readText(root + rel) }
     func pidFile(_ path: String) -> Int32? {
         (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }

@@ -48,7 +48,7 @@ final class BadInputHost: @unchecked Sendable {
         }
     }
 
-    func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
+    func read(_ rel: String) -> String { readText(root + rel) }
     var xendLog: String { read("/var/log/xen/xend.log") }
 
     /// A config file in the scratch root; returns its path.

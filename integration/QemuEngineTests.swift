@@ -22,7 +22,7 @@ enum QemuEnv {
 
     /// `tsc_early_khz=<host kHz> ` from /proc/cpuinfo's `cpu MHz`, or "".
     static let tscFlag: String = {
-        let info = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+        let info = readText("/proc/cpuinfo")
         guard let line = info.split(separator: "\n").first(where: { $0.hasPrefix("cpu MHz") }),
               let mhz = Double(line.split(separator: ":").last?.trimmingCharacters(in: .whitespaces) ?? "") else { return "" }
         return "tsc_early_khz=\(Int(mhz * 1000)) "
@@ -360,7 +360,7 @@ func uptimes(_ s: String) -> [Double] {
     }
 
     func consoleLog(_ name: String) -> String {
-        (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
+        readText(root + "/var/log/xen/console/guest-\(name).log")
     }
 
     func waitUntil(_ timeout: Double, _ cond: () throws -> Bool) rethrows -> Bool {

@@ -84,7 +84,7 @@ final class ConsoleSession: @unchecked Sendable {
     }
     /// A field of /proc/PID/status ("Uid" → "999\t999\t999\t999").
     func status(_ pid: Int32, _ field: String) -> String? {
-        let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let text = readText("/proc/\(pid)/status")
         return text.split(separator: "\n").first { $0.hasPrefix(field + ":") }
             .map { $0.dropFirst(field.count + 1).trimmingCharacters(in: .whitespaces) }
     }
@@ -129,7 +129,7 @@ final class ConsoleSession: @unchecked Sendable {
         #expect(waitUntil(10) { !blkbacks(img).isEmpty }, "no blkback serves \(img)")
         let qemuPid = pidFile(root + "/run/xend/domains/\(domid).control.pid") ?? 0
         #expect(qemuPid > 0)
-        let cmdline = (try? String(contentsOfFile: "/proc/\(qemuPid)/cmdline", encoding: .utf8)) ?? ""
+        let cmdline = readText("/proc/\(qemuPid)/cmdline")
         #expect(cmdline.contains("vhost-user-blk-pci") && cmdline.contains("socket,id=serial0,fd="), "\(cmdline)")
         // QEMU dropped root once it had started, to a uid of this domain's own
         // (qemu-uid-base + domid), which owns the domain's back-end sockets (0600): a process

@@ -16,7 +16,7 @@ import Testing
     func xm(_ args: String..., timeout: Double = 120) throws -> RunResult { try tool("xm", args, timeout: timeout) }
 
     func consoleLog(_ name: String) -> String {
-        (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
+        readText(root + "/var/log/xen/console/guest-\(name).log")
     }
     /// The counter values the guest printed, in order.
     func counts(_ name: String) -> [Int] {
@@ -98,7 +98,7 @@ import Testing
         let s = try xm("save", "sr", file)
         let saveSeconds = Date().timeIntervalSince(t0)
         #expect(s.status == 0 && s.stdout.isEmpty && s.stderr.isEmpty, "\(s.stdout)\(s.stderr)")
-        guard s.status == 0 else { print(String(((try? String(contentsOfFile: root + "/var/log/xen/xend.log", encoding: .utf8)) ?? "").suffix(3000))); return }
+        guard s.status == 0 else { print(String((readText(root + "/var/log/xen/xend.log")).suffix(3000))); return }
         print("xm save: \(String(format: "%.2f", saveSeconds)) s, \(((try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? 0) ?? 0) bytes")
         let lastBefore = counts("sr").last ?? -1
         #expect(!(try domainNames()).contains { $0.hasSuffix("sr") })

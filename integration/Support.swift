@@ -52,6 +52,13 @@ struct RunResult {
 
 /// Runs a program to completion (killing it after `timeout` seconds).
 @discardableResult
+/// A file as text, "" when it cannot be read. Bytes that are not UTF-8 (a console log cut
+/// mid-character when xenconsoled was killed, a guest's binary output) become U+FFFD instead
+/// of making the whole file read as "" and every wait on it time out.
+func readText(_ path: String) -> String {
+    FileManager.default.contents(atPath: path).map { String(decoding: $0, as: UTF8.self) } ?? ""
+}
+
 func run(_ path: String, _ args: [String], timeout: Double = 30, stdin: String? = nil) throws -> RunResult {
     let p = Process()
     p.executableURL = URL(fileURLWithPath: path)
@@ -115,7 +122,7 @@ enum Scratch {
 /// environment names `root` as XENITH_ROOT: one test root's services, not another test's.
 func processes(matching pattern: String, root: String) -> [Int32] {
     ((try? run("/usr/bin/pgrep", ["-f", "--", pattern]))?.stdout ?? "").split(separator: "\n").compactMap { Int32($0) }
-        .filter { ((try? String(contentsOfFile: "/proc/\($0)/environ", encoding: .utf8)) ?? "").contains("XENITH_ROOT=\(root)\u{0}") }
+        .filter { (readText("/proc/\($0)/environ")).contains("XENITH_ROOT=\(root)\u{0}") }
 }
 
 /// The highest "blk round ok N" (hex) the block fixture printed in `text`; -1 for none.

@@ -37,7 +37,7 @@ final class NamespacedXend {
     }
 
     func consoleLog(_ name: String) -> String {
-        (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
+        readText(root + "/var/log/xen/console/guest-\(name).log")
     }
 
     /// Whether interface `name` exists in the namespace.
@@ -134,7 +134,7 @@ final class NamespacedXend {
         let domid = try x.xm(["domid", "a"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         let ports = x.bridgePorts()
         #expect(ports.contains("vif\(domid).0") && ports.contains("vif\(domid).1"), "both vifs on xenbr0: \(ports)")
-        let recorded = (try? String(contentsOfFile: recLog, encoding: .utf8)) ?? ""
+        let recorded = readText(recLog)
         #expect(recorded.contains("online vif=vif\(domid).1 mac=00:16:3e:0a:00:02 ip=10.77.0.99 XENBUS_PATH=/local/domain/0/backend/vif/\(domid)/1"),
                 "custom script arguments: \(recorded)")
         let be = "/local/domain/0/backend/vif/\(domid)/0"
@@ -204,7 +204,7 @@ final class NamespacedXend {
         #expect(!x.linkExists("vif\(domid).0") && !x.linkExists("vif\(domid).1"))
         #expect(x.netbackPids().isEmpty)
         #expect(x.xsRead(be) == nil && x.xsRead("/local/domain/0/backend/vif/\(domid)") == nil)
-        let after = (try? String(contentsOfFile: recLog, encoding: .utf8)) ?? ""
+        let after = readText(recLog)
         #expect(after.contains("offline vif=vif\(domid).1"), "\(after)")
         let socks = (try? FileManager.default.contentsOfDirectory(atPath: x.root + "/run/xenith")) ?? []
         #expect(socks.filter { $0.hasPrefix("netback-") }.isEmpty, "\(socks)")

@@ -57,7 +57,7 @@ final class VnetHost {
     }
 
     func consoleLog(_ name: String) -> String {
-        (try? String(contentsOfFile: root + "/var/log/xen/console/guest-\(name).log", encoding: .utf8)) ?? ""
+        readText(root + "/var/log/xen/console/guest-\(name).log")
     }
 
     /// Domains destroyed, xend stopped, its xenstored and xenconsoled ended, namespace and root removed.

@@ -13,7 +13,7 @@ import Testing
     func xm(_ args: String...) throws -> RunResult { env(); return try run(Env.binary("xm"), args, timeout: 60) }
     func xend(_ arg: String) throws -> RunResult { env(); return try run(Env.binary("xend"), [arg], timeout: 60) }
     func tool(_ name: String, _ args: String...) throws -> RunResult { env(); return try run("/usr/bin/" + name, args, timeout: 10) }
-    func read(_ rel: String) -> String { (try? String(contentsOfFile: root + rel, encoding: .utf8)) ?? "" }
+    func read(_ rel: String) -> String { readText(root + rel) }
     func pidFile(_ rel: String) -> Int32? { Int32(read(rel).trimmingCharacters(in: .whitespacesAndNewlines)) }
     var xenstoredPid: Int32? { pidFile("/run/xenstored/xenstored.pid") }
     func pgrep(_ pattern: String) -> [Int32] { processes(matching: pattern, root: root) }
@@ -209,7 +209,7 @@ import Testing
             return !l.contains("(netback-pid \(pid ?? 0))") && l.components(separatedBy: "(netback-pid").count == 3
         })
         #expect(x.xsRead(be + "/0/state") == "4" && x.xsRead(be + "/1/state") == "4")
-        let xlog = (try? String(contentsOfFile: x.root + "/var/log/xen/xend.log", encoding: .utf8)) ?? ""
+        let xlog = readText(x.root + "/var/log/xen/xend.log")
         #expect(!xlog.contains("xenstore: ") && !xlog.contains("had lost them"), "\(xlog.suffix(1500))")
         #expect(xlog.contains("xenstored killed by SIGKILL"))
     }
