@@ -85,35 +85,53 @@ struct IncomingPaths: Sendable {
 
     /// A `phy:` device: resolved (under /dev allowed), allowed, a block device the host
     /// does not use.
-    func blockDevice(_ key: String, _ path: String) throws(XendError) {
-        let (_, st) = try resolve(key, path, device: true)
+    /// - Returns: the resolved path.
+    @discardableResult
+    func blockDevice(_ key: String, _ path: String) throws(XendError) -> String {
+        let (real, st) = try resolve(key, path, device: true)
         guard st.st_mode & S_IFMT == S_IFBLK else {
             throw XendError(.badRequest, "\(key): \(path) is not a block device")
         }
         if let use = HostBlockUse.read().use(of: st.st_rdev) {
             throw XendError(.badRequest, "\(key): \(path) is in use by the host (\(use))")
         }
+        return real
     }
 
-    /// A CD-ROM image or drive: a regular file, or a block device as `phy:`.
-    func fileOrDevice(_ key: String, _ path: String) throws(XendError) {
+    /// A CD-ROM image or drive, or a qcow2 backing file: a regular file, or a block
+    /// device as `phy:`.
+    /// - Returns: the resolved path.
+    @discardableResult
+    func fileOrDevice(_ key: String, _ path: String) throws(XendError) -> String {
         var st = stat()
-        if stat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFBLK { try blockDevice(key, path) }
-        else { _ = try regularFile(key, path) }
+        if stat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFBLK { return try blockDevice(key, path) }
+        return try regularFile(key, path)
     }
 
-    /// The backing files a qcow2 image names (its header, then each backing qcow2's), each
-    /// checked as a file or device: the image's own bytes choose them.
+    /// The backing files a qcow2 image names (its header, then each qcow2 backing file's),
+    /// each checked as a file or device before it is opened: the image's own bytes, which
+    /// a guest or peer may have written, choose them. Relative names are relative to the
+    /// naming image's directory, as `Qcow2Chain` reads them; a chain deeper than
+    /// `Qcow2Chain.maxDepth` is refused. A header that does not parse is left to the
+    /// back-end's own checks (it names the error).
     func backingChain(_ key: String, _ image: String) throws(XendError) {
-        let fd = open(image, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        var namer = image
+        var fd = open(image, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw XendError(.badRequest, "\(key): \(image): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        // Opening the chain reads only headers; the files are closed at once.
-        let files: [Qcow2Chain.BackingFile]
-        do { files = try Qcow2Chain.openBackingFiles(imagePath: image, fd: fd) }
-        catch { throw XendError(.badRequest, "\(key): \(error.description)") }
-        for f in files { close(f.fd) }
-        for f in files { try fileOrDevice("\(key) (backing file of \(image))", f.path) }
+        for _ in 0...Qcow2Chain.maxDepth {
+            guard Qcow2Header.isQcow2(fd: fd), let h = try? Qcow2Header(fd: fd, writable: false), let name = h.backingFile else { return }
+            let path = name.hasPrefix("/") ? name : (namer as NSString).deletingLastPathComponent + "/" + name
+            let real = try fileOrDevice("\(key) (backing file of \(namer))", path)
+            // Only a qcow2 layer names further files (Qcow2Chain reads the rest as raw or refuses it).
+            guard h.backingFormat == "qcow2" else { return }
+            let next = open(real, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+            guard next >= 0 else { throw XendError(.badRequest, "\(key): backing file \(path) of \(namer): \(String(cString: strerror(errno)))") }
+            close(fd)
+            fd = next
+            namer = real
+        }
+        throw XendError(.badRequest, "\(key): the backing chain of \(image) is deeper than \(Qcow2Chain.maxDepth) files")
     }
 
     /// Whether `path` is `dir` or lies below it (`/srv/xen` holds `/srv/xen/a`, not `/srv/xenbad`).

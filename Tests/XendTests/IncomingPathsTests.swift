@@ -86,6 +86,48 @@ func devNumber(_ major: UInt32, _ minor: UInt32) -> dev_t {
         #expect(!IncomingPaths.isUnder("/srv/xenbad", "/srv/xen") && !IncomingPaths.isUnder("/srv", "/srv/xen"))
     }
 
+    @Test func hvmCdromIsChecked() throws {
+        var c = try config()
+        c.builder = .hvm
+        c.hvm.cdrom = "/etc/shadow"
+        #expect(refusal(c, allow: ["/srv/iso"]) == "cdrom: /etc/shadow is not under xend-relocation-paths-allow (/srv/iso)")
+        c.hvm.cdrom = "/proc/self/environ"
+        #expect(refusal(c)?.hasSuffix("is under /proc, which an incoming domain may not use") == true)
+    }
+
+    @Test func qcow2BackingFilesAreCheckedBeforeTheyAreOpened() throws {
+        guard let qemuImg = (["/usr/bin/qemu-img", "/usr/local/bin/qemu-img"] as [String]).first(where: { (p: String) in access(p, X_OK) == 0 }) else {
+            print("SKIP: \(#function): qemu-img missing"); return
+        }
+        let dir = try scratch(["base.raw"])
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        func qcow2(_ name: String, backing: String, format: String) throws {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: qemuImg)
+            p.arguments = ["create", "-q", "-f", "qcow2", "-u", "-b", backing, "-F", format, dir + "/" + name, "1M"]
+            try p.run()
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 0, "qemu-img create \(name)")
+        }
+        // top → mid.qcow2 (relative name) → base.raw: all in the allowed directory.
+        try qcow2("mid.qcow2", backing: "base.raw", format: "raw")
+        try qcow2("top.qcow2", backing: dir + "/mid.qcow2", format: "qcow2")
+        #expect(refusal(try config(disks: ["tap:qcow2:\(dir)/top.qcow2,xvda,r"]), allow: [dir]) == nil)
+        // A layer further down naming a file outside it, or in /proc.
+        try qcow2("evil-mid.qcow2", backing: "/etc/shadow", format: "raw")
+        try qcow2("evil.qcow2", backing: dir + "/evil-mid.qcow2", format: "qcow2")
+        #expect(refusal(try config(disks: ["tap:qcow2:\(dir)/evil.qcow2,xvda,r"]), allow: [dir])
+                == "disk xvda (backing file of \(dir)/evil-mid.qcow2): /etc/shadow is not under xend-relocation-paths-allow (\(dir))")
+        try qcow2("proc.qcow2", backing: "/proc/self/environ", format: "raw")
+        #expect(refusal(try config(disks: ["tap:qcow2:\(dir)/proc.qcow2,xvda,r"]))?
+                    .hasPrefix("disk xvda (backing file of \(dir)/proc.qcow2): /proc/self/environ (→ /proc/") == true)
+        // A loop (a → b → a) ends at the depth bound, by name.
+        try qcow2("loop-a.qcow2", backing: "loop-b.qcow2", format: "qcow2")
+        try qcow2("loop-b.qcow2", backing: "loop-a.qcow2", format: "qcow2")
+        #expect(refusal(try config(disks: ["tap:qcow2:\(dir)/loop-a.qcow2,xvda,r"]))
+                == "disk xvda: the backing chain of \(dir)/loop-a.qcow2 is deeper than \(16) files")
+    }
+
     @Test func theRootFileSystemsDeviceIsRefusedAsPhy() throws {
         var st = stat()
         guard stat("/", &st) == 0 else { Issue.record("stat /"); return }
