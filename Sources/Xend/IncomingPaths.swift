@@ -40,12 +40,9 @@ struct IncomingPaths: Sendable {
         for d in cfg.disks {
             guard let p = d.path else { continue }
             let key = "disk \(d.vdev)"
-            switch d.kind {
-            case .phy: try blockDevice(key, p)
-            case .file:
-                let real = try regularFile(key, p)
-                if d.format == "qcow2" { try backingChain(key, real) }
-            }
+            let real = d.kind == .phy ? try blockDevice(key, p) : try regularFile(key, p)
+            // A qcow2 image (in a file, or on a device) names further files in its header.
+            if d.format == "qcow2" { try backingChain(key, real) }
         }
     }
 
