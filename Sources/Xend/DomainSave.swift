@@ -210,7 +210,10 @@ extension DomainManager {
             throw XendError(.badRequest, "Restore failed: \(file): PCI device \(p.address): a domain with passed-through PCI devices cannot be restored")
         }
         // The file chose every path the domain names, as a migration peer does: the same policy.
-        do { try IncomingPaths(allow: xendConfig.relocationPathsAllow).check(cfg) }
+        do {
+            try IncomingPaths.checkVifScripts(cfg)
+            try IncomingPaths(allow: xendConfig.relocationPathsAllow).check(cfg)
+        }
         catch { throw XendError(.badRequest, "Restore failed: \(file): \(error.message)") }
         let engine = try engines.choose(for: cfg, configured: xendConfig.domainEngine)
         guard engine.capabilities.contains(.save) else {

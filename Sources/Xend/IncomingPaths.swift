@@ -9,8 +9,8 @@
 // under /dev only as a `phy:` block device; images, kernels and ramdisks regular files;
 // a `phy:` device one the host does not use (mounted, active swap, held by device-mapper
 // or md, a whole disk with such a partition); with `xend-relocation-paths-allow` set,
-// under one of its directories. Not checked: `bootloader` and `device_model`, which no
-// engine here runs.
+// under one of its directories. A vif script must be a name in the target's scripts
+// directory. Not checked: `bootloader` and `device_model`, which no engine here runs.
 import BlockBackend
 import DomainConfig
 import Foundation
@@ -43,6 +43,15 @@ struct IncomingPaths: Sendable {
             let real = d.kind == .phy ? try blockDevice(key, p) : try regularFile(key, p)
             // A qcow2 image (in a file, or on a device) names further files in its header.
             if d.format == "qcow2" { try backingChain(key, real) }
+        }
+    }
+
+    /// A vif script an incoming domain names must be one of the target's scripts directory
+    /// (a name, no path): the peer or save file would otherwise choose what runs as root.
+    /// - Throws: `XendError` 400 naming the script.
+    static func checkVifScripts(_ cfg: DomainConfiguration) throws(XendError) {
+        if let v = cfg.vifs.first(where: { ($0.script ?? "").contains("/") || ($0.script ?? "") == ".." }) {
+            throw XendError(.badRequest, "vif script \(v.script!): an incoming domain may only name a script of the target's scripts directory")
         }
     }
 

@@ -128,9 +128,7 @@ extension DomainManager {
         if let d = cfg.disks.first(where: { $0.script != nil }) {
             throw XendError(.badRequest, "Device \(d.vdev) (vbd): block script \(d.script!) is not supported here")
         }
-        if let v = cfg.vifs.first(where: { ($0.script ?? "").contains("/") || ($0.script ?? "") == ".." }) {
-            throw XendError(.badRequest, "vif script \(v.script!): an incoming domain may only name a script of the target's scripts directory")
-        }
+        try IncomingPaths.checkVifScripts(cfg)
         // A peer must not make this host hand it one of its PCI devices (pci-hide-on-create
         // would take it from its host driver), and no engine carries a passed-through
         // device's state anyway.

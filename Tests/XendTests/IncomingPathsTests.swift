@@ -86,6 +86,17 @@ func devNumber(_ major: UInt32, _ minor: UInt32) -> dev_t {
         #expect(!IncomingPaths.isUnder("/srv/xenbad", "/srv/xen") && !IncomingPaths.isUnder("/srv", "/srv/xen"))
     }
 
+    @Test func vifScriptsAreNamesOnly() throws {
+        func refusal(_ vif: String) -> String? {
+            var c = DomainConfiguration(name: "in")
+            c.vifs = [try! VifSpec(parsing: vif)]
+            do { try IncomingPaths.checkVifScripts(c); return nil } catch { return error.message }
+        }
+        #expect(refusal("script=/tmp/evil") == "vif script /tmp/evil: an incoming domain may only name a script of the target's scripts directory")
+        #expect(refusal("script=..")?.hasPrefix("vif script ..:") == true)
+        #expect(refusal("script=vif-bridge") == nil)
+    }
+
     @Test func hvmCdromIsChecked() throws {
         var c = try config()
         c.builder = .hvm
