@@ -28,7 +28,7 @@ public final class FailingBlockDevice: VhostUserDevice, @unchecked Sendable {
             throw .memory("request \(chain.head) has no device-writable status byte")
         }
         let status: UnsafeMutableRawBufferPointer
-        do { status = try memory.slice(at: last.address &+ UInt64(last.length) - 1, count: 1) }
+        do { status = try memory.slice(at: last.address &+ (UInt64(last.length) - 1), count: 1) }
         catch { throw .memory("request \(chain.head): status byte outside guest memory") }
         status.storeBytes(of: VirtioBlk.sIOErr, as: UInt8.self)
         return 1

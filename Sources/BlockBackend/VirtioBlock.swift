@@ -147,7 +147,7 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
         guard let last = chain.buffers.last, last.writable, last.length >= 1 else {
             throw .memory("request \(chain.head) has no device-writable status byte")
         }
-        let statusAddr = last.address &+ UInt64(last.length) - 1
+        let statusAddr = last.address &+ (UInt64(last.length) - 1)   // length >= 1; the address is the guest's, so wrap and let slice refuse it
         let statusPtr: UnsafeMutableRawBufferPointer
         do { statusPtr = try memory.slice(at: statusAddr, count: 1) }
         catch { throw .memory("request \(chain.head): status byte outside guest memory") }
