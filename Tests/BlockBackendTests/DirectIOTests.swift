@@ -48,11 +48,15 @@ func scatter(_ base: UnsafeMutableRawPointer, total: Int, cuts: [Int], shift: In
 }
 
 @Suite struct DirectIOTests {
-    let lock: UnsafeMutablePointer<pthread_mutex_t> = {
+    /// One read-modify-write lock for every test of the suite (Swift Testing makes an
+    /// instance per test: a lock made per instance was never freed, and LeakSanitizer
+    /// counted each one under make sanitize).
+    nonisolated(unsafe) static let sharedLock: UnsafeMutablePointer<pthread_mutex_t> = {
         let l = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
         pthread_mutex_init(l, nil)
         return l
     }()
+    var lock: UnsafeMutablePointer<pthread_mutex_t> { Self.sharedLock }
 
     @Test func alignmentRule() {
         let a = DirectIOAlignment(offset: 4096, memory: 512)
