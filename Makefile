@@ -107,7 +107,10 @@ unit:
 # reason); any other report fails the run. SANITIZE_SKIP leaves out the integration tests.
 # The builds define XENITH_SANITIZED: the sandbox then leaves out manifests' `rlimit data`
 # and `rlimit as` (the ASan/TSan runtime maps more than a service's limit before its main),
-# so the migration suites run the real, sandboxed `migration` service under the sanitizer.
+# its seccomp filters also allow what the runtime calls (sigaltstack, prctl, memory mapping,
+# /proc/self/maps), and LeakSanitizer's exit check is off in a sandboxed process (it stops
+# threads with clone and ptrace; Sources/Sandbox/SanitizerHooks.swift); so the migration
+# suites run the real, sandboxed `migration` service under the sanitizer.
 SANITIZE_FILTER ?= VhostUserTests|BlockBackendTests|NetBackendTests|VirtioTests|XenStoreTests|MigrationTests|ConsoleBackendTests
 SANITIZE_SKIP   ?= IntegrationTests
 SANITIZE_JOBS   ?=
