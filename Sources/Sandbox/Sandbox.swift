@@ -60,8 +60,17 @@ public enum Sandbox {
             if try checkHandedFd(fd) { keep.insert(fd.number) }
         }
         try closeAllFds(except: keep)
+        #if XENITH_SANITIZED
+        sandboxedUnderSanitizer = 1
+        #endif
 
         for limit in manifest.rlimits {
+            #if XENITH_SANITIZED
+            // A sanitizer build (make sanitize) maps its shadow memory and per-thread state as
+            // private writable memory: an address-space or data limit sized for the service
+            // kills it before its main. Such a build never ships.
+            if limit.name == "data" || limit.name == "as" { continue }
+            #endif
             let v = limit.value ?? UInt64.max   // RLIM_INFINITY
             var rl = rlimit(rlim_cur: rlim_t(v), rlim_max: rlim_t(v))
             guard setrlimit(__rlimit_resource_t(UInt32(limit.resource)), &rl) == 0 else {

@@ -21,6 +21,7 @@ struct SeccompFilter {
         do {
             try setAttributes()
             try addRules(manifest.rules)
+            try allowSanitizerRuntime()
         } catch {
             seccomp_release(ctx)
             throw error
@@ -34,10 +35,25 @@ struct SeccompFilter {
         context = ctx
     }
 
+    /// What a sanitizer build's runtime calls (make sanitize, which defines XENITH_SANITIZED):
+    /// the ASan/TSan runtime sets and clears an alternate signal stack per thread, names and
+    /// queries threads with prctl, maps and releases its shadow and allocator memory, and
+    /// reads /proc/self/maps for its reports. Nothing in a build that ships.
+    private func allowSanitizerRuntime() throws(SandboxError) {
+        #if XENITH_SANITIZED
+        for name in ["sigaltstack", "prctl", "mmap", "munmap", "mprotect", "madvise", "mremap", "sched_yield",
+                     "openat", "read", "close", "readlink", "getpid", "gettid", "prlimit64", "getrlimit"] {
+            let rc = seccomp_rule_add_array(context, SCMP_ACT_ALLOW, seccomp_syscall_resolve_name(name), 0, nil)
+            guard rc == 0 || rc == -EEXIST else { throw SandboxError(step: "seccomp rule for \(name) (sanitizer build)", code: -rc) }
+        }
+        #endif
+    }
+
     /// The reaper that stays behind a PID namespace: waits, forwards signals, exits.
     static func reaper() throws(SandboxError) -> SeccompFilter {
         let filter = try SeccompFilter(defaultAction: SCMP_ACT_KILL_PROCESS)
         try filter.setAttributes()
+        try filter.allowSanitizerRuntime()
         let names = ["wait4", "kill", "rt_sigaction", "rt_sigreturn", "rt_sigprocmask", "write",
                      "exit", "exit_group", "getpid", "gettid", "tgkill", "restart_syscall"]
         for name in names {
