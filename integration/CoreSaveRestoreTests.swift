@@ -41,6 +41,7 @@ import Testing
         if getuid() != 0 { print("SKIP: \(#function): needs root (xend)"); return }
         defer {
             _ = try? xm("destroy", "cs")
+            _ = try? xm("destroy", "cs-evil")   // only if a crafted restore got through
             _ = try? tool("xend", ["stop"])
             for f in ["/run/xenstored/xenstored.pid", "/run/xenconsoled/xenconsoled.pid"] {
                 if let p = try? String(contentsOfFile: root + f, encoding: .utf8),
@@ -51,6 +52,10 @@ import Testing
         let cfg = root + "/cs.cfg"
         try "kernel = '\(Env.fixture("pvh.elf"))'\nmemory = 32\nname = 'cs'\nextra = 'c'\nengine = 'core'\n"
             .write(toFile: cfg, atomically: true, encoding: .utf8)
+        // Incoming domains may use only the fixtures' directory (resolved: build/ may be a link).
+        let fixtures = URL(fileURLWithPath: Env.fixture("pvh.elf")).resolvingSymlinksInPath().deletingLastPathComponent().path
+        try FileManager.default.createDirectory(atPath: root + "/etc/xen", withIntermediateDirectories: true)
+        try "(xend-relocation-paths-allow '\(fixtures)')\n".write(toFile: root + "/etc/xen/xend-config.sxp", atomically: true, encoding: .utf8)
         // One later run of the migration service makes a syscall outside its manifest.
         setenv("XENITH_MIGRATION_TEST_FORBIDDEN", root + "/sigsys-once", 1)
         defer { unsetenv("XENITH_MIGRATION_TEST_FORBIDDEN") }
@@ -98,6 +103,38 @@ import Testing
         let sxp = saved.count >= 20 + len ? String(decoding: saved[20..<(20 + len)], as: UTF8.self) : ""
         #expect(sxp.contains("(name cs)") && sxp.contains("(engine core)") && sxp.contains("(memory 16)") && sxp.contains("(maxmem 32)"),
                 "\(sxp.prefix(300))")
+
+        // A save file is untrusted input: one whose configuration names a ramdisk outside
+        // xend-relocation-paths-allow, or a kernel that leads into /proc, is refused by key,
+        // path and reason; no domain, no core.
+        func crafted(_ edit: (String) -> String, _ expected: String...) throws {
+            let text = edit(sxp.replacingOccurrences(of: "(name cs)", with: "(name cs-evil)"))
+            let body = Array(text.utf8)
+            var out = Array(saved.prefix(16))
+            for k in 0..<4 { out.append(UInt8(truncatingIfNeeded: body.count >> (24 - 8 * k))) }
+            var rest = Array(saved[(20 + len)...])
+            for (at, crc) in [(12, crc32c(body)), (16, UInt32(0))] {
+                let v = at == 16 ? crc32c(Array(rest[0..<16])) : crc
+                for k in 0..<4 { rest[at + k] = UInt8(truncatingIfNeeded: v >> (24 - 8 * k)) }
+            }
+            out += body + rest
+            let path = root + "/cs-evil.chk"
+            try Data(out).write(to: URL(fileURLWithPath: path))
+            let e = try xm("restore", path)
+            #expect(e.status == 1 && e.stderr.hasPrefix("Error: Restore failed: \(path): \(expected[0])")
+                    && expected.allSatisfy { e.stderr.contains($0) }, "\(e.stderr)")
+            #expect(try !names().contains("cs-evil"))
+            #expect(cores().isEmpty, "xenith-core started: \(cores())")
+        }
+        let kernel = "(kernel \(Env.fixture("pvh.elf")))"
+        #expect(sxp.contains(kernel), "\(sxp.prefix(300))")
+        if sxp.contains(kernel) {
+            try crafted({ $0.replacingOccurrences(of: kernel, with: kernel + " (ramdisk /etc/shadow)") },
+                        "ramdisk: /etc/shadow is not under xend-relocation-paths-allow (\(fixtures))")
+            symlink("/proc/self/environ", root + "/k")
+            try crafted({ $0.replacingOccurrences(of: kernel, with: "(kernel \(root)/k)") },
+                        "kernel: \(root)/k (→ /proc/", "/environ) is under /proc, which an incoming domain may not use")
+        }
 
         // Restore: it counts on from above its last value (RAM and registers came back).
         let r = try xm("restore", file)

@@ -356,6 +356,18 @@ import Testing
         try FileManager.default.moveItem(atPath: s.shared + "/disks", toPath: s.shared + "/disks.away")
         try refused("disk missing", ["-l", "lm", Self.lanB], "is missing on the target")
         try FileManager.default.moveItem(atPath: s.shared + "/disks.away", toPath: s.shared + "/disks")
+        // A target short of memory: its xend keeps more for the host (dom0-min-mem) than it has.
+        let bConfig = s.b.root + "/etc/xen/xend-config.sxp"
+        let bConfigText = readText(bConfig)
+        func restartB() throws {
+            let r = try run("/usr/bin/env", ["ip", "netns", "exec", s.b.ns, "env", "XENITH_ROOT=\(s.b.root)", Env.binary("xend"), "restart"], timeout: 60)
+            #expect(r.status == 0, "xend restart on the target: \(r.stderr)")
+        }
+        try (bConfigText + "\n(dom0-min-mem 1000000)\n").write(toFile: bConfig, atomically: true, encoding: .utf8)
+        try restartB()
+        try refused("target short of memory", ["-l", "lm", Self.lanB], "dom0_min_mem is 1000000")
+        try bConfigText.write(toFile: bConfig, atomically: true, encoding: .utf8)
+        try restartB()
         // The target's QEMU killed mid-stream (the stream paced to 8 Mbit/s so it is caught).
         let killer = Thread {
             let deadline = Date().addingTimeInterval(30)

@@ -215,6 +215,8 @@ public final class BlockImage: @unchecked Sendable {
     /// Discard is a hint: failure of the file system to support it is not an error.
     public func discard(offset: UInt64, length: UInt64) -> Bool {
         guard !readOnly else { return false }
+        let locked = lockIfPartialBlocks(offset: offset, length: length)
+        defer { if locked { pthread_mutex_unlock(rmwLock) } }
         if isBlockDevice {
             var range: (UInt64, UInt64) = (offset, length)
             return clinux_ioctl_ptr(fd, CLINUX_BLKDISCARD, &range) == 0 || errno == EOPNOTSUPP
@@ -223,16 +225,32 @@ public final class BlockImage: @unchecked Sendable {
         return fa(fd, Falloc.punchHole | Falloc.keepSize, Int(offset), Int(length)) == 0 || errno == EOPNOTSUPP
     }
 
+    /// Under direct I/O, takes the read-modify-write lock when `[offset, offset+length)`
+    /// starts or ends inside a block: changing part of a block in place while a bounced
+    /// write of its neighbouring bytes is between its read and its write would be undone by
+    /// that write. Returns whether the lock was taken (the caller unlocks).
+    private func lockIfPartialBlocks(offset: UInt64, length: UInt64) -> Bool {
+        guard let a = direct, (offset | length) & UInt64(a.offset - 1) != 0 else { return false }
+        pthread_mutex_lock(rmwLock)
+        return true
+    }
+
     /// Makes `[offset, offset+length)` read as zeros, deallocating if `unmap`.
     public func writeZeroes(offset: UInt64, length: UInt64, unmap: Bool) -> Bool {
         guard !readOnly else { return false }
+        // The fast paths zero partial blocks in place; the fallback below goes through the
+        // bounce buffer, which takes the lock itself (it is not recursive).
+        let locked = lockIfPartialBlocks(offset: offset, length: length)
+        var zeroed = false
         if isBlockDevice {
             var range: (UInt64, UInt64) = (offset, length)
-            if clinux_ioctl_ptr(fd, blkZeroOut, &range) == 0 { return true }
+            zeroed = clinux_ioctl_ptr(fd, blkZeroOut, &range) == 0
         } else if let fa = fallocateFn {
             let mode = unmap ? Falloc.punchHole | Falloc.keepSize : Falloc.zeroRange | Falloc.keepSize
-            if fa(fd, mode, Int(offset), Int(length)) == 0 { return true }
+            zeroed = fa(fd, mode, Int(offset), Int(length)) == 0
         }
+        if locked { pthread_mutex_unlock(rmwLock) }
+        if zeroed { return true }
         // Fallback: write zeros.
         let chunk = 1 << 20
         let zeros = UnsafeMutableRawPointer.allocate(byteCount: chunk, alignment: 4096)

@@ -111,7 +111,10 @@ public final class Machine: @unchecked Sendable {
         } else {
             throw CoreError.badArgument("no kernel or firmware given")
         }
-        let initrd = try config.ramdiskPath.map { try readFile($0, what: "ramdisk") }
+        // An incoming machine's RAM comes from the saved state: the ramdisk is not read. A
+        // hostile stream that leaves pages out would otherwise leave the file's bytes (the
+        // configuration's path, which the peer chose) in RAM for the guest to read.
+        let initrd = config.incoming ? nil : try config.ramdiskPath.map { try readFile($0, what: "ramdisk") }
 
         let map: MemoryMap
         do { map = try MemoryMap.forRAM(bytes: ramBytes) } catch { throw CoreError.badArgument("\(error)") }

@@ -35,6 +35,11 @@ public struct XendConfig: Sendable, Equatable {
     /// `xend-relocation-hosts-allow`: space-separated regular expressions matched against
     /// a connecting host's name or address; empty (the default) allows every host.
     public var relocationHostsAllow: [String] = []
+    /// `xend-relocation-paths-allow`: space-separated absolute directories; when set, every
+    /// host path an incoming domain (a migration peer's or a save file's configuration)
+    /// names must lie under one of them once symbolic links are resolved. Each kept
+    /// without a trailing `/`. Default `''`: none (only the target's other path checks).
+    public var relocationPathsAllow: [String] = []
     /// `xend-relocation-ssl`: TLS on the relocation connection, both when serving and when
     /// migrating out (mutual: each side checks the other's certificate against
     /// `xend-relocation-ssl-ca-file`). Needs the three files below. Default `no`.
@@ -120,7 +125,7 @@ public struct XendConfig: Sendable, Equatable {
     public static let knownKeys: [String] = [
         "logfile", "loglevel", "xend-unix-server", "xend-unix-path", "xend-http-server",
         "xend-port", "xend-address", "xend-relocation-server", "xend-relocation-port",
-        "xend-relocation-address", "xend-relocation-hosts-allow", "xend-relocation-ssl",
+        "xend-relocation-address", "xend-relocation-hosts-allow", "xend-relocation-paths-allow", "xend-relocation-ssl",
         "xend-relocation-ssl-key-file", "xend-relocation-ssl-cert-file", "xend-relocation-ssl-ca-file", "network-script",
         "vif-script", "dom0-min-mem", "dom0-cpus", "enable-dump", "console-limit",
         "domain-engine", "blkback-cache", "qemu-user", "qemu-uid-base", "vnet-port", "vnet-group", "vnet-peers", "vnet-device",
@@ -239,6 +244,14 @@ public struct XendConfig: Sendable, Equatable {
         case "xend-relocation-address": relocationAddress = s
         case "xend-relocation-hosts-allow":
             relocationHostsAllow = s.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+        case "xend-relocation-paths-allow":
+            relocationPathsAllow = []
+            for e in s.split(whereSeparator: { $0 == " " || $0 == "\t" }) {
+                guard let d = XendConfig.allowedDirectory(String(e)) else {
+                    throw fail("'\(e)' is not an absolute directory (each entry must start with / and have no . or .. component)")
+                }
+                relocationPathsAllow.append(d)
+            }
         case "xend-relocation-ssl": relocationSSL = try bool()
         case "xend-relocation-ssl-key-file": relocationSSLKeyFile = s
         case "xend-relocation-ssl-cert-file": relocationSSLCertFile = s
@@ -319,6 +332,7 @@ public struct XendConfig: Sendable, Equatable {
             .pair("xend-relocation-port", .int(relocationPort)),
             .pair("xend-relocation-address", .string(relocationAddress)),
             .pair("xend-relocation-hosts-allow", .string(relocationHostsAllow.joined(separator: " "))),
+            .pair("xend-relocation-paths-allow", .string(relocationPathsAllow.joined(separator: " "))),
             .pair("xend-relocation-ssl", b(relocationSSL)),
             .pair("xend-relocation-ssl-key-file", .string(relocationSSLKeyFile)),
             .pair("xend-relocation-ssl-cert-file", .string(relocationSSLCertFile)),
@@ -342,6 +356,14 @@ public struct XendConfig: Sendable, Equatable {
         ]
         out += unknown.keys.sorted().compactMap { unknown[$0] }
         return out
+    }
+
+    /// One entry of `xend-relocation-paths-allow` without repeated or trailing slashes (`/`
+    /// stays `/`); nil when it is not an absolute directory free of `.` and `..` components.
+    static func allowedDirectory(_ entry: String) -> String? {
+        let parts = entry.split(separator: "/")
+        guard entry.hasPrefix("/"), !parts.contains(where: { $0 == "." || $0 == ".." }) else { return nil }
+        return "/" + parts.joined(separator: "/")
     }
 
     /// The four bytes of a dotted-quad IPv4 address, or nil.

@@ -132,7 +132,7 @@ extension DomainManager {
     /// describes with its devices (the engine waiting for the state), streams the state in
     /// and resumes the guest (unless `paused`).
     /// - Throws: `XendError`: 400 unreadable or not a valid guest state file (nothing was
-    ///   started), or a configuration `create` would refuse; 409 a domain of that name
+    ///   started), a configuration `create` would refuse, or a path `IncomingPaths` refuses; 409 a domain of that name
     ///   exists; 503 the engine cannot restore or the migration service is missing; 500 the
     ///   engine or the service failed (the new domain is removed).
     public func restore(file: String, paused: Bool) throws(XendError) -> DomainInfo {
@@ -209,6 +209,12 @@ extension DomainManager {
         if let p = cfg.pciDevices.first {
             throw XendError(.badRequest, "Restore failed: \(file): PCI device \(p.address): a domain with passed-through PCI devices cannot be restored")
         }
+        // The file chose every path the domain names, as a migration peer does: the same policy.
+        do {
+            try IncomingPaths.checkVifScripts(cfg)
+            try IncomingPaths(allow: xendConfig.relocationPathsAllow).check(cfg)
+        }
+        catch { throw XendError(.badRequest, "Restore failed: \(file): \(error.message)") }
         let engine = try engines.choose(for: cfg, configured: xendConfig.domainEngine)
         guard engine.capabilities.contains(.save) else {
             throw XendError(.unavailable, "Cannot restore \(file): the \(engine.name) engine cannot restore a domain's state")

@@ -111,7 +111,8 @@ extension DomainManager {
     }
 
     /// The checks of an incoming domain before anything is made: a valid configuration and
-    /// name, an engine that restores, the name free, the memory there, every disk image present.
+    /// name, an engine that restores, the name free, the memory there, every host path it
+    /// names present and allowed (`IncomingPaths`).
     /// - Throws: `XendError` with the reason the source is given.
     func checkIncoming(_ sxpText: String) throws(XendError) -> (DomainConfiguration, any DomainEngineDriver) {
         var cfg: DomainConfiguration
@@ -127,9 +128,7 @@ extension DomainManager {
         if let d = cfg.disks.first(where: { $0.script != nil }) {
             throw XendError(.badRequest, "Device \(d.vdev) (vbd): block script \(d.script!) is not supported here")
         }
-        if let v = cfg.vifs.first(where: { ($0.script ?? "").contains("/") || ($0.script ?? "") == ".." }) {
-            throw XendError(.badRequest, "vif script \(v.script!): an incoming domain may only name a script of the target's scripts directory")
-        }
+        try IncomingPaths.checkVifScripts(cfg)
         // A peer must not make this host hand it one of its PCI devices (pci-hide-on-create
         // would take it from its host driver), and no engine carries a passed-through
         // device's state anyway.
@@ -151,13 +150,8 @@ extension DomainManager {
             throw XendError(.unavailable, "not enough free memory on the target: the domain needs \(needKiB) KiB, the target has \(free) KiB")
         }
         try HostMemory.check(needMiB: max(cfg.memory, cfg.maxmem ?? 0), freeKiB: free, dom0MinMemMiB: xendConfig.dom0MinMem)
-        for d in cfg.disks {
-            guard let path = d.path else { continue }
-            var st = stat()
-            if stat(path, &st) != 0 {
-                throw XendError(.badRequest, "disk \(d.vdev): \(path) is missing on the target: \(String(cString: strerror(errno)))")
-            }
-        }
+        // Every host path it names: present, and one an incoming domain may use here.
+        try IncomingPaths(allow: xendConfig.relocationPathsAllow).check(cfg)
         if cfg.uuid == nil { cfg.uuid = UUID().uuidString.lowercased() }
         return (cfg, engine)
     }

@@ -66,6 +66,19 @@ import Testing
     func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * UInt32($0))) } }
     func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (8 * UInt64($0))) } }
 
+    @Test func anIncomingMachineDoesNotReadItsRamdisk() throws {
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        guard access("/dev/kvm", R_OK | W_OK) == 0 else { print("SKIP: anIncomingMachineDoesNotReadItsRamdisk: /dev/kvm is not accessible"); return }
+        let fw = dir + "/fw.bin"
+        try Data(repeating: 0xF4, count: 4096).write(to: URL(fileURLWithPath: fw))
+        // A path that cannot be read: a fresh boot fails on it, an incoming machine never opens it.
+        var cfg = MachineConfiguration(memoryMiB: 4, vcpus: 1, firmwarePath: fw, ramdiskPath: dir + "/absent-initrd",
+                                       name: "stream-test", virtioRNG: false)
+        #expect(throws: (any Error).self) { _ = try Machine(config: cfg, consoleOutput: { _ in }, log: { _ in }) }
+        cfg.incoming = true
+        #expect(throws: Never.self) { _ = try Machine(config: cfg, consoleOutput: { _ in }, log: { _ in }) }
+    }
+
     @Test func savedMachineRestoresWithItsMemory() throws {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         guard let src = try machine(incoming: false) else { return }

@@ -71,6 +71,21 @@ import Testing
         #expect(err("(xend-relocation-ssl no) (xend-relocation-ssl-key-file /h.key)") == "no error")
     }
 
+    @Test func relocationPathsAllowTakesAbsoluteDirectories() throws {
+        #expect(XendConfig().relocationPathsAllow.isEmpty)
+        let c = try XendConfig(parsing: "(xend-relocation-paths-allow '/var/lib/xen/images/  //srv//xen /')", file: "t.sxp")
+        #expect(c.relocationPathsAllow == ["/var/lib/xen/images", "/srv/xen", "/"])
+        #expect(try XendConfig(forms: c.toSXP().map { SXPForm(value: $0, line: 1) }, file: "y") == c)
+        #expect(try XendConfig(parsing: "(xend-relocation-paths-allow '')", file: "t.sxp").relocationPathsAllow.isEmpty)
+        func err(_ s: String) -> String {
+            do { _ = try XendConfig(parsing: s, file: "t.sxp"); return "no error" } catch { return error.description }
+        }
+        #expect(err("(logfile /x)\n(xend-relocation-paths-allow '/srv/xen images')")
+                == "t.sxp:2: key 'xend-relocation-paths-allow': 'images' is not an absolute directory (each entry must start with / and have no . or .. component)")
+        #expect(err("(xend-relocation-paths-allow /srv/xen/../etc)")
+                == "t.sxp:1: key 'xend-relocation-paths-allow': '/srv/xen/../etc' is not an absolute directory (each entry must start with / and have no . or .. component)")
+    }
+
     @Test func badValuesNameFileLineAndKey() {
         func err(_ s: String) -> String {
             do { _ = try XendConfig(parsing: s, file: "xc.sxp"); return "no error" } catch { return error.description }
