@@ -16,7 +16,8 @@ extension XM {
     }
 
     /// The `xm pci-list` table: header `domain   bus   slot   func` and rows
-    /// `0xDDDD 0xBB 0xSS 0xF` (Xen 3.2's format), then the guest slot asked for, if any.
+    /// `0xDDDD 0xBB 0xSS 0xF` (Xen 3.2's format), then the guest slot asked for, if any, and
+    /// `BROKEN: REASON` for a function pciback reported unfit.
     public static func pciListTable(_ devices: [PciDeviceInfo]) -> String {
         func h(_ v: Int, _ w: Int) -> String {
             let s = String(v, radix: 16)
@@ -26,6 +27,7 @@ extension XM {
         for d in devices {
             var l = "\(h(d.domain, 4)) \(h(d.bus, 2)) \(h(d.slot, 2)) \(h(d.func, 1))"
             if let v = d.vslot { l += " (guest slot \(h(v, 2)))" }
+            if let why = d.broken { l += " BROKEN: \(why)" }
             lines.append(l)
         }
         return lines.joined(separator: "\n")

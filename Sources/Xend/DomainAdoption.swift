@@ -30,6 +30,7 @@ extension DomainManager {
                 case .ring: _ = consoles?.adopt(domid: r.domid, name: r.name, pid: p.pid, listed: listed)
                 case .stream: _ = consoles?.adoptStream(domid: r.domid, name: r.name, listed: listed)
                 }
+                if !cfg.pciDevices.isEmpty { pcis?.adopt(domid: r.domid) }
                 if let disks = r.disks {
                     blocks?.adopt(domid: r.domid, name: r.name, disks: cfg.disks, records: disks, vcpus: plan.diskQueues)
                 }

@@ -8,7 +8,7 @@ extension DomainManager {
         let (r, _, _) = try live(dom, for: "list the PCI devices of")
         return PciList(devices: r.config.pciDevices.map {
             PciDeviceInfo(domain: $0.address.domain, bus: $0.address.bus, slot: $0.address.slot,
-                          func: $0.address.function, vslot: $0.guestSlot)
+                          func: $0.address.function, vslot: $0.guestSlot, broken: pcis?.brokenReason($0.address.description))
         })
     }
 

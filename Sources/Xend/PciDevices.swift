@@ -1,10 +1,12 @@
 // Passed-through PCI devices (issue 18): xend takes each function from its host driver onto
-// vfio-pci (PciBack.PciHiding, through sysfs), has the sandboxed `pciback` reset it through
-// VFIO on the container and group descriptors xend opened, makes its IOMMU group node
+// vfio-pci (PciBack.PciHiding, through sysfs), starts the domain's sandboxed `pciback`
+// (PciBackends.swift), which resets them through VFIO on the container and group descriptors
+// xend opened and then watches them for the domain's life, makes each IOMMU group node
 // (`/dev/vfio/N`) the engine's for as long as the domain runs, writes the `backend/pci`
-// entries, and undoes all of it when the domain ends (reset again, node back to root, the
-// original driver bound again). What was taken is kept in `var/lib/xend/pci.json`, so an
-// xend restarted meanwhile still gives every device back to the right driver.
+// entries, and undoes all of it when the domain ends (pciback resets again, node back to
+// root, the original driver bound again). What was taken, and the pciback's pid, are kept in
+// `var/lib/xend/pci.json`, so an xend restarted meanwhile re-adopts the pciback and still
+// gives every device back to the right driver.
 import DomainConfig
 import Foundation
 import Logging
@@ -29,9 +31,20 @@ public final class PciSupervisor: @unchecked Sendable {
         var domid: Int?
         /// Taken for `pci-hide` at xend start: stays on vfio-pci when its domain ends.
         var configured: Bool
+        /// Why pciback reported it unfit for the guest (unbound behind xend's back, removed,
+        /// not answering), nil while it is fine. Cleared when its domain ends.
+        var broken: String? = nil
+    }
+
+    /// What `pci.json` holds (an older xend wrote the bare entry list).
+    struct State: Codable {
+        var entries: [Entry]
+        var backends: [PciBackRecord]
     }
 
     let sysfs: PciSysfs
+    /// `/sys` (tests: `XENITH_SYSFS_ROOT`): pciback is handed descriptors under it.
+    let sysfsRoot: String
     /// Where `vfio/vfio` and `vfio/N` are (`/dev`).
     let devRoot: String
     let binary: String
@@ -42,8 +55,14 @@ public final class PciSupervisor: @unchecked Sendable {
     let log: Logger
     let hide: [PciAddress]
     let hideOnCreate: Bool
-    private let lock = NSRecursiveLock()
-    private var entries: [String: Entry] = [:]
+    /// Paths, sandbox arguments and restart budget shared with the other back-ends.
+    let backHost: BackendHost
+    let lock = NSRecursiveLock()
+    var entries: [String: Entry] = [:]
+    /// The running pciback of each domain with PCI functions.
+    var backends: [Int: PciBackend] = [:]
+    /// pciback records read from `pci.json` at start, for re-adoption.
+    var records: [Int: PciBackRecord] = [:]
 
     /// - Parameters:
     ///   - sysfsRoot: `/sys`; `XENITH_SYSFS_ROOT` (tests) replaces it.
@@ -51,7 +70,9 @@ public final class PciSupervisor: @unchecked Sendable {
     public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?, config: XendConfig,
                 logger: Logger, sysfsRoot: String? = nil, devRoot: String? = nil) {
         let env = ProcessInfo.processInfo.environment
-        sysfs = PciSysfs(HostSysfs(root: sysfsRoot ?? env["XENITH_SYSFS_ROOT"] ?? "/sys"))
+        self.sysfsRoot = sysfsRoot ?? env["XENITH_SYSFS_ROOT"] ?? "/sys"
+        sysfs = PciSysfs(HostSysfs(root: self.sysfsRoot))
+        backHost = BackendHost(paths: paths, binary: binary, manifest: manifest, xenstore: xenstore, log: logger)
         self.devRoot = devRoot ?? env["XENITH_DEV_ROOT"] ?? "/dev"
         self.binary = binary
         self.manifest = manifest
@@ -61,19 +82,27 @@ public final class PciSupervisor: @unchecked Sendable {
         self.log = logger
         self.hide = config.pciHide
         self.hideOnCreate = config.pciHideOnCreate
-        if let d = try? Data(contentsOf: URL(fileURLWithPath: statePath)),
-           let list = try? JSONDecoder().decode([Entry].self, from: d) {
-            for e in list { entries[e.address] = e }
+        if let d = try? Data(contentsOf: URL(fileURLWithPath: statePath)) {
+            if let st = try? JSONDecoder().decode(State.self, from: d) {
+                for e in st.entries { entries[e.address] = e }
+                for r in st.backends { records[r.domid] = r }
+            } else if let list = try? JSONDecoder().decode([Entry].self, from: d) {
+                for e in list { entries[e.address] = e }
+            }
         }
     }
 
-    private func persist() {
-        let list = entries.values.sorted { $0.address < $1.address }
-        guard let d = try? JSONEncoder().encode(list) else { return }
+    /// Writes `pci.json` (under the lock).
+    func persist() {
+        let st = State(entries: entries.values.sorted { $0.address < $1.address },
+                       backends: backends.values.map(\.record).sorted { $0.domid < $1.domid })
+        guard let d = try? JSONEncoder().encode(st) else { return }
         XenithPaths.makeDirectories((statePath as NSString).deletingLastPathComponent)
         let tmp = statePath + ".new"
         if FileManager.default.createFile(atPath: tmp, contents: d) { rename(tmp, statePath) }
     }
+
+    func persistLocked() { lock.lock(); persist(); lock.unlock() }
 
     func policy(for domid: Int) -> PciHostPolicy {
         var assigned: [PciAddress: Int] = [:]
@@ -113,6 +142,8 @@ public final class PciSupervisor: @unchecked Sendable {
         defer { undo.finish() }
         let taken: [PciTaken]
         do { taken = try PciHiding.take(devs, sysfs: sysfs) } catch { throw XendError(.badRequest, "pci: \(error.message)") }
+        // Undone last (steps run in reverse): pci.json then holds the entries as restored.
+        undo.add { [self] in persist() }
         for t in taken {
             let key = t.address.description
             let before = entries[key]
@@ -124,10 +155,19 @@ public final class PciSupervisor: @unchecked Sendable {
             }
         }
         persist()
-        undo.add { [self] in persist() }
+        // The domain's pciback: it resets each group for assignment, then stays up.
+        let b = PciBackend(domid: domid, devices: taken.map(\.address), socket: backHost.socketPath("pciback", domid: domid, device: "pci"),
+                           logPath: logPath, lock: lock, budget: backHost.restartBudget())
+        undo.add { [self] in stopBackend(b) }
+        do { try spawnBackend(b, adopt: false) } catch { throw XendError(.internalError, "pci: cannot start pciback \(binary): \(error)") }
+        do { try b.proc.waitReady(timeout: .seconds(20)) } catch {
+            throw XendError(error.refused ? .badRequest : .internalError, "pci: pciback: \(error.message)")
+        }
         let groups = Dictionary(grouping: taken, by: \.iommuGroup)
         for (g, members) in groups.sorted(by: { $0.key < $1.key }) {
-            do { try reset(group: g, members.map(\.address)) } catch { throw XendError(.badRequest, "pci: \(error.message)") }
+            do { try backendReset(b, group: g, members.map(\.address), .assign) }
+            catch let e as PciRefusal { throw XendError(.badRequest, "pci: \(e.message)") }
+            catch { throw XendError(.internalError, "pci: \(error)") }
             if let o = owner {
                 let node = devRoot + "/vfio/\(g)"
                 guard chown(node, o.uid, o.gid) == 0 else {
@@ -143,24 +183,47 @@ public final class PciSupervisor: @unchecked Sendable {
             undo.add { try? xs.removeDevice(dev) }
         }
         undo.commit()
-        log.info("domain \(domid): PCI \(addrs.map(\.description).joined(separator: " ")) assigned")
+        backends[domid] = b
+        persist()
+        superviseBackend(b)
+        log.info("domain \(domid): PCI \(addrs.map(\.description).joined(separator: " ")) assigned, pciback pid \(b.proc.pid)")
     }
 
-    /// When `domid` has ended: resets its functions, gives their group nodes back to root,
-    /// and gives each function back to its original driver (those of `pci-hide` stay on
-    /// vfio-pci, assignable). Failures are logged, naming the device; the rest goes on.
+    /// When `domid` has ended (its engine gone, the group closed): has its pciback reset its
+    /// functions (a one-shot pciback when none answers), stops that pciback, gives the group
+    /// nodes back to root, and gives each function back to its original driver (those of
+    /// `pci-hide` stay on vfio-pci, assignable). Failures are logged, naming the device; the
+    /// rest goes on.
     func release(domid: Int) {
         lock.lock(); defer { lock.unlock() }
+        let b = backends.removeValue(forKey: domid)
+        if b == nil, let r = records[domid], r.pid > 0, ProcessInfo2.startTicks(r.pid) == r.startTicks {
+            kill(r.pid, SIGKILL)   // an earlier xend's pciback of a domain that ended meanwhile
+        }
+        records[domid] = nil
         let mine = entries.values.filter { $0.domid == domid }
-        guard !mine.isEmpty else { return }
+        guard !mine.isEmpty else {
+            if let b { stopBackend(b) }
+            persist(); return
+        }
         for (g, members) in Dictionary(grouping: mine, by: \.iommuGroup) {
             let addrs = members.compactMap { try? PciAddress(parsing: $0.address) }
-            do { try reset(group: g, addrs) } catch { log.error("domain \(domid): \(error.message)") }
+            var done = false
+            if let b, b.proc.pid > 0, !b.gaveUp {
+                do { try backendReset(b, group: g, addrs, .release); done = true }
+                catch let e as PciRefusal { log.error("domain \(domid): \(e.message)"); done = true }
+                catch { log.error("domain \(domid): pciback did not answer (\(error)); resetting with a one-shot pciback") }
+            }
+            if !done {
+                do { try reset(group: g, addrs) } catch { log.error("domain \(domid): \(error.message)") }
+            }
             chown(devRoot + "/vfio/\(g)", 0, 0)
         }
+        if let b { stopBackend(b) }
         for e in mine {
             if e.configured {
                 entries[e.address]?.domid = nil
+                entries[e.address]?.broken = nil
             } else {
                 if let a = try? PciAddress(parsing: e.address) { giveBack(a, e.originalDriver) }
                 entries[e.address] = nil
@@ -179,6 +242,18 @@ public final class PciSupervisor: @unchecked Sendable {
         catch { log.error("PCI \(a): giving it back to \(driver ?? "no driver") failed: \(error.message)") }
     }
 
+    /// Why pciback reported function `bdf` broken, nil while it is fine.
+    func brokenReason(_ bdf: String) -> String? {
+        lock.lock(); defer { lock.unlock() }
+        return entries[bdf]?.broken
+    }
+
+    /// The pid of `domid`'s pciback, nil when none runs (tests, diagnostics).
+    public func backendPid(domid: Int) -> Int32? {
+        lock.lock(); defer { lock.unlock() }
+        return backends[domid].map(\.proc.pid).flatMap { $0 > 0 ? $0 : nil }
+    }
+
     /// The functions of `domid` xend holds.
     func assigned(domid: Int) -> [String] {
         lock.lock(); defer { lock.unlock() }
@@ -194,16 +269,13 @@ public final class PciSupervisor: @unchecked Sendable {
         }
     }
 
-    /// Runs pciback once on group `g` to reset `members`, on descriptors opened here.
+    /// Runs pciback once on group `g` to reset `members`, on descriptors opened here: the
+    /// fallback of `release` when the domain's pciback does not answer.
     /// - Throws: `PciRefusal` naming the devices and pciback's reason.
     func reset(group g: Int, _ members: [PciAddress]) throws(PciRefusal) {
         let names = members.map(\.description).joined(separator: " ")
-        let container = open(devRoot + "/vfio/vfio", O_RDWR | O_CLOEXEC)
-        guard container >= 0 else { throw PciRefusal("PCI \(names): \(devRoot)/vfio/vfio: \(String(cString: strerror(errno)))") }
-        defer { close(container) }
-        let group = open(devRoot + "/vfio/\(g)", O_RDWR | O_CLOEXEC)
-        guard group >= 0 else { throw PciRefusal("PCI \(names): \(devRoot)/vfio/\(g): \(String(cString: strerror(errno)))") }
-        defer { close(group) }
+        let (container, group) = try openGroup(g, members)
+        defer { close(container); close(group) }
         let ready: ReadinessChannel
         do { ready = try ReadinessChannel.make() } catch { throw PciRefusal("PCI \(names): \(error.message)") }
         var argv = [binary] + members.flatMap { ["--reset", $0.description] } + ["--ready-fd", "5"]

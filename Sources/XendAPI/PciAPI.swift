@@ -9,8 +9,11 @@ public struct PciDeviceInfo: Codable, Sendable, Equatable {
     public var `func`: Int
     /// Guest slot the configuration asked for (`@SLOT`); nil: the engine chose.
     public var vslot: Int?
-    public init(domain: Int, bus: Int, slot: Int, func f: Int, vslot: Int?) {
-        self.domain = domain; self.bus = bus; self.slot = slot; self.func = f; self.vslot = vslot
+    /// Why the function is unfit for the guest (pciback found it unbound from vfio-pci,
+    /// removed, or not answering), nil while it is fine.
+    public var broken: String?
+    public init(domain: Int, bus: Int, slot: Int, func f: Int, vslot: Int?, broken: String? = nil) {
+        self.domain = domain; self.bus = bus; self.slot = slot; self.func = f; self.vslot = vslot; self.broken = broken
     }
 }
 

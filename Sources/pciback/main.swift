@@ -1,6 +1,15 @@
-// pciback: resets the PCI functions of one IOMMU group through VFIO, sandboxed, on the
-// container and group descriptors xend opened (Sources/PciBack, DESIGN.md "Sandboxing").
-// Glibc, PciBack and Sandbox only (no Foundation).
+// pciback: the PCI back-end of one domain, sandboxed, on descriptors xend opened
+// (Sources/PciBack, DESIGN.md "Sandboxing"). Glibc, PciBack and Sandbox only (no Foundation).
+//
+// Serve mode (`--domain`): runs for the domain's life. It resets the domain's functions
+// through VFIO before the engine starts and after it ended (the container and group arrive
+// over its socket with each request: QEMU 7.2 opens /dev/vfio/N itself, and a VFIO group
+// has a single opener, so nothing may hold it while the guest runs), and in between checks
+// every second that each function is still on vfio-pci and still answers, reporting a
+// broken one to xend's `watch` connection. Restarted by xend with `--adopt`, it never
+// resets for assignment. Reset mode (`--reset`): one run that resets the functions of one
+// group and exits (xend's fallback when no serving pciback is there).
+import CLinux
 import PciBack
 import Sandbox
 #if canImport(Glibc)
@@ -10,54 +19,177 @@ import Glibc
 func eprint(_ s: String) { var s = s + "\n"; s.withUTF8 { _ = write(2, $0.baseAddress, $0.count) } }
 
 let usage = """
-usage: pciback --reset BDF [--reset BDF ...] [--ready-fd 5] [--manifest FILE | --no-sandbox]
+usage: pciback --domain ID --device BDF [--device BDF ...] [--adopt] [--ready-fd 5] [--manifest FILE | --no-sandbox]
+       pciback --reset BDF [--reset BDF ...] [--ready-fd 5] [--manifest FILE | --no-sandbox]
 
-Resets PCI functions of one IOMMU group (VFIO_DEVICE_RESET) when they are given to a
-domain and when they come back. It opens nothing: xend hands it
+Serve mode (--domain): the back-end of one domain's PCI functions for the domain's life.
+xend hands it
+  fd 3       a listening Unix socket (requests: watch, status, reset assign|release BDF...;
+             each reset carries the VFIO container and group over SCM_RIGHTS)
+  fd 6+2i    the sysfs directory of the i-th --device (O_PATH)
+  fd 7+2i    its sysfs config attribute (read-only)
+and reads `ready` once it serves. --adopt: restarted while the domain runs; it never resets
+a function for assignment (the guest may be using it).
+
+Reset mode (--reset): resets the functions of one IOMMU group and exits. xend hands it
   fd 3  /dev/vfio/vfio (a new VFIO container)
   fd 4  /dev/vfio/N (the functions' IOMMU group)
-and reads `ready` or `failed: REASON` on the readiness descriptor (--ready-fd).
 
-Exit status: 0 when every function was reset; 3 when one was not (the reason on stderr and
-the readiness channel); 1 for a usage error; 70 when the sandbox cannot be applied.
+Exit status: 0 when done (reset mode: every function was reset); 3 when a reset failed;
+1 for a usage error; 70 when the sandbox cannot be applied.
 """
 
-var devices: [String] = []
-var manifestArg: String?
-var noSandbox = false
-var argv = ServiceReadiness.adopt(fromArguments: Array(CommandLine.arguments.dropFirst()), program: "pciback")
-var args = ServiceArguments(program: "pciback", arguments: argv[...])
-while let a = args.next() {
-    switch a {
-    case "--reset": devices.append(args.value(a))
-    case "--manifest": manifestArg = args.value(a)
-    case "--no-sandbox": noSandbox = true
-    case "--help", "-h": eprint(usage); exit(0)
-    default: args.fail("unknown argument \(a) (see --help)")
-    }
+let argv = ServiceReadiness.adopt(fromArguments: Array(CommandLine.arguments.dropFirst()), program: "pciback")
+let opts: PciBackOptions
+do throws(PciBackUsage) {
+    guard let o = try PciBackOptions.parse(argv) else { eprint(usage); exit(0) }
+    opts = o
+} catch {
+    ServiceArguments.fail(program: "pciback", error.message)
 }
-if devices.isEmpty { args.fail("give --reset BDF (see --help)") }
-for d in devices where d.utf8.count != 12 || !d.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) || $0 == 0x3A || $0 == 0x2E }) {
-    args.fail("--reset \(d): expected a PCI address DDDD:BB:SS.F")
-}
-let manifestPath: String? = noSandbox ? nil : (manifestArg ?? ServiceManifest.locateOrExit("pciback.manifest", program: "pciback"))
-for (fd, role) in [(Int32(3), "VFIO container (fd 3)"), (4, "VFIO group (fd 4)")] where fcntl(fd, F_GETFD) < 0 {
-    args.fail("the \(role) was not handed to this process")
-}
-if let manifestPath { _ = Sandbox.applyOrExit(manifestPath: manifestPath) }
+let manifestPath: String? = opts.noSandbox ? nil : (opts.manifest ?? ServiceManifest.locateOrExit("pciback.manifest", program: "pciback"))
 
-let group = VfioGroup(container: 3, group: 4)
-do throws(VfioError) {
-    try group.attach()
-    for d in devices {
-        let fd = try group.device(d)
+func handed(_ fd: Int32, _ role: String, kind: mode_t) {
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { ServiceArguments.fail(program: "pciback", "the \(role) (fd \(fd)) was not handed to this process") }
+    guard st.st_mode & S_IFMT == kind else { ServiceArguments.fail(program: "pciback", "fd \(fd) is not the \(role)") }
+}
+
+/// Resets `members` on `group` (attached to `container` first).
+func reset(_ members: [String], container: Int32, group: Int32) throws(VfioError) {
+    let g = VfioGroup(container: container, group: group)
+    try g.attach()
+    for d in members {
+        let fd = try g.device(d)
         defer { close(fd) }
         try VfioGroup.reset(fd, name: d)
     }
-    ServiceReadiness.ready("reset \(devices.joined(separator: " "))")
-    exit(0)
-} catch {
-    eprint("pciback: \(error.message)")
-    ServiceReadiness.failed(error.message)
-    exit(3)
+}
+
+switch opts.mode {
+case .reset:
+    handed(3, "VFIO container", kind: S_IFCHR)
+    handed(4, "VFIO group", kind: S_IFCHR)
+    if let manifestPath { _ = Sandbox.applyOrExit(manifestPath: manifestPath) }
+    do throws(VfioError) {
+        try reset(opts.devices, container: 3, group: 4)
+        ServiceReadiness.ready("reset \(opts.devices.joined(separator: " "))")
+        exit(0)
+    } catch {
+        eprint("pciback: \(error.message)")
+        ServiceReadiness.failed(error.message)
+        exit(3)
+    }
+case .serve(let domid, let adopt):
+    handed(3, "listening socket", kind: S_IFSOCK)
+    var keep: [Int32] = []
+    for i in opts.devices.indices {
+        let (dir, cfg) = PciBackOptions.deviceFDs(i)
+        handed(dir, "sysfs directory of \(opts.devices[i])", kind: S_IFDIR)
+        handed(cfg, "sysfs config of \(opts.devices[i])", kind: S_IFREG)
+        keep += [dir, cfg]
+    }
+    // xend stops it with SIGTERM; PID 1 of its namespace ignores a signal it has no handler
+    // for. The socket file is xend's: nothing to tidy.
+    let onSignal: @convention(c) (Int32) -> Void = { _ in _exit(0) }
+    signal(SIGTERM, onSignal)
+    signal(SIGINT, onSignal)
+    if let manifestPath { _ = Sandbox.applyOrExit(manifestPath: manifestPath, keepFds: keep) }
+    serve(domid: domid, adopt: adopt, devices: opts.devices)
+}
+
+/// One accepted connection from xend.
+struct Connection {
+    var fd: Int32
+    var watching = false
+}
+
+func send(_ fd: Int32, _ line: String) {
+    var l = line + "\n"
+    l.withUTF8 { _ = Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+}
+
+func serve(domid: Int, adopt: Bool, devices: [String]) -> Never {
+    var life = PciBackLifecycle(devices: devices, adopted: adopt)
+    var broken: [String: String] = [:]
+    var conns: [Connection] = []
+    let tag = "pciback: domain \(domid):"
+
+    func check() -> [(String, String)] {
+        var fresh: [(String, String)] = []
+        for (i, d) in devices.enumerated() where broken[d] == nil && !life.released.contains(d) {
+            let (dir, cfg) = PciBackOptions.deviceFDs(i)
+            if let why = PciDeviceCheck.problem(d, directory: dir, config: cfg) {
+                broken[d] = why
+                fresh.append((d, why))
+            }
+        }
+        return fresh
+    }
+    // A device already unfit at start is reported from the first watch on.
+    for (_, why) in check() { eprint("\(tag) \(why)") }
+    eprint("\(tag) \(adopt ? "re-adopted (restarted under a running guest: no reset)" : "serving") \(devices.joined(separator: " "))")
+    ServiceReadiness.ready("\(adopt ? "adopted" : "serving") \(devices.joined(separator: " "))")
+
+    func handle(_ c: inout Connection, _ line: String, _ fds: [Int32]) {
+        defer { for f in fds { close(f) } }
+        let req: PciBackRequest
+        do throws(PciBackUsage) { req = try PciBackRequest(parsing: line) } catch {
+            send(c.fd, "failed: \(error.message)"); return
+        }
+        switch req {
+        case .watch:
+            c.watching = true
+            send(c.fd, "ok watching \(devices.count)")
+            for d in devices { if let why = broken[d] { send(c.fd, "broken \(d) \(why)") } }
+        case .status:
+            send(c.fd, "ok " + devices.map { "\($0)=\(broken[$0] == nil ? "ok" : "broken")" }.joined(separator: " "))
+        case .reset(let phase, let members):
+            guard fds.count == 2 else { send(c.fd, "failed: reset needs the VFIO container and group descriptors"); return }
+            if let why = life.permit(phase, members) {
+                eprint("\(tag) refused \(phase.rawValue) reset: \(why)")
+                send(c.fd, "failed: \(why)"); return
+            }
+            do throws(VfioError) {
+                try reset(members, container: fds[0], group: fds[1])
+                eprint("\(tag) reset \(members.joined(separator: " ")) (\(phase.rawValue))")
+                send(c.fd, "ok reset")
+            } catch {
+                eprint("\(tag) \(error.message)")
+                send(c.fd, "failed: \(error.message)")
+            }
+        }
+    }
+
+    while true {
+        var pfds = [pollfd(fd: 3, events: Int16(POLLIN), revents: 0)] + conns.map { pollfd(fd: $0.fd, events: Int16(POLLIN), revents: 0) }
+        let n = poll(&pfds, nfds_t(pfds.count), 1000)
+        if n < 0 && errno != EINTR { eprint("\(tag) poll: \(String(cString: strerror(errno)))"); exit(1) }
+        for (d, why) in check() {
+            eprint("\(tag) \(why)")
+            for c in conns where c.watching { send(c.fd, "broken \(d) \(why)") }
+        }
+        guard n > 0 else { continue }
+        var closed: Set<Int32> = []
+        for i in conns.indices where pfds[i + 1].revents != 0 {
+            var buf = [UInt8](repeating: 0, count: 512)
+            var fds = [Int32](repeating: -1, count: 4)
+            var nf: Int32 = 0
+            let r = clinux_recv_with_fds(conns[i].fd, &buf, buf.count, &fds, 4, &nf)
+            let got = Array(fds.prefix(Int(nf)))
+            if r <= 0 { for f in got { close(f) }; closed.insert(conns[i].fd); continue }
+            var line = String(decoding: buf[..<r], as: UTF8.self)
+            while line.hasSuffix("\n") { line.removeLast() }
+            handle(&conns[i], line, got)
+        }
+        for f in closed { close(f) }
+        conns.removeAll { closed.contains($0.fd) }
+        if pfds[0].revents & Int16(POLLIN) != 0 {
+            let fd = clinux_accept_nonblock(3)
+            if fd >= 0 {
+                if conns.count >= 4 { send(fd, "failed: too many connections"); close(fd) }
+                else { conns.append(Connection(fd: fd)) }   // non-blocking: read only when poll says so
+            }
+        }
+    }
 }

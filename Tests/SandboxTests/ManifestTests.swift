@@ -67,7 +67,7 @@ let minimal = "allow write -- log\nallow exit_group -- exit\n"
     @Test func shippedManifestsStayWithinTheSyscallBudget() throws {
         let dangerous = ["open", "openat", "openat2", "execve", "execveat", "socket", "connect", "ptrace",
                          "mount", "bpf", "memfd_secret", "userfaultfd", "fork", "vfork", "unshare", "setns"]
-        let measured = ["blkback": 40, "netback": 39, "xenconsoled": 37, "migration": 31, "pciback": 29]
+        let measured = ["blkback": 40, "netback": 39, "xenconsoled": 37, "migration": 31, "pciback": 35]
         for (service, count) in measured {
             let m = try Manifest.load(path: "\(manifestsDir)/\(service).manifest")
             #expect(m.allowedSyscalls.count <= 40, "\(service) allows \(m.allowedSyscalls.count) syscalls: \(m.allowedSyscalls)")
