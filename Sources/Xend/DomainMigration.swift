@@ -55,6 +55,7 @@ extension DomainManager {
         }
         let target = "\(host):\(port)"
         let started = Date()
+        var phases = PhaseClock()
         let tls: RelocationTLS?
         do throws(XendError) { tls = try relocationTLS.get() } catch {
             throw XendError(.unavailable, "Cannot migrate domain \(r.name): \(error.message)")
@@ -85,6 +86,7 @@ extension DomainManager {
         guard answer == RelocationWire.ready else {
             throw XendError(.internalError, "Migration of \(r.name) to \(target) failed: unexpected answer '\(answer.prefix(80))'")
         }
+        phases.mark("handshake")
 
         let key = "migrate:\(target):\(r.domid)"
         guard transfers.begin(kind: "migrate", file: key, domain: r.name, domid: r.domid) else {
@@ -102,6 +104,7 @@ extension DomainManager {
         close(stream[0])
         run.onProgress = { [transfers] bytes, rate in transfers.progress(file: key, bytes: bytes, bytesPerSecond: rate) }
         dmesg("Domain \(r.name) (\(r.domid)): migrating\(isLive ? " live" : "") to \(target)")
+        phases.mark("service")
 
         // 1. The stream: the engine writes, the service frames and sends.
         let cfg = Self.transferConfiguration(r, engine: engine.name)
@@ -130,6 +133,7 @@ extension DomainManager {
         }
         close(stream[1])
         let stoppedAt = Date()
+        phases.mark(isLive ? "precopy" : "copy")
         // The guest is stopped now: from here every failure resumes it.
         let resume: (String) -> XendError = { [self] why in
             // After the switch-over was asked for, the target may have taken the disks' locks
@@ -155,6 +159,7 @@ extension DomainManager {
             let last = try run.next(timeout: Self.serviceFinishTimeout)
             guard case .done(let s) = last else { throw XendError(.internalError, Self.describe(last)) }
             summary = s
+            phases.mark("ack")
         } catch {
             try? run.send(.abort("xend: \(error.message)"))
             run.finish(timeout: 5)
@@ -177,8 +182,11 @@ extension DomainManager {
         }
         let downtimeMs = engineDowntime + Int(Date().timeIntervalSince(stoppedAt) * 1000)
         let seconds = Date().timeIntervalSince(started)
+        phases.mark("switchover")
         dmesg("Domain \(r.name) (\(r.domid)): migrated to \(target): \(summary.bytes) bytes, \(rounds) rounds, downtime \(downtimeMs) ms, \(String(format: "%.2f", seconds)) s")
         _ = try? destroy(String(r.domid))
+        phases.mark("destroy")
+        dmesg("Domain \(r.name): migration source phases: \(phases.summary)")
         return MigrateReply(domain: r.name, host: host, port: port, bytes: summary.bytes, rounds: rounds,
                             downtimeMs: downtimeMs, seconds: seconds)
     }

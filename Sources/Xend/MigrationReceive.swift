@@ -23,6 +23,7 @@ extension DomainManager {
     /// guest runs here or everything made was removed. Never throws: the peer is told.
     func receiveMigration(_ sock: Int32, peer: String) {
         guard let service = migration else { return }
+        var phases = PhaseClock()
         let key = "receive:\(peer):\(sock):\(Date().timeIntervalSince1970)"
         var stream: [Int32] = [-1, -1]
         guard streamPipe(&stream) else { refuse(sock, peer, "pipe: \(String(cString: strerror(errno)))"); return }
@@ -45,7 +46,9 @@ extension DomainManager {
         do throws(XendError) {
             let first = try run.next(timeout: Self.receiveConfigTimeout)
             guard case .config(let sxpText) = first else { throw XendError(.badRequest, Self.describe(first)) }
+            phases.mark("config")
             (cfg, engine) = try checkIncoming(sxpText)
+            phases.mark("check")
         } catch {
             run.kill(); finished = true
             refuse(sock, peer, error.message)
@@ -72,6 +75,7 @@ extension DomainManager {
             return
         }
         defer { transfers.detach(domid: r.domid) }
+        phases.mark("start")
         dmesg("Domain \(cfg.name) (\(r.domid)): receiving from \(peer)")
 
         // 3. The state, the service's last word (it acknowledged every byte), switch-over.
@@ -79,21 +83,28 @@ extension DomainManager {
         do throws(XendError) {
             guard let p = r.process else { throw XendError(.internalError, "the domain has no engine process") }
             do { try engine.restoreState(p, from: readEnd!) { _ in } } catch {
-                // The service's reason (a bad frame, the source's abort) explains it better.
+                // The service's reason (a bad frame, the source's abort, the engine gone:
+                // its next write into the stream fails once xend's copy of the read end is
+                // closed too) explains it better.
+                close(readEnd!); readEnd = nil
                 throw XendError(.internalError, Self.serviceReason(run) ?? "\(error)")
             }
             close(readEnd!); readEnd = nil
+            phases.mark("state")
             let last = try run.next(timeout: Self.serviceFinishTimeout)
             guard case .done = last else { throw XendError(.internalError, Self.describe(last)) }
             streamOver = true
+            phases.mark("ack")
             let request = try RelocationWire.readLine(sock, timeout: RelocationWire.switchoverTimeout, peer: "the source \(peer)")
             guard request == RelocationWire.switchover else {
                 throw XendError(.internalError, request == nil ? "the source closed the connection before switch-over"
                                                                 : "unexpected request '\(request!.prefix(80))' at switch-over")
             }
+            phases.mark("switchover")
             try blocks?.takeLocks(r.domid)
             do { try engine.unpause(p) } catch { throw XendError(.internalError, "resume: \(error)") }
             try RelocationWire.write(sock, "(running \(r.domid))", peer: "the source \(peer)")
+            phases.mark("resume")
             // The service, done, is reaped once the guest runs.
             run.finish(timeout: 5)
             finished = true
@@ -108,6 +119,7 @@ extension DomainManager {
         }
         statuses[r.domid] = nil
         dmesg("Domain \(cfg.name) (\(r.domid)) migrated in from \(peer)")
+        dmesg("Domain \(cfg.name): migration target phases: \(phases.summary)")
     }
 
     /// The checks of an incoming domain before anything is made: a valid configuration and
