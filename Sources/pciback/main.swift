@@ -132,7 +132,8 @@ func serve(domid: Int, adopt: Bool, devices: [String]) -> Never {
     ServiceReadiness.ready("\(adopt ? "adopted" : "serving") \(devices.joined(separator: " "))")
 
     func handle(_ c: inout Connection, _ line: String, _ fds: [Int32]) {
-        defer { for f in fds { close(f) } }
+        var held = fds
+        defer { for f in held { close(f) } }
         let req: PciBackRequest
         do throws(PciBackUsage) { req = try PciBackRequest(parsing: line) } catch {
             send(c.fd, "failed: \(error.message)"); return
@@ -152,6 +153,10 @@ func serve(domid: Int, adopt: Bool, devices: [String]) -> Never {
             }
             do throws(VfioError) {
                 try reset(members, container: fds[0], group: fds[1])
+                // Let go of the container and group before saying so: QEMU opens the group
+                // next, and a VFIO group has one opener at a time.
+                for f in held { close(f) }
+                held = []
                 eprint("\(tag) reset \(members.joined(separator: " ")) (\(phase.rawValue))")
                 send(c.fd, "ok reset")
             } catch {
