@@ -110,9 +110,13 @@ unit:
 # its seccomp filters also allow what the runtime calls (sigaltstack, prctl, memory mapping,
 # /proc/self/maps), and LeakSanitizer's exit check is off in a sandboxed process (it stops
 # threads with clone and ptrace; Sources/Sandbox/SanitizerHooks.swift); so the migration
-# suites run the real, sandboxed `migration` service under the sanitizer.
+# suites run the real, sandboxed `migration` service under AddressSanitizer. Not under
+# ThreadSanitizer (TSAN_SKIP): the sandbox makes its PID namespace with a raw clone that
+# TSan's runtime does not see, and in the child its interceptors fail their own check
+# ("thr->slot != 0") at the first call; TSan runs the migration library's suites only.
 SANITIZE_FILTER ?= VhostUserTests|BlockBackendTests|NetBackendTests|VirtioTests|XenStoreTests|MigrationTests|ConsoleBackendTests
 SANITIZE_SKIP   ?= IntegrationTests
+TSAN_SKIP       ?= $(SANITIZE_SKIP)|MigrationTests.ServiceTests|MigrationTests.QemuStreamTests
 SANITIZE_JOBS   ?=
 sanitize: sanitize-asan sanitize-tsan
 sanitize-asan:
@@ -125,7 +129,7 @@ sanitize-tsan:
 	$(SWIFT) build --build-tests $(SANITIZE_JOBS) --sanitize=thread --scratch-path .build-tsan -Xswiftc -DXENITH_SANITIZED
 	TSAN_OPTIONS=halt_on_error=1:suppressions=$(CURDIR)/Tests/sanitizers/tsan.supp:print_suppressions=0 \
 	    $(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan \
-	    --skip '$(SANITIZE_SKIP)' --filter '$(SANITIZE_FILTER)'
+	    --skip '$(TSAN_SKIP)' --filter '$(SANITIZE_FILTER)'
 
 integration: deps fixtures guest debian-image hvm-iso
 	$(SWIFT) build --build-tests
