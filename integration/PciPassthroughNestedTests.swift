@@ -6,8 +6,10 @@ import Testing
 /// QEMU's `edu` device, and inside it xend, xm, pciback and Debian's QEMU pass edu to a
 /// test guest that reads edu's identification register and the inversion back; while that
 /// guest keeps using edu, pciback is SIGKILLed, xend restarts it (`--adopt`, no reset) and
-/// the guest still reads edu (guest/vfio-host-init holds the steps; each prints
-/// `vfio-test: ok NAME` or `FAIL`).
+/// the guest still reads edu. Then `xm pci-attach` gives edu to a domain created without
+/// `pci` (refusals first: an absent function and a shared group leave nothing), the guest
+/// finds and reads it, and `xm pci-detach` takes it back to the host (guest/vfio-host-init
+/// holds the steps; each prints `vfio-test: ok NAME` or `FAIL`).
 /// TCG inside TCG: slow (minutes), so it runs only with XENITH_TEST_NESTED=1.
 @Suite(.serialized) struct PciPassthroughNestedTests {
     @Test func eduPassedThroughUnderAnEmulatedIOMMU() throws {
@@ -48,7 +50,14 @@ import Testing
                      "create", "bound to vfio-pci", "group node given to QEMU's uid", "pci-list", "already-assigned",
                      "guest reads edu", "pciback runs for the domain", "no reset under the running guest",
                      "guest reads edu after pciback restart", "pci-list after restart", "given back (unbound)",
-                     "group node back to root", "released by the restarted pciback", "no pciback left"] {
+                     "group node back to root", "released by the restarted pciback", "no pciback left",
+                     // xm pci-attach / pci-detach on a domain created without pci
+                     "create without pci", "attach-absent", "attach-shared", "refused attach leaves nothing", "pci-attach",
+                     "attached: on vfio-pci", "attached: group node given to QEMU's uid", "attached: pci-list",
+                     "attached: kept in the configuration", "attached: pciback started", "guest reads hot-plugged edu",
+                     "attach-twice", "pci-detach", "detached: the guest saw edu go", "detached: given back (unbound)",
+                     "detached: group node back to root", "detached: pci-list empty", "detached: left the configuration",
+                     "detached: reset for release", "detached: no pciback left"] {
             #expect(results.contains("vfio-test: ok \(name)"), "missing: \(name)")
         }
         #expect(results.contains { $0.hasPrefix("vfio-test: ok pciback restarted by xend (") }, "missing: pciback restarted")
