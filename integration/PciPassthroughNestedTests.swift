@@ -8,7 +8,8 @@ import Testing
 /// guest keeps using edu, pciback is SIGKILLed, xend restarts it (`--adopt`, no reset) and
 /// the guest still reads edu. Then `xm pci-attach` gives edu to a domain created without
 /// `pci` (refusals first: an absent function and a shared group leave nothing), the guest
-/// finds and reads it, and `xm pci-detach` takes it back to the host (guest/vfio-host-init
+/// finds and reads it, a second edu is attached and detached beside it through the same
+/// running pciback (`add`, `drop`), and `xm pci-detach` takes the first back to the host (guest/vfio-host-init
 /// holds the steps; each prints `vfio-test: ok NAME` or `FAIL`).
 /// TCG inside TCG: slow (minutes), so it runs only with XENITH_TEST_NESTED=1.
 @Suite(.serialized) struct PciPassthroughNestedTests {
@@ -30,8 +31,10 @@ import Testing
         let r = try run("/usr/bin/qemu-system-x86_64", [
             "-M", "q35,kernel-irqchip=split", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1536", "-smp", "2",
             "-device", "intel-iommu,intremap=on,caching-mode=on",
-            // edu alone behind a root port (its own IOMMU group; a bus reset works there).
+            // edu alone behind a root port (its own IOMMU group; a bus reset works there),
+            // twice: the second is hot-attached beside the first (pciback's `add`).
             "-device", "pcie-root-port,id=rp1,chassis=1", "-device", "edu,bus=rp1",
+            "-device", "pcie-root-port,id=rp3,chassis=3", "-device", "edu,bus=rp3",
             // edu sharing a group with a virtio-rng that virtio-pci will hold.
             "-device", "pcie-root-port,id=rp2,chassis=2", "-device", "pcie-pci-bridge,id=pb,bus=rp2",
             "-device", "edu,bus=pb,addr=1", "-device", "virtio-rng-pci,bus=pb,addr=2",
@@ -55,7 +58,9 @@ import Testing
                      "create without pci", "attach-absent", "attach-shared", "refused attach leaves nothing", "pci-attach",
                      "attached: on vfio-pci", "attached: group node given to QEMU's uid", "attached: pci-list",
                      "attached: kept in the configuration", "attached: pciback started", "guest reads hot-plugged edu",
-                     "attach-twice", "pci-detach", "detached: the guest saw edu go", "detached: given back (unbound)",
+                     "attach-twice", "second pci-attach", "second attach: the running pciback added and reset it",
+                     "second attach: pci-list", "second pci-detach",
+                     "second detach: released, dropped, given back; pciback still serves edu", "pci-detach", "detached: the guest saw edu go", "detached: given back (unbound)",
                      "detached: group node back to root", "detached: pci-list empty", "detached: left the configuration",
                      "detached: reset for release", "detached: no pciback left"] {
             #expect(results.contains("vfio-test: ok \(name)"), "missing: \(name)")
