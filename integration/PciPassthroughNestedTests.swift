@@ -57,7 +57,7 @@ import Testing
                      // xm pci-attach / pci-detach on a domain created without pci
                      "create without pci", "attach-absent", "attach-shared", "refused attach leaves nothing", "pci-attach",
                      "attached: on vfio-pci", "attached: group node given to QEMU's uid", "attached: pci-list",
-                     "attached: kept in the configuration", "attached: pciback started", "guest reads hot-plugged edu",
+                     "attached: kept in the configuration", "attached: pciback started", "guest reads hot-plugged edu", "reset keeps the hot-plugged edu",
                      "attach-twice", "second pci-attach", "second attach: the running pciback added and reset it",
                      "second attach: pci-list", "second pci-detach",
                      "second detach: released, dropped, given back; pciback still serves edu", "pci-detach", "detached: the guest saw edu go", "detached: given back (unbound)",
