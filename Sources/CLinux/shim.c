@@ -150,3 +150,12 @@ int clinux_accept_nonblock(int fd) {
 int clinux_spawn_closefrom(posix_spawn_file_actions_t *fa, int from) {
     return posix_spawn_file_actions_addclosefrom_np(fa, from);
 }
+
+int clinux_raise_memlock(pid_t pid, uint64_t bytes) {
+    struct rlimit old;
+    if (prlimit(pid, RLIMIT_MEMLOCK, NULL, &old) != 0) return -1;
+    if (old.rlim_cur != RLIM_INFINITY && old.rlim_cur >= bytes && old.rlim_max >= bytes) return 0;
+    if (old.rlim_cur == RLIM_INFINITY) return 0;
+    struct rlimit raised = { bytes, old.rlim_max == RLIM_INFINITY || old.rlim_max > bytes ? old.rlim_max : bytes };
+    return prlimit(pid, RLIMIT_MEMLOCK, &raised, NULL);
+}

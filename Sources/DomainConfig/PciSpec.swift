@@ -82,10 +82,16 @@ public struct PciSpec: Sendable, Hashable, CustomStringConvertible {
     public var address: PciAddress
     /// Guest device number asked for; nil: the engine picks.
     public var guestSlot: Int?
+    /// The engine's hot-plug slot a function added with `xm pci-attach` went into (the
+    /// qemu engine's root port `hpnetN`, as `VifSpec.hotplugPort`), so that a reboot,
+    /// restore or migration puts it back there; nil for a device of the configuration as
+    /// written. Kept as `(hotplug-port ...)` in the `(dev ...)` element.
+    public var hotplugPort: String?
 
-    public init(address: PciAddress, guestSlot: Int? = nil) {
+    public init(address: PciAddress, guestSlot: Int? = nil, hotplugPort: String? = nil) {
         self.address = address
         self.guestSlot = guestSlot
+        self.hotplugPort = hotplugPort
     }
 
     /// Parses `[DDDD:]BB:SS.F[@SLOT]` (surrounding spaces ignored).
@@ -114,18 +120,19 @@ public struct PciSpec: Sendable, Hashable, CustomStringConvertible {
         return address.description + "@" + (s < 16 ? "0" : "") + String(s, radix: 16)
     }
 
-    /// The `(dev (domain 0x0) (bus 0x3) (slot 0x1a) (func 0x1) [(vslot 0x5)])` element of
-    /// Xen's `(device (pci ...))`.
+    /// The `(dev (domain 0x0) (bus 0x3) (slot 0x1a) (func 0x1) [(vslot 0x5)]
+    /// [(hotplug-port hpnet0)])` element of Xen's `(device (pci ...))`.
     public func toSXP() -> SXP {
         func h(_ k: String, _ v: Int) -> SXP { .pair(k, .atom("0x" + String(v, radix: 16))) }
         var dev: [SXP] = [.atom("dev"), h("domain", address.domain), h("bus", address.bus),
                           h("slot", address.slot), h("func", address.function)]
         if let s = guestSlot { dev.append(h("vslot", s)) }
+        if let port = hotplugPort { dev.append(.pair("hotplug-port", .atom(port))) }
         return .list(dev)
     }
 
-    /// Reads a `(dev (domain D) (bus B) (slot S) (func F) [(vslot V)])` element; each
-    /// number hex with `0x` or decimal, as Xen's xend accepted.
+    /// Reads a `(dev (domain D) (bus B) (slot S) (func F) [(vslot V)] [(hotplug-port P)])`
+    /// element; each number hex with `0x` or decimal, as Xen's xend accepted.
     ///
     /// - Throws: `PciSpecError` naming the field that is missing, not a number or out of
     ///   its PCI range.
@@ -147,7 +154,8 @@ public struct PciSpec: Sendable, Hashable, CustomStringConvertible {
         let s = try num("slot", 0...0x1f)!
         let f = try num("func", 0...7)!
         let v = try num("vslot", 1...0x1f, required: false)
-        self.init(address: PciAddress(domain: d, bus: b, slot: s, function: f), guestSlot: v)
+        self.init(address: PciAddress(domain: d, bus: b, slot: s, function: f), guestSlot: v,
+                  hotplugPort: dev.childText("hotplug-port"))
     }
 
     /// Xen's `(device (pci (dev ...) (dev ...)))`: one element holding every device.

@@ -103,7 +103,9 @@ public struct PciBackUsage: Error, Sendable, Equatable, CustomStringConvertible 
 /// When a serving pciback may reset its devices. A pciback xend restarted (`--adopt`) was
 /// started while the guest may be using the devices: it never resets one for assignment
 /// (that would pull the device from under the running guest); only the release, which xend
-/// asks for once the engine has ended and closed the group, resets.
+/// asks for once the engine has ended and closed the group, resets. A function added while
+/// it runs (`xm pci-attach`, the `add` request) is not yet the guest's: it may be reset for
+/// assignment once, even by an adopted pciback; `drop` forgets a function (`xm pci-detach`).
 public struct PciBackLifecycle: Sendable, Equatable {
     public enum Phase: String, Sendable {
         /// Before the engine starts: a clean device for the guest.
@@ -112,13 +114,38 @@ public struct PciBackLifecycle: Sendable, Equatable {
         case release
     }
     public let adopted: Bool
-    public let devices: [String]
+    /// The functions served, in the order they came (command line, then `add`).
+    public private(set) var devices: [String]
     /// Devices this process reset for assignment.
     public private(set) var assigned: Set<String> = []
     /// Devices released (reset after the engine ended).
     public private(set) var released: Set<String> = []
+    /// Devices added while running (not yet the guest's when they came).
+    public private(set) var added: Set<String> = []
 
     public init(devices: [String], adopted: Bool) { self.devices = devices; self.adopted = adopted }
+
+    /// Takes function `d` on (the `add` request).
+    /// - Returns: nil when taken, else the refusal naming it (already served, or the
+    ///   `PciBackOptions.maxDevices` limit reached).
+    public mutating func add(_ d: String) -> String? {
+        guard !devices.contains(d) else { return "PCI device \(d) is already one of this pciback's devices" }
+        guard devices.count < PciBackOptions.maxDevices else {
+            return "PCI device \(d): this pciback serves \(PciBackOptions.maxDevices) devices already"
+        }
+        devices.append(d)
+        added.insert(d)
+        return nil
+    }
+
+    /// Forgets function `d` (the `drop` request, after its release).
+    /// - Returns: its index among `devices` before, nil when it was not one of them.
+    public mutating func drop(_ d: String) -> Int? {
+        guard let i = devices.firstIndex(of: d) else { return nil }
+        devices.remove(at: i)
+        assigned.remove(d); released.remove(d); added.remove(d)
+        return i
+    }
 
     /// Decides a reset request and records it when permitted.
     /// - Returns: nil when `members` may be reset in `phase`, else the refusal naming the device.
@@ -127,8 +154,8 @@ public struct PciBackLifecycle: Sendable, Equatable {
         for m in members where !devices.contains(m) { return "PCI device \(m) is not one of this pciback's devices" }
         switch phase {
         case .assign:
-            if adopted {
-                return "PCI device \(members[0]): this pciback was restarted while its domain runs (--adopt); it does not reset a device under a running guest"
+            for m in members where adopted && !added.contains(m) {
+                return "PCI device \(m): this pciback was restarted while its domain runs (--adopt); it does not reset a device under a running guest"
             }
             for m in members where assigned.contains(m) || released.contains(m) {
                 return "PCI device \(m) was already reset for assignment"
@@ -145,11 +172,17 @@ public struct PciBackLifecycle: Sendable, Equatable {
 ///   `watch`                           the connection then receives `broken BDF REASON` lines
 ///   `reset assign|release BDF ...`    with the VFIO container and group (SCM_RIGHTS, in that order)
 ///   `status`                          one line: `ok BDF=ok|broken ...`
+///   `add BDF`                         with the function's sysfs directory (O_PATH) and `config` (SCM_RIGHTS)
+///   `drop BDF`                        the function is no longer served (its descriptors closed)
 /// Each is answered with one line: `ok ...` or `failed: REASON`.
 public enum PciBackRequest: Sendable, Equatable {
     case watch
     case status
     case reset(PciBackLifecycle.Phase, [String])
+    /// `xm pci-attach` of a function to a domain whose pciback runs.
+    case add(String)
+    /// `xm pci-detach`, after the function's release.
+    case drop(String)
 
     /// - Throws: `PciBackUsage` naming what is wrong with the line.
     public init(parsing line: String) throws(PciBackUsage) {
@@ -163,6 +196,11 @@ public enum PciBackRequest: Sendable, Equatable {
             }
             for d in w[2...] where !PciBackOptions.isAddress(d) { throw PciBackUsage("reset: \(d) is not a PCI address") }
             self = .reset(p, Array(w[2...]))
+        case "add", "drop":
+            guard w.count == 2, PciBackOptions.isAddress(w[1]) else {
+                throw PciBackUsage("\(w[0]): expected `\(w[0]) BDF` with one PCI address DDDD:BB:SS.F")
+            }
+            self = w[0] == "add" ? .add(w[1]) : .drop(w[1])
         default:
             throw PciBackUsage("unknown request `\(line.prefix(40))`")
         }
@@ -174,6 +212,8 @@ public enum PciBackRequest: Sendable, Equatable {
         case .watch: "watch"
         case .status: "status"
         case .reset(let p, let m): "reset \(p.rawValue) " + m.joined(separator: " ")
+        case .add(let d): "add \(d)"
+        case .drop(let d): "drop \(d)"
         }
     }
 }

@@ -229,11 +229,22 @@ public enum QemuCommandLine {
             break
         }
 
+        // Devices attached while the domain ran go back into their root ports, after those
+        // (the root complex keeps the order it had when the domain was created).
+        var intoPorts: [String] = []
+        var portsTaken = Set<String>()
+
         // PCI passthrough (`pci = [...]`): QEMU's vfio-pci opens /dev/vfio/N itself, which
         // xend made this domain's QEMU user's. First among the PCI devices, so that a slot
-        // the configuration asks for (`@SLOT`, QEMU's `addr=`) is still free.
-        for (n, p) in c.pciDevices.enumerated() {
-            var d = "vfio-pci,host=\(p.address),id=pci\(n)"
+        // the configuration asks for (`@SLOT`, QEMU's `addr=`) is still free. One added with
+        // `xm pci-attach` goes back into its root port.
+        for p in c.pciDevices {
+            var d = "vfio-pci,host=\(p.address),id=\(pciDeviceID(p.address))"
+            if let port = p.hotplugPort {
+                let bus = try hotplugBus(port, "PCI device \(p.address)", hvm: hvm, slots: i.netHotplugSlots, taken: &portsTaken)
+                intoPorts += ["-device", d + ",bus=\(bus)"]
+                continue
+            }
             if let s = p.guestSlot { d += ",addr=0x\(String(s, radix: 16))" }
             a += ["-device", d]
         }
@@ -241,10 +252,6 @@ public enum QemuCommandLine {
         // Disks and CD-ROMs.
         var fdset = 0
         var ide = Set<Int>()
-        // Devices attached while the domain ran go back into their root ports, after those
-        // (the root complex keeps the order it had when the domain was created).
-        var intoPorts: [String] = []
-        var portsTaken = Set<String>()
         for (n, (disk, backend)) in zip(c.disks, i.disks).enumerated() {
             guard let backend else {
                 if disk.deviceType == .cdrom, let slot = ideSlot(disk.vdev) {
@@ -392,6 +399,12 @@ public enum QemuCommandLine {
         }
         guard taken.insert(port).inserted else { throw QemuConfigError("\(what): hotplug-port \(port) is taken by another device") }
         return port
+    }
+
+    /// QEMU's id of the vfio-pci device of host function `a` (`pci-0000-01-00.0`: QEMU ids
+    /// take no `:`), the same at start and for `xm pci-attach`, so `pci-detach` finds it.
+    public static func pciDeviceID(_ a: PciAddress) -> String {
+        "pci-" + a.description.split(separator: ":").joined(separator: "-")
     }
 
     public static func ideSlot(_ vdev: String) -> Int? {

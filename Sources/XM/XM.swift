@@ -67,6 +67,8 @@ public final class XM {
         ("block-attach", "<Domain> <BackDev> <FrontDev> <Mode> [BackDomain]", "Create a new virtual block device."),
         ("block-detach", "<Domain> <DevId> [-f]", "Destroy a domain's virtual block device, where <DevId> may either be the device ID or the device name as mounted in the guest."),
         ("block-list", "<Domain> [--long]", "List virtual block devices for a domain."),
+        ("pci-attach", "<Domain> <domain:bus:slot.func> [virtual slot]", "Insert a new pass-through pci device."),
+        ("pci-detach", "<Domain> <domain:bus:slot.func>", "Remove a domain's pass-through pci device."),
         ("pci-list", "<Domain>", "List the PCI devices assigned to a domain."),
         ("pci-list-assignable-devices", "", "List PCI devices that can be assigned to domains."),
     ]
@@ -199,6 +201,8 @@ public final class XM {
         case "block-attach": try xmBlockAttach(args)
         case "block-detach": try xmBlockDetach(args)
         case "block-list": try xmBlockList(args)
+        case "pci-attach": try xmPciAttach(args)
+        case "pci-detach": try xmPciDetach(args)
         case "pci-list": try xmPciList(args)
         case "pci-list-assignable-devices": try xmPciListAssignable(args)
         case "save": try xmSave(args)

@@ -55,7 +55,9 @@ final class DomainRegistry: @unchecked Sendable {
 
     /// Changes the record of `domid` in place (nothing when there is none, or when `onlyLive`
     /// and it does not run), then persists it.
-    func update(_ domid: Int, onlyLive: Bool = false, _ change: (inout DomainRecord) -> Void) {
+    /// - Returns: the record as changed, nil when there is none (or it is not live with `onlyLive`).
+    @discardableResult
+    func update(_ domid: Int, onlyLive: Bool = false, _ change: (inout DomainRecord) -> Void) -> DomainRecord? {
         let r: DomainRecord? = withLock {
             guard var r = records[domid], !onlyLive || r.isLive else { return nil }
             change(&r)
@@ -63,6 +65,7 @@ final class DomainRegistry: @unchecked Sendable {
             return r
         }
         if let r { persist(r) }
+        return r
     }
 
     /// Forgets `domid`: removed from memory and its file deleted; returns what it was.

@@ -104,6 +104,8 @@ public struct EngineCapabilities: OptionSet, Sendable {
     public static let dumpCore = EngineCapabilities(rawValue: 1 << 7)
     /// `pci = [...]`: the engine gives the guest host PCI functions bound to vfio-pci.
     public static let pciPassthrough = EngineCapabilities(rawValue: 1 << 8)
+    /// `xm pci-attach`/`pci-detach` on a running domain (``DomainEngineDriver/attachPci(_:address:guestSlot:memlockBytes:)``).
+    public static let pciHotplug = EngineCapabilities(rawValue: 1 << 9)
 }
 
 /// How an engine takes a domain's console.
@@ -191,6 +193,19 @@ public protocol DomainEngineDriver: Sendable {
     /// - Throws: `EngineError` when the engine cannot hot-unplug it or the guest did not
     ///   release it in time.
     func detachBlock(_ p: EngineProcess, vdev: String, force: Bool) throws
+    /// Gives the running guest host function `address` (bound to vfio-pci, its group node
+    /// the engine's), at guest device number `guestSlot` when asked (`xm pci-attach`).
+    /// - Parameter memlockBytes: the engine process's RLIMIT_MEMLOCK needed to pin guest RAM.
+    /// - Returns: the hot-plug slot it went into (see `attachNet`), nil when the engine picked it.
+    /// - Throws: `EngineError` when the engine cannot hot-plug PCI devices (the default), no
+    ///   slot is free, the slot asked for cannot be had, or the engine refused; nothing is
+    ///   left added then.
+    func attachPci(_ p: EngineProcess, address: PciAddress, guestSlot: Int?, memlockBytes: UInt64) throws -> String?
+    /// Removes host function `address` from the guest and waits up to `timeout` seconds
+    /// until the guest released it and the engine closed it (`xm pci-detach`).
+    /// - Throws: `EngineError` when the engine cannot hot-unplug it (a device on a bus
+    ///   without hot-plug) or the guest did not release it in time (the device stays then).
+    func detachPci(_ p: EngineProcess, address: PciAddress, timeout: Double) throws
     /// The address of the domain's graphical console (`127.0.0.1:1`), nil without one.
     func displayAddress(_ p: EngineProcess) -> String?
     /// Paths the running engine process holds open (control socket, pid file), for the
@@ -270,6 +285,12 @@ extension DomainEngineDriver {
     }
     public func detachBlock(_ p: EngineProcess, vdev: String, force: Bool) throws {
         throw EngineError("the \(name) engine cannot hot-unplug block devices")
+    }
+    public func attachPci(_ p: EngineProcess, address: PciAddress, guestSlot: Int?, memlockBytes: UInt64) throws -> String? {
+        throw EngineError("the \(name) engine cannot hot-plug PCI devices")
+    }
+    public func detachPci(_ p: EngineProcess, address: PciAddress, timeout: Double) throws {
+        throw EngineError("the \(name) engine cannot hot-unplug PCI devices")
     }
     public func displayAddress(_ p: EngineProcess) -> String? { nil }
     public func runFiles(controlPath: String) -> [String] { [controlPath] }

@@ -34,8 +34,9 @@ struct PciBackRecord: Codable, Equatable {
 /// One domain's pciback: its process, the descriptors xend holds for it.
 final class PciBackend: @unchecked Sendable {
     let domid: Int
-    /// Its functions, in the order of their descriptors.
-    let devices: [PciAddress]
+    /// Its functions, in the order of their descriptors (grows and shrinks with
+    /// `xm pci-attach`/`pci-detach`, so a restarted pciback is handed the current set).
+    var devices: [PciAddress]
     let socket: String
     var listenFD: Int32 = -1
     /// Per function: sysfs directory (O_PATH) and `config`.
@@ -80,16 +81,22 @@ extension PciSupervisor {
         }
         guard b.deviceFDs.isEmpty else { return }
         for a in b.devices {
-            let dir = sysfsRoot + "/bus/pci/devices/\(a)"
-            let d = open(dir, PciBackend.openPath | O_DIRECTORY | O_CLOEXEC)
-            guard d >= 0 else { b.closeDescriptors(); throw PciRefusal("PCI device \(a): \(dir): \(String(cString: strerror(errno)))") }
-            let c = open(dir + "/config", O_RDONLY | O_CLOEXEC)
-            guard c >= 0 else {
-                close(d); b.closeDescriptors()
-                throw PciRefusal("PCI device \(a): \(dir)/config: \(String(cString: strerror(errno)))")
-            }
-            b.deviceFDs.append((d, c))
+            do { b.deviceFDs.append(try functionDescriptors(a)) } catch { b.closeDescriptors(); throw error }
         }
+    }
+
+    /// Function `a`'s sysfs directory (O_PATH) and `config`, close-on-exec.
+    /// - Throws: `PciRefusal` naming the path.
+    func functionDescriptors(_ a: PciAddress) throws(PciRefusal) -> (directory: Int32, config: Int32) {
+        let dir = sysfsRoot + "/bus/pci/devices/\(a)"
+        let d = open(dir, PciBackend.openPath | O_DIRECTORY | O_CLOEXEC)
+        guard d >= 0 else { throw PciRefusal("PCI device \(a): \(dir): \(String(cString: strerror(errno)))") }
+        let c = open(dir + "/config", O_RDONLY | O_CLOEXEC)
+        guard c >= 0 else {
+            let e = String(cString: strerror(errno)); close(d)
+            throw PciRefusal("PCI device \(a): \(dir)/config: \(e)")
+        }
+        return (d, c)
     }
 
     /// Starts pciback for `b` (`--adopt`: under a running guest, no reset for assignment).

@@ -241,7 +241,7 @@ public final class PciSupervisor: @unchecked Sendable {
     }
 
     /// `pci-hide` devices when xend stops are left on vfio-pci (as Linux's pciback.hide).
-    private func giveBack(_ a: PciAddress, _ driver: String?) {
+    func giveBack(_ a: PciAddress, _ driver: String?) {
         do { try sysfs.giveBack(a, to: driver); log.info("PCI \(a) given back to \(driver ?? "no driver")") }
         catch { log.error("PCI \(a): giving it back to \(driver ?? "no driver") failed: \(error.message)") }
     }

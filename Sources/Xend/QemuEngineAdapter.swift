@@ -79,7 +79,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) } == .tcg
     }
 
-    public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .blockHotplug, .save, .liveMigrate, .vcpuHotplug, .sysrq, .dumpCore, .pciPassthrough] }
+    public var capabilities: EngineCapabilities { [.balloon, .netHotplug, .blockHotplug, .save, .liveMigrate, .vcpuHotplug, .sysrq, .dumpCore, .pciPassthrough, .pciHotplug] }
 
     /// A qemu domain's services (DESIGN.md "Two engines"): its `file:`/`phy:` raw disks and
     /// its qcow2 disks (`tap:qcow2:`, `format=qcow2`) on blkback over vhost-user (one queue: QEMU's vhost-user-blk-pci asks for one), the

@@ -13,8 +13,9 @@ extension QemuEngineDriver {
     /// and disks together.
     public static let netHotplugSlots = 4
 
-    func qmp(_ p: EngineProcess, _ command: String, _ args: [String: Any]) throws {
-        do { _ = try session(p).qmp.execute(command, args) }
+    /// - Parameter timeout: seconds to wait for QEMU's answer.
+    func qmp(_ p: EngineProcess, _ command: String, _ args: [String: Any], timeout: Double = 10) throws {
+        do { _ = try session(p).qmp.execute(command, args, timeout: timeout) }
         catch let e as EngineError { throw e }
         catch { throw EngineError("qemu: \(command): \(error)") }
     }
@@ -44,8 +45,10 @@ extension QemuEngineDriver {
     /// - Throws: `EngineError` when a vCPU was unplugged from this QEMU (it would crash),
     ///   no root port is free (naming how many there are) or QEMU refused; nothing is left
     ///   added then.
+    /// - Parameter timeout: seconds QEMU may take to answer device_add (vfio-pci pins and
+    ///   maps all guest RAM first).
     @discardableResult
-    func plugIntoFreeSlot(_ p: EngineProcess, _ device: [String: Any]) throws -> String? {
+    func plugIntoFreeSlot(_ p: EngineProcess, _ device: [String: Any], timeout: Double = 10) throws -> String? {
         var device = device
         let id = device["id"] as? String ?? "?"
         // QEMU 7.2 (Debian 12's) crashes (SIGSEGV, or SIGABRT on heap corruption) on any PCI
@@ -58,11 +61,11 @@ extension QemuEngineDriver {
         let ports = try rootPorts(p)
         if !ports.isEmpty {
             guard let free = ports.keys.sorted().first(where: { ports[$0] == 0 }) else {
-                throw EngineError("no free hot-plug slot: the domain's \(ports.count) PCIe root ports are in use (detach a device added with network-attach or block-attach first)")
+                throw EngineError("no free hot-plug slot: the domain's \(ports.count) PCIe root ports are in use (detach a device added with network-attach, block-attach or pci-attach first)")
             }
             device["bus"] = free
         }
-        try qmp(p, "device_add", device)
+        try qmp(p, "device_add", device, timeout: timeout)
         if let bus = device["bus"] as? String, try rootPorts(p)[bus] != 1 {
             try? qmp(p, "device_del", ["id": id])
             throw EngineError("QEMU did not place device \(id) on root port \(bus)")

@@ -194,6 +194,17 @@ public enum XendHTTP {
             let d = ctx.parameters.get("domain") ?? ""
             return await offload { json(try m.pciList(d)) }
         }
+        r.post("/api/v1/domains/:domain/pci") { req, ctx in
+            let d = ctx.parameters.get("domain") ?? ""
+            do {
+                let a = try await body(req, PciAttachRequest.self)
+                return await offload { json(try m.pciAttach(d, bdf: a.bdf, vslot: a.vslot), status: .created) }
+            } catch { return XendHTTP.error(anyError(error)) }
+        }
+        r.delete("/api/v1/domains/:domain/pci/:bdf") { _, ctx in
+            let d = ctx.parameters.get("domain") ?? "", bdf = ctx.parameters.get("bdf") ?? ""
+            return await offload { json(try m.pciDetach(d, bdf: bdf)) }
+        }
         r.get("/api/v1/pci/assignable") { _, _ in await offload { json(m.pciAssignable()) } }
         r.get("/api/v1/dmesg") { _, _ in json(TextReply(text: m.dmesgText())) }
         r.post("/api/v1/dmesg/clear") { _, _ in m.dmesgClear(); return json(TextReply(text: "")) }

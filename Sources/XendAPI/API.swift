@@ -39,6 +39,8 @@ public enum XendAPI {
         XendRoute("POST", "/api/v1/domains/{domain}/vbds"),
         XendRoute("DELETE", "/api/v1/domains/{domain}/vbds/{dev}"),
         XendRoute("GET", "/api/v1/domains/{domain}/pci"),
+        XendRoute("POST", "/api/v1/domains/{domain}/pci"),
+        XendRoute("DELETE", "/api/v1/domains/{domain}/pci/{bdf}"),
         XendRoute("GET", "/api/v1/pci/assignable"),
         XendRoute("GET", "/api/v1/dmesg"),
         XendRoute("POST", "/api/v1/dmesg/clear"),

@@ -29,3 +29,12 @@ public struct PciAssignableList: Codable, Sendable, Equatable {
     public var devices: [String]
     public init(devices: [String]) { self.devices = devices }
 }
+
+/// `POST /api/v1/domains/{domain}/pci` body (`xm pci-attach DOM BDF [VSLOT]`).
+public struct PciAttachRequest: Codable, Sendable, Equatable {
+    /// The host function in Xen's forms (`01:00.0`, `0000:02:01.7`).
+    public var bdf: String
+    /// The guest device number asked for (1...0x1f); nil: the engine picks.
+    public var vslot: Int?
+    public init(bdf: String, vslot: Int? = nil) { self.bdf = bdf; self.vslot = vslot }
+}

@@ -7,7 +7,8 @@
 // has a single opener, so nothing may hold it while the guest runs), and in between checks
 // every second that each function is still on vfio-pci and still answers, reporting a
 // broken one to xend's `watch` connection. Restarted by xend with `--adopt`, it never
-// resets for assignment. Reset mode (`--reset`): one run that resets the functions of one
+// resets for assignment (but for a function `add`ed later by `xm pci-attach`, which is not
+// yet the guest's). Reset mode (`--reset`): one run that resets the functions of one
 // group and exits (xend's fallback when no serving pciback is there).
 import CLinux
 import PciBack
@@ -24,8 +25,9 @@ usage: pciback --domain ID --device BDF [--device BDF ...] [--adopt] [--ready-fd
 
 Serve mode (--domain): the back-end of one domain's PCI functions for the domain's life.
 xend hands it
-  fd 3       a listening Unix socket (requests: watch, status, reset assign|release BDF...;
-             each reset carries the VFIO container and group over SCM_RIGHTS)
+  fd 3       a listening Unix socket (requests: watch, status, reset assign|release BDF...,
+             add BDF, drop BDF; each reset carries the VFIO container and group, an add
+             the function's sysfs directory and config, over SCM_RIGHTS)
   fd 6+2i    the sysfs directory of the i-th --device (O_PATH)
   fd 7+2i    its sysfs config attribute (read-only)
 and reads `ready` once it serves. --adopt: restarted while the domain runs; it never resets
@@ -95,7 +97,18 @@ case .serve(let domid, let adopt):
     signal(SIGTERM, onSignal)
     signal(SIGINT, onSignal)
     if let manifestPath { _ = Sandbox.applyOrExit(manifestPath: manifestPath, keepFds: keep) }
-    serve(domid: domid, adopt: adopt, devices: opts.devices)
+    serve(domid: domid, adopt: adopt, devices: opts.devices.indices.map {
+        let (dir, cfg) = PciBackOptions.deviceFDs($0)
+        return Served(name: opts.devices[$0], directory: dir, config: cfg)
+    })
+}
+
+/// One function served and the two descriptors it is checked on (handed at start, or
+/// received with `add`).
+struct Served {
+    var name: String
+    var directory: Int32
+    var config: Int32
 }
 
 /// One accepted connection from xend.
@@ -109,17 +122,19 @@ func send(_ fd: Int32, _ line: String) {
     l.withUTF8 { _ = Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
 }
 
-func serve(domid: Int, adopt: Bool, devices: [String]) -> Never {
-    var life = PciBackLifecycle(devices: devices, adopted: adopt)
+func serve(domid: Int, adopt: Bool, devices start: [Served]) -> Never {
+    var served = start
+    var devices: [String] { served.map(\.name) }
+    var life = PciBackLifecycle(devices: start.map(\.name), adopted: adopt)
     var broken: [String: String] = [:]
     var conns: [Connection] = []
     let tag = "pciback: domain \(domid):"
 
     func check() -> [(String, String)] {
         var fresh: [(String, String)] = []
-        for (i, d) in devices.enumerated() where broken[d] == nil && !life.released.contains(d) {
-            let (dir, cfg) = PciBackOptions.deviceFDs(i)
-            if let why = PciDeviceCheck.problem(d, directory: dir, config: cfg) {
+        for f in served where broken[f.name] == nil && !life.released.contains(f.name) {
+            let d = f.name
+            if let why = PciDeviceCheck.problem(d, directory: f.directory, config: f.config) {
                 broken[d] = why
                 fresh.append((d, why))
             }
@@ -132,7 +147,7 @@ func serve(domid: Int, adopt: Bool, devices: [String]) -> Never {
     ServiceReadiness.ready("\(adopt ? "adopted" : "serving") \(devices.joined(separator: " "))")
 
     func handle(_ c: inout Connection, _ line: String, _ fds: [Int32]) {
-        var held = fds
+        var held = fds   // closed on return unless kept (add) or let go early (reset)
         defer { for f in held { close(f) } }
         let req: PciBackRequest
         do throws(PciBackUsage) { req = try PciBackRequest(parsing: line) } catch {
@@ -145,6 +160,22 @@ func serve(domid: Int, adopt: Bool, devices: [String]) -> Never {
             for d in devices { if let why = broken[d] { send(c.fd, "broken \(d) \(why)") } }
         case .status:
             send(c.fd, "ok " + devices.map { "\($0)=\(broken[$0] == nil ? "ok" : "broken")" }.joined(separator: " "))
+        case .add(let d):
+            guard fds.count == 2 else { send(c.fd, "failed: add needs the function's sysfs directory and config descriptors"); return }
+            if let why = life.add(d) { send(c.fd, "failed: \(why)"); return }
+            served.append(Served(name: d, directory: fds[0], config: fds[1]))
+            held = []
+            eprint("\(tag) added \(d)")
+            send(c.fd, "ok added \(d)")
+        case .drop(let d):
+            guard life.drop(d) != nil, let i = served.firstIndex(where: { $0.name == d }) else {
+                send(c.fd, "failed: PCI device \(d) is not one of this pciback's devices"); return
+            }
+            close(served[i].directory); close(served[i].config)
+            served.remove(at: i)
+            broken[d] = nil
+            eprint("\(tag) dropped \(d)")
+            send(c.fd, "ok dropped \(d)")
         case .reset(let phase, let members):
             guard fds.count == 2 else { send(c.fd, "failed: reset needs the VFIO container and group descriptors"); return }
             if let why = life.permit(phase, members) {

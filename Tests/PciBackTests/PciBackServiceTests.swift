@@ -66,13 +66,37 @@ import Testing
         #expect(l.permit(.assign, ["0000:00:04.1"]) == "PCI device 0000:00:04.1 was already reset for assignment")
     }
 
+    /// A function added while pciback runs (`xm pci-attach`) may be reset for assignment
+    /// once, even by an adopted pciback; the functions it was started with still may not;
+    /// `drop` forgets one (a later `add` of it starts over).
+    @Test func addedFunctionsResetOnceEvenWhenAdopted() {
+        var l = PciBackLifecycle(devices: ["0000:00:04.0"], adopted: true)
+        #expect(l.add("0000:00:04.0") == "PCI device 0000:00:04.0 is already one of this pciback's devices")
+        #expect(l.add("0000:00:06.0") == nil)
+        #expect(l.devices == ["0000:00:04.0", "0000:00:06.0"])
+        #expect(l.permit(.assign, ["0000:00:06.0"]) == nil)
+        #expect(l.permit(.assign, ["0000:00:06.0"]) == "PCI device 0000:00:06.0 was already reset for assignment")
+        #expect(l.permit(.assign, ["0000:00:04.0"])?.contains("does not reset a device under a running guest") == true)
+        #expect(l.permit(.release, ["0000:00:06.0"]) == nil)
+        #expect(l.drop("0000:00:06.0") == 1)
+        #expect(l.drop("0000:00:06.0") == nil)
+        #expect(l.permit(.release, ["0000:00:06.0"]) == "PCI device 0000:00:06.0 is not one of this pciback's devices")
+        #expect(l.add("0000:00:06.0") == nil)
+        #expect(l.permit(.assign, ["0000:00:06.0"]) == nil)
+        var full = PciBackLifecycle(devices: (0..<16).map { "0000:00:\($0 < 16 ? "0" : "")\(String($0, radix: 16)).0" }, adopted: false)
+        #expect(full.add("0000:01:00.0") == "PCI device 0000:01:00.0: this pciback serves 16 devices already")
+    }
+
     @Test func requestLines() throws {
         #expect(try PciBackRequest(parsing: "watch") == .watch)
         #expect(try PciBackRequest(parsing: "status") == .status)
         let r = try PciBackRequest(parsing: "reset release 0000:00:04.0 0000:00:04.1")
         #expect(r == .reset(.release, ["0000:00:04.0", "0000:00:04.1"]))
         #expect(r.line == "reset release 0000:00:04.0 0000:00:04.1")
-        for bad in ["", "reset", "reset now 0000:00:04.0", "reset assign 4.0", "watch me"] {
+        #expect(try PciBackRequest(parsing: "add 0000:00:04.0") == .add("0000:00:04.0"))
+        #expect(PciBackRequest.drop("0000:00:04.0").line == "drop 0000:00:04.0")
+        for bad in ["", "reset", "reset now 0000:00:04.0", "reset assign 4.0", "watch me", "add", "add 4.0",
+                    "drop 0000:00:04.0 0000:00:04.1"] {
             #expect(throws: PciBackUsage.self) { try PciBackRequest(parsing: bad) }
         }
     }

@@ -328,11 +328,32 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         let a = try QemuCommandLine.arguments(for: c, QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/q", pidfile: "/p",
                                                                         serial: .none, disks: [.path("/g/d.img")]))
         let devices = values(a, "-device")
-        #expect(devices.contains("vfio-pci,host=0000:01:00.0,id=pci0"))
-        #expect(devices.contains("vfio-pci,host=0000:00:04.1,id=pci1,addr=0x1a"))
+        #expect(devices.contains("vfio-pci,host=0000:01:00.0,id=pci-0000-01-00.0"))
+        #expect(devices.contains("vfio-pci,host=0000:00:04.1,id=pci-0000-00-04.1,addr=0x1a"))
         // Before every other PCI device, so that an asked-for slot is still free.
         let first = try #require(devices.firstIndex { $0.hasPrefix("vfio-pci") })
         let disk = try #require(devices.firstIndex { $0.hasPrefix("virtio-blk-pci") })
         #expect(first < disk)
+    }
+
+    /// A function added with `xm pci-attach` is kept with its root port (`(hotplug-port
+    /// hpnetN)` in the stored configuration) and goes back there at the next start, with
+    /// the id `pci-detach` looks for; a port named twice is refused.
+    @Test func hotAttachedFunctionGoesBackIntoItsRootPort() throws {
+        var c = try DomainConfiguration(parsing: """
+            name = "p"
+            kernel = "/g/vmlinuz"
+            """)
+        c.pciDevices = [PciSpec(address: PciAddress(bus: 0, slot: 4, function: 0), hotplugPort: "hpnet2")]
+        let again = try DomainConfiguration(sxp: c.toSXP())
+        #expect(again.pciDevices == c.pciDevices)
+        var inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/q", pidfile: "/p", serial: .none)
+        inputs.netHotplugSlots = 4
+        let devices = values(try QemuCommandLine.arguments(for: again, inputs), "-device")
+        let dev = try #require(devices.firstIndex(of: "vfio-pci,host=0000:00:04.0,id=pci-0000-00-04.0,bus=hpnet2"))
+        let port = try #require(devices.firstIndex(of: "pcie-root-port,id=hpnet2,chassis=3"))
+        #expect(port < dev)
+        c.pciDevices.append(PciSpec(address: PciAddress(bus: 0, slot: 5, function: 0), hotplugPort: "hpnet2"))
+        #expect(throws: QemuConfigError.self) { try QemuCommandLine.arguments(for: c, inputs) }
     }
 }

@@ -161,3 +161,27 @@ let examples: String = {
         #expect(f.split(separator: "\n").last!.split(separator: " ")[3] == "0.0")
     }
 }
+
+/// `xm pci-attach DOM BDF [VSLOT]` and `pci-detach DOM BDF`: the argument count, the BDF
+/// (Xen's forms, with or without the PCI domain) and the hex slot are checked before xend is
+/// asked, each refusal naming the argument.
+@Test func pciAttachAndDetachArguments() throws {
+    #expect(try XM.pciAttachArguments(["01:00.0"]) == ("0000:01:00.0", nil))
+    #expect(try XM.pciAttachArguments(["0000:02:1A.7", "0x1a"]) == ("0000:02:1a.7", 0x1a))
+    #expect(try XM.pciAttachArguments(["0000:02:01.7", "5"]) == ("0000:02:01.7", 5))
+    for (args, text) in [(["00:1f"], "malformed PCI address '00:1f'"), (["00:20.0"], "slot 0x20 is above 0x1f"),
+                         (["00:04.0", "0"], "bad virtual slot '0'"), (["00:04.0", "20"], "bad virtual slot '20'"),
+                         (["00:04.0", "zz"], "bad virtual slot 'zz'")] {
+        do { _ = try XM.pciAttachArguments(args); Issue.record("accepted \(args)") } catch { #expect(error.message.contains(text), "\(error)") }
+    }
+    let root = NSTemporaryDirectory() + "xm-test-\(getpid())"
+    for (args, message) in [(["pci-attach", "d"], "Error: 'xm pci-attach' requires between 2 and 3 arguments.\n"),
+                            (["pci-attach", "d", "00:04.0", "5", "6"], "Error: 'xm pci-attach' requires between 2 and 3 arguments.\n"),
+                            (["pci-detach", "d"], "Error: 'xm pci-detach' requires 2 arguments.\n"),
+                            (["pci-attach", "d", "00:04.0", "0x20"], "Error: bad virtual slot '0x20' (expected hex 1 to 1f)\n"),
+                            (["pci-detach", "d", "4.0"], "Error: malformed PCI address '4.0' (expected [DDDD:]BB:SS.F, e.g. 01:00.0 or 0000:02:01.7)\n")] {
+        let xm = XM(paths: XenithPaths(root: root), cwd: "/")
+        #expect(xm.run(args) == 1)
+        #expect(xm.stderr == message)
+    }
+}

@@ -127,6 +127,9 @@ static inline int clinux_prctl(int option, unsigned long a2, unsigned long a3, u
 static inline int clinux_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
 static inline int clinux_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
 int clinux_memfd_create(const char *name, unsigned int flags);
+/// prlimit(pid, RLIMIT_MEMLOCK) raised to `bytes` (soft and hard) when below; 0 or -1 with
+/// errno. (glibc hides prlimit without _GNU_SOURCE.)
+int clinux_raise_memlock(pid_t pid, uint64_t bytes);
 /// accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK), retrying EINTR.
 int clinux_accept_nonblock(int fd);
 /// posix_spawn_file_actions_addclosefrom_np (glibc 2.34): the child closes every
