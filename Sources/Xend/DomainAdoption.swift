@@ -72,11 +72,12 @@ extension DomainManager {
         let diskSockets = cfg.disks.compactMap { d in blocks?.socketPath(domid: domid, vdev: d.vdev) }
         let vifSockets = cfg.vifs.indices.compactMap { i in nets?.socketPath(domid: domid, devid: i) }
         sockets += diskSockets + vifSockets
+        // Its pciback, started before the create ended, is not in pci.json yet: found by its socket.
+        if !cfg.pciDevices.isEmpty, let pcis { sockets.append(pcis.socketPath(domid: domid)) }
         for d in r.disks ?? [] where d.pid > 0 && ProcessInfo2.startTicks(d.pid) == d.startTicks { kill(d.pid, SIGKILL) }
         for v in r.vifs ?? [] where v.pid > 0 && ProcessInfo2.startTicks(v.pid) == v.startTicks { kill(v.pid, SIGKILL) }
         let killed = OrphanSweep.killHolders(ofSocketsAt: sockets, orNaming: controlPath(domid))
-        // PCI functions it took (and its pciback, recorded in pci.json once started) go back,
-        // after its engine is gone.
+        // PCI functions it took go back, after its engine and pciback are gone.
         pcis?.release(domid: domid)
         nets?.releaseUnfinished(domid: domid, name: r.name, vifs: cfg.vifs.enumerated().map { ($0.offset, $0.element) },
                                 records: r.vifs ?? [], planned: r.plannedTaps ?? [])

@@ -160,11 +160,6 @@ public final class PciSupervisor: @unchecked Sendable {
                            logPath: logPath, lock: lock, budget: backHost.restartBudget())
         undo.add { [self] in stopBackend(b) }
         do { try spawnBackend(b, adopt: false) } catch { throw XendError(.internalError, "pci: cannot start pciback \(binary): \(error)") }
-        // Recorded at once: an xend that dies before the create ends finds this pciback in
-        // pci.json and stops it when it undoes the create.
-        backends[domid] = b
-        persist()
-        undo.add { [self] in backends[domid] = nil }
         do { try b.proc.waitReady(timeout: .seconds(20)) } catch {
             throw XendError(error.refused ? .badRequest : .internalError, "pci: pciback: \(error.message)")
         }
@@ -188,6 +183,7 @@ public final class PciSupervisor: @unchecked Sendable {
             undo.add { try? xs.removeDevice(dev) }
         }
         undo.commit()
+        backends[domid] = b
         persist()
         superviseBackend(b)
         log.info("domain \(domid): PCI \(addrs.map(\.description).joined(separator: " ")) assigned, pciback pid \(b.proc.pid)")
@@ -239,6 +235,10 @@ public final class PciSupervisor: @unchecked Sendable {
         }
         log.info("domain \(domid): PCI \(mine.map(\.address).sorted().joined(separator: " ")) released")
     }
+
+    /// The path of domain `domid`'s pciback socket (`run/xenith/pciback-DOMID.sock`): an
+    /// unfinished create's pciback, not yet in pci.json, is found by the socket it holds.
+    func socketPath(domid: Int) -> String { backHost.socketPath("pciback", domid: domid, device: "pci") }
 
     /// `pci-hide` devices when xend stops are left on vfio-pci (as Linux's pciback.hide).
     func giveBack(_ a: PciAddress, _ driver: String?) {

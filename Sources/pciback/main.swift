@@ -147,7 +147,7 @@ func serve(domid: Int, adopt: Bool, devices start: [Served]) -> Never {
     ServiceReadiness.ready("\(adopt ? "adopted" : "serving") \(devices.joined(separator: " "))")
 
     func handle(_ c: inout Connection, _ line: String, _ fds: [Int32]) {
-        var held = fds   // closed on return unless kept (add) or let go early (reset)
+        var held = fds   // closed on return unless kept (add)
         defer { for f in held { close(f) } }
         let req: PciBackRequest
         do throws(PciBackUsage) { req = try PciBackRequest(parsing: line) } catch {
@@ -184,10 +184,6 @@ func serve(domid: Int, adopt: Bool, devices start: [Served]) -> Never {
             }
             do throws(VfioError) {
                 try reset(members, container: fds[0], group: fds[1])
-                // Let go of the container and group before saying so: QEMU opens the group
-                // next, and a VFIO group has one opener at a time.
-                for f in held { close(f) }
-                held = []
                 eprint("\(tag) reset \(members.joined(separator: " ")) (\(phase.rawValue))")
                 send(c.fd, "ok reset")
             } catch {
