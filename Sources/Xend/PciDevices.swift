@@ -236,10 +236,6 @@ public final class PciSupervisor: @unchecked Sendable {
         log.info("domain \(domid): PCI \(mine.map(\.address).sorted().joined(separator: " ")) released")
     }
 
-    /// The path of domain `domid`'s pciback socket (`run/xenith/pciback-DOMID.sock`): an
-    /// unfinished create's pciback, not yet in pci.json, is found by the socket it holds.
-    func socketPath(domid: Int) -> String { backHost.socketPath("pciback", domid: domid, device: "pci") }
-
     /// `pci-hide` devices when xend stops are left on vfio-pci (as Linux's pciback.hide).
     func giveBack(_ a: PciAddress, _ driver: String?) {
         do { try sysfs.giveBack(a, to: driver); log.info("PCI \(a) given back to \(driver ?? "no driver")") }

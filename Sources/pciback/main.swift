@@ -147,8 +147,8 @@ func serve(domid: Int, adopt: Bool, devices start: [Served]) -> Never {
     ServiceReadiness.ready("\(adopt ? "adopted" : "serving") \(devices.joined(separator: " "))")
 
     func handle(_ c: inout Connection, _ line: String, _ fds: [Int32]) {
-        var held = fds   // closed on return unless kept (add)
-        defer { for f in held { close(f) } }
+        var keep = false
+        defer { if !keep { for f in fds { close(f) } } }
         let req: PciBackRequest
         do throws(PciBackUsage) { req = try PciBackRequest(parsing: line) } catch {
             send(c.fd, "failed: \(error.message)"); return
@@ -164,7 +164,7 @@ func serve(domid: Int, adopt: Bool, devices start: [Served]) -> Never {
             guard fds.count == 2 else { send(c.fd, "failed: add needs the function's sysfs directory and config descriptors"); return }
             if let why = life.add(d) { send(c.fd, "failed: \(why)"); return }
             served.append(Served(name: d, directory: fds[0], config: fds[1]))
-            held = []
+            keep = true
             eprint("\(tag) added \(d)")
             send(c.fd, "ok added \(d)")
         case .drop(let d):
