@@ -30,22 +30,7 @@ import XendAPI
     @Test func supervisorRefusesAbsentAndSharedDevicesNamingThem() throws {
         let root = tempRoot()
         defer { try? FileManager.default.removeItem(atPath: root) }
-        // A sysfs tree: 0000:00:04.0 in IOMMU group 3 with 0000:00:05.0, which ahci holds.
-        let sys = root + "/sys"
-        for (bdf, drv) in [("0000:00:04.0", nil), ("0000:00:05.0", "ahci")] as [(String, String?)] {
-            let dir = sys + "/bus/pci/devices/" + bdf
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            try FileManager.default.createDirectory(atPath: sys + "/kernel/iommu_groups/3/devices", withIntermediateDirectories: true)
-            try FileManager.default.createSymbolicLink(atPath: sys + "/kernel/iommu_groups/3/devices/" + bdf, withDestinationPath: dir)
-            try FileManager.default.createSymbolicLink(atPath: dir + "/iommu_group", withDestinationPath: sys + "/kernel/iommu_groups/3")
-            if let drv {
-                try FileManager.default.createDirectory(atPath: sys + "/bus/pci/drivers/" + drv, withIntermediateDirectories: true)
-                try FileManager.default.createSymbolicLink(atPath: dir + "/driver", withDestinationPath: sys + "/bus/pci/drivers/" + drv)
-            }
-        }
-        let paths = XenithPaths(root: root)
-        let pcis = PciSupervisor(paths: paths, binary: "/nonexistent/pciback", manifest: nil, xenstore: nil, config: XendConfig(),
-                                 logger: Logger(label: "test"), sysfsRoot: sys, devRoot: root + "/dev")
+        let (paths, pcis) = try sharedGroupHost(root)
         func refusal(_ bdf: String) -> XendError? {
             do { try pcis.assign(domid: 4, specs: [try! PciSpec(parsing: bdf)], owner: nil); return nil } catch { return error }
         }
@@ -99,21 +84,7 @@ import XendAPI
     @Test func hotAttachRefusesBeforeTheEngineIsAsked() throws {
         let root = tempRoot()
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let sys = root + "/sys"
-        for (bdf, drv) in [("0000:00:04.0", nil), ("0000:00:05.0", "ahci")] as [(String, String?)] {
-            let dir = sys + "/bus/pci/devices/" + bdf
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            try FileManager.default.createDirectory(atPath: sys + "/kernel/iommu_groups/3/devices", withIntermediateDirectories: true)
-            try FileManager.default.createSymbolicLink(atPath: sys + "/kernel/iommu_groups/3/devices/" + bdf, withDestinationPath: dir)
-            try FileManager.default.createSymbolicLink(atPath: dir + "/iommu_group", withDestinationPath: sys + "/kernel/iommu_groups/3")
-            if let drv {
-                try FileManager.default.createDirectory(atPath: sys + "/bus/pci/drivers/" + drv, withIntermediateDirectories: true)
-                try FileManager.default.createSymbolicLink(atPath: dir + "/driver", withDestinationPath: sys + "/bus/pci/drivers/" + drv)
-            }
-        }
-        let paths = XenithPaths(root: root)
-        let pcis = PciSupervisor(paths: paths, binary: "/nonexistent/pciback", manifest: nil, xenstore: nil, config: XendConfig(),
-                                 logger: Logger(label: "test"), sysfsRoot: sys, devRoot: root + "/dev")
+        let (paths, pcis) = try sharedGroupHost(root)
         var plugged = 0
         func refusal(_ bdf: String, current: [PciSpec] = []) -> XendError? {
             do {
@@ -131,4 +102,25 @@ import XendAPI
         #expect(!FileManager.default.fileExists(atPath: paths.xendLib + "/pci.json"))
         #expect(throws: XendError.self) { try pcis.hotDetach(domid: 4, address: PciAddress(bus: 0, slot: 4, function: 0), remaining: []) }
     }
+}
+
+/// A host under `root` whose sysfs tree has 0000:00:04.0 in IOMMU group 3 with 0000:00:05.0,
+/// which ahci holds, and the PCI supervisor over it (its pciback never runs).
+func sharedGroupHost(_ root: String) throws -> (XenithPaths, PciSupervisor) {
+    let sys = root + "/sys"
+    for (bdf, drv) in [("0000:00:04.0", nil), ("0000:00:05.0", "ahci")] as [(String, String?)] {
+        let dir = sys + "/bus/pci/devices/" + bdf
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: sys + "/kernel/iommu_groups/3/devices", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: sys + "/kernel/iommu_groups/3/devices/" + bdf, withDestinationPath: dir)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/iommu_group", withDestinationPath: sys + "/kernel/iommu_groups/3")
+        if let drv {
+            try FileManager.default.createDirectory(atPath: sys + "/bus/pci/drivers/" + drv, withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: dir + "/driver", withDestinationPath: sys + "/bus/pci/drivers/" + drv)
+        }
+    }
+    let paths = XenithPaths(root: root)
+    let pcis = PciSupervisor(paths: paths, binary: "/nonexistent/pciback", manifest: nil, xenstore: nil, config: XendConfig(),
+                             logger: Logger(label: "test"), sysfsRoot: sys, devRoot: root + "/dev")
+    return (paths, pcis)
 }
