@@ -1,7 +1,7 @@
 #!/bin/bash
 # Block back-end benchmark: blkback and qemu-storage-daemon's vhost-user-blk export side by
 # side, on the same image, driven by the same synthetic front-end (vhost-user-frontend
-# bench): 4 KiB random reads at QD32 (IOPS), 1 MiB sequential reads and writes at QD8
+# bench), blkback both with its I/O threads and with --aio io_uring: 4 KiB random reads at QD32 (IOPS), 1 MiB sequential reads and writes at QD8
 # (MB/s), and each back-end's resident memory (VmRSS, VmHWM from /proc/PID/status).
 #
 #   bench/blk.sh                 # release build in .build-vhost (swift build -c release ...)
@@ -47,6 +47,8 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[i
 for _ in $(seq "$RUNS"); do
     rm -f "$WORK/blkback.sock" "$WORK/qsd.sock"
     run blkback "$WORK/blkback.sock" "$BIN/blkback" --socket "$WORK/blkback.sock" --image "file:$IMG" --quiet ${BLKBACK_ARGS:-}
+    rm -f "$WORK/uring.sock"
+    run uring "$WORK/uring.sock" "$BIN/blkback" --socket "$WORK/uring.sock" --image "file:$IMG" --quiet --aio io_uring
     run qsd "$WORK/qsd.sock" qemu-storage-daemon \
         --blockdev "driver=file,node-name=f,filename=$IMG" \
         --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$WORK/qsd.sock,writable=on"
@@ -54,8 +56,8 @@ done
 
 echo "medians of $RUNS alternating runs, ${SECS}s per figure, ${MIB} MiB image"
 printf '%-20s %18s %16s %17s %9s %9s\n' backend "randread 4K QD32" "seqread 1M MB/s" "seqwrite 1M MB/s" "RSS MiB" "peak MiB"
-for n in blkback qsd; do
-    label=$n; [ $n = qsd ] && label=qemu-storage-daemon
+for n in blkback uring qsd; do
+    label=$n; [ $n = qsd ] && label=qemu-storage-daemon; [ $n = uring ] && label="blkback io_uring"
     printf '%-20s %13s IOPS %16s %17s %9s %9s\n' "$label" \
         "$(median <<<"${R[$n.randread_4k_qd32_iops]}")" "$(median <<<"${R[$n.seqread_1m_mbps]}")" \
         "$(median <<<"${R[$n.seqwrite_1m_mbps]}")" "$(median <<<"${R[$n.rss]}")" "$(median <<<"${R[$n.hwm]}")"

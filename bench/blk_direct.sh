@@ -2,7 +2,8 @@
 # Direct I/O benchmark: the host's own O_DIRECT figures (fio), blkback in direct mode
 # (--cache direct) and qemu-storage-daemon with cache.direct=on, side by side, on the same
 # image file on a disk file system (not tmpfs: its "direct" I/O is memory copies, and before Linux 6.6 it refused O_DIRECT), the two back-ends
-# driven by the same synthetic front-end (vhost-user-frontend bench). Figures: 4 KiB random
+# driven by the same synthetic front-end (vhost-user-frontend bench); blkback twice, with its
+# I/O threads and with --aio io_uring. Figures: 4 KiB random
 # reads at QD32 (IOPS), 1 MiB sequential reads and writes at QD8 (MB/s); fio runs the same
 # shapes (libaio, direct=1, iodepth 32 and 8).
 #
@@ -73,6 +74,7 @@ host() {
 for _ in $(seq "$RUNS"); do
     host
     backend blkback "$WORK/blkback.sock" "$BIN/blkback" --socket "$WORK/blkback.sock" --image "file:$IMG" --cache direct --quiet ${BLKBACK_ARGS:-}
+    backend uring "$WORK/uring.sock" "$BIN/blkback" --socket "$WORK/uring.sock" --image "file:$IMG" --cache direct --aio io_uring --quiet
     backend qsd "$WORK/qsd.sock" qemu-storage-daemon \
         --blockdev "driver=file,node-name=f,filename=$IMG,cache.direct=on,aio=native" \
         --export "type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=$WORK/qsd.sock,writable=on"
@@ -83,17 +85,19 @@ m() { median <<<"${R[$1]:-}"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo "direct I/O (O_DIRECT): medians of $RUNS alternating runs, ${SECS}s per figure, ${MIB} MiB image on $fstype ($DIR); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-36s %18s %16s %17s\n' "" "randread 4K QD32" "seqread 1M MB/s" "seqwrite 1M MB/s"
-for n in host blkback qsd; do
-    case $n in host) label="host fio (libaio, direct=1)";; blkback) label="blkback --cache direct";; qsd) label="qemu-storage-daemon cache.direct=on";; esac
+for n in host blkback uring qsd; do
+    case $n in host) label="host fio (libaio, direct=1)";; blkback) label="blkback --cache direct";; uring) label="blkback --cache direct --aio io_uring";; qsd) label="qemu-storage-daemon cache.direct=on";; esac
     printf '%-36s %13s IOPS %16s %17s\n' "$label" "$(m $n.randread_4k_qd32_iops)" "$(m $n.seqread_1m_mbps)" "$(m $n.seqwrite_1m_mbps)"
 done
 echo "each run (in order):"
-for n in host blkback qsd; do
+for n in host blkback uring qsd; do
     printf '  %-8s randread %s | seqread %s | seqwrite %s\n' "$n" "${R[$n.randread_4k_qd32_iops]:-}" "${R[$n.seqread_1m_mbps]:-}" "${R[$n.seqwrite_1m_mbps]:-}"
 done
+for ours in blkback uring; do
 for peer in host qsd; do
-    printf '%-36s %18s %16s %17s\n' "blkback / $peer" \
-        "$(ratio "$(m blkback.randread_4k_qd32_iops)" "$(m $peer.randread_4k_qd32_iops)")" \
-        "$(ratio "$(m blkback.seqread_1m_mbps)" "$(m $peer.seqread_1m_mbps)")" \
-        "$(ratio "$(m blkback.seqwrite_1m_mbps)" "$(m $peer.seqwrite_1m_mbps)")"
+    printf '%-36s %18s %16s %17s\n' "$([ $ours = uring ] && echo "blkback io_uring" || echo blkback) / $peer" \
+        "$(ratio "$(m $ours.randread_4k_qd32_iops)" "$(m $peer.randread_4k_qd32_iops)")" \
+        "$(ratio "$(m $ours.seqread_1m_mbps)" "$(m $peer.seqread_1m_mbps)")" \
+        "$(ratio "$(m $ours.seqwrite_1m_mbps)" "$(m $peer.seqwrite_1m_mbps)")"
+done
 done

@@ -143,6 +143,29 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
     }
 
     public func handle(_ chain: DescriptorChain, queue: Int, memory: GuestMemory) throws(VirtioError) -> UInt32 {
+        let r = try plan(chain, memory: memory)
+        switch r.plan {
+        case .answered(let status, let written):
+            return r.finish(status: status, written: written)
+        case .read(let offset, let length, var iov):
+            let ok = iov.withUnsafeMutableBufferPointer { image.readv($0.baseAddress!, count: $0.count, offset: offset, total: length) }
+            return ok ? r.finish(status: VirtioBlk.sOK, written: UInt32(length)) : r.finish(status: VirtioBlk.sIOErr, written: 0)
+        case .write(let offset, let length, var iov):
+            let ok = iov.withUnsafeMutableBufferPointer { image.writev($0.baseAddress!, count: $0.count, offset: offset, total: length) }
+            return r.finish(status: ok ? VirtioBlk.sOK : VirtioBlk.sIOErr, written: 0)
+        case .flush:
+            return r.finish(status: image.flush() ? VirtioBlk.sOK : VirtioBlk.sIOErr, written: 0)
+        }
+    }
+
+    /// Checks request `chain` and says what it asks of the disk, doing at once whatever
+    /// needs no image data transfer (GET_ID, DISCARD, WRITE_ZEROES, refusals). The caller
+    /// performs a `.read`, `.write` or `.flush` plan (synchronously, as ``handle(_:queue:memory:)``
+    /// does, or through an asynchronous submission such as io_uring) and then calls
+    /// ``PlannedBlockRequest/finish(status:written:)``. Safe from several threads at once.
+    /// - Throws: ``VirtioError`` only when the status byte cannot be written (the queue is
+    ///   then broken); every other fault is a status in the plan.
+    public func plan(_ chain: DescriptorChain, memory: GuestMemory) throws(VirtioError) -> PlannedBlockRequest {
         // The status byte is the last byte of the last buffer, which must be device-writable.
         guard let last = chain.buffers.last, last.writable, last.length >= 1 else {
             throw .memory("request \(chain.head) has no device-writable status byte")
@@ -152,17 +175,28 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
         do { statusPtr = try memory.slice(at: statusAddr, count: 1) }
         catch { throw .memory("request \(chain.head): status byte outside guest memory") }
         var written: UInt32 = 0
-        let st = serve(chain, memory: memory, written: &written)
-        statusPtr.storeBytes(of: st, as: UInt8.self)
-        return written + 1
+        let plan = serve(chain, memory: memory, written: &written)
+        return PlannedBlockRequest(statusByte: statusPtr, plan: plan)
     }
 
-    private func serve(_ chain: DescriptorChain, memory: GuestMemory, written: inout UInt32) -> UInt8 {
-        guard chain.wellOrdered else { return VirtioBlk.sIOErr }
+    /// Guest buffers `bufs` as iovecs, skipping `skip` bytes and keeping `length`; nil when
+    /// they do not hold that much or break a limit (segments, size_max).
+    private func iovecs(_ bufs: ArraySlice<ChainBuffer>, memory: GuestMemory, skip: Int, length: Int) -> [iovec]? {
+        let n = min(bufs.count, iovCapacity)
+        var out = [iovec](repeating: iovec(), count: n)
+        let used: Int? = out.withUnsafeMutableBufferPointer { try? fillIOV($0.baseAddress!, bufs, memory: memory, skip: skip, length: length) }
+        guard let used else { return nil }
+        out.removeLast(n - used)
+        return out
+    }
+
+    private func serve(_ chain: DescriptorChain, memory: GuestMemory, written: inout UInt32) -> BlockRequestPlan {
+        func answer(_ status: UInt8) -> BlockRequestPlan { .answered(status: status, written: written) }
+        guard chain.wellOrdered else { return answer(VirtioBlk.sIOErr) }
         let readLen = chain.readableLength
         let writeLen = chain.writableLength - 1       // minus status
         guard readLen >= UInt64(VirtioBlk.headerSize),
-              let hdr = try? gather(chain, memory: memory, skip: 0, count: VirtioBlk.headerSize) else { return VirtioBlk.sIOErr }
+              let hdr = try? gather(chain, memory: memory, skip: 0, count: VirtioBlk.headerSize) else { return answer(VirtioBlk.sIOErr) }
         let type = UInt32(hdr[0]) | UInt32(hdr[1]) << 8 | UInt32(hdr[2]) << 16 | UInt32(hdr[3]) << 24
         var sector: UInt64 = 0
         for i in 0..<8 { sector |= UInt64(hdr[8 + i]) << (8 * i) }
@@ -170,59 +204,50 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
         let maxBytes = UInt64(sizeMax) * UInt64(segMax)
         switch type {
         case VirtioBlk.tIn:
-            guard dataOut == 0, writeLen % 512 == 0, writeLen <= maxBytes, inRange(sector, writeLen) else { return VirtioBlk.sIOErr }
-            if writeLen == 0 { return VirtioBlk.sOK }
-            let ok = withUnsafeTemporaryAllocation(of: iovec.self, capacity: min(chain.buffers.count, iovCapacity)) { t in
-                guard let n = try? fillIOV(t.baseAddress!, chain.writable, memory: memory, skip: 0, length: Int(writeLen)) else { return false }
-                return image.readv(t.baseAddress!, count: n, offset: sector * 512, total: Int(writeLen))
-            }
-            guard ok else { return VirtioBlk.sIOErr }
-            written = UInt32(writeLen)
-            return VirtioBlk.sOK
+            guard dataOut == 0, writeLen % 512 == 0, writeLen <= maxBytes, inRange(sector, writeLen) else { return answer(VirtioBlk.sIOErr) }
+            if writeLen == 0 { return answer(VirtioBlk.sOK) }
+            guard let iov = iovecs(chain.writable, memory: memory, skip: 0, length: Int(writeLen)) else { return answer(VirtioBlk.sIOErr) }
+            return .read(offset: sector * 512, length: Int(writeLen), iov: iov)
         case VirtioBlk.tOut:
-            guard !image.readOnly else { return VirtioBlk.sIOErr }
-            guard writeLen == 0, dataOut % 512 == 0, dataOut <= maxBytes, inRange(sector, dataOut) else { return VirtioBlk.sIOErr }
-            if dataOut == 0 { return VirtioBlk.sOK }
-            let ok = withUnsafeTemporaryAllocation(of: iovec.self, capacity: min(chain.buffers.count, iovCapacity)) { t in
-                guard let n = try? fillIOV(t.baseAddress!, chain.readable, memory: memory, skip: VirtioBlk.headerSize, length: Int(dataOut)) else { return false }
-                return image.writev(t.baseAddress!, count: n, offset: sector * 512, total: Int(dataOut))
-            }
-            guard ok else { return VirtioBlk.sIOErr }
-            return VirtioBlk.sOK
+            guard !image.readOnly else { return answer(VirtioBlk.sIOErr) }
+            guard writeLen == 0, dataOut % 512 == 0, dataOut <= maxBytes, inRange(sector, dataOut) else { return answer(VirtioBlk.sIOErr) }
+            if dataOut == 0 { return answer(VirtioBlk.sOK) }
+            guard let iov = iovecs(chain.readable, memory: memory, skip: VirtioBlk.headerSize, length: Int(dataOut)) else { return answer(VirtioBlk.sIOErr) }
+            return .write(offset: sector * 512, length: Int(dataOut), iov: iov)
         case VirtioBlk.tFlush:
-            return image.readOnly || image.flush() ? VirtioBlk.sOK : VirtioBlk.sIOErr
+            return image.readOnly ? answer(VirtioBlk.sOK) : .flush
         case VirtioBlk.tGetID:
-            guard dataOut == 0, writeLen >= 1 else { return VirtioBlk.sIOErr }
+            guard dataOut == 0, writeLen >= 1 else { return answer(VirtioBlk.sIOErr) }
             var id = serial + [UInt8](repeating: 0, count: VirtioBlk.idBytes - serial.count)
             id = Array(id.prefix(Int(min(writeLen, UInt64(VirtioBlk.idBytes)))))
             var off = 0
             for b in chain.writable where off < id.count {
-                guard let s = try? memory.slice(b) else { return VirtioBlk.sIOErr }
+                guard let s = try? memory.slice(b) else { return answer(VirtioBlk.sIOErr) }
                 let take = min(s.count, id.count - off)
                 s.copyBytes(from: id[off..<off + take])
                 off += take
             }
             written = UInt32(id.count)
-            return VirtioBlk.sOK
+            return answer(VirtioBlk.sOK)
         case VirtioBlk.tDiscard, VirtioBlk.tWriteZeroes:
             let isDiscard = type == VirtioBlk.tDiscard
-            guard negotiated & (isDiscard ? VirtioBlk.fDiscard : VirtioBlk.fWriteZeroes) != 0 else { return VirtioBlk.sUnsupp }
-            guard !image.readOnly else { return VirtioBlk.sIOErr }
+            guard negotiated & (isDiscard ? VirtioBlk.fDiscard : VirtioBlk.fWriteZeroes) != 0 else { return answer(VirtioBlk.sUnsupp) }
+            guard !image.readOnly else { return answer(VirtioBlk.sIOErr) }
             guard writeLen == 0, dataOut == UInt64(VirtioBlk.segmentSize),     // max_*_seg = 1
-                  let seg = try? gather(chain, memory: memory, skip: VirtioBlk.headerSize, count: VirtioBlk.segmentSize) else { return VirtioBlk.sIOErr }
+                  let seg = try? gather(chain, memory: memory, skip: VirtioBlk.headerSize, count: VirtioBlk.segmentSize) else { return answer(VirtioBlk.sIOErr) }
             var s: UInt64 = 0
             for i in 0..<8 { s |= UInt64(seg[i]) << (8 * i) }
             let num = UInt32(seg[8]) | UInt32(seg[9]) << 8 | UInt32(seg[10]) << 16 | UInt32(seg[11]) << 24
             let flags = UInt32(seg[12]) | UInt32(seg[13]) << 8 | UInt32(seg[14]) << 16 | UInt32(seg[15]) << 24
             // §5.2.6.2: unmap is only defined for write-zeroes; other flag bits are reserved.
-            if flags & ~1 != 0 || (isDiscard && flags != 0) { return VirtioBlk.sUnsupp }
-            guard num <= maxDiscardSectors, inRange(s, UInt64(num) * 512) else { return VirtioBlk.sIOErr }
-            if num == 0 { return VirtioBlk.sOK }
+            if flags & ~1 != 0 || (isDiscard && flags != 0) { return answer(VirtioBlk.sUnsupp) }
+            guard num <= maxDiscardSectors, inRange(s, UInt64(num) * 512) else { return answer(VirtioBlk.sIOErr) }
+            if num == 0 { return answer(VirtioBlk.sOK) }
             let ok = isDiscard ? image.discard(offset: s * 512, length: UInt64(num) * 512)
                                : image.writeZeroes(offset: s * 512, length: UInt64(num) * 512, unmap: flags & 1 != 0)
-            return ok ? VirtioBlk.sOK : VirtioBlk.sIOErr
+            return answer(ok ? VirtioBlk.sOK : VirtioBlk.sIOErr)
         default:
-            return VirtioBlk.sUnsupp
+            return answer(VirtioBlk.sUnsupp)
         }
     }
 
@@ -230,5 +255,33 @@ public final class VirtioBlockDevice: VhostUserDevice, @unchecked Sendable {
         let cap = capacitySectors
         guard sector <= cap else { return false }
         return (bytes + 511) / 512 <= cap - sector
+    }
+}
+
+/// What a checked virtio-blk request asks of the disk (virtio 1.2 §5.2.6).
+public enum BlockRequestPlan {
+    /// Nothing left to do: the status to write and the bytes written into the request's
+    /// device-writable buffers before it (GET_ID's answer; 0 otherwise).
+    case answered(status: UInt8, written: UInt32)
+    /// VIRTIO_BLK_T_IN: read `length` bytes at byte `offset` of the disk into `iov`, the
+    /// request's guest buffers (checked to lie in guest memory and to hold `length` bytes).
+    case read(offset: UInt64, length: Int, iov: [iovec])
+    /// VIRTIO_BLK_T_OUT: write `length` bytes from `iov` at byte `offset`.
+    case write(offset: UInt64, length: Int, iov: [iovec])
+    /// VIRTIO_BLK_T_FLUSH on a writable disk: make every completed write durable.
+    case flush
+}
+
+/// A virtio-blk request once checked (``VirtioBlockDevice/plan(_:memory:)``): its plan,
+/// and where its status byte goes.
+public struct PlannedBlockRequest: @unchecked Sendable {
+    /// The request's status byte in guest memory (checked to lie there).
+    let statusByte: UnsafeMutableRawBufferPointer
+    public let plan: BlockRequestPlan
+    /// Writes `status` into the request and returns its used length: `written` plus the
+    /// status byte.
+    public func finish(status: UInt8, written: UInt32) -> UInt32 {
+        statusByte.storeBytes(of: status, as: UInt8.self)
+        return written + 1
     }
 }

@@ -24,6 +24,8 @@ public struct BackendService {
     public var noSandbox = false
     /// `--quiet`: no log lines on stderr.
     public var quiet = false
+    /// The manifest's file name when `--manifest` is not given (default `PROGRAM.manifest`).
+    public var defaultManifestName: String?
 
     /// - Parameter program: the service's name (`blkback`, `netback`): the prefix of its
     ///   lines and the stem of its manifest's file name.
@@ -58,13 +60,13 @@ public struct BackendService {
     /// `--listen-fd`; the service's own device flags (`checkDevice`, which exits on an
     /// error); not both `--manifest` and `--no-sandbox`. Then finds the manifest.
     /// - Returns: the manifest's path: `--manifest`, else `ServiceManifest.locateOrExit`
-    ///   of `PROGRAM.manifest`; nil with `--no-sandbox`.
+    ///   of ``defaultManifestName`` (`PROGRAM.manifest`); nil with `--no-sandbox`.
     public func manifestPath(checkingDevice checkDevice: () -> Void = {}) -> String? {
         guard (socketPath == nil) != (listenFd == nil) else { fail("give exactly one of --socket PATH or --listen-fd N") }
         checkDevice()
         if manifestArgument != nil && noSandbox { fail("--manifest and --no-sandbox exclude each other") }
         if noSandbox { return nil }
-        return manifestArgument ?? ServiceManifest.locateOrExit("\(program).manifest", program: program)
+        return manifestArgument ?? ServiceManifest.locateOrExit(defaultManifestName ?? "\(program).manifest", program: program)
     }
 
     /// Writes `PROGRAM: MESSAGE` and exits 1 (`ServiceArguments.fail`).
@@ -129,10 +131,11 @@ public struct BackendService {
 
     /// Applies the manifest at `manifestPath` (`Sandbox.applyOrExit`), then trips the
     /// forbidden-syscall probe when `probe` is set (`ServiceSyscallProbe`); without a
-    /// manifest, logs `running without a sandbox (--no-sandbox)`.
-    public func applySandbox(manifestPath: String?, probe: Bool) {
+    /// manifest, logs `running without a sandbox (--no-sandbox)`. `keepFds` are descriptors
+    /// the service made itself before the filter and keeps (blkback's io_uring and eventfd).
+    public func applySandbox(manifestPath: String?, probe: Bool, keepFds: [Int32] = []) {
         if let m = manifestPath {
-            _ = Sandbox.applyOrExit(manifestPath: m)
+            _ = Sandbox.applyOrExit(manifestPath: m, keepFds: keepFds)
             if probe { ServiceSyscallProbe.trip() }
         } else {
             log("running without a sandbox (--no-sandbox)")

@@ -41,8 +41,11 @@ struct ManifestParser {
             let args = Array(tokens.dropFirst())
             switch keyword {
             case "service":
+                // A variant of a service's manifest (blkback-io_uring.manifest) includes the
+                // base manifest, which names the same service: that line is the variant's own.
+                if depth > 0, args.count == 1, let s = service, args[0] == s { break }
                 guard depth == 0 else {
-                    throw ManifestError(location: location, token: keyword, problem: "included fragments may not name a service:")
+                    throw ManifestError(location: location, token: keyword, problem: "included fragments may not name another service:")
                 }
                 guard args.count == 1 else { throw expectation(location, args, "expected 'service <name>'") }
                 guard service == nil else { throw ManifestError(location: location, token: args[0], problem: "second service name") }

@@ -1,7 +1,8 @@
 // The back-end (service side) of vhost-user: its state and construction. The rest of it
 // lives beside: EventLoop.swift (epoll thread), MessageHandler.swift (one message at a
 // time), Vrings.swift (per-queue state), Requests.swift (serving and completing
-// requests), DirtyLog.swift (migration dirty logging), IOPool.swift, MemoryTable.swift.
+// requests), DirtyLog.swift (migration dirty logging), Offload.swift and IOPool.swift (requests
+// served off the loop's call), MemoryTable.swift.
 import CLinux
 import GuestMemory
 import Virtio
@@ -76,7 +77,9 @@ public final class VhostUserBackend: @unchecked Sendable {
     var loggedSinceSignal = false
 
     static let tagListen: UInt64 = 1 << 40, tagConn: UInt64 = 1 << 41, tagStop: UInt64 = 1 << 42, tagDone: UInt64 = 1 << 43
-    var pool: IOPool?
+    /// Where requests of at least ``offloadBytes`` go: the I/O threads ``run()`` starts
+    /// when ``ioThreads`` > 0, or an offload given with ``useOffload(_:)``.
+    var pool: (any VhostUserOffload)?
     /// Requests handed to the pool and not yet completed, per queue.
     var outstanding: [Int] = []
     /// Bumped whenever a ring stops, so late completions for an old ring are dropped.
@@ -104,6 +107,14 @@ public final class VhostUserBackend: @unchecked Sendable {
         _ = fcntl(listenFd, F_SETFL, fcntl(listenFd, F_GETFL) | O_NONBLOCK)
         try add(listenFd, Self.tagListen)
         try add(stopFd, Self.tagStop)
+    }
+
+    /// Serves requests moving ≥ ``offloadBytes`` through `offload` (for example a device's
+    /// own asynchronous submission) instead of I/O threads. Call before ``run()``.
+    /// - Throws: ``VhostUserError`` when its ``VhostUserOffload/doneFd`` cannot be watched.
+    public func useOffload(_ offload: any VhostUserOffload) throws(VhostUserError) {
+        try add(offload.doneFd, Self.tagDone)
+        pool = offload
     }
 
     deinit {

@@ -7,18 +7,16 @@ import Glibc
 #endif
 
 /// I/O threads for large requests: jobs in, results out, an eventfd to wake the event loop.
-final class IOPool: @unchecked Sendable {
-    struct Job { let queue: Int; let generation: UInt64; let chain: DescriptorChain; let memory: GuestMemory; let mapping: AnyObject }
-    struct Done {
-        let queue: Int; let generation: UInt64; let result: Result<UInt32, VirtioError>
-        /// The request served and the memory it was served in (for dirty logging).
-        let chain: DescriptorChain; let memory: GuestMemory
-        var head: UInt16 { chain.head }
-    }
+/// Each thread serves a whole request through ``VhostUserDevice/handle(_:queue:memory:)``.
+final class IOPool: VhostUserOffload, @unchecked Sendable {
+    typealias Job = OffloadJob
+    typealias Done = OffloadDone
     let device: any VhostUserDevice
     let doneFd: Int32
     private var lock = pthread_mutex_t()
     private var cond = pthread_cond_t()
+    /// Signalled when a result is added (``waitForDone(milliseconds:)``).
+    private var doneCond = pthread_cond_t()
     private var jobs: [Job] = []
     private var done: [Done] = []
 
@@ -28,6 +26,7 @@ final class IOPool: @unchecked Sendable {
         if doneFd < 0 { throw .errno("eventfd") }
         pthread_mutex_init(&lock, nil)
         pthread_cond_init(&cond, nil)
+        pthread_cond_init(&doneCond, nil)
         for _ in 0..<threads {
             let me = Unmanaged.passUnretained(self)   // the pool lives as long as its back-end's process
             _ = me.retain()
@@ -52,6 +51,18 @@ final class IOPool: @unchecked Sendable {
         return d
     }
 
+    func waitForDone(milliseconds: Int) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)   // pthread_cond_timedwait's default clock
+        let ns = Int(now.tv_nsec) + (milliseconds % 1000) * 1_000_000
+        var until = timespec(tv_sec: now.tv_sec + milliseconds / 1000 + ns / 1_000_000_000, tv_nsec: ns % 1_000_000_000)
+        pthread_mutex_lock(&lock)
+        while done.isEmpty {
+            if pthread_cond_timedwait(&doneCond, &lock, &until) == ETIMEDOUT { break }
+        }
+        pthread_mutex_unlock(&lock)
+    }
+
     private func work() {
         while true {
             pthread_mutex_lock(&lock)
@@ -67,7 +78,8 @@ final class IOPool: @unchecked Sendable {
             // the eventfd before it takes them), so small direct requests cost one write
             // per batch, not one each.
             let wake = done.isEmpty
-            done.append(Done(queue: j.queue, generation: j.generation, result: r, chain: j.chain, memory: j.memory))
+            done.append(Done(j, r))
+            pthread_cond_broadcast(&doneCond)
             pthread_mutex_unlock(&lock)
             if wake {
                 var one: UInt64 = 1

@@ -22,7 +22,10 @@ extension VhostUserBackend {
         var replay = vrings[q].replay
         vrings[q].replay = []
         var batchBytes: UInt64 = 0
-        defer { if !batch.isEmpty { complete(q, queue, iq, &batch) } }
+        defer {
+            pool?.submitPending()
+            if !batch.isEmpty { complete(q, queue, iq, &batch) }
+        }
         while true {
             let chain: DescriptorChain
             var failedHead: UInt16?
@@ -41,7 +44,7 @@ extension VhostUserBackend {
                 }
                 if let pool, chain.readableLength &+ chain.writableLength >= offloadBytes {
                     outstanding[q] += 1
-                    pool.submit(IOPool.Job(queue: q, generation: generation[q], chain: chain, memory: mem.memory, mapping: mem))
+                    pool.submit(OffloadJob(queue: q, generation: generation[q], chain: chain, memory: mem.memory, mapping: mem))
                     continue
                 }
                 served = chain
@@ -72,7 +75,7 @@ extension VhostUserBackend {
         var batches: [Int: [(UInt16, UInt32)]] = [:]
         for d in pool.takeDone() {
             outstanding[d.queue] -= 1
-            logServed(d.chain, memory: d.memory)   // written by now, whatever happens to the result
+            logServed(d.job.chain, memory: d.job.memory)   // written by now, whatever happens to the result
             guard d.generation == generation[d.queue], let queue = vrings[d.queue].queue, !vrings[d.queue].broken else { continue }
             switch d.result {
             case .success(let len): batches[d.queue, default: []].append((d.head, len))
@@ -94,8 +97,7 @@ extension VhostUserBackend {
     func drain() {
         guard let pool else { return }
         while outstanding.contains(where: { $0 > 0 }) {
-            var p = pollfd(fd: pool.doneFd, events: Int16(POLLIN), revents: 0)
-            _ = poll(&p, 1, 100)
+            pool.waitForDone(milliseconds: 100)
             reapPool()
         }
     }

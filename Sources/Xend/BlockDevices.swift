@@ -101,11 +101,17 @@ public final class BlockSupervisor: @unchecked Sendable {
     ///   - binary: the blkback executable (beside xend's).
     ///   - manifest: `blkback.manifest`; nil runs blkback with `--no-sandbox` (logged).
     ///   - defaultCache: xend-config's `blkback-cache`, for disks that do not choose.
+    ///   - aio: xend-config's `blkback-aio`; with `io_uring`, raw disks are served through
+    ///     blkback's io_uring under `blkback-io_uring.manifest` (beside `manifest`).
     public init(paths: XenithPaths, binary: String, manifest: String?, xenstore: XenStoreClient?, logger: Logger,
-                defaultCache: DiskSpec.CacheMode = .writeback) {
+                defaultCache: DiskSpec.CacheMode = .writeback, aio: BlkbackAIO = .threads) {
         host = BackendHost(paths: paths, binary: binary, manifest: manifest, xenstore: xenstore, log: logger)
         self.defaultCache = defaultCache
+        self.aio = aio
     }
+
+    /// xend-config's `blkback-aio`.
+    let aio: BlkbackAIO
 
     /// xend-config's `blkback-cache`: the cache mode of a disk that does not choose one.
     let defaultCache: DiskSpec.CacheMode
@@ -351,7 +357,16 @@ public final class BlockSupervisor: @unchecked Sendable {
         }
         if !b.spec.writable { argv.append("--read-only") }
         if failing { argv.append("--fail-io") }
-        try b.proc.spawn(argv + host.sandboxArguments, descriptors: fds)
+        var sandbox = host.sandboxArguments
+        if aio == .ioUring && b.spec.format != "qcow2" && !failing {
+            argv += ["--aio", "io_uring"]
+            if let m = host.manifest {
+                // The same manifest plus io_uring_enter, in the same directory.
+                let dir = m.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+                sandbox = ["--manifest", (dir.isEmpty ? "" : dir + "/") + "blkback-io_uring.manifest"]
+            }
+        }
+        try b.proc.spawn(argv + sandbox, descriptors: fds)
     }
 
     /// Waits (up to 10 s) for blkback's readiness message (sent once its sandbox is applied

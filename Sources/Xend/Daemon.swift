@@ -144,7 +144,7 @@ public struct XendDaemon {
         consoles.start()
         let blocks = BlockSupervisor(paths: paths, binary: binDir + "/blkback",
                                      manifest: manifests.map { $0 + "/blkback.manifest" }, xenstore: xs, logger: log,
-                                     defaultCache: cfg.blkbackCache)
+                                     defaultCache: cfg.blkbackCache, aio: cfg.blkbackAIO)
         let nets = NetSupervisor(paths: paths, binary: binDir + "/netback",
                                  manifest: manifests.map { $0 + "/netback.manifest" }, xenstore: xs,
                                  defaultScript: cfg.vifScript, logger: log)

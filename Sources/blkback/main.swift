@@ -44,6 +44,11 @@ at a time; keeps listening for a reconnect after the front-end goes away.
                       transfers overlap (default 4; 0 serves everything on the event loop);
                       with --cache direct every request goes to them (default 16), since
                       each one waits for the device
+  --aio MODE          how requests reach the image: threads (default; the I/O-thread pool
+                      above) or io_uring (raw images: the event loop submits reads, writes
+                      and flushes to an io_uring set up before the sandbox, confined to the
+                      image and to those three operations; the manifest then also allows
+                      io_uring_enter: blkback-io_uring.manifest)
   --serial S          GET_ID serial (default xenith-blk, at most 20 bytes)
   --fail-io           answer every request with an I/O error (VIRTIO_BLK_S_IOERR) and never
                       touch the image: the stand-in xend starts for a disk whose blkback it
@@ -79,6 +84,7 @@ var testForbiddenSyscall = false
 var failIO = false
 var format = "raw"
 var backingFds: [Int32] = []
+var aio = "threads"
 
 var args = ServiceArguments(program: "blkback", arguments: CommandLine.arguments.dropFirst())
 while let a = args.next() {
@@ -96,6 +102,9 @@ while let a = args.next() {
     case "--shared-write": sharedWrite = true
     case "--num-queues": numQueues = args.int(a, in: 1...64)
     case "--serial": serial = args.value(a)
+    case "--aio":
+        aio = args.value(a)
+        guard aio == "threads" || aio == "io_uring" else { fail("--aio \(aio): expected threads or io_uring") }
     case "--io-threads": ioThreads = args.int(a, in: 0...64)
     case "--cache":
         switch args.value(a) {
@@ -116,7 +125,9 @@ while let a = args.next() {
     default: fail("unknown argument \(a) (see --help)")
     }
 }
-// --manifest, else $XENITH_MANIFESTS, BINDIR/../share/xenith/manifests, or the source tree's.
+// --manifest, else $XENITH_MANIFESTS, BINDIR/../share/xenith/manifests, or the source tree's:
+// blkback.manifest, or blkback-io_uring.manifest (the same plus io_uring_enter) with --aio io_uring.
+if aio == "io_uring" { service.defaultManifestName = "blkback-io_uring.manifest" }
 let manifestPath = service.manifestPath {
     guard (imageSpec == nil) != (imageFdArg == nil) else { fail("give exactly one of --image IMAGE or --image-fd N") }
 }
@@ -147,10 +158,14 @@ BackendService.resetSignals()
 
 // 1. The image (before the socket, so a bad image leaves nothing behind).
 var image: any BlockStorage
+/// The raw image when the format is raw (what an io_uring may be confined to).
+var rawImage: BlockImage?
 do {
     if testDirectAlign & (testDirectAlign - 1) != 0 { fail("--test-dio-align \(testDirectAlign): not a power of two") }
     // qcow2's metadata I/O is not aligned for O_DIRECT: its images use the page cache.
     if direct && format == "qcow2" { fail("--cache direct: qcow2 images are served through the page cache (writeback)") }
+    if aio == "io_uring" && format != "raw" { fail("--aio io_uring: \(format) images are served by the I/O threads (--aio threads)") }
+    if aio == "io_uring" && (failIO || testDelayUs > 0) { fail("--aio io_uring cannot be combined with --fail-io or --test-delay-us") }
     var raw: BlockImage
     if let spec = imageSpec {
         raw = try BlockImage.open(spec, readOnly: readOnly, sharedWrite: sharedWrite, direct: direct, minDirectAlignment: testDirectAlign)
@@ -174,6 +189,7 @@ do {
                              minDirectAlignment: testDirectAlign)
     }
     image = raw
+    if format == "raw" { rawImage = raw }
     if format == "qcow2" {
         var files = backingFds
         if let spec = imageSpec, !failIO {   // the error server reads nothing below
@@ -237,12 +253,21 @@ if (ioThreads ?? (direct ? 16 : 4)) > 7, let p = dlsym(UnsafeMutableRawPointer(b
     let mallopt = unsafeBitCast(p, to: (@convention(c) (Int32, Int32) -> Int32).self)
     _ = mallopt(-8, 8)   // M_ARENA_MAX (<malloc.h>)
 }
-service.applySandbox(manifestPath: manifestPath, probe: testForbiddenSyscall)
+// io_uring (--aio io_uring): set up now, while io_uring_setup and io_uring_register are
+// still allowed; the filter then allows io_uring_enter only, and the ring itself can only
+// read, write and fdatasync the image (IOUring.swift).
+let blk = VirtioBlockDevice(image: image, numQueues: numQueues, serial: serial)
+var uring: UringOffload?
+if aio == "io_uring" {
+    guard let rawImage else { fail("--aio io_uring: not a raw image") }
+    do { uring = try UringOffload(device: blk, image: rawImage) } catch { fail("--aio io_uring: \(error)") }
+}
+service.applySandbox(manifestPath: manifestPath, probe: testForbiddenSyscall,
+                     keepFds: uring.map { [$0.ringFd, $0.doneFd] } ?? [])
 // unlink is outside the manifest (and the root is empty now): whoever bound the socket
 // removes its file.
 if manifestPath != nil { socketPathC = nil }
 
-let blk = VirtioBlockDevice(image: image, numQueues: numQueues, serial: serial)
 let device: any VhostUserDevice
 if failIO { device = FailingBlockDevice(standingInFor: blk) }
 else if testDelayUs > 0 { device = DelayedDevice(blk, testDelayUs) }
@@ -250,7 +275,11 @@ else { device = blk }
 let backend: VhostUserBackend
 do { backend = try VhostUserBackend(device: device, listenFd: listenFd) } catch { fail("\(error)") }
 if testReorder { backend.completionOrder = .reversedBatches }
-if direct {
+if let uring {
+    // Every request goes to the ring: the loop only checks and queues them.
+    backend.offloadBytes = 0
+    do { try backend.useOffload(uring) } catch { fail("\(error)") }
+} else if direct {
     // Each direct request waits for the device: serve them all on the I/O threads, so a
     // queue of small random reads keeps the device busy as a deep queue would.
     backend.offloadBytes = 0
@@ -260,7 +289,7 @@ if direct {
 }
 if !service.quiet { backend.log = { eprint("blkback: \($0)\n") } }
 
-let serving = (failIO ? "failing every request to " : "serving ") + "\(imageSpec ?? "fd \(imageFdArg ?? 4)") (\(format), \(image.size) bytes\(readOnly ? ", read-only" : ""), \(direct ? "direct I/O" : "page cache"), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(service.socketPath ?? "fd \(listenFd)")"
+let serving = (failIO ? "failing every request to " : "serving ") + "\(imageSpec ?? "fd \(imageFdArg ?? 4)") (\(format), \(image.size) bytes\(readOnly ? ", read-only" : ""), \(direct ? "direct I/O" : "page cache"), \(uring != nil ? "io_uring" : "I/O threads"), \(numQueues) queue\(numQueues == 1 ? "" : "s")) on \(service.socketPath ?? "fd \(listenFd)")"
 service.log(serving)
 // The signal for the launcher (the log line above is for people).
 ServiceReadiness.ready(serving)

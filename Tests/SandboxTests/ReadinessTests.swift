@@ -119,7 +119,7 @@ private func probeManifest(_ dir: String, readiness: Bool = true) -> String {
 
         let (c, pid) = try startWithReadiness(blkback, ["--socket", "\(dir)/blk.sock", "--image", image], stderrPath: "\(dir)/err", environment: env)
         let r = c.wait(pid: pid, timeout: .seconds(20))
-        #expect(r == .ready(detail: "serving \(image) (raw, 65536 bytes, page cache, 1 queue) on \(dir)/blk.sock"), "\(r) \(readFile("\(dir)/err"))")
+        #expect(r == .ready(detail: "serving \(image) (raw, 65536 bytes, page cache, I/O threads, 1 queue) on \(dir)/blk.sock"), "\(r) \(readFile("\(dir)/err"))")
         // Ready means serving: the socket accepts.
         #expect(UnixSocket.isLive(path: "\(dir)/blk.sock"))
         reap(pid, signal: SIGTERM)

@@ -196,5 +196,6 @@ int clinux_termination_signalfd(void);
 uint64_t clinux_thread_cpu_ns_of(unsigned long thread);
 
 #include "clinux_sandbox.h"
+#include "clinux_uring.h"
 
 #endif

@@ -1,0 +1,187 @@
+// blkback's io_uring submission path (issue 17 item 2), beside the I/O-thread pool: the
+// event loop checks each request (VirtioBlockDevice.plan), queues its read, write or flush
+// on an io_uring confined to the image, submits once per kick and completes requests from
+// the ring's eventfd. Picked at start: blkback --aio io_uring.
+import CLinux
+import GuestMemory
+import Virtio
+import VhostUser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves a raw image's virtio-blk requests through an ``IOUring``: no I/O threads of our
+/// own, one io_uring_enter(2) per batch of requests a kick brings. Requests that need no
+/// data transfer are answered at once; a direct-I/O request the alignment rules refuse (it
+/// needs the bounce buffer) and a request beyond the ring's completion capacity are served
+/// synchronously on the event loop. A short transfer is finished with preadv/pwritev; an
+/// error is VIRTIO_BLK_S_IOERR for that request only. FLUSH is fdatasync of the image, as
+/// on the thread pool: it covers every write completed before it (virtio 1.2 §5.2.6.1).
+/// Runs on the event-loop thread only (``VhostUserOffload``).
+public final class UringOffload: VhostUserOffload, @unchecked Sendable {
+    /// The ring's completion eventfd.
+    public let doneFd: Int32
+    /// The ring's descriptor: keep it (and ``doneFd``) when the sandbox closes descriptors.
+    public var ringFd: Int32 { ring.fd }
+    /// Requests served synchronously because they could not go on the ring (tests, logs).
+    public private(set) var servedInline: UInt64 = 0
+    private let device: VirtioBlockDevice
+    private let image: BlockImage
+    private let ring: IOUring
+    private var out: [UInt64: Pending] = [:]
+    private var nextTag: UInt64 = 1
+    private var done: [OffloadDone] = []
+
+    private final class Pending {
+        let job: OffloadJob
+        let request: PlannedBlockRequest
+        let write: Bool
+        let flush: Bool
+        let offset: UInt64
+        let length: Int
+        /// A copy of the request's iovecs that stays put while the kernel uses it.
+        let iov: UnsafeMutablePointer<iovec>
+        let count: Int
+        init(job: OffloadJob, request: PlannedBlockRequest, write: Bool, flush: Bool, offset: UInt64, length: Int, iov: [iovec]) {
+            self.job = job; self.request = request; self.write = write; self.flush = flush
+            self.offset = offset; self.length = length
+            count = iov.count
+            self.iov = .allocate(capacity: max(1, iov.count))
+            if !iov.isEmpty { self.iov.initialize(from: iov, count: iov.count) }
+        }
+        deinit { iov.deallocate() }
+    }
+
+    /// - Parameters:
+    ///   - device: the virtio-blk device whose requests it serves.
+    ///   - image: the raw image behind `device` (the one file the ring may touch).
+    /// - Throws: ``BlockBackendError`` when io_uring cannot be set up (named errno).
+    ///
+    /// The ring is given the image opened afresh through /proc/self/fd (same access mode
+    /// and O_DIRECT), not the image's own descriptor: a ring releases its registered files
+    /// only when the kernel frees it, after the process is gone, and the image's exclusive
+    /// lock (flock) lives on the image's own open file description, which must go with the
+    /// process so that a restarted blkback can take it at once. The kernel finishes or
+    /// cancels the ring's requests before the dying process is reaped (io_uring's exit
+    /// cancellation), so no write of a dead blkback lands after its successor starts.
+    /// Call before the sandbox (it opens a path).
+    public init(device: VirtioBlockDevice, image: BlockImage) throws(BlockBackendError) {
+        self.device = device
+        self.image = image
+        let flags = fcntl(image.fd, F_GETFL)
+        if flags < 0 { throw .errno("io_uring: image fd \(image.fd)") }
+        let file = clinux_open("/proc/self/fd/\(image.fd)", (flags & (O_ACCMODE | directIOOpenFlag)) | O_CLOEXEC, 0)
+        if file < 0 { throw .errno("io_uring: reopening the image (/proc/self/fd/\(image.fd))") }
+        defer { close(file) }   // the ring keeps its own reference
+        doneFd = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
+        if doneFd < 0 { throw .errno("io_uring: eventfd") }
+        do { ring = try IOUring(file: file, eventfd: doneFd) } catch { close(doneFd); throw error }
+    }
+
+    deinit { close(doneFd) }
+
+    public func submit(_ job: OffloadJob) {
+        let r: PlannedBlockRequest
+        do { r = try device.plan(job.chain, memory: job.memory) } catch {
+            finished(job, .failure(error)); return
+        }
+        switch r.plan {
+        case .answered(let status, let written):
+            finished(job, .success(r.finish(status: status, written: written)))
+        case .flush:
+            enqueue(Pending(job: job, request: r, write: false, flush: true, offset: 0, length: 0, iov: []))
+        case .read(let offset, let length, let iov):
+            enqueue(Pending(job: job, request: r, write: false, flush: false, offset: offset, length: length, iov: iov))
+        case .write(let offset, let length, let iov):
+            enqueue(Pending(job: job, request: r, write: true, flush: false, offset: offset, length: length, iov: iov))
+        }
+    }
+
+    public func submitPending() {
+        if ring.pendingSubmissions > 0 { ring.submit() }
+    }
+
+    public func takeDone() -> [OffloadDone] {
+        while let c = ring.reap() {
+            guard let p = out.removeValue(forKey: c.tag) else { continue }
+            complete(p, result: c.result)
+        }
+        // Entries the kernel could not take while its completion queue was full go now.
+        submitPending()
+        let d = done
+        done.removeAll(keepingCapacity: true)
+        return d
+    }
+
+    /// Returns at once when results wait or nothing is out; otherwise blocks in
+    /// io_uring_enter until the kernel completes one (every operation on the ring is a
+    /// transfer or fdatasync of the image, which ends), whatever `milliseconds` says.
+    public func waitForDone(milliseconds: Int) {
+        guard done.isEmpty, !out.isEmpty else { return }
+        ring.waitForCompletion()
+    }
+
+    // MARK: -
+
+    private func enqueue(_ p: Pending) {
+        let asIs = p.flush || image.takesAsIs(p.iov, count: p.count, offset: p.offset, total: p.length)
+        guard asIs, out.count < ring.completionEntries else { serveInline(p); return }
+        let tag = nextTag
+        nextTag &+= 1
+        let op: IOUring.Operation = p.flush ? .fdatasync : (p.write ? .writev : .readv)
+        guard ring.queue(op, iov: p.iov, count: p.count, offset: p.offset, tag: tag) else { serveInline(p); return }
+        out[tag] = p
+    }
+
+    /// The synchronous path: the image's own readv/writev (bounce buffer included) or flush.
+    private func serveInline(_ p: Pending) {
+        servedInline &+= 1
+        let ok: Bool
+        if p.flush { ok = image.flush() }
+        else if p.write { ok = image.writev(p.iov, count: p.count, offset: p.offset, total: p.length) }
+        else { ok = image.readv(p.iov, count: p.count, offset: p.offset, total: p.length) }
+        finish(p, ok: ok)
+    }
+
+    private func complete(_ p: Pending, result: Int32) {
+        if p.flush { finish(p, ok: result == 0); return }
+        guard result > 0 else { finish(p, ok: result == 0 && p.length == 0); return }
+        let moved = Int(result)
+        if moved >= p.length { finish(p, ok: moved == p.length); return }
+        // Short: the rest with preadv/pwritev from where the kernel stopped.
+        var iov = p.iov, count = p.count, skip = moved
+        while skip > 0 && count > 0 {
+            if skip >= iov.pointee.iov_len { skip -= iov.pointee.iov_len; iov += 1; count -= 1 }
+            else { iov.pointee.iov_base += skip; iov.pointee.iov_len -= skip; skip = 0 }
+        }
+        let rest = p.length - moved, at = p.offset + UInt64(moved)
+        finish(p, ok: p.write ? image.writev(iov, count: count, offset: at, total: rest)
+                              : image.readv(iov, count: count, offset: at, total: rest))
+    }
+
+    private func finish(_ p: Pending, ok: Bool) {
+        let status = ok ? VirtioBlk.sOK : VirtioBlk.sIOErr
+        let written: UInt32 = ok && !p.write && !p.flush ? UInt32(p.length) : 0
+        finished(p.job, .success(p.request.finish(status: status, written: written)))
+    }
+
+    private func finished(_ job: OffloadJob, _ result: Result<UInt32, VirtioError>) {
+        let wake = done.isEmpty
+        done.append(OffloadDone(job, result))
+        if wake {
+            // The loop reads the eventfd before it takes results, so one write covers them all.
+            var one: UInt64 = 1
+            _ = write(doneFd, &one, 8)
+        }
+    }
+}
+
+extension BlockImage {
+    /// Whether a transfer of `iov` (`count` entries, `total` bytes) at byte `offset` can go
+    /// to the kernel as it is: always through the page cache; with direct I/O when the
+    /// alignment rules allow it (otherwise ``readv(_:count:offset:total:)`` bounces it).
+    func takesAsIs(_ iov: UnsafePointer<iovec>, count: Int, offset: UInt64, total: Int) -> Bool {
+        guard let a = direct else { return true }
+        return a.allows(iov, count: count, offset: offset) && total & (a.offset - 1) == 0
+    }
+}
