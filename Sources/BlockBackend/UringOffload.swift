@@ -31,6 +31,8 @@ public final class UringOffload: VhostUserOffload, @unchecked Sendable {
     private var out: [UInt64: Pending] = [:]
     private var nextTag: UInt64 = 1
     private var done: [OffloadDone] = []
+    /// Set while ``takeDone()`` reaps: results added then are returned at once, no wake-up.
+    private var reaping = false
 
     private final class Pending {
         let job: OffloadJob
@@ -57,25 +59,57 @@ public final class UringOffload: VhostUserOffload, @unchecked Sendable {
     ///   - image: the raw image behind `device` (the one file the ring may touch).
     /// - Throws: ``BlockBackendError`` when io_uring cannot be set up (named errno).
     ///
-    /// The ring is given the image opened afresh through /proc/self/fd (same access mode
-    /// and O_DIRECT), not the image's own descriptor: a ring releases its registered files
-    /// only when the kernel frees it, after the process is gone, and the image's exclusive
-    /// lock (flock) lives on the image's own open file description, which must go with the
-    /// process so that a restarted blkback can take it at once. The kernel finishes or
-    /// cancels the ring's requests before the dying process is reaped (io_uring's exit
-    /// cancellation), so no write of a dead blkback lands after its successor starts.
-    /// Call before the sandbox (it opens a path).
-    public init(device: VirtioBlockDevice, image: BlockImage) throws(BlockBackendError) {
+    /// The ring is given the image opened afresh through /proc/self/fd (same O_DIRECT;
+    /// read-only when the disk is), not the image's own descriptor: a ring releases its
+    /// registered files only when the kernel frees it, after the process is gone, and the
+    /// image's exclusive lock (flock) lives on the image's own open file description, which
+    /// must go with the process so that a restarted blkback can take it at once.
+    ///
+    /// A ring of a SIGKILLed blkback may still have direct-I/O writes in the device when its
+    /// successor starts (the kernel does not wait for them before the process is reaped):
+    /// the ring's file carries an OFD lock (fcntl F_OFD_SETLK on byte ``ringLockOffset``,
+    /// independent of flock) that goes only when that ring is freed, and a new ring waits up
+    /// to `lockWait` seconds for it, so no stale write of a dead blkback can land after its
+    /// successor serves the guest. Call before the sandbox (it opens a path).
+    /// - Throws: ``BlockBackendError`` when io_uring cannot be set up (named errno), or a
+    ///   previous blkback's ring still holds the image after `lockWait` seconds.
+    /// - Parameter exclusive: whether this blkback has the image to itself (not `w!`, not
+    ///   read-only): its ring lock is then a write lock, which waits for any other ring;
+    ///   otherwise a read lock, which rings of other shared users of the image also hold.
+    public init(device: VirtioBlockDevice, image: BlockImage, exclusive: Bool, lockWait: Double = 30) throws(BlockBackendError) {
         self.device = device
         self.image = image
         let flags = fcntl(image.fd, F_GETFL)
         if flags < 0 { throw .errno("io_uring: image fd \(image.fd)") }
-        let file = clinux_open("/proc/self/fd/\(image.fd)", (flags & (O_ACCMODE | directIOOpenFlag)) | O_CLOEXEC, 0)
+        let access = image.readOnly ? O_RDONLY : (flags & O_ACCMODE)
+        let file = clinux_open("/proc/self/fd/\(image.fd)", access | (flags & directIOOpenFlag) | O_CLOEXEC, 0)
         if file < 0 { throw .errno("io_uring: reopening the image (/proc/self/fd/\(image.fd))") }
         defer { close(file) }   // the ring keeps its own reference
+        try Self.takeRingLock(file, exclusive: exclusive, waiting: lockWait)
         doneFd = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
         if doneFd < 0 { throw .errno("io_uring: eventfd") }
         do { ring = try IOUring(file: file, eventfd: doneFd) } catch { close(doneFd); throw error }
+    }
+
+    /// The byte whose OFD lock marks "a ring of a blkback holds this image": far past any
+    /// image's end and away from the bytes QEMU's own image locking uses (100 and up).
+    public static let ringLockOffset: Int64 = Int64.max - 1
+
+    private static func takeRingLock(_ fd: Int32, exclusive: Bool, waiting seconds: Double) throws(BlockBackendError) {
+        var lk = flock()
+        lk.l_type = Int16(exclusive ? F_WRLCK : F_RDLCK)
+        lk.l_whence = Int16(SEEK_SET)
+        lk.l_start = off_t(ringLockOffset)
+        lk.l_len = 1
+        var waited = 0.0
+        while clinux_fcntl_lock(fd, CLINUX_F_OFD_SETLK, &lk) != 0 {
+            guard errno == EAGAIN || errno == EACCES || errno == EINTR else { throw .errno("io_uring: ring lock") }
+            guard waited < seconds else {
+                throw BlockBackendError("io_uring: a previous blkback's ring still has requests on this image after \(Int(seconds)) s")
+            }
+            usleep(10_000)
+            waited += 0.01
+        }
     }
 
     deinit { close(doneFd) }
@@ -98,15 +132,22 @@ public final class UringOffload: VhostUserOffload, @unchecked Sendable {
     }
 
     public func submitPending() {
-        if ring.pendingSubmissions > 0 { ring.submit() }
+        guard ring.pendingSubmissions > 0, ring.submit() != 0 else { return }
+        // The kernel took nothing (EAGAIN, ENOMEM, ...): no completion may come to wake the
+        // loop for these, so wake it to try again, a little later.
+        usleep(1000)
+        var one: UInt64 = 1
+        _ = write(doneFd, &one, 8)
     }
 
     public func takeDone() -> [OffloadDone] {
+        reaping = true
         while let c = ring.reap() {
             guard let p = out.removeValue(forKey: c.tag) else { continue }
             complete(p, result: c.result)
         }
-        // Entries the kernel could not take while its completion queue was full go now.
+        reaping = false
+        // Entries the kernel did not take on an earlier try go now.
         submitPending()
         let d = done
         done.removeAll(keepingCapacity: true)
@@ -166,7 +207,7 @@ public final class UringOffload: VhostUserOffload, @unchecked Sendable {
     }
 
     private func finished(_ job: OffloadJob, _ result: Result<UInt32, VirtioError>) {
-        let wake = done.isEmpty
+        let wake = done.isEmpty && !reaping
         done.append(OffloadDone(job, result))
         if wake {
             // The loop reads the eventfd before it takes results, so one write covers them all.

@@ -85,6 +85,7 @@ var failIO = false
 var format = "raw"
 var backingFds: [Int32] = []
 var aio = "threads"
+var testRingLockWait = 30.0
 
 var args = ServiceArguments(program: "blkback", arguments: CommandLine.arguments.dropFirst())
 while let a = args.next() {
@@ -116,6 +117,8 @@ while let a = args.next() {
     // read-modify-write path runs on a file system with 512-byte blocks.
     case "--test-dio-align": testDirectAlign = args.int(a, in: 512...65536)
     case "--fail-io": failIO = true
+    // Tests only: seconds a new io_uring waits for an earlier blkback's ring (default 30).
+    case "--test-ring-lock-wait": testRingLockWait = Double(args.int(a, in: 0...600))
     case "--test-reorder": testReorder = true          // complete each batch in reverse (tests)
     case "--test-delay-us": testDelayUs = UInt32(args.int(a, in: 0...1_000_000))  // slow each request (tests)
     // Tests only: once sandboxed, make one syscall outside the manifest (the supervisor
@@ -260,7 +263,7 @@ let blk = VirtioBlockDevice(image: image, numQueues: numQueues, serial: serial)
 var uring: UringOffload?
 if aio == "io_uring" {
     guard let rawImage else { fail("--aio io_uring: not a raw image") }
-    do { uring = try UringOffload(device: blk, image: rawImage) } catch { fail("--aio io_uring: \(error)") }
+    do { uring = try UringOffload(device: blk, image: rawImage, exclusive: !readOnly && !sharedWrite, lockWait: testRingLockWait) } catch { fail("--aio io_uring: \(error)") }
 }
 service.applySandbox(manifestPath: manifestPath, probe: testForbiddenSyscall,
                      keepFds: uring.map { [$0.ringFd, $0.doneFd] } ?? [])

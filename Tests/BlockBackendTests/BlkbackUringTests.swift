@@ -1,5 +1,6 @@
 import Testing
 import Foundation
+import VhostUser
 
 /// blkback --aio io_uring (issue 17 item 2) with the synthetic front-end: the device checks
 /// of `verify`, `unaligned` checked against the image file (page cache, and direct I/O where
@@ -89,6 +90,30 @@ import Foundation
         let r = try run(frontendTool, ["restart", "--socket", s.socket, "--backend-cmd", cmd, "--kills", "3", "--queues", "2", "--blocks", "2048"])
         #expect(r.status == 0, "\(r.out)\(r.err)")
         #expect(r.out.contains("verified 2048 blocks after 3 SIGKILL+restart: 0 bad"), "\(r.out)")
+    }
+
+    /// A ring holds its image with an OFD lock until the kernel frees it (after the process
+    /// is gone and its direct-I/O writes are done): another ring on the same image waits for
+    /// it, here for at most 1 s, and then refuses saying why.
+    @Test func aSecondRingWaitsForTheFirst() throws {
+        if let why = Self.unavailable { print("SKIP: aSecondRingWaitsForTheFirst: \(why)"); return }
+        let s = try Scratch()
+        let a = try startBlkback(["--socket", s.socket, "--image", s.image, "--aio", "io_uring"], socket: s.socket)
+        defer { stop(a) }
+        #expect(a.isRunning)
+        let b = try run(blkback, noSandbox + ["--socket", s.dir + "/b.sock", "--image", s.image, "--shared-write",
+                                               "--aio", "io_uring", "--test-ring-lock-wait", "1"], timeout: 20)
+        #expect(b.status != 0 && b.err.contains("a previous blkback's ring still has requests on this image"), "\(b.err)")
+        stop(a)
+        // Once the first is gone (and its ring freed), the same start succeeds.
+        var started = false
+        for _ in 0..<50 where !started {
+            let c = try startBlkback(["--socket", s.dir + "/c.sock", "--image", s.image, "--aio", "io_uring"], socket: s.dir + "/c.sock")
+            started = c.isRunning && unixSocketIsLive(path: s.dir + "/c.sock")
+            stop(c)
+            if !started { usleep(100_000) }
+        }
+        #expect(started, "a ring could not be made after the first blkback ended")
     }
 
     @Test func refusals() throws {

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/uio.h>
+#include <fcntl.h>
 #include <linux/io_uring.h>
 
 /// One io_uring: its descriptor and the three shared mappings (submission ring, completion
@@ -55,6 +56,11 @@ int clinux_uring_reap(struct clinux_uring *r, uint64_t *user_data, int32_t *res)
 
 /// Unmaps the rings and closes the descriptor.
 void clinux_uring_exit(struct clinux_uring *r);
+
+/// fcntl(fd, cmd, lock) for the record-lock commands (F_OFD_SETLK, ...): fcntl is variadic.
+static inline int clinux_fcntl_lock(int fd, int cmd, struct flock *lock) { return fcntl(fd, cmd, lock); }
+/// F_OFD_SETLK (Linux 3.15; <fcntl.h> shows it only under _GNU_SOURCE).
+static const int CLINUX_F_OFD_SETLK = 37;
 
 /// IORING_OP_* values the Swift side names.
 static const uint8_t CLINUX_IORING_OP_READV = IORING_OP_READV;
