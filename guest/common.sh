@@ -88,10 +88,12 @@ cache_export() {
     done
 }
 
-# hash_files FILE...: one sha256 over the names and contents of FILEs.
+# hash_files FILE...: one sha256 over the base names and contents of FILEs. Base names, not
+# paths: the repository's own scripts are named by where the checkout is, and two clones of
+# the same commit (CI's, a user's) must find the same cached image.
 hash_files() {
     local f
-    for f in "$@"; do printf '%s\n' "$f"; sha256sum < "$f"; done | sha256sum | cut -c1-64
+    for f in "$@"; do printf '%s\n' "${f##*/}"; sha256sum < "$f"; done | sha256sum | cut -c1-64
 }
 
 # debian_sources SUITE: one "deb URI SUITE' COMPONENTS" line for each suite
