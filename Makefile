@@ -88,7 +88,7 @@ hvm-iso:
 # restarts, and on 2 cores in parallel they starve each other. Last, every fuzz target for a
 # few seconds (fuzz-smoke: about 8 minutes to build them, 90 s to run them).
 # TEST_NESTED=1 (the default) runs the PCI-passthrough test one level down (TCG inside TCG
-# with an emulated IOMMU, about 5 minutes; integration/README.md); TEST_NESTED=0 skips it.
+# with an emulated IOMMU, 6 to 17 minutes; integration/README.md); TEST_NESTED=0 skips it.
 TEST_NESTED ?= 1
 test: deps fixtures guest debian-image hvm-iso
 	$(SWIFT) build --build-tests
