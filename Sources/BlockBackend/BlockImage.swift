@@ -169,7 +169,7 @@ public final class BlockImage: @unchecked Sendable {
     /// or short read. May rewrite the iovec entries. Thread-safe.
     /// With direct I/O, a request the alignment rules refuse goes through a bounce buffer.
     public func readv(_ iov: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64, total: Int) -> Bool {
-        if let a = direct, !(a.allows(iov, count: count, offset: offset) && total & (a.offset - 1) == 0) {
+        if let a = direct, !takesAsIs(iov, count: count, offset: offset, total: total) {
             return bounced(a).read(FileBlockIO(fd: fd), into: iov, count: count, offset: offset, total: total)
         }
         return Self.transferAll(fd: fd, iov, count: count, offset: offset, total: total, write: false)
@@ -180,10 +180,18 @@ public final class BlockImage: @unchecked Sendable {
     /// (read-modify-write of partial blocks).
     public func writev(_ iov: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64, total: Int) -> Bool {
         guard !readOnly else { return false }
-        if let a = direct, !(a.allows(iov, count: count, offset: offset) && total & (a.offset - 1) == 0) {
+        if let a = direct, !takesAsIs(iov, count: count, offset: offset, total: total) {
             return bounced(a).write(FileBlockIO(fd: fd), from: iov, count: count, offset: offset, total: total, fileSize: size)
         }
         return Self.transferAll(fd: fd, iov, count: count, offset: offset, total: total, write: true)
+    }
+
+    /// Whether a transfer of `iov` (`count` entries, `total` bytes) at byte `offset` can go
+    /// to the kernel as it is: always through the page cache; with direct I/O when the
+    /// alignment rules allow it (otherwise it goes through the bounce buffer).
+    func takesAsIs(_ iov: UnsafePointer<iovec>, count: Int, offset: UInt64, total: Int) -> Bool {
+        guard let a = direct else { return true }
+        return a.allows(iov, count: count, offset: offset) && total & (a.offset - 1) == 0
     }
 
     static func transferAll(fd: Int32, _ iov: UnsafeMutablePointer<iovec>, count: Int, offset: UInt64, total: Int, write: Bool) -> Bool {
@@ -200,7 +208,8 @@ public final class BlockImage: @unchecked Sendable {
         return true
     }
 
-    private static func advance(_ iov: inout UnsafeMutablePointer<iovec>, _ count: inout Int, by n: Int) {
+    /// Moves `iov`/`count` past the first `n` bytes (a short transfer's remainder).
+    static func advance(_ iov: inout UnsafeMutablePointer<iovec>, _ count: inout Int, by n: Int) {
         var n = n
         while n > 0 && count > 0 {
             if n >= iov.pointee.iov_len { n -= iov.pointee.iov_len; iov += 1; count -= 1 }

@@ -190,11 +190,8 @@ public final class UringOffload: VhostUserOffload, @unchecked Sendable {
         let moved = Int(result)
         if moved >= p.length { finish(p, ok: moved == p.length); return }
         // Short: the rest with preadv/pwritev from where the kernel stopped.
-        var iov = p.iov, count = p.count, skip = moved
-        while skip > 0 && count > 0 {
-            if skip >= iov.pointee.iov_len { skip -= iov.pointee.iov_len; iov += 1; count -= 1 }
-            else { iov.pointee.iov_base += skip; iov.pointee.iov_len -= skip; skip = 0 }
-        }
+        var iov = p.iov, count = p.count
+        BlockImage.advance(&iov, &count, by: moved)
         let rest = p.length - moved, at = p.offset + UInt64(moved)
         finish(p, ok: p.write ? image.writev(iov, count: count, offset: at, total: rest)
                               : image.readv(iov, count: count, offset: at, total: rest))
@@ -217,12 +214,3 @@ public final class UringOffload: VhostUserOffload, @unchecked Sendable {
     }
 }
 
-extension BlockImage {
-    /// Whether a transfer of `iov` (`count` entries, `total` bytes) at byte `offset` can go
-    /// to the kernel as it is: always through the page cache; with direct I/O when the
-    /// alignment rules allow it (otherwise ``readv(_:count:offset:total:)`` bounces it).
-    func takesAsIs(_ iov: UnsafePointer<iovec>, count: Int, offset: UInt64, total: Int) -> Bool {
-        guard let a = direct else { return true }
-        return a.allows(iov, count: count, offset: offset) && total & (a.offset - 1) == 0
-    }
-}

@@ -89,14 +89,21 @@ extension PciSupervisor {
     /// - Throws: `PciRefusal` naming the path.
     func functionDescriptors(_ a: PciAddress) throws(PciRefusal) -> (directory: Int32, config: Int32) {
         let dir = sysfsRoot + "/bus/pci/devices/\(a)"
-        let d = open(dir, PciBackend.openPath | O_DIRECTORY | O_CLOEXEC)
-        guard d >= 0 else { throw PciRefusal("PCI device \(a): \(dir): \(String(cString: strerror(errno)))") }
-        let c = open(dir + "/config", O_RDONLY | O_CLOEXEC)
-        guard c >= 0 else {
-            let e = String(cString: strerror(errno)); close(d)
-            throw PciRefusal("PCI device \(a): \(dir)/config: \(e)")
+        return try Self.openBoth((dir, PciBackend.openPath | O_DIRECTORY | O_CLOEXEC), (dir + "/config", O_RDONLY | O_CLOEXEC),
+                                 naming: "PCI device \(a)")
+    }
+
+    /// Opens `first`, then `second` (paths and open flags); the first is closed again when
+    /// the second fails. - Throws: `PciRefusal` "`naming`: PATH: reason".
+    static func openBoth(_ first: (String, Int32), _ second: (String, Int32), naming: String) throws(PciRefusal) -> (Int32, Int32) {
+        let a = open(first.0, first.1)
+        guard a >= 0 else { throw PciRefusal("\(naming): \(first.0): \(String(cString: strerror(errno)))") }
+        let b = open(second.0, second.1)
+        guard b >= 0 else {
+            let e = String(cString: strerror(errno)); close(a)
+            throw PciRefusal("\(naming): \(second.0): \(e)")
         }
-        return (d, c)
+        return (a, b)
     }
 
     /// Starts pciback for `b` (`--adopt`: under a running guest, no reset for assignment).
@@ -156,14 +163,8 @@ extension PciSupervisor {
     /// - Throws: `PciRefusal` naming the devices and the node.
     func openGroup(_ g: Int, _ members: [PciAddress]) throws(PciRefusal) -> (Int32, Int32) {
         let names = members.map(\.description).joined(separator: " ")
-        let container = open(devRoot + "/vfio/vfio", O_RDWR | O_CLOEXEC)
-        guard container >= 0 else { throw PciRefusal("PCI \(names): \(devRoot)/vfio/vfio: \(String(cString: strerror(errno)))") }
-        let group = open(devRoot + "/vfio/\(g)", O_RDWR | O_CLOEXEC)
-        guard group >= 0 else {
-            let e = String(cString: strerror(errno)); close(container)
-            throw PciRefusal("PCI \(names): \(devRoot)/vfio/\(g): \(e)")
-        }
-        return (container, group)
+        return try Self.openBoth((devRoot + "/vfio/vfio", O_RDWR | O_CLOEXEC), (devRoot + "/vfio/\(g)", O_RDWR | O_CLOEXEC),
+                                 naming: "PCI \(names)")
     }
 
     // MARK: supervision
