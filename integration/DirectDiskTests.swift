@@ -155,6 +155,16 @@ import Testing
         #expect(!read(log).contains("blk round bad"))
         #expect(!read(blog).contains("SIGSYS"), "\(read(blog).suffix(600))")
 
+        // A setting that does not parse: `xend restart` says so and leaves the running xend
+        // (and its domain) alone rather than stopping it and failing to start.
+        let cfgPath = root + "/etc/xen/xend-config.sxp"
+        try "(blkback-aio posix)\n".write(toFile: cfgPath, atomically: true, encoding: .utf8)
+        let bad = try xend("restart")
+        #expect(bad.status != 0 && bad.stderr.contains("blkback-aio") && bad.stderr.contains("not restarted"), "\(bad.stderr)")
+        try "(blkback-aio io_uring)\n".write(toFile: cfgPath, atomically: true, encoding: .utf8)
+        #expect(try xend("status").status == 0, "xend was stopped by a refused restart")
+        #expect(try xm("list").stdout.contains("u1"))
+
         #expect(try xm("destroy", "u1").status == 0)
         #expect(waitUntil(10) { processes(matching: "blkback --listen-fd 3 --image-fd 4", root: root).isEmpty })
     }

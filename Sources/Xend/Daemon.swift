@@ -40,7 +40,11 @@ public struct XendDaemon {
         switch args.first {
         case "start": return start()
         case "stop": return stop()
-        case "restart": _ = stop(); return start()
+        case "restart":
+            // The settings are read before the running xend is stopped: a file that does not
+            // parse leaves it running (its domains stay managed) instead of leaving no xend.
+            do { _ = try paths.xendConfig() } catch { eprint("Error: \(error); xend not restarted"); return 1 }
+            _ = stop(); return start()
         case "status": return runningPid() > 0 ? 0 : 3
         case "run": return runForeground()
         case nil:

@@ -53,7 +53,8 @@ at a time; keeps listening for a reconnect after the front-end goes away.
   --fail-io           answer every request with an I/O error (VIRTIO_BLK_S_IOERR) and never
                       touch the image: the stand-in xend starts for a disk whose blkback it
                       gave up on, so the guest's I/O fails instead of hanging
-  --manifest FILE     security manifest (default $XENITH_MANIFESTS/blkback.manifest, else
+  --manifest FILE     security manifest (default $XENITH_MANIFESTS/blkback.manifest, or
+                      blkback-io_uring.manifest with --aio io_uring, else
                       BINDIR/../share/xenith/manifests/blkback.manifest, else the source
                       tree's manifests/); applied once the image and socket are open
   --no-sandbox        run without the manifest (debugging only)
