@@ -56,61 +56,66 @@ public final class UringOffload: VhostUserOffload, @unchecked Sendable {
 
     /// - Parameters:
     ///   - device: the virtio-blk device whose requests it serves.
-    ///   - image: the raw image behind `device` (the one file the ring may touch).
+    ///   - image: the raw image behind `device`.
+    ///   - file: the one file the ring may touch: the image opened afresh by
+    ///     ``claimImage(_:exclusive:waiting:)`` (the ring takes its own reference; the
+    ///     caller closes `file`).
     /// - Throws: ``BlockBackendError`` when io_uring cannot be set up (named errno).
-    ///
-    /// The ring is given the image opened afresh through /proc/self/fd (same O_DIRECT;
-    /// read-only when the disk is), not the image's own descriptor: a ring releases its
-    /// registered files only when the kernel frees it, after the process is gone, and the
-    /// image's exclusive lock (flock) lives on the image's own open file description, which
-    /// must go with the process so that a restarted blkback can take it at once.
-    ///
-    /// A ring of a SIGKILLed blkback may still have direct-I/O writes in the device when its
-    /// successor starts (the kernel does not wait for them before the process is reaped):
-    /// the ring's file carries an OFD lock (fcntl F_OFD_SETLK on byte ``ringLockOffset``,
-    /// independent of flock) that goes only when that ring is freed, and a new ring waits up
-    /// to `lockWait` seconds for it, so no stale write of a dead blkback can land after its
-    /// successor serves the guest. Call before the sandbox (it opens a path).
-    /// - Throws: ``BlockBackendError`` when io_uring cannot be set up (named errno), or a
-    ///   previous blkback's ring still holds the image after `lockWait` seconds.
-    /// - Parameter exclusive: whether this blkback has the image to itself (not `w!`, not
-    ///   read-only): its ring lock is then a write lock, which waits for any other ring;
-    ///   otherwise a read lock, which rings of other shared users of the image also hold.
-    public init(device: VirtioBlockDevice, image: BlockImage, exclusive: Bool, lockWait: Double = 30) throws(BlockBackendError) {
+    public init(device: VirtioBlockDevice, image: BlockImage, file: Int32) throws(BlockBackendError) {
         self.device = device
         self.image = image
-        let flags = fcntl(image.fd, F_GETFL)
-        if flags < 0 { throw .errno("io_uring: image fd \(image.fd)") }
-        let access = image.readOnly ? O_RDONLY : (flags & O_ACCMODE)
-        let file = clinux_open("/proc/self/fd/\(image.fd)", access | (flags & directIOOpenFlag) | O_CLOEXEC, 0)
-        if file < 0 { throw .errno("io_uring: reopening the image (/proc/self/fd/\(image.fd))") }
-        defer { close(file) }   // the ring keeps its own reference
-        try Self.takeRingLock(file, exclusive: exclusive, waiting: lockWait)
         doneFd = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
         if doneFd < 0 { throw .errno("io_uring: eventfd") }
         do { ring = try IOUring(file: file, eventfd: doneFd) } catch { close(doneFd); throw error }
     }
 
-    /// The byte whose OFD lock marks "a ring of a blkback holds this image": far past any
-    /// image's end and away from the bytes QEMU's own image locking uses (100 and up).
-    public static let ringLockOffset: Int64 = Int64.max - 1
-
-    private static func takeRingLock(_ fd: Int32, exclusive: Bool, waiting seconds: Double) throws(BlockBackendError) {
+    /// Opens `image` afresh through /proc/self/fd (same O_DIRECT; read-only when the disk
+    /// is) and, for a blkback that has the image to itself (`exclusive`: not `w!`, not
+    /// read-only), takes the ring lock on it, waiting up to `seconds` for another holder.
+    /// Returns the new descriptor (the caller owns it).
+    ///
+    /// Why: a ring releases its registered files only when the kernel frees it, after the
+    /// process is gone, and may still have direct-I/O writes in the device then (the kernel
+    /// does not wait for them before the process is reaped). A ring on the image's own
+    /// descriptor would keep the image's flock alive past a SIGKILL, so the ring gets this
+    /// fresh open file description instead; and an exclusive blkback's ring holds an OFD
+    /// lock on it (fcntl F_OFD_SETLK on byte ``ringLockOffset``, independent of flock) that
+    /// goes only when that ring is freed. Every exclusive blkback, whichever `--aio`, claims
+    /// the image so before it serves: no stale write of a dead blkback's ring can land after
+    /// its successor serves the guest. Shared (`w!`) and read-only blkbacks neither hold nor
+    /// wait for it, as they take no exclusive flock either. Call before the sandbox (it opens
+    /// a path).
+    /// - Throws: ``BlockBackendError`` naming the errno, or that another blkback's io_uring
+    ///   still holds the image after `seconds`.
+    public static func claimImage(_ image: BlockImage, exclusive: Bool, waiting seconds: Double) throws(BlockBackendError) -> Int32 {
+        let flags = fcntl(image.fd, F_GETFL)
+        if flags < 0 { throw .errno("io_uring: image fd \(image.fd)") }
+        let access = image.readOnly ? O_RDONLY : (flags & O_ACCMODE)
+        let file = clinux_open("/proc/self/fd/\(image.fd)", access | (flags & directIOOpenFlag) | O_CLOEXEC, 0)
+        if file < 0 { throw .errno("reopening the image (/proc/self/fd/\(image.fd))") }
+        guard exclusive else { return file }
         var lk = flock()
-        lk.l_type = Int16(exclusive ? F_WRLCK : F_RDLCK)
+        lk.l_type = Int16(F_WRLCK)
         lk.l_whence = Int16(SEEK_SET)
         lk.l_start = off_t(ringLockOffset)
         lk.l_len = 1
         var waited = 0.0
-        while clinux_fcntl_lock(fd, CLINUX_F_OFD_SETLK, &lk) != 0 {
-            guard errno == EAGAIN || errno == EACCES || errno == EINTR else { throw .errno("io_uring: ring lock") }
+        while clinux_fcntl_lock(file, CLINUX_F_OFD_SETLK, &lk) != 0 {
+            let e = errno
+            guard e == EAGAIN || e == EACCES || e == EINTR else { close(file); throw .errno("ring lock") }
             guard waited < seconds else {
-                throw BlockBackendError("io_uring: a previous blkback's ring still has requests on this image after \(Int(seconds)) s")
+                close(file)
+                throw BlockBackendError("another blkback's io_uring still holds this image after \(Int(seconds)) s (one that died may still have writes in the device)")
             }
             usleep(10_000)
             waited += 0.01
         }
+        return file
     }
+
+    /// The byte whose OFD lock marks "an exclusive blkback's ring holds this image": far
+    /// past any image's end and away from the bytes QEMU's own image locking uses (100 and up).
+    public static let ringLockOffset: Int64 = Int64.max - 1
 
     deinit { close(doneFd) }
 

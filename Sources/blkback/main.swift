@@ -215,6 +215,23 @@ do {
     }
 } catch { fail(error.description) }
 
+// 1b. The image claimed against a dead blkback's io_uring that may still write it
+// (UringOffload.claimImage: exclusive disks wait for its ring lock; any --aio), and with
+// --aio io_uring the ring, confined to the image (IOUring.swift), set up now, while
+// io_uring_setup and io_uring_register are still allowed: the filter then allows
+// io_uring_enter only. Both before the socket, so a refusal leaves nothing behind.
+let blk = VirtioBlockDevice(image: image, numQueues: numQueues, serial: serial)
+var uring: UringOffload?
+if let rawImage, !failIO, aio == "io_uring" || !(readOnly || sharedWrite) {
+    let file: Int32
+    do { file = try UringOffload.claimImage(rawImage, exclusive: !readOnly && !sharedWrite, waiting: testRingLockWait) }
+    catch { fail("image: \(error)") }
+    if aio == "io_uring" {
+        do { uring = try UringOffload(device: blk, image: rawImage, file: file) } catch { close(file); fail("--aio io_uring: \(error)") }
+    }
+    close(file)   // the ring holds its own reference (and with it the lock)
+}
+
 // 2. The listening socket.
 var listenFd = service.openListener()
 if manifestPath != nil { listenFd = service.place(listenFd, at: 3) }
@@ -256,15 +273,6 @@ final class DelayedDevice: VhostUserDevice {
 if (ioThreads ?? (direct ? 16 : 4)) > 7, let p = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") {
     let mallopt = unsafeBitCast(p, to: (@convention(c) (Int32, Int32) -> Int32).self)
     _ = mallopt(-8, 8)   // M_ARENA_MAX (<malloc.h>)
-}
-// io_uring (--aio io_uring): set up now, while io_uring_setup and io_uring_register are
-// still allowed; the filter then allows io_uring_enter only, and the ring itself can only
-// read, write and fdatasync the image (IOUring.swift).
-let blk = VirtioBlockDevice(image: image, numQueues: numQueues, serial: serial)
-var uring: UringOffload?
-if aio == "io_uring" {
-    guard let rawImage else { fail("--aio io_uring: not a raw image") }
-    do { uring = try UringOffload(device: blk, image: rawImage, exclusive: !readOnly && !sharedWrite, lockWait: testRingLockWait) } catch { fail("--aio io_uring: \(error)") }
 }
 service.applySandbox(manifestPath: manifestPath, probe: testForbiddenSyscall,
                      keepFds: uring.map { [$0.ringFd, $0.doneFd] } ?? [])
