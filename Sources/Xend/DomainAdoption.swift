@@ -19,7 +19,12 @@ extension DomainManager {
         for r in registry.loadFiles() {
             if r.creating == true { undoUnfinishedCreate(r, listed: listed); continue }
             registry.store(r, persisting: false)
-            guard let p = r.process else { continue }
+            guard let p = r.process else {
+                // No engine (destroyed while xend was stopping, between marking it and
+                // releasing its devices): PCI functions still assigned to it go back now.
+                pcis?.release(domid: r.domid)
+                continue
+            }
             let cfg = r.config
             guard let engine = engines[r.engine] else { continue }
             let plan = engine.devicePlan(for: cfg, domid: r.domid)
@@ -58,8 +63,8 @@ extension DomainManager {
 
     /// Undoes a creation that xend did not finish, from its intent record: every process
     /// holding one of the domain's sockets (engine, blkbacks, netbacks — their pids may never
-    /// have been recorded), its taps and vif scripts, socket and run files, console
-    /// registration, xenstore entries, and the record itself.
+    /// have been recorded), its PCI functions and pciback, its taps and vif scripts, socket and
+    /// run files, console registration, xenstore entries, and the record itself.
     func undoUnfinishedCreate(_ r: DomainRecord, listed: Set<Int>) {
         let domid = r.domid, cfg = r.config
         let engine = engines[r.engine]
@@ -70,6 +75,9 @@ extension DomainManager {
         for d in r.disks ?? [] where d.pid > 0 && ProcessInfo2.startTicks(d.pid) == d.startTicks { kill(d.pid, SIGKILL) }
         for v in r.vifs ?? [] where v.pid > 0 && ProcessInfo2.startTicks(v.pid) == v.startTicks { kill(v.pid, SIGKILL) }
         let killed = OrphanSweep.killHolders(ofSocketsAt: sockets, orNaming: controlPath(domid))
+        // PCI functions it took (and its pciback, recorded in pci.json once started) go back,
+        // after its engine is gone.
+        pcis?.release(domid: domid)
         nets?.releaseUnfinished(domid: domid, name: r.name, vifs: cfg.vifs.enumerated().map { ($0.offset, $0.element) },
                                 records: r.vifs ?? [], planned: r.plannedTaps ?? [])
         for s in sockets + [statusFile(domid)] { unlink(s) }

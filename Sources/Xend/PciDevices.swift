@@ -160,6 +160,11 @@ public final class PciSupervisor: @unchecked Sendable {
                            logPath: logPath, lock: lock, budget: backHost.restartBudget())
         undo.add { [self] in stopBackend(b) }
         do { try spawnBackend(b, adopt: false) } catch { throw XendError(.internalError, "pci: cannot start pciback \(binary): \(error)") }
+        // Recorded at once: an xend that dies before the create ends finds this pciback in
+        // pci.json and stops it when it undoes the create.
+        backends[domid] = b
+        persist()
+        undo.add { [self] in backends[domid] = nil }
         do { try b.proc.waitReady(timeout: .seconds(20)) } catch {
             throw XendError(error.refused ? .badRequest : .internalError, "pci: pciback: \(error.message)")
         }
@@ -183,7 +188,6 @@ public final class PciSupervisor: @unchecked Sendable {
             undo.add { try? xs.removeDevice(dev) }
         }
         undo.commit()
-        backends[domid] = b
         persist()
         superviseBackend(b)
         log.info("domain \(domid): PCI \(addrs.map(\.description).joined(separator: " ")) assigned, pciback pid \(b.proc.pid)")

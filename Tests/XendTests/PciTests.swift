@@ -124,3 +124,41 @@ func sharedGroupHost(_ root: String) throws -> (XenithPaths, PciSupervisor) {
                              logger: Logger(label: "test"), sysfsRoot: sys, devRoot: root + "/dev")
     return (paths, pcis)
 }
+
+/// An xend that died while a domain held a PCI function — a create it did not finish, or a
+/// destroy cut between marking the domain and releasing its devices (its record then has
+/// no engine) — left the function "assigned" in pci.json: the next xend gives it back when
+/// it adopts the records (from an adversarial review of issue 18).
+@Suite struct PciAfterAnXendCrashTests {
+    @Test(arguments: [true, false]) func adoptionGivesBackFunctionsOfDomainsWithoutAnEngine(creating: Bool) throws {
+        let root = tempRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        _ = try sharedGroupHost(root)   // the host's sysfs tree
+        let paths = XenithPaths(root: root)
+        // What the dead xend left: 0000:00:04.0 assigned to domain 7, and domain 7's record.
+        let entry = PciSupervisor.Entry(address: "0000:00:04.0", originalDriver: nil, iommuGroup: 3, domid: 7, configured: false)
+        XenithPaths.makeDirectories(paths.xendLib)
+        try JSONEncoder().encode(PciSupervisor.State(entries: [entry], backends: []))
+            .write(to: URL(fileURLWithPath: paths.xendLib + "/pci.json"))
+        var cfg = DomainConfiguration(name: "p")
+        cfg.kernel = root + "/kernel"
+        cfg.pciDevices = [try PciSpec(parsing: "00:04.0")]
+        var r = DomainRecord(domid: 7, name: "p", uuid: "8e3d4a40-7b1c-4a55-9c0e-3f3f0c4c1d07", config: cfg, engine: "core",
+                             process: nil, startTime: 0, restartCount: 0, consoleLog: root + "/p.log")
+        r.creating = creating ? true : nil
+        XenithPaths.makeDirectories(paths.registryDir)
+        try XendClient.encoder.encode(r).write(to: URL(fileURLWithPath: paths.registryDir + "/7.json"))
+
+        let pcis = PciSupervisor(paths: paths, binary: "/nonexistent/pciback", manifest: nil, xenstore: nil, config: XendConfig(),
+                                 logger: Logger(label: "test"), sysfsRoot: root + "/sys", devRoot: root + "/dev")
+        #expect(pcis.assigned(domid: 7) == ["0000:00:04.0"])
+        let manager = DomainManager(paths: paths, xendConfig: XendConfig(), engines: ["core": SleepEngine()],
+                                    xenstore: nil, logger: Logger(label: "test"), pcis: pcis)
+        manager.adopt()
+        #expect(pcis.assigned(domid: 7).isEmpty)
+        let left = try JSONDecoder().decode(PciSupervisor.State.self,
+                                            from: Data(contentsOf: URL(fileURLWithPath: paths.xendLib + "/pci.json")))
+        #expect(left.entries.isEmpty)
+        #expect(left.backends.isEmpty)
+    }
+}
