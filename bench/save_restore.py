@@ -8,10 +8,16 @@ The same test guest (make guest; 256 MiB, 1 vCPU, counting on its console) under
           save includes destroying the domain, restore re-making it and resuming it)
   raw     QEMU alone: QMP `stop`, `migrate fd:` straight into the file, `quit`; then a new
           QEMU with `-incoming defer -S`, `migrate-incoming fd:` from the file, `cont`
-  raw-memfd  the same, with the guest's RAM a shared memfd (`memory-backend-memfd,share=on`)
-          as every qemu-engine domain has it so that vhost-user back-ends can map it: QEMU
-          reads every page of a save and a read of a shmem hole allocates a page, where
-          anonymous RAM maps the shared zero page. Printed for comparison; the target is
+  raw-memfd  the same, with the guest's RAM a shared memfd (`memory-backend-memfd,share=on`),
+          as qemu-engine domains had it before `qemu-ram-directory` (vhost-user back-ends
+          map guest RAM, so it must be a shareable file): QEMU reads every page of a save
+          and a read of a shmem hole allocates and clears a page, where anonymous RAM maps
+          the shared zero page; on restore it writes 4 KiB shmem pages.
+  raw-ramdir the same, with the guest's RAM a file on xend's `qemu-ram-directory` tmpfs
+          (`memory-backend-file,mem-path=DIR,align=2M,share=on`, huge=advise), as every
+          qemu-engine domain has it now.
+  xenith-memfd  xenith with `(qemu-ram-directory none)`: its domains' RAM in a memfd.
+          The raw-* and xenith-memfd rows are printed for comparison; the target is
           against `raw`.
 
 alternately, BENCH_RUNS times each; medians side by side with the ratio. Target: xenith
@@ -30,6 +36,8 @@ BIN = os.environ.get("BIN", os.path.join(ROOT, ".build", "release"))
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 MEM = int(os.environ.get("BENCH_MEMORY", "256"))
 GUEST = os.path.join(ROOT, "build", "guest")
+# xend-config's qemu-ram-directory default, mounted by xend at start.
+RAMDIR = "/run/xenith/guest-ram"
 SCRIPT = "i=0; while true; do echo count=$i; i=$((i+1)); sleep 0.5; done"
 EXTRA = "quiet cryptomgr.notests xenith.run=" + urllib.parse.quote(SCRIPT, safe="")
 
@@ -39,7 +47,7 @@ def skip(why):
     sys.exit(0)
 
 
-def raw_qemu(tmp, incoming, shared=False):
+def raw_qemu(tmp, incoming, shared=None):
     qmp = os.path.join(tmp, "raw.qmp")
     if os.path.exists(qmp):
         os.unlink(qmp)
@@ -48,17 +56,20 @@ def raw_qemu(tmp, incoming, shared=False):
             "-append", EXTRA + " console=ttyS0", "-serial", "file:" + os.path.join(tmp, "raw.console"),
             "-display", "none", "-qmp", "unix:%s,server=on,wait=off" % qmp,
             "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
-    if shared:
+    if shared == "memfd":
         args[args.index("q35")] = "q35,memory-backend=ram0"
         args += ["-object", "memory-backend-memfd,id=ram0,size=%dM,share=on" % MEM]
+    elif shared == "ramdir":
+        args[args.index("q35")] = "q35,memory-backend=ram0"
+        args += ["-object", "memory-backend-file,id=ram0,size=%dM,share=on,mem-path=%s,align=2M" % (MEM, RAMDIR)]
     if incoming:
         args += ["-incoming", "defer", "-S"]
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return p, QMP(qmp)
 
 
-def raw_round(tmp, shared=False):
-    """One raw save and restore (guest RAM a shared memfd when `shared`); returns (save_s, restore_s, bytes)."""
+def raw_round(tmp, shared=None):
+    """One raw save and restore (guest RAM anonymous, or "memfd" or "ramdir" as `shared` says); returns (save_s, restore_s, bytes)."""
     con = os.path.join(tmp, "raw.console")
     if os.path.exists(con):
         os.unlink(con)
@@ -111,66 +122,79 @@ def main():
     for b in ("xend", "xm", "migration"):
         if not os.access(os.path.join(BIN, b), os.X_OK):
             skip("no %s in %s (make release, or BIN=...)" % (b, BIN))
-    tmp = tempfile.mkdtemp(prefix="xenith-bench-save-")
-    env = dict(os.environ, XENITH_ROOT=tmp)
-    os.makedirs(tmp + "/etc/xen")
-    open(tmp + "/etc/xen/xend-config.sxp", "w").write("(domain-engine qemu)\n")
-    cfg = tmp + "/b.cfg"
-    open(cfg, "w").write('kernel = "%s/vmlinuz"\nramdisk = "%s/initrd.img"\nmemory = %d\nvcpus = 1\nname = "b"\nextra = "%s"\n'
-                         % (GUEST, GUEST, MEM, EXTRA))
+    roots = {}
+    for kind, settings in (("xenith", "(domain-engine qemu)\n"),
+                           ("xenith-memfd", "(domain-engine qemu)\n(qemu-ram-directory none)\n")):
+        tmp = tempfile.mkdtemp(prefix="xenith-bench-save-")
+        os.makedirs(tmp + "/etc/xen")
+        open(tmp + "/etc/xen/xend-config.sxp", "w").write(settings)
+        cfg = tmp + "/b.cfg"
+        open(cfg, "w").write('kernel = "%s/vmlinuz"\nramdisk = "%s/initrd.img"\nmemory = %d\nvcpus = 1\nname = "b"\nextra = "%s"\n'
+                             % (GUEST, GUEST, MEM, EXTRA))
+        roots[kind] = tmp
 
-    def xm(*args):
+    def xm(kind, *args):
+        env = dict(os.environ, XENITH_ROOT=roots[kind])
         r = subprocess.run([os.path.join(BIN, "xm")] + list(args), env=env, capture_output=True, text=True)
         if r.returncode != 0:
-            raise RuntimeError("xm %s: %s" % (" ".join(args), r.stderr.strip()))
+            raise RuntimeError("xm %s (%s): %s" % (" ".join(args), kind, r.stderr.strip()))
         return r
 
-    subprocess.run([os.path.join(BIN, "xend"), "start"], env=env, check=True)
-    results = {"xenith": ([], []), "raw": ([], []), "raw-memfd": ([], [])}
+    kinds = ("xenith", "xenith-memfd", "raw", "raw-memfd", "raw-ramdir")
+    results = {k: ([], []) for k in kinds}
     sizes = {}
     try:
-        xm("create", cfg)
-        con = tmp + "/var/log/xen/console/guest-b.log"
+        for kind, tmp in roots.items():
+            subprocess.run([os.path.join(BIN, "xend"), "start"], env=dict(os.environ, XENITH_ROOT=tmp), check=True)
+            xm(kind, "create", tmp + "/b.cfg")
+        if not os.path.ismount(RAMDIR):
+            raise RuntimeError("xend did not mount its qemu-ram-directory " + RAMDIR)
         for n in range(RUNS):
-            # xenith: the domain runs (counting) before each save.
-            if not wait_count(con, 3 + n * 6):
-                raise RuntimeError("xenith guest is not counting")
-            f = tmp + "/b.chk"
-            t0 = time.monotonic()
-            xm("save", "b", f)
-            results["xenith"][0].append(time.monotonic() - t0)
-            sizes["xenith"] = os.path.getsize(f)
-            t1 = time.monotonic()
-            xm("restore", f)
-            results["xenith"][1].append(time.monotonic() - t1)
-            os.unlink(f)
-            for kind in ("raw", "raw-memfd"):
-                s, r, size = raw_round(tmp, kind == "raw-memfd")
+            for kind, tmp in roots.items():
+                # xenith: the domain runs (counting) before each save.
+                con = tmp + "/var/log/xen/console/guest-b.log"
+                if not wait_count(con, 3 + n * 6):
+                    raise RuntimeError("%s guest is not counting" % kind)
+                f = tmp + "/b.chk"
+                t0 = time.monotonic()
+                xm(kind, "save", "b", f)
+                results[kind][0].append(time.monotonic() - t0)
+                sizes[kind] = os.path.getsize(f)
+                t1 = time.monotonic()
+                xm(kind, "restore", f)
+                results[kind][1].append(time.monotonic() - t1)
+                os.unlink(f)
+            for kind in ("raw", "raw-memfd", "raw-ramdir"):
+                s, r, size = raw_round(roots["xenith"], {"raw": None, "raw-memfd": "memfd", "raw-ramdir": "ramdir"}[kind])
                 results[kind][0].append(s)
                 results[kind][1].append(r)
                 sizes[kind] = size
-        xm("destroy", "b")
+        for kind in roots:
+            xm(kind, "destroy", "b")
     finally:
-        subprocess.run([os.path.join(BIN, "xm"), "destroy", "b"], env=env, capture_output=True)
-        subprocess.run([os.path.join(BIN, "xend"), "stop"], env=env, capture_output=True)
-        for d in ("xenstored", "xenconsoled"):
-            try:
-                os.kill(int(open("%s/run/%s/%s.pid" % (tmp, d, d)).read()), 15)
-            except (OSError, ValueError):
-                pass
-        shutil.rmtree(tmp, ignore_errors=True)
+        for kind, tmp in roots.items():
+            env = dict(os.environ, XENITH_ROOT=tmp)
+            subprocess.run([os.path.join(BIN, "xm"), "destroy", "b"], env=env, capture_output=True)
+            subprocess.run([os.path.join(BIN, "xend"), "stop"], env=env, capture_output=True)
+            for d in ("xenstored", "xenconsoled"):
+                try:
+                    os.kill(int(open("%s/run/%s/%s.pid" % (tmp, d, d)).read()), 15)
+                except (OSError, ValueError):
+                    pass
+            shutil.rmtree(tmp, ignore_errors=True)
 
     load = os.getloadavg()[0]
     print("save/restore, test guest %d MiB, QEMU TCG, %d runs each, alternating (medians; load average %.1f)" % (MEM, RUNS, load))
-    print("%-10s %12s %12s %14s" % ("", "save (s)", "restore (s)", "file (MiB)"))
+    print("%-13s %9s %12s %14s" % ("", "save (s)", "restore (s)", "file (MiB)"))
     med = {k: (statistics.median(v[0]), statistics.median(v[1])) for k, v in results.items()}
-    for k in ("xenith", "raw", "raw-memfd"):
-        print("%-10s %12.2f %12.2f %14.1f" % (k, med[k][0], med[k][1], sizes[k] / 1048576))
+    for k in kinds:
+        print("%-13s %9.2f %12.2f %14.1f" % (k, med[k][0], med[k][1], sizes[k] / 1048576))
     rs, rr = med["xenith"][0] / med["raw"][0], med["xenith"][1] / med["raw"][1]
     print("ratio      %11.2fx %11.2fx   (xenith / raw; target <= 1.1x: save %s, restore %s)"
           % (rs, rr, "met" if rs <= 1.1 else "NOT met", "met" if rr <= 1.1 else "NOT met"))
-    print("ratio      %11.2fx %11.2fx   (xenith / raw-memfd, for comparison)"
-          % (med["xenith"][0] / med["raw-memfd"][0], med["xenith"][1] / med["raw-memfd"][1]))
+    for other in ("raw-ramdir", "xenith-memfd"):
+        print("ratio      %11.2fx %11.2fx   (xenith / %s, for comparison)"
+              % (med["xenith"][0] / med[other][0], med["xenith"][1] / med[other][1], other))
 
 
 if __name__ == "__main__":

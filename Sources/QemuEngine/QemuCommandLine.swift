@@ -80,12 +80,18 @@ public struct QemuLaunchInputs: Sendable, Hashable {
     public var kernel: String?
     public var ramdisk: String?
     /// Empty PCIe root ports (`hpnet0`...) for NICs added later over QMP (`device_add`),
-    /// on q35 only; any value above 0 also makes guest RAM a shared memfd (vhost-user).
+    /// on q35 only; any value above 0 also makes guest RAM shared (vhost-user; see ``ramDirectory``).
     public var netHotplugSlots: Int = 0
     /// Start as the target of a restore or migration: `-incoming defer` (the stream is
     /// named later with QMP `migrate-incoming`, PLATFORM.md) and `-S`, so the guest stays
     /// stopped after its state arrived until xend says `cont`.
     public var incoming: Bool = false
+    /// A directory on a tmpfs mounted with `huge=advise` (xend-config `qemu-ram-directory`)
+    /// where QEMU makes the guest's shared RAM file and unlinks it at once
+    /// (`memory-backend-file,mem-path=DIR,align=2M`): the 2 MiB alignment and QEMU's
+    /// `MADV_HUGEPAGE` let the RAM sit in transparent huge pages, which a memfd cannot
+    /// unless the host's `shmem_enabled` allows it. nil: a memfd, as before.
+    public var ramDirectory: String?
 
     public init(accelerator: QemuAccelerator, qmpSocket: String, pidfile: String, serial: QemuSerial,
                 disks: [QemuDiskBackend?] = [], cdrom: QemuDiskBackend? = nil, vifs: [QemuNetBackend] = [],
@@ -148,7 +154,8 @@ public enum QemuCommandLine {
         var machine = [hvm ? "pc" : "q35"]
         if !c.hvm.acpi && hvm { machine.append("acpi=off") }
         if vhostUser {
-            // vhost-user back-ends map guest RAM: it must be a shareable memfd.
+            // vhost-user back-ends map guest RAM: it must be a shareable file (a memfd, or
+            // one on the RAM directory's tmpfs).
             machine.append("memory-backend=ram0")
         }
         a += ["-machine", machine.joined(separator: ",")]
@@ -168,7 +175,11 @@ public enum QemuCommandLine {
         let ram = max(c.memory, c.maxmem ?? 0)
         a += ["-m", "\(ram)M"]
         if vhostUser {
-            a += ["-object", "memory-backend-memfd,id=ram0,size=\(ram)M,share=on"]
+            if let dir = i.ramDirectory {
+                a += ["-object", "memory-backend-file,id=ram0,size=\(ram)M,share=on,mem-path=\(escape(dir)),align=2M"]
+            } else {
+                a += ["-object", "memory-backend-memfd,id=ram0,size=\(ram)M,share=on"]
+            }
         }
         // vCPUs: with more than one possible, only vCPU 0 comes from -smp and the others are
         // CPU devices (`vcpuK`, socket K), so that `xm vcpu-set` can unplug them (QEMU cannot

@@ -166,7 +166,8 @@ public struct XendDaemon {
         let pcis = PciSupervisor(paths: paths, binary: binDir + "/pciback", manifest: pciManifest, xenstore: xs,
                                  config: cfg, logger: log)
         pcis.hideConfigured()
-        let qemu = QemuEngineDriver(runAs: cfg.qemuUser, uidBase: cfg.qemuUIDBase)
+        let qemu = QemuEngineDriver(runAs: cfg.qemuUser, uidBase: cfg.qemuUIDBase,
+                                    ramDirectory: cfg.qemuRAMDirectory.flatMap { GuestRAMDirectory.prepare($0, log: log) })
         if let b = qemu.uidBase { log.info("QEMU runs as a uid of its own per domain: \(b) + domid (-runas UID:GID)") }
         else if let u = qemu.runAs { log.info("QEMU runs as user \(u) (-runas)") }
         else if !cfg.qemuUser.isEmpty { log.info("QEMU runs as xend's user: qemu-user \(cfg.qemuUser) \(geteuid() == 0 ? "does not exist (useradd --system \(cfg.qemuUser))" : "needs xend to run as root")") }

@@ -28,6 +28,9 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     /// cannot connect to another domain's back-end sockets (0600, owned by that uid).
     /// nil: every QEMU runs as ``runAs`` (or xend's user).
     public let uidBase: uid_t?
+    /// Where QEMU makes shared guest RAM files (xend-config `qemu-ram-directory`, prepared
+    /// by `GuestRAMDirectory`); nil: a memfd per domain.
+    public let ramDirectory: String?
     private let lock = NSLock()
     private var sessions: [Int32: QemuDomain] = [:]
     /// Size of each running QEMU's log when it started (its own lines start there).
@@ -38,9 +41,11 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     ///   - runAs: xend-config's `qemu-user`; used only when xend runs as root and the user
     ///     exists (see ``resolveUser(_:)``), and `uidBase` is nil.
     ///   - uidBase: xend-config's `qemu-uid-base`; used only when xend runs as root.
+    ///   - ramDirectory: a mounted directory for guest RAM files (`QemuLaunchInputs.ramDirectory`).
     public init(binary: String = "qemu-system-x86_64", accelerator: QemuAccelerator? = nil, runAs: String? = nil,
-                uidBase: UInt32? = nil) {
+                uidBase: UInt32? = nil, ramDirectory: String? = nil) {
         self.binary = binary
+        self.ramDirectory = ramDirectory
         self.accelerator = accelerator ?? QemuAccelerator.detect { FileManager.default.fileExists(atPath: $0) }
         self.uidBase = geteuid() == 0 ? uidBase.map { uid_t($0) } : nil
         let ids = self.uidBase == nil ? runAs.flatMap(QemuEngineDriver.resolveUser) : nil
@@ -181,6 +186,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
                                       runAs: try runAsArgument(domid: l.domid))
         inputs.netHotplugSlots = QemuEngineDriver.netHotplugSlots
         inputs.incoming = l.incoming
+        inputs.ramDirectory = ramDirectory
         let args: [String]
         do { args = try QemuCommandLine.arguments(for: c, inputs) } catch { throw EngineError(error.message) }
         let logStart = (try? FileManager.default.attributesOfItem(atPath: paths.stderrLog)[.size] as? Int) ?? 0

@@ -113,6 +113,25 @@ let inputs = QemuLaunchInputs(accelerator: .tcg, qmpSocket: "/r/run/xenith/qemu-
         #expect(pair(a, "-append", "root=/dev/vda console=ttyS0"))
     }
 
+    /// With a RAM directory (xend-config `qemu-ram-directory`), shared RAM is a file QEMU
+    /// makes there, 2 MiB-aligned so that it can sit in transparent huge pages; a comma in
+    /// the path is doubled (QEMU's option syntax).
+    @Test func sharedGuestRAMInTheRAMDirectory() throws {
+        let c = try DomainConfiguration(parsing: "name = \"deb\"\nkernel = \"/g/k\"\nmemory = 256\n")
+        var i = inputs
+        i.netHotplugSlots = 4
+        i.ramDirectory = "/run/xenith/guest-ram"
+        var a = try QemuCommandLine.arguments(for: c, i)
+        #expect(pair(a, "-machine", "q35,memory-backend=ram0"))
+        #expect(pair(a, "-object", "memory-backend-file,id=ram0,size=256M,share=on,mem-path=/run/xenith/guest-ram,align=2M"))
+        i.ramDirectory = "/r,am"
+        a = try QemuCommandLine.arguments(for: c, i)
+        #expect(pair(a, "-object", "memory-backend-file,id=ram0,size=256M,share=on,mem-path=/r,,am,align=2M"))
+        i.ramDirectory = nil
+        a = try QemuCommandLine.arguments(for: c, i)
+        #expect(pair(a, "-object", "memory-backend-memfd,id=ram0,size=256M,share=on"))
+    }
+
     /// Devices attached while the domain ran (hotplug-port kept in the configuration) go
     /// back into their root ports, after the ports; the root complex keeps its order.
     @Test func attachedDevicesGoBackIntoTheirRootPorts() throws {
