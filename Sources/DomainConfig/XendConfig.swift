@@ -94,11 +94,11 @@ public struct XendConfig: Sendable, Equatable {
     public var qemuUIDBase: UInt32? = XendConfig.defaultQemuUIDBase
     /// `qemu-ram-directory` (Xenith): where qemu-engine domains' shared guest RAM lives: a
     /// directory on a tmpfs with `huge=advise`, so the RAM can sit in 2 MiB transparent
-    /// huge pages (restore and an incoming migration write it 2-3x faster than into a
-    /// memfd's 4 KiB pages). xend mounts such a tmpfs there (size: the host's RAM) when the
-    /// path is not a mount point yet; a directory already mounted is used as it is. QEMU
-    /// makes each domain's file there and unlinks it at once. Default
-    /// `/run/xenith/guest-ram`; `none` (nil) keeps a memfd per domain.
+    /// huge pages (restore and an incoming migration write it about 2x faster than into a
+    /// memfd's 4 KiB pages). xend mounts such a tmpfs on an empty directory there (no size
+    /// limit, as a memfd's); a tmpfs already mounted there is used as it is. QEMU makes each
+    /// domain's file there and unlinks it at once. A host path, not under XENITH_ROOT.
+    /// Default `/run/xenith/guest-ram`; `none` (nil) keeps a memfd per domain.
     public var qemuRAMDirectory: String? = XendConfig.defaultQemuRAMDirectory
     /// The default of ``qemuRAMDirectory``.
     public static let defaultQemuRAMDirectory = "/run/xenith/guest-ram"
@@ -307,8 +307,8 @@ public struct XendConfig: Sendable, Equatable {
             qemuUser = s == "none" ? "" : s
         case "qemu-ram-directory":
             if s == "none" { qemuRAMDirectory = nil; break }
-            guard let d = XendConfig.allowedDirectory(s) else {
-                throw fail("expected an absolute directory (starting with /, no . or .. component) or none, found '\(s)'")
+            guard let d = XendConfig.allowedDirectory(s), d != "/" else {
+                throw fail("expected an absolute directory other than / (no . or .. component) or none, found '\(s)'")
             }
             qemuRAMDirectory = d
         case "qemu-uid-base":

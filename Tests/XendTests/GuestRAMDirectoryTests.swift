@@ -1,0 +1,43 @@
+import Foundation
+import Logging
+import Testing
+@testable import Xend
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// xend-config `qemu-ram-directory`: the tmpfs xend mounts for qemu-engine guest RAM, only
+/// on an empty directory, with huge pages allowed and no size limit; used as it is when
+/// already mounted; never over files.
+@Suite struct GuestRAMDirectoryTests {
+    @Test func mountsOnAnEmptyDirectoryOnlyAndReusesTheMount() throws {
+        guard geteuid() == 0 else { print("SKIP: GuestRAMDirectoryTests: needs root (mount)"); return }
+        let root = tempRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let log = Logger(label: "test")
+        // A directory with a file in it is not mounted over.
+        let full = root + "/full"
+        try FileManager.default.createDirectory(atPath: full, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: full + "/keep", contents: Data("x".utf8))
+        #expect(GuestRAMDirectory.prepare(full, log: log) == nil)
+        #expect(!GuestRAMDirectory.isMountPoint(full))
+        #expect(FileManager.default.fileExists(atPath: full + "/keep"))
+        // A path that does not exist yet: made (parents 0755) and mounted.
+        let ram = root + "/run/xenith/guest-ram"
+        #expect(GuestRAMDirectory.prepare(ram, log: log) == ram)
+        defer { umount2(ram, 2 /* MNT_DETACH */) }
+        #expect(GuestRAMDirectory.isMountPoint(ram))
+        var st = stat()
+        #expect(stat(root + "/run/xenith", &st) == 0 && st.st_mode & 0o777 == 0o755)
+        let opts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+            .split(separator: "\n").first { $0.split(separator: " ")[4] == ram }.map(String.init) ?? ""
+        #expect(opts.contains(" tmpfs xenith-guest-ram "))
+        #expect(opts.contains("huge=advise"))
+        #expect(opts.contains("size=0k"))   // no limit, as under a memfd
+        // Already a tmpfs mount point: used as it is, not mounted again.
+        #expect(GuestRAMDirectory.prepare(ram, log: log) == ram)
+        let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+            .split(separator: "\n").filter { $0.split(separator: " ")[4] == ram }
+        #expect(mounts.count == 1)
+    }
+}
