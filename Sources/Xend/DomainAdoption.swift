@@ -22,7 +22,7 @@ extension DomainManager {
             guard let p = r.process else {
                 // No engine (destroyed while xend was stopping, between marking it and
                 // releasing its devices): PCI functions still assigned to it go back now.
-                pcis?.release(domid: r.domid)
+                pcis?.release(domid: r.domid, groupWait: 0)
                 continue
             }
             let cfg = r.config
@@ -77,7 +77,9 @@ extension DomainManager {
         let killed = OrphanSweep.killHolders(ofSocketsAt: sockets, orNaming: controlPath(domid))
         // PCI functions it took (and its pciback, recorded in pci.json once started) go back,
         // after its engine is gone.
-        pcis?.release(domid: domid)
+        // Its engine was just killed and may still hold a group: a short wait, as xend start
+        // itself waits only seconds for its API.
+        pcis?.release(domid: domid, groupWait: 3)
         nets?.releaseUnfinished(domid: domid, name: r.name, vifs: cfg.vifs.enumerated().map { ($0.offset, $0.element) },
                                 records: r.vifs ?? [], planned: r.plannedTaps ?? [])
         for s in sockets + [statusFile(domid)] { unlink(s) }

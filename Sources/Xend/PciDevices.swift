@@ -193,14 +193,20 @@ public final class PciSupervisor: @unchecked Sendable {
         log.info("domain \(domid): PCI \(addrs.map(\.description).joined(separator: " ")) assigned, pciback pid \(b.proc.pid)")
     }
 
-    /// When `domid` has ended (its engine gone, the group closed): has its pciback reset its
-    /// functions (a one-shot pciback when none answers), stops that pciback, gives the group
-    /// nodes back to root, and gives each function back to its original driver (those of
-    /// `pci-hide` stay on vfio-pci, assignable). Failures are logged, naming the device; the
-    /// rest goes on.
-    func release(domid: Int) {
+    /// When `domid` has ended (its engine gone): waits, outside the lock and for at most
+    /// `groupWait` seconds, until its IOMMU groups are let go (a QEMU may still be closing
+    /// them: one that is killed unpins all guest RAM first, which under an emulated IOMMU
+    /// outlasts xend's wait for the process); then has its pciback reset its functions (a
+    /// one-shot pciback, the domain's pciback stopped first, when that one does not answer),
+    /// stops that pciback, gives the group nodes back to root, and gives each function back
+    /// to its original driver (those of `pci-hide` stay on vfio-pci, assignable). Failures are
+    /// logged, naming the device; the rest goes on.
+    func release(domid: Int, groupWait: Double = PciSupervisor.releaseGroupWait) {
+        let groups: Set<Int> = { lock.lock(); defer { lock.unlock() }
+                                 return Set(entries.values.filter { $0.domid == domid }.map(\.iommuGroup)) }()
+        for g in groups.sorted() { waitUntilLetGo(group: g, seconds: groupWait, domid: domid) }
         lock.lock(); defer { lock.unlock() }
-        let b = backends.removeValue(forKey: domid)
+        var b = backends.removeValue(forKey: domid)
         if b == nil, let r = records[domid], r.pid > 0, ProcessInfo2.startTicks(r.pid) == r.startTicks {
             kill(r.pid, SIGKILL)   // an earlier xend's pciback of a domain that ended meanwhile
         }
@@ -213,10 +219,15 @@ public final class PciSupervisor: @unchecked Sendable {
         for (g, members) in Dictionary(grouping: mine, by: \.iommuGroup) {
             let addrs = members.compactMap { try? PciAddress(parsing: $0.address) }
             var done = false
-            if let b, b.proc.pid > 0, !b.gaveUp {
-                do { try backendReset(b, group: g, addrs, .release); done = true }
+            if let pb = b, pb.proc.pid > 0, !pb.gaveUp {
+                do { try backendReset(pb, group: g, addrs, .release); done = true }
                 catch let e as PciRefusal { log.error("domain \(domid): \(e.message)"); done = true }
-                catch { log.error("domain \(domid): pciback did not answer (\(error)); resetting with a one-shot pciback") }
+                catch {
+                    log.error("domain \(domid): pciback did not answer (\(error)); resetting with a one-shot pciback")
+                    // It may hold the group it was handed: stopped first, so the one-shot can open it.
+                    stopBackend(pb)
+                    b = nil
+                }
             }
             if !done {
                 do { try reset(group: g, addrs) } catch { log.error("domain \(domid): \(error.message)") }
@@ -271,6 +282,24 @@ public final class PciSupervisor: @unchecked Sendable {
         return sysfs.fs.list("bus/pci/devices").filter { bdf in
             !busy.contains(bdf) && sysfs.fs.linkName("bus/pci/devices/\(bdf)/driver") == PciSysfs.vfioDriver
         }
+    }
+
+    /// How long a release waits for a domain's IOMMU groups to be let go (seconds).
+    static let releaseGroupWait = 30.0
+
+    /// Waits up to `seconds` while IOMMU group `g` is busy (EBUSY: a VFIO group has one
+    /// opener at a time, here the exiting engine), probing with an open that is closed at
+    /// once. Logs how long it waited when it had to.
+    func waitUntilLetGo(group g: Int, seconds: Double, domid: Int) {
+        let node = devRoot + "/vfio/\(g)"
+        var waited = 0.0
+        while true {
+            let fd = open(node, O_RDWR | O_CLOEXEC)
+            if fd >= 0 { close(fd); break }
+            guard errno == EBUSY, waited < seconds else { break }
+            usleep(100_000); waited += 0.1
+        }
+        if waited > 0 { log.info("domain \(domid): waited \(String(format: "%.1f", waited)) s for IOMMU group \(g) to be let go") }
     }
 
     /// Runs pciback once on group `g` to reset `members`, on descriptors opened here: the
