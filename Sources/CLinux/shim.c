@@ -4,15 +4,8 @@
 #include <pthread.h>
 #include <time.h>
 #include <sys/syscall.h>
-#include <sys/vfs.h>
 
 int clinux_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
-int clinux_fs_type(const char *path, long *type) {
-    struct statfs fs;
-    if (statfs(path, &fs) != 0) return -1;
-    *type = (long)fs.f_type;
-    return 0;
-}
 int clinux_pivot_root(const char *new_root, const char *put_old) {
     return (int)syscall(SYS_pivot_root, new_root, put_old);
 }

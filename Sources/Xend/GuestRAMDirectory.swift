@@ -3,7 +3,6 @@
 // 2 MiB transparent huge pages. A memfd lives on the kernel's internal shmem mount, whose
 // huge-page policy is the host-wide `shmem_enabled` (Debian's default: never); a tmpfs of
 // our own carries its policy in its mount options and changes nothing else on the host.
-import CLinux
 import Foundation
 import Logging
 import XendAPI
@@ -21,8 +20,6 @@ enum GuestRAMDirectory {
     /// MS_NOSUID | MS_NODEV | MS_NOEXEC (<linux/mount.h>; glibc's and the kernel's headers
     /// both define the names, which Swift then finds ambiguous).
     static let mountFlags: UInt = 0x2 | 0x4 | 0x8
-    /// statfs(2) f_type of tmpfs.
-    static let tmpfsMagic = 0x0102_1994
 
     /// Makes `path` usable as QEMU's `mem-path`. A tmpfs already mounted there is used as it
     /// is (one the administrator made, with options of their own); otherwise xend, as root,
@@ -39,19 +36,25 @@ enum GuestRAMDirectory {
             log.error("qemu-ram-directory \(path): \(why): guest RAM stays in memfds")
             return nil
         }
-        if isMountPoint(path) {
-            var type = 0
-            guard clinux_fs_type(path, &type) == 0 else { return refuse(String(cString: strerror(errno))) }
-            guard type == tmpfsMagic else {
-                return refuse("a file system other than tmpfs is mounted there (f_type 0x\(String(type, radix: 16)))")
+        // One xend at a time checks and mounts (several roots on a host share the path).
+        let parent = (path as NSString).deletingLastPathComponent
+        if geteuid() == 0 { XenithPaths.makeDirectories(parent) }
+        let lockFD = open(parent.isEmpty ? "/" : parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if lockFD >= 0 { _ = flock(lockFD, LOCK_EX) }
+        defer { if lockFD >= 0 { close(lockFD) } }
+        if let m = mountInfo(at: path) {
+            guard m.type == "tmpfs" else { return refuse("a \(m.type) file system is mounted there, not a tmpfs") }
+            guard !m.readOnly else { return refuse("its tmpfs is mounted read-only") }
+            if let size = m.sizeLimit {
+                log.warning("qemu-ram-directory \(path): its tmpfs is limited to \(size) (size=): a guest that touches RAM past what is left gets SIGBUS; xend's own mount has no limit")
             }
+            log.info("qemu-ram-directory \(path): guest RAM on the tmpfs mounted there (\(m.options))")
             return path
         }
         guard geteuid() == 0 else {
             log.info("qemu-ram-directory \(path): not a mount point and xend is not root: guest RAM stays in memfds")
             return nil
         }
-        XenithPaths.makeDirectories((path as NSString).deletingLastPathComponent)
         if mkdir(path, 0o700) != 0 && errno != EEXIST { return refuse("mkdir: \(String(cString: strerror(errno)))") }
         var st = stat()
         guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { return refuse("not a directory") }
@@ -64,11 +67,33 @@ enum GuestRAMDirectory {
         return path
     }
 
-    /// Whether `path` is a directory on a different file system than its parent.
-    static func isMountPoint(_ path: String) -> Bool {
-        var st = stat(), parent = stat()
-        guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR,
-              stat(path + "/..", &parent) == 0 else { return false }
-        return st.st_dev != parent.st_dev
+    /// The mount on top at `path` (the last of /proc/self/mountinfo's lines naming it as
+    /// their mount point; a bind mount counts), nil when none is.
+    static func mountInfo(at path: String) -> (type: String, readOnly: Bool, options: String, sizeLimit: String?)? {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+        // Mount points escape space, tab, newline and backslash as octal (\040 ...).
+        let escaped = path.replacingOccurrences(of: "\\", with: "\\134").replacingOccurrences(of: " ", with: "\\040")
+            .replacingOccurrences(of: "\t", with: "\\011").replacingOccurrences(of: "\n", with: "\\012")
+        var found: (String, Bool, String, String?)?
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count > 6, f[4] == escaped, let dash = f.firstIndex(of: "-"), dash + 3 < f.count else { continue }
+            let superOptions = f[dash + 3].split(separator: ",")
+            let size = superOptions.first { $0.hasPrefix("size=") }.map { String($0.dropFirst(5)) }
+            found = (String(f[dash + 1]), f[5].split(separator: ",").contains("ro"), String(f[dash + 3]),
+                     size == nil || size == "0k" ? nil : size)
+        }
+        return found
+    }
+
+    /// Whether `path` is a mount point (mountinfo names it; a bind mount counts).
+    static func isMountPoint(_ path: String) -> Bool { mountInfo(at: path) != nil }
+
+    /// Whether `path` still has a writable tmpfs mounted: checked before each domain's
+    /// QEMU starts (an administrator may have unmounted it since xend started; QEMU would
+    /// then put guest RAM in a file on the disk below).
+    static func stillUsable(_ path: String) -> Bool {
+        guard let m = mountInfo(at: path) else { return false }
+        return m.type == "tmpfs" && !m.readOnly
     }
 }

@@ -186,7 +186,9 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
                                       runAs: try runAsArgument(domid: l.domid))
         inputs.netHotplugSlots = QemuEngineDriver.netHotplugSlots
         inputs.incoming = l.incoming
-        inputs.ramDirectory = ramDirectory
+        // Checked again at each start: unmounted since xend started, it would put guest RAM
+        // on the disk below; a memfd then, as with `none`.
+        inputs.ramDirectory = ramDirectory.flatMap { GuestRAMDirectory.stillUsable($0) ? $0 : nil }
         let args: [String]
         do { args = try QemuCommandLine.arguments(for: c, inputs) } catch { throw EngineError(error.message) }
         let logStart = (try? FileManager.default.attributesOfItem(atPath: paths.stderrLog)[.size] as? Int) ?? 0

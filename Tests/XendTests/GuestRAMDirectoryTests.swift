@@ -40,4 +40,30 @@ import Glibc
             .split(separator: "\n").filter { $0.split(separator: " ")[4] == ram }
         #expect(mounts.count == 1)
     }
+
+    /// From a break-it run: a bind mount of a disk directory and a read-only tmpfs are
+    /// refused (not mounted over, not used); a directory unmounted after xend started is no
+    /// longer used for new domains.
+    @Test func bindMountsReadOnlyTmpfsAndUnmountedDirectoriesAreNotUsed() throws {
+        guard geteuid() == 0 else { print("SKIP: GuestRAMDirectoryTests: needs root (mount)"); return }
+        let root = tempRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let log = Logger(label: "test")
+        let src = root + "/src", bind = root + "/bind", ro = root + "/ro"
+        for d in [src, bind, ro] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        guard Glibc.mount(src, bind, nil, 4096 /* MS_BIND */, nil) == 0 else { Issue.record("bind mount: errno \(errno)"); return }
+        defer { umount2(bind, 2) }
+        #expect(GuestRAMDirectory.isMountPoint(bind))
+        #expect(GuestRAMDirectory.prepare(bind, log: log) == nil)
+        #expect(GuestRAMDirectory.mountInfo(at: bind)?.type != "tmpfs")   // not mounted over
+        guard Glibc.mount("t", ro, "tmpfs", 1 /* MS_RDONLY */, "size=1m") == 0 else { Issue.record("tmpfs: errno \(errno)"); return }
+        #expect(GuestRAMDirectory.prepare(ro, log: log) == nil)
+        #expect(!GuestRAMDirectory.stillUsable(ro))
+        umount2(ro, 2)
+        let ram = root + "/ram"
+        #expect(GuestRAMDirectory.prepare(ram, log: log) == ram)
+        #expect(GuestRAMDirectory.stillUsable(ram))
+        umount2(ram, 2)
+        #expect(!GuestRAMDirectory.stillUsable(ram))
+    }
 }

@@ -127,8 +127,6 @@ static inline int clinux_prctl(int option, unsigned long a2, unsigned long a3, u
 static inline int clinux_fcntl_int(int fd, int cmd, int arg) { return fcntl(fd, cmd, arg); }
 static inline int clinux_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
 int clinux_memfd_create(const char *name, unsigned int flags);
-/// statfs(2)'s f_type of the file system holding `path` into *type; 0 or -1 with errno.
-int clinux_fs_type(const char *path, long *type);
 /// prlimit(pid, RLIMIT_MEMLOCK) raised to `bytes` (soft and hard) when below; 0 or -1 with
 /// errno. (glibc hides prlimit without _GNU_SOURCE.)
 int clinux_raise_memlock(pid_t pid, uint64_t bytes);
