@@ -40,10 +40,12 @@ public final class InflightRegion: @unchecked Sendable {
 
     /// Maps a region received with SET_INFLIGHT_FD; takes ownership of `fd` on success.
     /// - Throws: ``VhostUserError/protocolViolation(_:)`` when `mmapSize` is too small for
-    ///   `numQueues` × `queueSize`; ``VhostUserError/system(_:_:)`` when mmap fails.
+    ///   `numQueues` × `queueSize`, or `mmapOffset` is unaligned or past 2^46 (it becomes an
+    ///   off_t: a front-end's 2^63 or more trapped the conversion, found by fuzz-vhost-user); ``VhostUserError/system(_:_:)`` when mmap fails.
     public init(fd: Int32, mmapSize: UInt64, mmapOffset: UInt64, numQueues: UInt16, queueSize: UInt16) throws(VhostUserError) {
         let need = UInt64(Int(numQueues) * Self.queueStride(queueSize: queueSize))
-        guard numQueues > 0, queueSize > 0, mmapSize >= need, mmapSize < 1 << 32, mmapOffset % 4096 == 0 else {
+        guard numQueues > 0, queueSize > 0, mmapSize >= need, mmapSize < 1 << 32, mmapOffset < 1 << 46,
+              mmapOffset % 4096 == 0 else {
             throw .protocolViolation("inflight region of \(mmapSize) bytes for \(numQueues) queues of \(queueSize)")
         }
         let p = mmap(nil, Int(mmapSize), PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(mmapOffset))
