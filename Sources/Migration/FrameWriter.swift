@@ -1,4 +1,5 @@
 // Writing the stream (README.md §1): envelope and header, data frames, end or abort frame.
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,8 +18,24 @@ public struct FrameWriter {
     public private(set) var dataFrames: UInt64 = 0
     public private(set) var dataChecksum: UInt32 = 0
 
+    /// Bytes after which the writer starts the file's writeback of what it wrote so far
+    /// (sync_file_range SYNC_FILE_RANGE_WRITE, not waiting), so the final fdatasync has
+    /// only the tail left: the disk writes while the engine still streams. 0: never (a
+    /// socket, or a caller that does not sync).
+    public var writeBehindBytes: UInt64 = 0
+    /// Bytes of `output` whose writeback was started.
+    private(set) var writebackStarted: UInt64 = 0
+
     /// A writer onto `output`, paced by `pacer` when given.
     public init(output: Descriptor, pacer: Pacer? = nil) { self.output = output; self.pacer = pacer }
+
+    /// Starts the writeback of what was written since the last start, once that is at least
+    /// ``writeBehindBytes``. Failure is ignored: the final fdatasync reports any error.
+    private mutating func writeBehind() {
+        guard writeBehindBytes > 0, wireBytes - writebackStarted >= writeBehindBytes else { return }
+        _ = clinux_start_writeback(output.fd, Int64(writebackStarted), Int64(wireBytes - writebackStarted))
+        writebackStarted = wireBytes
+    }
 
     /// Writes the envelope (signature, length, `config`) and the stream header.
     /// - Throws: `MigrationError` for a config that cannot be enveloped, or a write error.
@@ -91,6 +108,7 @@ public struct FrameWriter {
             }
         }
         wireBytes += UInt64(total)
+        writeBehind()
         return payloadCRC
     }
 

@@ -2,6 +2,9 @@
 
 /// The sending side: `save` (onto a file) and `send` (onto a connected peer socket).
 public enum Sender {
+    /// A save file's writeback is started every this many bytes (see ``FrameWriter/writeBehindBytes``).
+    public static let writeBehindBytes: UInt64 = 8 << 20
+
     /// Runs a save or a send to completion.
     ///
     /// Order: receive `config` from xend; write the envelope and header; copy the engine
@@ -28,6 +31,8 @@ public enum Sender {
             throw .statusProtocol("expected the domain configuration first, got a \(first.kind) message")
         }
         var writer = FrameWriter(output: output, pacer: pacer)
+        // A save file is fdatasynced before done: have the disk write it as it comes.
+        if !expectAck, output.isRegularFile { writer.writeBehindBytes = Self.writeBehindBytes }
         try writer.writeStart(config: config)
         var progress = ProgressReporter(status: status, intervalNanoseconds: progressInterval)
         do throws(MigrationError) {

@@ -55,10 +55,13 @@ public struct MigrationService: Sendable {
 
 /// Makes the pipe of an engine's state stream, both ends close-on-exec (glibc's pipe2 does
 /// not import; Spawn hands a child only the descriptors it names anyway).
+/// - Parameter capacity: bytes the pipe should hold (F_SETPIPE_SZ; capped by
+///   fs.pipe-max-size, a refusal keeps the kernel's 64 KiB); nil: the default.
 /// - Returns: false with errno set when the pipe cannot be made.
-func streamPipe(_ fds: inout [Int32]) -> Bool {
+func streamPipe(_ fds: inout [Int32], capacity: Int? = nil) -> Bool {
     guard pipe(&fds) == 0 else { return false }
     for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    if let capacity { _ = clinux_set_pipe_size(fds[1], Int32(capacity)) }
     return true
 }
 

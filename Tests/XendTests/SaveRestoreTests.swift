@@ -1,3 +1,4 @@
+import CLinux
 import DomainConfig
 import Foundation
 import Logging
@@ -115,6 +116,18 @@ extension ServerTests {
         #expect(t.isRestoring(9) && t.listedName(9, "db") == "db")
         t.detach(domid: 9)
         #expect(!t.isRestoring(9))
+    }
+
+    /// A save's engine pipe holds one frame's payload (1 MiB, not the default 64 KiB); a
+    /// migration's keeps the default; both ends close-on-exec.
+    @Test func aSavesEnginePipeHoldsAFrame() {
+        var save: [Int32] = [-1, -1], live: [Int32] = [-1, -1]
+        #expect(streamPipe(&save, capacity: DomainManager.saveStreamPipeBytes))
+        #expect(streamPipe(&live))
+        defer { for fd in save + live { close(fd) } }
+        #expect(clinux_pipe_size(save[1]) == 1 << 20)
+        #expect(clinux_pipe_size(live[1]) == 1 << 16)
+        #expect((save + live).allSatisfy { fcntl($0, F_GETFD) & FD_CLOEXEC != 0 })
     }
 
     /// Bad save files are refused by the migration service before any domain exists, each

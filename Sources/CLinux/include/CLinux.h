@@ -194,6 +194,15 @@ int clinux_block_signal(int sig);
 int clinux_termination_signalfd(void);
 /// CPU time consumed so far by another thread, nanoseconds (0 on failure).
 uint64_t clinux_thread_cpu_ns_of(unsigned long thread);
+/// fcntl(fd, F_SETPIPE_SZ, bytes) (fcntl(2)): a pipe's capacity. Returns the capacity the
+/// kernel set (bytes, rounded up to a power-of-two number of pages) or -1 with errno.
+int clinux_set_pipe_size(int fd, int bytes);
+/// fcntl(fd, F_GETPIPE_SZ): a pipe's capacity in bytes, or -1 with errno.
+int clinux_pipe_size(int fd);
+/// sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE) (sync_file_range(2)): starts
+/// writing back that byte range of a file without waiting for it. A hint for a later
+/// fdatasync, not a durability guarantee. Returns 0 or -1 with errno.
+int clinux_start_writeback(int fd, int64_t offset, int64_t nbytes);
 
 #include "clinux_sandbox.h"
 #include "clinux_uring.h"
