@@ -130,6 +130,40 @@ extension ServerTests {
         #expect((save + live).allSatisfy { fcntl($0, F_GETFD) & FD_CLOEXEC != 0 })
     }
 
+    /// A save is renamed onto a regular file or a new path only: a device node, FIFO,
+    /// socket or directory there is refused naming what it is (a rename would have
+    /// replaced `/dev/null` with the save); a symbolic link's target is replaced, the link
+    /// kept; a dangling link is refused.
+    @Test func aSaveReplacesOnlyARegularFile() throws {
+        let root = tempRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        #expect(try DomainManager.saveTarget(root + "/new.chk") == root + "/new.chk")
+        FileManager.default.createFile(atPath: root + "/old.chk", contents: Data([1]))
+        #expect(try DomainManager.saveTarget(root + "/old.chk") == root + "/old.chk")
+        #expect(symlink(root + "/old.chk", root + "/link.chk") == 0)
+        #expect(try DomainManager.saveTarget(root + "/link.chk") == root + "/old.chk")
+        #expect(mkfifo(root + "/fifo", 0o600) == 0)
+        #expect(symlink(root + "/gone", root + "/dangling") == 0)
+        let refused: [(String, String)] = [
+            ("/dev/null", "xm save: /dev/null is a character device: a save file must be a regular file or a new path"),
+            (root + "/fifo", "xm save: \(root)/fifo is a FIFO: a save file must be a regular file or a new path"),
+            (root, "xm save: \(root) is a directory: a save file must be a regular file or a new path"),
+        ]
+        for (path, message) in refused {
+            #expect(throws: XendError.self) { try DomainManager.saveTarget(path) }
+            do { _ = try DomainManager.saveTarget(path) } catch { #expect(error.message == message) }
+        }
+        do { _ = try DomainManager.saveTarget(root + "/dangling"); Issue.record("a dangling link was taken") }
+        catch { #expect(error.message.hasPrefix("xm save: \(root)/dangling is a symbolic link to nothing")) }
+        #expect(symlink("/dev/null", root + "/tonull") == 0)
+        do { _ = try DomainManager.saveTarget(root + "/tonull"); Issue.record("a link to /dev/null was taken") }
+        catch { #expect(error.message == "xm save: \(root)/tonull (/dev/null) is a character device: a save file must be a regular file or a new path") }
+        // Nothing was made or replaced.
+        var st = stat()
+        #expect(stat("/dev/null", &st) == 0 && st.st_mode & S_IFMT == S_IFCHR)
+        #expect(lstat(root + "/link.chk", &st) == 0 && st.st_mode & S_IFMT == S_IFLNK)
+    }
+
     /// Bad save files are refused by the migration service before any domain exists, each
     /// with a message naming the problem; no process and no record is left.
     @Test func badSaveFilesAreRefusedBeforeAnythingStarts() throws {
