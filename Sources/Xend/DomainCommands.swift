@@ -84,15 +84,16 @@ extension DomainManager {
     /// `.NAME.partial-DOMID` beside it (mode 0600), renamed over `file` only when complete,
     /// so a failed dump leaves no file and an existing one intact.
     /// - Returns: the path written.
-    /// - Throws: `XendError` 400 for Domain-0 or a relative path or unwritable directory,
-    ///   404, 409 not running, 503 when the engine cannot dump, 500 when the dump failed.
+    /// - Throws: `XendError` 400 for Domain-0, a relative path, an unwritable directory or a
+    ///   path that is not a regular file or new (``ReplaceablePath``), 404, 409 not running, 503 when the engine cannot dump, 500 when the dump failed.
     public func dumpCore(_ dom: String, file: String?) throws(XendError) -> String {
         let (r, p, e) = try live(dom, for: "dump the core of")
         guard e.capabilities.contains(.dumpCore) else {
             throw XendError(.unavailable, "Cannot dump core of domain \(r.name): the \(e.name) engine cannot dump a domain's memory")
         }
-        let target = file ?? defaultDumpPath(r)
-        guard target.hasPrefix("/") else { throw XendError(.badRequest, "Cannot dump core to \(target): not an absolute path") }
+        let named = file ?? defaultDumpPath(r)
+        guard named.hasPrefix("/") else { throw XendError(.badRequest, "Cannot dump core to \(named): not an absolute path") }
+        let target = try ReplaceablePath.resolve(named, command: "xm dump-core", kind: "a core file")
         let dir = (target as NSString).deletingLastPathComponent
         if file == nil { XenithPaths.makeDirectories(dir) }
         // A partial file of this dump's own (O_EXCL): two dumps into one directory must not

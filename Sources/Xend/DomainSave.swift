@@ -44,7 +44,7 @@ extension DomainManager {
             throw XendError(.unavailable, "Cannot save domain \(r.name): the migration service is not installed beside xend")
         }
         guard file.hasPrefix("/") else { throw XendError(.badRequest, "xm save: the file must be an absolute path: \(file)") }
-        let target = try Self.saveTarget(file)
+        let target = try ReplaceablePath.resolve(file, command: "xm save", kind: "a save file")
         let before = info(r, long: false)
         var phases = PhaseClock()
         guard transfers.begin(kind: "save", file: target, domain: r.name, domid: r.domid) else {
@@ -58,7 +58,7 @@ extension DomainManager {
         // The new file is written beside the old one and renamed over it when complete.
         let dir = (target as NSString).deletingLastPathComponent
         let partial = dir + "/." + (target as NSString).lastPathComponent + ".partial-\(r.domid)"
-        let fileFD = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        let fileFD = open(partial, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
         guard fileFD >= 0 else {
             throw XendError(.badRequest, "xm save: Unable to create file \(file): \(String(cString: strerror(errno)))")
         }
@@ -133,38 +133,6 @@ extension DomainManager {
         phases.mark(checkpoint ? "resume" : "destroy")
         dmesg("Domain \(r.name): save phases: \(phases.summary)")
         return before
-    }
-
-    /// The path a save of `file` is renamed onto: `file` itself when nothing is there or a
-    /// regular file is (replaced only once the new one is complete); the file a symbolic
-    /// link at `file` points to (the link stays). Anything else is refused before the
-    /// domain is touched: a save renamed over `/dev/null`, a FIFO or a directory's entry
-    /// would replace that node with a regular file (Xen's `xm save DOM /dev/null` wrote
-    /// into the device; here it is refused).
-    /// - Throws: `XendError` 400 naming the path and what it is.
-    static func saveTarget(_ file: String) throws(XendError) -> String {
-        var st = stat()
-        guard lstat(file, &st) == 0 else { return file }   // nothing there: created
-        var target = file
-        if st.st_mode & S_IFMT == S_IFLNK {
-            guard let real = realpath(file, nil) else {
-                throw XendError(.badRequest, "xm save: \(file) is a symbolic link to nothing (\(String(cString: strerror(errno)))): a save file must be a regular file or a new path")
-            }
-            target = String(cString: real)
-            free(real)
-            guard stat(target, &st) == 0 else { return target }
-        }
-        let kind: String
-        switch st.st_mode & S_IFMT {
-        case S_IFREG: return target
-        case S_IFDIR: kind = "a directory"
-        case S_IFCHR: kind = "a character device"
-        case S_IFBLK: kind = "a block device"
-        case S_IFIFO: kind = "a FIFO"
-        case S_IFSOCK: kind = "a socket"
-        default: kind = "not a regular file"
-        }
-        throw XendError(.badRequest, "xm save: \(target == file ? file : "\(file) (\(target))") is \(kind): a save file must be a regular file or a new path")
     }
 
     /// `xm restore [-p] FILE`: checks the whole save file, creates the domain its SXP

@@ -137,11 +137,11 @@ extension ServerTests {
     @Test func aSaveReplacesOnlyARegularFile() throws {
         let root = tempRoot()
         defer { try? FileManager.default.removeItem(atPath: root) }
-        #expect(try DomainManager.saveTarget(root + "/new.chk") == root + "/new.chk")
+        #expect(try ReplaceablePath.resolve(root + "/new.chk", command: "xm save", kind: "a save file") == root + "/new.chk")
         FileManager.default.createFile(atPath: root + "/old.chk", contents: Data([1]))
-        #expect(try DomainManager.saveTarget(root + "/old.chk") == root + "/old.chk")
+        #expect(try ReplaceablePath.resolve(root + "/old.chk", command: "xm save", kind: "a save file") == root + "/old.chk")
         #expect(symlink(root + "/old.chk", root + "/link.chk") == 0)
-        #expect(try DomainManager.saveTarget(root + "/link.chk") == root + "/old.chk")
+        #expect(try ReplaceablePath.resolve(root + "/link.chk", command: "xm save", kind: "a save file") == root + "/old.chk")
         #expect(mkfifo(root + "/fifo", 0o600) == 0)
         #expect(symlink(root + "/gone", root + "/dangling") == 0)
         let refused: [(String, String)] = [
@@ -150,14 +150,17 @@ extension ServerTests {
             (root, "xm save: \(root) is a directory: a save file must be a regular file or a new path"),
         ]
         for (path, message) in refused {
-            #expect(throws: XendError.self) { try DomainManager.saveTarget(path) }
-            do { _ = try DomainManager.saveTarget(path) } catch { #expect(error.message == message) }
+            #expect(throws: XendError.self) { try ReplaceablePath.resolve(path, command: "xm save", kind: "a save file") }
+            do { _ = try ReplaceablePath.resolve(path, command: "xm save", kind: "a save file") } catch { #expect(error.message == message) }
         }
-        do { _ = try DomainManager.saveTarget(root + "/dangling"); Issue.record("a dangling link was taken") }
+        do { _ = try ReplaceablePath.resolve(root + "/dangling", command: "xm save", kind: "a save file"); Issue.record("a dangling link was taken") }
         catch { #expect(error.message.hasPrefix("xm save: \(root)/dangling is a symbolic link to nothing")) }
         #expect(symlink("/dev/null", root + "/tonull") == 0)
-        do { _ = try DomainManager.saveTarget(root + "/tonull"); Issue.record("a link to /dev/null was taken") }
+        do { _ = try ReplaceablePath.resolve(root + "/tonull", command: "xm save", kind: "a save file"); Issue.record("a link to /dev/null was taken") }
         catch { #expect(error.message == "xm save: \(root)/tonull (/dev/null) is a character device: a save file must be a regular file or a new path") }
+        // dump-core's message names it.
+        do { _ = try ReplaceablePath.resolve("/dev/null", command: "xm dump-core", kind: "a core file"); Issue.record("taken") }
+        catch { #expect(error.message == "xm dump-core: /dev/null is a character device: a core file must be a regular file or a new path") }
         // Nothing was made or replaced.
         var st = stat()
         #expect(stat("/dev/null", &st) == 0 && st.st_mode & S_IFMT == S_IFCHR)
