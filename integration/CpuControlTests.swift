@@ -198,6 +198,15 @@ import Testing
         usleep(500_000)
         #expect(try xm("list", "cpu").stdout.contains("  1   192     1     r-----"), "still the same domain, running")
         #expect(!(try xm("block-list", "cpu").stdout.contains("51728")))
+        // And so does saving or migrating its state (SIGSEGV or SIGABRT in QEMU's migration
+        // thread, the domain lost): refused before the domain is stopped, no file made.
+        let chk = root + "/cpu.chk"
+        let sv = try xm("save", "-c", "cpu", chk)
+        #expect(sv.stderr == "Error: Cannot save domain cpu: vCPU 1 was unplugged from its QEMU (xm vcpu-set), and QEMU 7.2 crashes saving or migrating a guest after that, which would end the domain: reboot it first (it keeps its vCPU count)\n", "\(sv.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: chk))
+        let mg = try xm("migrate", "--live", "cpu", "127.0.0.1")
+        #expect(mg.status != 0 && mg.stderr.hasPrefix("Error: Cannot migrate domain cpu: vCPU 1 was unplugged"), "\(mg.stderr)")
+        #expect(try xm("list", "cpu").stdout.contains("  1   192     1     r-----"), "still the same domain, running")
     }
 
     /// Two spinning guests pinned on CPU 1 with weights 256 (the default) and 768

@@ -50,6 +50,7 @@ extension DomainManager {
         guard engine.capabilities.contains(isLive ? .liveMigrate : .save) else {
             throw XendError(.unavailable, "Cannot migrate domain \(r.name): the \(engine.name) engine cannot \(isLive ? "migrate a domain live" : "save a domain's state")")
         }
+        if let why = engine.stateTransferRefusal(p) { throw XendError(.conflict, "Cannot migrate domain \(r.name): \(why)") }
         guard let service = migration else {
             throw XendError(.unavailable, "Cannot migrate domain \(r.name): the migration service is not installed beside xend")
         }

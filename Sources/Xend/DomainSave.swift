@@ -32,7 +32,8 @@ extension DomainManager {
     /// `xm save [-c] DOM FILE`: writes the domain's state to `file`, then destroys the
     /// domain (or, with `checkpoint`, lets it run on).
     /// - Returns: the domain as it was before the save.
-    /// - Throws: `XendError`: 404 no such domain; 409 not running or already being saved;
+    /// - Throws: `XendError`: 404 no such domain; 409 not running, already being saved, or
+    ///   its engine cannot save it now (``DomainEngineDriver/stateTransferRefusal(_:)``);
     ///   400 the file cannot be created; 503 the engine cannot save or the migration
     ///   service is missing; 500 the save failed (the domain keeps running, no file left).
     public func save(_ dom: String, file: String, checkpoint: Bool) throws(XendError) -> DomainInfo {
@@ -40,6 +41,7 @@ extension DomainManager {
         guard engine.capabilities.contains(.save) else {
             throw XendError(.unavailable, "Cannot save domain \(r.name): the \(engine.name) engine cannot save a domain's state")
         }
+        if let why = engine.stateTransferRefusal(p) { throw XendError(.conflict, "Cannot save domain \(r.name): \(why)") }
         guard let service = migration else {
             throw XendError(.unavailable, "Cannot save domain \(r.name): the migration service is not installed beside xend")
         }

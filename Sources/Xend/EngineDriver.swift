@@ -264,6 +264,10 @@ public protocol DomainEngineDriver: Sendable {
     /// The processes whose CPU time is the domain's: the ones xend puts in the domain's CPU
     /// controller group for `cpu_weight`/`cpu_cap` (default: the engine process itself).
     func cpuProcesses(_ p: EngineProcess) -> [Int32]
+    /// Why the domain's state cannot be saved or migrated now, in a sentence that follows
+    /// "Cannot save domain NAME: " (nil: it can). Asked before `xm save` or `xm migrate`
+    /// touches the domain. Default: nil.
+    func stateTransferRefusal(_ p: EngineProcess) -> String?
 }
 
 extension DomainEngineDriver {
@@ -310,6 +314,7 @@ extension DomainEngineDriver {
         throw EngineError("the \(name) engine cannot hot-plug vCPUs: a domain's vCPUs are set when it is created")
     }
     public func cpuProcesses(_ p: EngineProcess) -> [Int32] { [p.pid] }
+    public func stateTransferRefusal(_ p: EngineProcess) -> String? { nil }
 }
 
 extension EngineError {

@@ -274,6 +274,21 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
         return out
     }
 
+    /// The vCPU slots unplugged from `p`'s QEMU since it started (``setVcpuCount(_:count:config:)``
+    /// keeps them in `controlPath + ".unplugged"`, across xend restarts).
+    func unpluggedVcpus(_ p: EngineProcess) -> [Substring] {
+        ((try? String(contentsOfFile: p.controlPath + ".unplugged", encoding: .utf8)) ?? "").split(separator: "\n")
+    }
+
+    /// QEMU 7.2 (Debian 12's) crashes in its migration thread (SIGSEGV, or SIGABRT on heap
+    /// corruption) saving or migrating a guest a vCPU was unplugged from: the domain would
+    /// be lost mid-save. Refused until the domain restarts (a reboot keeps its vCPU count).
+    public func stateTransferRefusal(_ p: EngineProcess) -> String? {
+        let unplugged = unpluggedVcpus(p)
+        guard !unplugged.isEmpty else { return nil }
+        return "vCPU \(unplugged.joined(separator: ", ")) was unplugged from its QEMU (xm vcpu-set), and QEMU 7.2 crashes saving or migrating a guest after that, which would end the domain: reboot it first (it keeps its vCPU count)"
+    }
+
     /// Unplugs the highest vCPUs (device_del, the guest acknowledging through ACPI) or plugs
     /// in the lowest missing ones (device_add) until vCPUs 0..<count are online.
     /// QEMU 7.2 (Debian 12's) aborts with heap corruption when a CPU is plugged back into a

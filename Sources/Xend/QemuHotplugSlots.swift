@@ -54,7 +54,7 @@ extension QemuEngineDriver {
         // QEMU 7.2 (Debian 12's) crashes (SIGSEGV, or SIGABRT on heap corruption) on any PCI
         // device_add once a CPU was unplugged from it; the slots setVcpuCount unplugged are
         // in `.unplugged` (QemuEngineAdapter), kept across xend restarts.
-        let unplugged = ((try? String(contentsOfFile: p.controlPath + ".unplugged", encoding: .utf8)) ?? "").split(separator: "\n")
+        let unplugged = unpluggedVcpus(p)
         if !unplugged.isEmpty {
             throw EngineError("vCPU \(unplugged.joined(separator: ", ")) was unplugged from this domain's QEMU (xm vcpu-set), and QEMU 7.2 crashes adding a device after that, which would end the domain: reboot it first (it keeps its vCPU count), then attach", badRequest: true)
         }
