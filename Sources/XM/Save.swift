@@ -15,7 +15,11 @@ extension XM {
         guard params.count == 2 else { err("Wrong number of parameters"); cmdHelp("save"); throw XMExit(status: 1) }
         let file = absolute(params[1])
         let dir = (file as NSString).deletingLastPathComponent
-        guard access(dir.isEmpty ? "/" : dir, W_OK) == 0 else { err("xm save: Unable to create file \(file)"); throw XMExit(status: 1) }
+        // Xen's words, then why (Xen gave none: a missing directory and a read-only one read alike).
+        guard access(dir.isEmpty ? "/" : dir, W_OK) == 0 else {
+            let why = String(cString: strerror(errno))
+            err("xm save: Unable to create file \(file): \(dir.isEmpty ? "/" : dir): \(why)"); throw XMExit(status: 1)
+        }
         try withProgress(file: file, verb: "Saving") {
             _ = try client().call("POST", "/api/v1/domains/\(XendClient.escape(params[0]))/save",
                                   body: SaveRequest(file: file, checkpoint: checkpoint), as: DomainInfo.self)
@@ -29,7 +33,10 @@ extension XM {
         let paused = opts.contains { $0.0 == "-p" || $0.0 == "--paused" }
         guard params.count == 1 else { err("Wrong number of parameters"); cmdHelp("restore"); throw XMExit(status: 1) }
         let file = absolute(params[0])
-        guard access(file, R_OK) == 0 else { err("xm restore: Unable to read file \(file)"); throw XMExit(status: 1) }
+        guard access(file, R_OK) == 0 else {
+            let why = String(cString: strerror(errno))
+            err("xm restore: Unable to read file \(file): \(why)"); throw XMExit(status: 1)
+        }
         try withProgress(file: file, verb: "Restoring") {
             _ = try client().call("POST", "/api/v1/restore", body: RestoreRequest(file: file, paused: paused), as: DomainInfo.self)
         }

@@ -10,8 +10,8 @@ import Testing
     func xm(_ args: String...) -> XM { let x = XM(paths: XenithPaths(root: root), cwd: "/"); _ = x.run(args); return x }
     #expect(xm("save", "dom").stderr == "Error: 'xm save' requires between 2 and 3 arguments.\n")
     #expect(xm("restore").stderr == "Error: 'xm restore' requires between 1 and 2 arguments.\n")
-    #expect(xm("save", "dom", "/nonexistent-dir/f").stderr == "Error: xm save: Unable to create file /nonexistent-dir/f\n")
-    #expect(xm("restore", "/nonexistent.chk").stderr == "Error: xm restore: Unable to read file /nonexistent.chk\n")
+    #expect(xm("save", "dom", "/nonexistent-dir/f").stderr == "Error: xm save: Unable to create file /nonexistent-dir/f: /nonexistent-dir: No such file or directory\n")
+    #expect(xm("restore", "/nonexistent.chk").stderr == "Error: xm restore: Unable to read file /nonexistent.chk: No such file or directory\n")
     #expect(xm("save", "-x", "dom", "/tmp/f").stderr == "Error: option -x not recognized\n")
     // Past the checks, the request goes to xend (absent here).
     #expect(xm("save", "-c", "dom", "/tmp/f").stderr == "Error: Unable to connect to xend: No such file or directory. Is xend running?\n")
