@@ -14,11 +14,12 @@ extension XM {
         let checkpoint = opts.contains { $0.0 == "-c" || $0.0 == "--checkpoint" }
         guard params.count == 2 else { err("Wrong number of parameters"); cmdHelp("save"); throw XMExit(status: 1) }
         let file = absolute(params[1])
-        let dir = (file as NSString).deletingLastPathComponent
+        let parent = (file as NSString).deletingLastPathComponent
+        let dir = parent.isEmpty ? "/" : parent
         // Xen's words, then why (Xen gave none: a missing directory and a read-only one read alike).
-        guard access(dir.isEmpty ? "/" : dir, W_OK) == 0 else {
+        guard access(dir, W_OK) == 0 else {
             let why = String(cString: strerror(errno))
-            err("xm save: Unable to create file \(file): \(dir.isEmpty ? "/" : dir): \(why)"); throw XMExit(status: 1)
+            err("xm save: Unable to create file \(file): \(dir): \(why)"); throw XMExit(status: 1)
         }
         try withProgress(file: file, verb: "Saving") {
             _ = try client().call("POST", "/api/v1/domains/\(XendClient.escape(params[0]))/save",

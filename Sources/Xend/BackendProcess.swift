@@ -121,8 +121,6 @@ final class BackendProcess: RestartableBackend, @unchecked Sendable {
         for _ in 0..<200 {
             // The supervising thread may reap it first (its blocking waitpid): then ours
             // fails with ECHILD and the pid's start time is gone, which is "ended" too.
-            // (Only the waitpid test made every halt of a supervised back-end take the full
-            // 2 s: xm destroy of a domain with a disk took 2.05 s.)
             if child, waitpid(p, &status, WNOHANG) == p { return }
             if ProcessInfo2.startTicks(p) != ticks { return }
             usleep(10_000)

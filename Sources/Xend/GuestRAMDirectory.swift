@@ -86,9 +86,6 @@ enum GuestRAMDirectory {
         return found
     }
 
-    /// Whether `path` is a mount point (mountinfo names it; a bind mount counts).
-    static func isMountPoint(_ path: String) -> Bool { mountInfo(at: path) != nil }
-
     /// Whether `path` still has a writable tmpfs mounted: checked before each domain's
     /// QEMU starts (an administrator may have unmounted it since xend started; QEMU would
     /// then put guest RAM in a file on the disk below).

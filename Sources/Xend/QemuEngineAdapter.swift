@@ -297,7 +297,7 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     /// until the domain restarts; fresh slots up to maxvcpus plug in.
     public func setVcpuCount(_ p: EngineProcess, count: Int, config: DomainConfiguration) throws {
         let file = p.controlPath + ".unplugged"
-        var gone = Set(((try? String(contentsOfFile: file, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int($0) })
+        var gone = Set(unpluggedVcpus(p).compactMap { Int($0) })
         try call {
             let d = try session(p)
             let online = Set(try d.qmp.queryCPUs().map(\.index))

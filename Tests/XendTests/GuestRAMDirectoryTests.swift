@@ -20,13 +20,13 @@ import Glibc
         try FileManager.default.createDirectory(atPath: full, withIntermediateDirectories: true)
         FileManager.default.createFile(atPath: full + "/keep", contents: Data("x".utf8))
         #expect(GuestRAMDirectory.prepare(full, log: log) == nil)
-        #expect(!GuestRAMDirectory.isMountPoint(full))
+        #expect(GuestRAMDirectory.mountInfo(at: full) == nil)
         #expect(FileManager.default.fileExists(atPath: full + "/keep"))
         // A path that does not exist yet: made (parents 0755) and mounted.
         let ram = root + "/run/xenith/guest-ram"
         #expect(GuestRAMDirectory.prepare(ram, log: log) == ram)
         defer { umount2(ram, 2 /* MNT_DETACH */) }
-        #expect(GuestRAMDirectory.isMountPoint(ram))
+        #expect(GuestRAMDirectory.mountInfo(at: ram) != nil)
         var st = stat()
         #expect(stat(root + "/run/xenith", &st) == 0 && st.st_mode & 0o777 == 0o755)
         let opts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
@@ -53,7 +53,7 @@ import Glibc
         for d in [src, bind, ro] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
         guard Glibc.mount(src, bind, nil, 4096 /* MS_BIND */, nil) == 0 else { Issue.record("bind mount: errno \(errno)"); return }
         defer { umount2(bind, 2) }
-        #expect(GuestRAMDirectory.isMountPoint(bind))
+        #expect(GuestRAMDirectory.mountInfo(at: bind) != nil)
         #expect(GuestRAMDirectory.prepare(bind, log: log) == nil)
         #expect(GuestRAMDirectory.mountInfo(at: bind)?.type != "tmpfs")   // not mounted over
         guard Glibc.mount("t", ro, "tmpfs", 1 /* MS_RDONLY */, "size=1m") == 0 else { Issue.record("tmpfs: errno \(errno)"); return }
