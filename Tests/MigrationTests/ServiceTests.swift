@@ -192,18 +192,24 @@ func failure(_ messages: [StatusMessage]) -> String? {
         let sent = try #require(summary(senderMessages))
         #expect(summary(receiverMessages.value ?? [])?.checksum == sent.checksum)
         #expect(sent.checksum == CRC32C.checksum(stream))
-        // 5 MiB plus framing at 40 Mbit/s: about 1.05 s; the service's own clock within ±20 %.
+        // 5 MiB plus framing at 40 Mbit/s: about 1.05 s. Never faster than the rate allows
+        // (-20 % for the clocks); slower only by scheduler stalls longer than the 64 KiB
+        // burst, which the pacer does not credit back, so a loaded CI host gets +50 %.
         let expected = Double(sent.wireBytes) * 8 / 40e6
         let measured = Double(sent.microseconds) / 1e6
-        #expect(measured > expected * 0.8 && measured < expected * 1.2, "took \(measured) s, expected \(expected) s")
-        #expect(wall > expected * 0.8 && wall < expected * 1.2 + 1.0, "wall \(wall) s, expected \(expected) s")
+        #expect(measured > expected * 0.8 && measured < expected * 1.5, "took \(measured) s, expected \(expected) s")
+        #expect(wall > expected * 0.8 && wall < expected * 1.5 + 1.0, "wall \(wall) s, expected \(expected) s")
         // Progress about every 250 ms, engine bytes rising, at about the paced rate (5 MB/s).
         let progress = senderMessages.compactMap { m -> (UInt64, UInt64)? in
             if case .progress(let b, let r) = m { (b, r) } else { nil }
         }
-        #expect(progress.count >= 2 && progress.count <= 6, "\(progress)")
+        #expect(progress.count >= 2 && progress.count <= 8, "\(progress)")
         #expect(zip(progress, progress.dropFirst()).allSatisfy { $0.0 < $1.0 })
-        #expect(progress.dropFirst().allSatisfy { $0.1 > 3_000_000 && $0.1 < 7_000_000 }, "\(progress)")
+        // Never above the rate; at it in the typical interval (one stalled interval of a
+        // loaded host may fall below).
+        let rates = progress.dropFirst().map(\.1).sorted()
+        #expect(rates.allSatisfy { $0 < 7_000_000 }, "\(progress)")
+        #expect(rates.isEmpty || rates[rates.count / 2] > 3_000_000, "\(progress)")
         print("paced send: \(sent.wireBytes) bytes in \(measured) s (expected \(expected) s), wall \(wall) s")
     }
 
