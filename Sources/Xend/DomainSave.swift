@@ -244,7 +244,9 @@ extension DomainManager {
             let base = DomainRecord(domid: 0, name: name, uuid: cfg.uuid!, config: cfg, engine: engine.name,
                                     process: nil, startTime: 0, restartCount: 0, previousRestartTime: nil,
                                     stoppedState: nil, consoleLog: paths.consoleLogDir + "/guest-\(name).log")
-            r = try launch(base, engine: engine, incoming: true)
+            // The guest stays stopped until the state is in: its CPU control group is set
+            // up meanwhile, and waited for before it runs.
+            r = try launch(base, engine: engine, incoming: true, cpuSettingsInBackground: true)
             transfers.attach(file: file, domid: r.domid, domain: name)
         }
         defer { transfers.detach(domid: r.domid) }
@@ -266,7 +268,11 @@ extension DomainManager {
                 }
                 do { try engine.restoreState(p, from: readEnd!) { _ in } }
                 catch { throw XendError(.internalError, "\(error)") }
-                close(readEnd!); readEnd = nil
+                // The last reference to the state's memfd: closing it frees its pages
+                // (12-13 ms for 110 MB), which the guest need not wait for.
+                let state = readEnd!
+                readEnd = nil
+                Thread.detachNewThread { close(state) }
                 phases.mark("state")
             } else {
                 do { try engine.restoreState(p, from: readEnd!) { _ in } }
@@ -278,6 +284,7 @@ extension DomainManager {
                 run.finish(timeout: 5)
                 finished = true
             }
+            cpuPlacements.wait(r.domid)
             if !paused { do { try engine.unpause(p) } catch { throw XendError(.internalError, "resume: \(error)") } }
         } catch {
             if let fd = readEnd { close(fd); readEnd = nil }
