@@ -280,6 +280,40 @@ import Testing
         }
     }
 
+    /// A restored guest gets its `cpus`, `cpu_weight` and `cpu_cap` again (the restore
+    /// applies them while QEMU loads the state, and waits for them before the guest runs);
+    /// its group goes when it ends.
+    @Test func cpuSettingsComeBackWithARestore() throws {
+        if skip(QemuEnv.unavailable) || skip(rootUnavailable) { return }
+        if Self.hostCPUs < 2 { _ = skip("needs 2 host CPUs"); return }
+        defer { stopAll(["cpurs"]) }
+        #expect(try tool("xend", ["start"]).status == 0)
+        let c = try xm("create", "services/examples/test-guest.cfg", "name=cpurs", "engine=qemu", "memory=128",
+                       "vcpus=1", "cpus=1", "cpu_weight=512", "cpu_cap=50", "extra=\(Self.spinning(0))")
+        #expect(c.status == 0, "\(c.stderr)")
+        #expect(waitUntil(60) { consoleLog("cpurs").contains("online=0") }, "\(consoleLog("cpurs").suffix(400))")
+        let chk = root + "/cpurs.chk"
+        defer { unlink(chk) }
+        let sv = try xm("save", "cpurs", chk)
+        #expect(sv.status == 0, "\(sv.stderr)")
+        let rs = try xm("restore", chk)
+        #expect(rs.status == 0, "\(rs.stderr)")
+        guard let pid = try enginePid("cpurs") else { Issue.record("no QEMU pid after the restore"); return }
+        // Already in place when `xm restore` returns: no waiting here.
+        guard let dir = Self.cgroupDir(pid), dir.contains("xenith") else {
+            Issue.record("the restored QEMU is in no xenith cpu cgroup: \(readText("/proc/\(pid)/cgroup"))"); return
+        }
+        #expect(Self.xenWeight(dir) == 512, "\(dir)")
+        #expect(Self.quota(dir) == 50000, "\(dir)")
+        guard let t0 = Self.threads(pid)["CPU 0/TCG"] ?? Self.threads(pid)["CPU 0/KVM"] else {
+            Issue.record("no vCPU thread in \(Self.threads(pid).keys.sorted())"); return
+        }
+        #expect(Self.allowed(pid, t0) == "1")
+        #expect(try xm("sched-credit", "-d", "cpurs").stdout.contains("   512   50"))
+        #expect(try xm("destroy", "cpurs").status == 0)
+        #expect(!FileManager.default.fileExists(atPath: dir), "\(dir) left behind")
+    }
+
     /// `(dom0-cpus 1)`: xend and xenstored are confined to CPU 0, Domain-0 shows one vCPU
     /// online, and a domain's engine still runs on every CPU.
     @Test func dom0CPUsConfinesTheServices() throws {

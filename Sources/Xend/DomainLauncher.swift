@@ -69,8 +69,11 @@ extension DomainManager {
     /// - Throws: `XendError`; everything made is undone first.
     /// - Parameter deferDiskLocks: open the disk images without locking them (the target of
     ///   a live migration; `BlockSupervisor.takeLocks` at switch-over).
+    /// - Parameter cpuSettingsInBackground: apply `cpus`, `cpu_weight` and `cpu_cap` on a
+    ///   background thread (an incoming engine whose guest stays stopped; the caller waits
+    ///   with `cpuPlacements.wait` before it resumes the guest).
     func launch(_ base: DomainRecord, engine: any DomainEngineDriver, incoming: Bool = false,
-                deferDiskLocks: Bool = false) throws(XendError) -> DomainRecord {
+                deferDiskLocks: Bool = false, cpuSettingsInBackground: Bool = false) throws(XendError) -> DomainRecord {
         lifecycle.lock(); defer { lifecycle.unlock() }
         var r = base
         r.domid = registry.allocateDomid()
@@ -162,7 +165,8 @@ extension DomainManager {
         registry.store(r)
         undo.commit()
         dmesg("Domain \(r.name) (\(domid)) started on the \(engine.name) engine, pid \(process.pid)")
-        applyCPUSettings(r, process, engine)
+        if cpuSettingsInBackground { applyCPUSettingsInBackground(r, process, engine) }
+        else { applyCPUSettings(r, process, engine) }
         watch(domid, process)
         return r
     }

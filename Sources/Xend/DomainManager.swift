@@ -41,6 +41,8 @@ public final class DomainManager: @unchecked Sendable {
     /// The domains' CPU control groups (`cpu_weight`, `cpu_cap`; CPUGroups.swift), nil
     /// where the host has no cpu controller or xend is not root.
     let cpuGroups: CPUGroups?
+    /// CPU settings being applied in the background (a restore's; CPUPlacements.swift).
+    let cpuPlacements = CPUPlacements()
     /// Saves and restores under way (DomainSave.swift, Transfers.swift).
     let transfers = TransferTable()
     /// The migration service for `xm save`/`restore` (nil: both are refused).
@@ -108,6 +110,7 @@ public final class DomainManager: @unchecked Sendable {
         nets?.stop(domid: domid)
         blocks?.stop(domid: domid)
         consoles?.remove(domid: domid)
+        cpuPlacements.wait(domid)
         cpuGroups?.remove(domid)
         pcis?.release(domid: domid)
     }
