@@ -49,10 +49,11 @@ extension DomainManager {
         let target = try ReplaceablePath.resolve(file, command: "xm save", kind: "a save file")
         let before = info(r, long: false)
         var phases = PhaseClock()
-        guard transfers.begin(kind: "save", file: target, domain: r.name, domid: r.domid) else {
+        let key = ReplaceablePath.transferKey(target)
+        guard transfers.begin(kind: "save", file: key, domain: r.name, domid: r.domid) else {
             throw XendError(.conflict, "Domain \(r.name) is already being saved, or \(file) is in use by another save or restore")
         }
-        defer { transfers.end(file: target) }
+        defer { transfers.end(file: key) }
         // The cached run state would show the stopped vCPUs for up to a second afterwards.
         statuses[r.domid] = nil
         defer { statuses[r.domid] = nil }
@@ -77,7 +78,7 @@ extension DomainManager {
             throw error
         }
         close(fileFD); close(stream[0])
-        run.onProgress = { [transfers] bytes, rate in transfers.progress(file: target, bytes: bytes, bytesPerSecond: rate) }
+        run.onProgress = { [transfers] bytes, rate in transfers.progress(file: key, bytes: bytes, bytesPerSecond: rate) }
         dmesg("Domain \(r.name) (\(r.domid)): saving to \(file)")
         phases.mark("service")
 
@@ -159,11 +160,14 @@ extension DomainManager {
             throw XendError(.badRequest, "xm restore: \(file) is not a regular file")
         }
         var phases = PhaseClock()
-        guard transfers.begin(kind: "restore", file: file, domain: "", domid: nil) else {
+        // Keyed as a save to this file is, so a save and a restore of one file through
+        // different links see each other.
+        let key = ReplaceablePath.transferKey(file)
+        guard transfers.begin(kind: "restore", file: key, domain: "", domid: nil) else {
             close(fileFD)
             throw XendError(.conflict, "\(file) is in use by another save or restore")
         }
-        defer { transfers.end(file: file) }
+        defer { transfers.end(file: key) }
         // A state that fits in memory goes through a memfd the service fills while the
         // engine starts, and which the engine then reads as a file (as raw QEMU's
         // `-incoming` from a file: no pipe hand-offs, which cost QEMU ~0.5 s per 100 MB);
@@ -196,7 +200,7 @@ extension DomainManager {
         close(fileFD); close(stream[1])
         var finished = false
         defer { if !finished { run.kill() } }
-        run.onProgress = { [transfers] bytes, rate in transfers.progress(file: file, bytes: bytes, bytesPerSecond: rate) }
+        run.onProgress = { [transfers] bytes, rate in transfers.progress(file: key, bytes: bytes, bytesPerSecond: rate) }
 
         // 1. The service checks every byte of the file before it reports the configuration.
         let verifyTimeout = 30 + Double(st.st_size) / 100e6
@@ -247,7 +251,7 @@ extension DomainManager {
             // The guest stays stopped until the state is in: its CPU control group is set
             // up meanwhile, and waited for before it runs.
             r = try launch(base, engine: engine, incoming: true, cpuSettingsInBackground: true)
-            transfers.attach(file: file, domid: r.domid, domain: name)
+            transfers.attach(file: key, domid: r.domid, domain: name)
         }
         defer { transfers.detach(domid: r.domid) }
         phases.mark("start")

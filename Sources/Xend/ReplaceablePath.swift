@@ -40,4 +40,16 @@ enum ReplaceablePath {
         }
         throw XendError(.badRequest, "\(command): \(target == file ? file : "\(file) (\(target))") is \(what): \(kind) must be a regular file or a new path")
     }
+
+    /// The name under which saves and restores of `path` are tracked (TransferTable): its
+    /// directory with every link resolved, then its last component with a link there
+    /// resolved too; `path` itself when its directory does not resolve. A save to a new
+    /// file and a restore of it later, through any links, get the same name.
+    static func transferKey(_ path: String) -> String {
+        if let whole = realpath(path, nil) { defer { free(whole) }; return String(cString: whole) }
+        let ns = path as NSString
+        guard let dir = realpath(ns.deletingLastPathComponent, nil) else { return path }
+        defer { free(dir) }
+        return (String(cString: dir) as NSString).appendingPathComponent(ns.lastPathComponent)
+    }
 }

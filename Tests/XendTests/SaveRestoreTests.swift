@@ -130,6 +130,28 @@ extension ServerTests {
         #expect((save + live).allSatisfy { fcntl($0, F_GETFD) & FD_CLOEXEC != 0 })
     }
 
+    /// A save and a restore of one file are tracked under one name through any links: a
+    /// linked directory, a link to the file, the new file before it exists.
+    @Test func savesAndRestoresOfOneFileShareATransferKey() throws {
+        let root = tempRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let real = try #require(realpath(root, nil).map { p in defer { free(p) }; return String(cString: p) })
+        try FileManager.default.createDirectory(atPath: root + "/dir", withIntermediateDirectories: true)
+        symlink(root + "/dir", root + "/dirlink")
+        // Not there yet (a save's target): the directory resolves.
+        #expect(ReplaceablePath.transferKey(root + "/dirlink/a.chk") == real + "/dir/a.chk")
+        #expect(ReplaceablePath.transferKey(root + "/dir/a.chk") == real + "/dir/a.chk")
+        FileManager.default.createFile(atPath: root + "/dir/a.chk", contents: Data([1]))
+        symlink(root + "/dirlink/a.chk", root + "/a-link")
+        #expect(ReplaceablePath.transferKey(root + "/a-link") == real + "/dir/a.chk")
+        #expect(ReplaceablePath.transferKey(root + "/dirlink/a.chk") == real + "/dir/a.chk")
+        // A directory that does not resolve: the path as given.
+        #expect(ReplaceablePath.transferKey(root + "/nosuch/a.chk") == root + "/nosuch/a.chk")
+        let t = TransferTable()
+        #expect(t.begin(kind: "save", file: ReplaceablePath.transferKey(root + "/a-link"), domain: "web", domid: 3))
+        #expect(!t.begin(kind: "restore", file: ReplaceablePath.transferKey(root + "/dir/a.chk"), domain: "", domid: nil))
+    }
+
     /// A save is renamed onto a regular file or a new path only: a device node, FIFO,
     /// socket or directory there is refused naming what it is (a rename would have
     /// replaced `/dev/null` with the save); a symbolic link's target is replaced, the link
