@@ -24,20 +24,28 @@ extension DomainManager {
         return (r, p, e)
     }
 
-    func engineCall(_ f: () throws -> Void) throws(XendError) {
-        do { try f() } catch { throw XendError(.internalError, "\(error)") }
+    /// Runs a request on domain `r`'s engine `p`; `operation` names it in errors.
+    /// - Throws: `XendError` 409 when the engine process ended meanwhile (the domain is
+    ///   going: a shutdown or crash being handled), else 500 with the engine's error.
+    func engineCall(_ r: DomainRecord, _ p: EngineProcess, _ operation: String, _ f: () throws -> Void) throws(XendError) {
+        do { try f() } catch {
+            if ProcessInfo2.startTicks(p.pid) != p.startTicks {
+                throw XendError(.conflict, "Cannot \(operation) domain \(r.name): it has just ended (its engine exited)")
+            }
+            throw XendError(.internalError, "\(error)")
+        }
     }
 
     public func pause(_ dom: String) throws(XendError) -> DomainInfo {
         let (r, p, e) = try live(dom, for: "pause")
-        try engineCall { try e.pause(p) }
+        try engineCall(r, p, "pause") { try e.pause(p) }
         statuses.setPaused(r.domid, true)
         return info(r, long: false)
     }
 
     public func unpause(_ dom: String) throws(XendError) -> DomainInfo {
         let (r, p, e) = try live(dom, for: "unpause")
-        try engineCall { try e.unpause(p) }
+        try engineCall(r, p, "unpause") { try e.unpause(p) }
         statuses.setPaused(r.domid, false)
         return info(r, long: false)
     }
@@ -97,7 +105,7 @@ extension DomainManager {
         lifecycle.lock()
         if mode == "reboot" { rebootRequested.insert(r.domid) } else { rebootRequested.remove(r.domid) }
         lifecycle.unlock()
-        try engineCall { try e.requestShutdown(p) }
+        try engineCall(r, p, mode == "reboot" ? "reboot" : "shut down") { try e.requestShutdown(p) }
         return info(r, long: false)
     }
 
