@@ -197,6 +197,38 @@ import Testing
             print("SKIP: \(#function): failed-save part: cannot mount a tmpfs")
         }
 
+        // xend killed in a restore after QEMU loaded the state, before the guest ran: the
+        // restarted xend undoes that domain (nothing of it runs, its disk is free), and the
+        // file restores again, the counter going on from the checkpoint.
+        #expect(try xm("destroy", "sr").status == 0)
+        #expect(try tool("xend", ["stop"]).status == 0)
+        setenv("XENITH_TEST_CRASH_AT", "restore-loaded", 1)
+        let crashStart = try tool("xend", ["start"])
+        unsetenv("XENITH_TEST_CRASH_AT")
+        #expect(crashStart.status == 0, "\(crashStart.stderr)")
+        let logMark = consoleLog("sr").utf8.count
+        func countsSinceMark() -> [Int] {
+            let text = String(decoding: Array(consoleLog("sr").utf8.dropFirst(logMark)), as: UTF8.self)
+            return completeValues(text, after: "count=").compactMap { Int($0.prefix(while: { $0.isNumber })) }
+        }
+        let k = try xm("restore", file2)
+        #expect(k.status != 0, "xend should have died in the restore: \(k.stdout)")
+        #expect(waitUntil(10) { processes(Env.binary("xend")).allSatisfy { pid in
+            !String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ"))) ?? Data(), as: UTF8.self).contains("XENITH_ROOT=\(root)")
+        } }, "the crashing xend still runs")
+        #expect(try tool("xend", ["start"]).status == 0)
+        #expect(!(try domainNames()).contains("sr"), "the half-restored domain was kept")
+        #expect(waitUntil(10) { qemus().isEmpty }, "its QEMU still runs: \(qemus())")
+        #expect(waitUntil(10) { processes(Env.binary("blkback")).isEmpty })
+        #expect(try xm("dmesg").stdout.contains("the transfer of its state (restore or migration) was interrupted (xend stopped); undone"))
+        #expect(countsSinceMark().isEmpty, "the half-restored guest ran: \(countsSinceMark())")
+        let again = try xm("restore", file2)
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(waitUntil(30) { countsSinceMark().count >= 2 }, "\(consoleLog("sr").suffix(300))")
+        // On from the checkpoint (the last count printed before `save -c` returned, or the next).
+        #expect(countsSinceMark().first.map { $0 >= atCheckpoint && $0 <= atCheckpoint + 2 } == true,
+                "\(countsSinceMark().prefix(3)) after a checkpoint at \(atCheckpoint)")
+
         // The core engine's save and restore: CoreSaveRestoreTests.
     }
 }

@@ -17,7 +17,7 @@ extension DomainManager {
         lifecycle.lock(); defer { lifecycle.unlock() }
         let listed = consoles?.listed() ?? []
         for r in registry.loadFiles() {
-            if r.creating == true { undoUnfinishedCreate(r, listed: listed); continue }
+            if r.creating == true || r.incoming == true { undoUnfinishedCreate(r, listed: listed); continue }
             registry.store(r, persisting: false)
             guard let p = r.process else {
                 // No engine (destroyed while xend was stopping, between marking it and
@@ -93,7 +93,8 @@ extension DomainManager {
             if (try? xs.directory("/local/domain/0/backend"))?.isEmpty == true { try? xs.rm("/local/domain/0/backend") }
         }
         registry.remove(domid)
-        dmesg("Domain \(r.name) (\(domid)): its creation was interrupted (xend stopped); undone"
+        let what = r.creating == true ? "its creation" : "the transfer of its state (restore or migration)"
+        dmesg("Domain \(r.name) (\(domid)): \(what) was interrupted (xend stopped); undone"
               + (killed.isEmpty ? "" : " (stopped pids \(killed.map(String.init).joined(separator: " ")))"))
     }
 }

@@ -159,14 +159,17 @@ extension DomainManager {
         FaultInjection.crashPoint("engine")
         r.process = process
         r.creating = nil
+        r.incoming = incoming ? true : nil
         r.plannedTaps = nil
         r.startTime = Date().timeIntervalSince1970
         r.bootMemory = max(cfg.memory, cfg.maxmem ?? 0)
+        // Before the record can be found: an `xm sched-credit` or `vcpu-pin` that finds the
+        // domain then comes after its start-time settings (or waits for them), never before.
+        if cpuSettingsInBackground { applyCPUSettingsInBackground(r, process, engine) }
+        else { applyCPUSettings(r, process, engine) }
         registry.store(r)
         undo.commit()
         dmesg("Domain \(r.name) (\(domid)) started on the \(engine.name) engine, pid \(process.pid)")
-        if cpuSettingsInBackground { applyCPUSettingsInBackground(r, process, engine) }
-        else { applyCPUSettings(r, process, engine) }
         watch(domid, process)
         return r
     }

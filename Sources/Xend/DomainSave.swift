@@ -217,6 +217,17 @@ extension DomainManager {
         if Self.nameRegex.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) == nil || name.count > 64 {
             throw XendError(.badRequest, "Restore failed: \(file): not a valid guest state file: invalid VM name '\(name)'")
         }
+        if name == "." || name == ".." {
+            throw XendError(.badRequest, "Restore failed: \(file): not a valid guest state file: invalid VM name '\(name)'")
+        }
+        // What create refuses (DomainLauncher.create), the file may not bring either.
+        if let d = cfg.disks.first(where: { $0.script != nil }) {
+            throw XendError(.badRequest, "Restore failed: \(file): Device \(d.vdev) (vbd): block script \(d.script!) is not supported here")
+        }
+        do {
+            for d in cfg.disks { try DiskImageChecks.refuseOldQcow(d) }
+            try checkCPUSettings(cfg)
+        } catch { throw XendError(.badRequest, "Restore failed: \(file): \(error.message)") }
         // No save holds a passed-through device's state; a file naming one would only make
         // this host take the device from its driver.
         if let p = cfg.pciDevices.first {
@@ -244,6 +255,8 @@ extension DomainManager {
             if let other = registry.named(name) {
                 throw XendError(.conflict, "Restore failed: \(file): VM name '\(name)' already exists as domain \(other.domid)")
             }
+            do { try HostMemory.check(needMiB: cfg.memory, freeKiB: HostFacts.freeKiB(), dom0MinMemMiB: xendConfig.dom0MinMem) }
+            catch { throw XendError(error.kind, "Restore failed: \(file): \(error.message)") }
             if cfg.uuid == nil { cfg.uuid = UUID().uuidString.lowercased() }
             let base = DomainRecord(domid: 0, name: name, uuid: cfg.uuid!, config: cfg, engine: engine.name,
                                     process: nil, startTime: 0, restartCount: 0, previousRestartTime: nil,
@@ -289,13 +302,22 @@ extension DomainManager {
                 finished = true
             }
             cpuPlacements.wait(r.domid)
+            FaultInjection.crashPoint("restore-loaded")
+            // The state is in: from here an xend restart keeps the domain (paused if it
+            // stopped before the next step) instead of undoing it.
+            registry.update(r.domid) { $0.incoming = nil }
             if !paused { do { try engine.unpause(p) } catch { throw XendError(.internalError, "resume: \(error)") } }
         } catch {
             if let fd = readEnd { close(fd); readEnd = nil }
             run.kill(); finished = true
+            // Destroyed meanwhile (`xm destroy`), or its engine died: say that, not what
+            // the engine's broken session said.
+            let why = registry[r.domid] == nil ? "the domain was destroyed while it was being restored"
+                : r.process.map { ProcessInfo2.startTicks($0.pid) != $0.startTicks } == true
+                    ? "its engine exited while it was being restored (\(error.message))" : error.message
             _ = try? destroy(String(r.domid))
-            dmesg("Domain \(name): restore from \(file) failed: \(error.message)")
-            throw XendError(.internalError, "Restore failed: \(file): \(error.message)")
+            dmesg("Domain \(name): restore from \(file) failed: \(why)")
+            throw XendError(.internalError, "Restore failed: \(file): \(why)")
         }
         statuses[r.domid] = nil
         phases.mark("resume")

@@ -13,7 +13,8 @@ enum FaultInjection {
     /// Kills xend at once when `point` is the armed one. Points of a create, in order:
     /// `intent` (record written), `xenstore`, `vif-DEVID` (each vif made), `vbd-VDEV` (each
     /// vbd made), `console`, `engine-spawned` (the core's process exists, its control socket
-    /// may not), `engine` (engine started, record not yet final).
+    /// may not), `engine` (engine started, record not yet final). Of a restore:
+    /// `restore-loaded` (the engine has the whole state, the guest has not run).
     static func crashPoint(_ point: String) {
         guard let armed = armedPoint, armed == point else { return }
         kill(getpid(), SIGKILL)

@@ -2,6 +2,7 @@ import CLinux
 import DomainConfig
 import Foundation
 import Logging
+import Migration
 import Testing
 import XendAPI
 @testable import Xend
@@ -215,6 +216,46 @@ extension ServerTests {
         do { _ = try manager.restore(file: root + "/missing", paused: false); Issue.record("restored nothing") } catch {
             #expect(error.message.hasPrefix("xm restore: Unable to read file \(root)/missing"))
         }
+        #expect(manager.list(long: false).count == 1)   // Domain-0 only
+        #expect(manager.transferList().isEmpty)
+    }
+
+    /// A well-formed save file whose configuration `xm create` would refuse (a cap above
+    /// 100 per vCPU, a CPU the host lacks, a block script, the name `..`) is refused the
+    /// same way, before anything starts.
+    @Test func restoreRefusesWhatCreateRefuses() throws {
+        guard access(migrationBinary, X_OK) == 0 else { print("SKIP: \(#function): no \(migrationBinary)"); return }
+        let root = tempRoot()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let service = MigrationService(binary: migrationBinary, manifest: nil, logPath: root + "/migration.log")
+        let manager = DomainManager(paths: XenithPaths(root: root), xendConfig: XendConfig(), engines: ["core": SleepEngine()],
+                                    xenstore: nil, logger: Logger(label: "test"), migration: service)
+        func refusal(_ change: (inout DomainConfiguration) throws -> Void) throws -> XendError? {
+            var cfg = DomainConfiguration(name: "r")
+            cfg.kernel = root + "/kernel"
+            try change(&cfg)
+            let f = root + "/r.chk"
+            let fd = open(f, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            var w = FrameWriter(output: Descriptor(fd, role: "file"))
+            try w.writeStart(config: cfg.toSXP().description)
+            let state = [UInt8](repeating: 7, count: 4096)
+            try w.writeData(state, state.count)
+            _ = try w.writeEnd()
+            close(fd)
+            do { _ = try manager.restore(file: f, paused: false); return nil } catch { return error }
+        }
+        let cap = try refusal { $0.vcpus = 2; $0.cpuCap = 1000 }
+        #expect(cap?.kind == .badRequest && cap?.message.contains("cpu_cap: cap is out of range: 1000 (0-200)") == true, "\(String(describing: cap))")
+        let cpus = try refusal { $0.cpus = "4000" }
+        #expect(cpus?.kind == .badRequest && cpus?.message.contains("cpus: ") == true, "\(String(describing: cpus))")
+        let script = try refusal {
+            var d = try DiskSpec(parsing: "file:\(root)/d.img,xvda,w")
+            d.script = "block-drbd"
+            $0.disks = [d]
+        }
+        #expect(script?.kind == .badRequest && script?.message.contains("block script") == true, "\(String(describing: script))")
+        let dots = try refusal { $0.name = ".." }
+        #expect(dots?.kind == .badRequest && dots?.message.contains("invalid VM name '..'") == true, "\(String(describing: dots))")
         #expect(manager.list(long: false).count == 1)   // Domain-0 only
         #expect(manager.transferList().isEmpty)
     }
