@@ -17,7 +17,7 @@ extension DomainManager {
         lifecycle.lock(); defer { lifecycle.unlock() }
         let listed = consoles?.listed() ?? []
         for r in registry.loadFiles() {
-            if r.creating == true || r.incoming == true { undoUnfinishedCreate(r, listed: listed); continue }
+            if r.creating == true || registry.isIncoming(r.domid) { undoUnfinishedCreate(r, listed: listed); continue }
             registry.store(r, persisting: false)
             guard let p = r.process else {
                 // No engine (destroyed while xend was stopping, between marking it and

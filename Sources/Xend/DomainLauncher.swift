@@ -159,7 +159,6 @@ extension DomainManager {
         FaultInjection.crashPoint("engine")
         r.process = process
         r.creating = nil
-        r.incoming = incoming ? true : nil
         r.plannedTaps = nil
         r.startTime = Date().timeIntervalSince1970
         r.bootMemory = max(cfg.memory, cfg.maxmem ?? 0)
@@ -167,6 +166,7 @@ extension DomainManager {
         // domain then comes after its start-time settings (or waits for them), never before.
         if cpuSettingsInBackground { applyCPUSettingsInBackground(r, process, engine) }
         else { applyCPUSettings(r, process, engine) }
+        if incoming { registry.markIncoming(domid) }
         registry.store(r)
         undo.commit()
         dmesg("Domain \(r.name) (\(domid)) started on the \(engine.name) engine, pid \(process.pid)")

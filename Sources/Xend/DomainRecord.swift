@@ -29,11 +29,6 @@ public struct DomainRecord: Codable, Sendable {
     /// Set while xend makes the domain (written before the first device): a record still
     /// marked when xend starts belongs to a creation that xend did not finish, and is undone.
     public var creating: Bool? = nil
-    /// Set while the engine waits for or loads a restored or migrated state (`xm restore`,
-    /// the relocation server), cleared once the state is in and before the guest first
-    /// runs: a record still marked when xend starts belongs to a transfer xend did not
-    /// finish, whose guest never ran, and is undone like an unfinished creation.
-    public var incoming: Bool? = nil
     /// Devices added while the engine runs (`vbd xvdb`, `vif 1`; block-attach,
     /// network-attach): the engine has them in hot-plug slots, where a configuration started
     /// afresh does not put them. Cleared at each start. nil: none.

@@ -31,6 +31,20 @@ final class DomainRegistry: @unchecked Sendable {
     /// Deletes `domid`'s file, keeping its record in memory (a domain about to be replaced).
     func removeFile(_ domid: Int) { unlink(recordPath(domid)) }
 
+    /// The mark of a domain whose engine waits for or loads a restored or migrated state
+    /// (`xm restore`, the relocation server): made before its record is final, removed once
+    /// the state is in and before the guest first runs. A mark xend finds at start belongs to
+    /// a transfer it did not finish, whose guest never ran: that domain is undone
+    /// (DomainAdoption). A file of its own, made and removed without rewriting the record:
+    /// replacing a file by rename on ext4 waits for its data (1-7 ms), in the restore's path.
+    func incomingMarkPath(_ domid: Int) -> String { paths.registryDir + "/\(domid).incoming" }
+    func markIncoming(_ domid: Int) {
+        let fd = open(incomingMarkPath(domid), O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        if fd >= 0 { close(fd) }
+    }
+    func clearIncoming(_ domid: Int) { unlink(incomingMarkPath(domid)) }
+    func isIncoming(_ domid: Int) -> Bool { access(incomingMarkPath(domid), F_OK) == 0 }
+
     /// Reads every record file (after an xend restart); unreadable files are skipped.
     func loadFiles() -> [DomainRecord] {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: paths.registryDir)) ?? []
@@ -73,6 +87,7 @@ final class DomainRegistry: @unchecked Sendable {
     func remove(_ domid: Int) -> DomainRecord? {
         let r = withLock { records.removeValue(forKey: domid) }
         unlink(recordPath(domid))
+        clearIncoming(domid)
         return r
     }
 

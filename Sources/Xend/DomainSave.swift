@@ -305,7 +305,7 @@ extension DomainManager {
             FaultInjection.crashPoint("restore-loaded")
             // The state is in: from here an xend restart keeps the domain (paused if it
             // stopped before the next step) instead of undoing it.
-            registry.update(r.domid) { $0.incoming = nil }
+            registry.clearIncoming(r.domid)
             if !paused { do { try engine.unpause(p) } catch { throw XendError(.internalError, "resume: \(error)") } }
         } catch {
             if let fd = readEnd { close(fd); readEnd = nil }

@@ -102,7 +102,7 @@ extension DomainManager {
             }
             phases.mark("switchover")
             try blocks?.takeLocks(r.domid)
-            registry.update(r.domid) { $0.incoming = nil }
+            registry.clearIncoming(r.domid)
             do { try engine.unpause(p) } catch { throw XendError(.internalError, "resume: \(error)") }
             try RelocationWire.write(sock, "(running \(r.domid))", peer: "the source \(peer)")
             phases.mark("resume")
