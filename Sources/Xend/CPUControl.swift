@@ -210,7 +210,7 @@ extension DomainManager {
                 threads = Self.engineThreads((try? e.vcpuThreads(p)) ?? [:], of: p, maxVcpus: 4096)
                 if !threads.isEmpty { break }
                 // An engine that ended will not start any: no point holding a destroy up.
-                if ProcessInfo2.startTicks(p.pid) != p.startTicks { throw CPUGroupError(message: "its engine has exited") }
+                if p.hasExited { throw CPUGroupError(message: "its engine has exited") }
                 usleep(20_000)
             } while Date() < deadline
             if threads.isEmpty { throw CPUGroupError(message: "its engine reports no vCPU threads") }

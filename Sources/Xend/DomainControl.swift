@@ -29,7 +29,7 @@ extension DomainManager {
     ///   going: a shutdown or crash being handled), else 500 with the engine's error.
     func engineCall(_ r: DomainRecord, _ p: EngineProcess, _ operation: String, _ f: () throws -> Void) throws(XendError) {
         do { try f() } catch {
-            if ProcessInfo2.startTicks(p.pid) != p.startTicks {
+            if p.hasExited {
                 throw XendError(.conflict, "Cannot \(operation) domain \(r.name): it has just ended (its engine exited)")
             }
             throw XendError(.internalError, "\(error)")

@@ -33,12 +33,8 @@ extension DomainManager {
             // Files are named after the domain (guest-NAME.log): these name directories.
             throw XendError(.badRequest, "Invalid VM Name '\(name)': '.' and '..' name directories")
         }
-        if let d = cfg.disks.first(where: { $0.script != nil }) {
-            throw XendError(.badRequest, "Device \(d.vdev) (vbd) could not be connected. Block script \(d.script!) is not supported here: use file: or phy: (disk '\(d.uname),\(d.dev),\(d.access.rawValue)')")
-        }
-        for d in cfg.disks { try DiskImageChecks.refuseOldQcow(d) }
+        try refuseUnstartable(cfg)
         let engine = try engines.choose(for: cfg, configured: xendConfig.domainEngine)
-        try checkCPUSettings(cfg)
         lifecycle.lock(); defer { lifecycle.unlock() }
         if name == "Domain-0" { throw XendError(.conflict, "VM name 'Domain-0' already exists as domain 0") }
         if let other = registry.named(name) {
@@ -62,6 +58,18 @@ extension DomainManager {
     /// The engine's control socket and stop-status file of domain `domid`.
     func controlPath(_ domid: Int) -> String { paths.domainRunDir + "/\(domid).control" }
     func statusFile(_ domid: Int) -> String { paths.domainRunDir + "/\(domid).status" }
+
+    /// What no domain may start with, whoever brings the configuration (`xm create`, a save
+    /// file): a block script, a qcow version 1 image, `cpus` or `cpu_cap` this host cannot
+    /// honour.
+    /// - Throws: `XendError` 400 in Xen's words where Xen has them.
+    func refuseUnstartable(_ cfg: DomainConfiguration) throws(XendError) {
+        if let d = cfg.disks.first(where: { $0.script != nil }) {
+            throw XendError(.badRequest, "Device \(d.vdev) (vbd) could not be connected. Block script \(d.script!) is not supported here: use file: or phy: (disk '\(d.uname),\(d.dev),\(d.access.rawValue)')")
+        }
+        for d in cfg.disks { try DiskImageChecks.refuseOldQcow(d) }
+        try checkCPUSettings(cfg)
+    }
 
     /// Allocates a domid, records the intent, writes xenstore, makes the devices of the
     /// engine's plan, starts the engine, registers and watches it.

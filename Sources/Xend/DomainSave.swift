@@ -214,20 +214,11 @@ extension DomainManager {
         do { cfg = try DomainConfiguration(sxp: SXP.parse(sxpText, file: file), file: file) }
         catch { throw XendError(.badRequest, "Restore failed: \(file): not a valid guest state file: config parse: \(error)") }
         let name = cfg.name
-        if Self.nameRegex.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) == nil || name.count > 64 {
+        if Self.nameRegex.firstMatch(in: name, range: NSRange(name.startIndex..., in: name)) == nil || name.count > 64
+            || name == "." || name == ".." {
             throw XendError(.badRequest, "Restore failed: \(file): not a valid guest state file: invalid VM name '\(name)'")
         }
-        if name == "." || name == ".." {
-            throw XendError(.badRequest, "Restore failed: \(file): not a valid guest state file: invalid VM name '\(name)'")
-        }
-        // What create refuses (DomainLauncher.create), the file may not bring either.
-        if let d = cfg.disks.first(where: { $0.script != nil }) {
-            throw XendError(.badRequest, "Restore failed: \(file): Device \(d.vdev) (vbd): block script \(d.script!) is not supported here")
-        }
-        do {
-            for d in cfg.disks { try DiskImageChecks.refuseOldQcow(d) }
-            try checkCPUSettings(cfg)
-        } catch { throw XendError(.badRequest, "Restore failed: \(file): \(error.message)") }
+        do { try refuseUnstartable(cfg) } catch { throw XendError(.badRequest, "Restore failed: \(file): \(error.message)") }
         // No save holds a passed-through device's state; a file naming one would only make
         // this host take the device from its driver.
         if let p = cfg.pciDevices.first {
@@ -313,7 +304,7 @@ extension DomainManager {
             // Destroyed meanwhile (`xm destroy`), or its engine died: say that, not what
             // the engine's broken session said.
             let why = registry[r.domid] == nil ? "the domain was destroyed while it was being restored"
-                : r.process.map { ProcessInfo2.startTicks($0.pid) != $0.startTicks } == true
+                : r.process?.hasExited == true
                     ? "its engine exited while it was being restored (\(error.message))" : error.message
             _ = try? destroy(String(r.domid))
             dmesg("Domain \(name): restore from \(file) failed: \(why)")

@@ -54,6 +54,9 @@ public struct EngineProcess: Codable, Sendable, Equatable {
     /// Size of the engine's stderr log when this process started: its own lines follow
     /// (nil in records of older xends, and for the core).
     public var logOffset: Int? = nil
+
+    /// Whether this process has ended (its pid gone, a zombie, or reused by another).
+    var hasExited: Bool { ProcessInfo2.startTicks(pid) != startTicks }
 }
 
 /// Why an engine process ended (the core's status file / exit status).

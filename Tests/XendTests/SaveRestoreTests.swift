@@ -253,7 +253,7 @@ extension ServerTests {
             d.script = "block-drbd"
             $0.disks = [d]
         }
-        #expect(script?.kind == .badRequest && script?.message.contains("block script") == true, "\(String(describing: script))")
+        #expect(script?.kind == .badRequest && script?.message.contains("Block script block-drbd is not supported here") == true, "\(String(describing: script))")
         let dots = try refusal { $0.name = ".." }
         #expect(dots?.kind == .badRequest && dots?.message.contains("invalid VM name '..'") == true, "\(String(describing: dots))")
         #expect(manager.list(long: false).count == 1)   // Domain-0 only
