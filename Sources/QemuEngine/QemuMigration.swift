@@ -112,8 +112,13 @@ extension QemuDomain {
             try qmp.getfd(QemuDomain.migrationFDName, fd: fd)
             try qmp.migrateIncoming(uri: "fd:" + QemuDomain.migrationFDName)
             try waitForMigration(stallTimeout: stallTimeout, onProgress: onProgress)
+        } catch let e as QemuEngineError {
+            throw e
         } catch {
-            throw (error as? QemuEngineError) ?? QemuEngineError("\(error)")
+            // A QEMU that refuses the stream at once (a RAM size that does not match) exits
+            // before it answers `migrate-incoming`: its last log line says why.
+            let why = qmp.isClosed ? stderrTail(1).first.map(QemuDomain.stripTimestamp).map { ": " + $0 } ?? "" : ""
+            throw QemuEngineError("\(error)\(why)")
         }
     }
 

@@ -114,6 +114,7 @@ extension DomainManager {
         if dom == "0" || dom == "Domain-0" { throw XendError(.badRequest, "Cannot destroy privileged domain 0") }
         guard let r = find(dom) else { throw .noDomain(dom) }
         let i = info(r, long: false)
+        transfers.noteDestroyed(r.domid)
         if let p = r.process, let e = engines[r.engine] {
             // Mark as destroyed first so the watcher does not apply on_* actions.
             lifecycle.lock()

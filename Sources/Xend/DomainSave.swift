@@ -301,11 +301,9 @@ extension DomainManager {
         } catch {
             if let fd = readEnd { close(fd); readEnd = nil }
             run.kill(); finished = true
-            // Destroyed meanwhile (`xm destroy`), or its engine died: say that, not what
-            // the engine's broken session said.
-            let why = registry[r.domid] == nil ? "the domain was destroyed while it was being restored"
-                : r.process?.hasExited == true
-                    ? "its engine exited while it was being restored (\(error.message))" : error.message
+            // Destroyed meanwhile (`xm destroy`): say that, not what the engine's broken
+            // session said. A QEMU that refused the stream and exited names its reason.
+            let why = transfers.wasDestroyed(r.domid) ? "the domain was destroyed while it was being restored" : error.message
             _ = try? destroy(String(r.domid))
             dmesg("Domain \(name): restore from \(file) failed: \(why)")
             throw XendError(.internalError, "Restore failed: \(file): \(why)")

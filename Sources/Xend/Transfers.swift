@@ -10,6 +10,8 @@ final class TransferTable: @unchecked Sendable {
     private var byFile: [String: TransferInfo] = [:]
     /// Domains being restored: their engine's exit is a failed restore, not a crash to act on.
     private var restoring: Set<Int> = []
+    /// Domains being restored that `xm destroy` ended: the restore's failure says so.
+    private var destroyedWhileRestoring: Set<Int> = []
 
     /// Registers a transfer of `kind` (`save`, `restore`) on `file`.
     /// - Returns: false when the file or (for a save) the domain is already in a transfer.
@@ -38,7 +40,17 @@ final class TransferTable: @unchecked Sendable {
     }
 
     /// The restore of `domid` is over (done or undone).
-    func detach(domid: Int) { lock.lock(); restoring.remove(domid); lock.unlock() }
+    func detach(domid: Int) {
+        lock.lock(); restoring.remove(domid); destroyedWhileRestoring.remove(domid); lock.unlock()
+    }
+
+    /// Notes that `xm destroy` ends domain `domid` (kept only while it is being restored).
+    func noteDestroyed(_ domid: Int) {
+        lock.lock(); if restoring.contains(domid) { destroyedWhileRestoring.insert(domid) }; lock.unlock()
+    }
+
+    /// Whether `xm destroy` ended domain `domid` while it was being restored.
+    func wasDestroyed(_ domid: Int) -> Bool { lock.lock(); defer { lock.unlock() }; return destroyedWhileRestoring.contains(domid) }
 
     func end(file: String) { lock.lock(); byFile[file] = nil; lock.unlock() }
 
