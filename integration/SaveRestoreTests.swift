@@ -197,6 +197,18 @@ import Testing
             print("SKIP: \(#function): failed-save part: cannot mount a tmpfs")
         }
 
+        // A paused domain saved with -c stays paused, and QEMU 7.2 will not save it again
+        // until it has run: refused in xend's words, the domain kept as it was, no file.
+        #expect(try xm("pause", "sr").status == 0)
+        #expect(try xm("save", "-c", "sr", root + "/p1.chk").status == 0)
+        let again2 = try xm("save", "-c", "sr", root + "/p2.chk")
+        #expect(again2.stderr == "Error: Cannot save domain sr: it has stayed paused since its state was last saved (xm save -c of a paused domain), and QEMU saves or migrates such a guest again only once it has run: xm unpause it first\n", "\(again2.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: root + "/p2.chk"))
+        let pausedRow = try xm("list", "sr").stdout
+        #expect(pausedRow.contains("--p---"), "\(pausedRow)")
+        #expect(try xm("unpause", "sr").status == 0)
+        #expect(try xm("save", "-c", "sr", root + "/p2.chk").status == 0)
+
         // xend killed in a restore after QEMU loaded the state, before the guest ran: the
         // restarted xend undoes that domain (nothing of it runs, its disk is free), and the
         // file restores again, the counter going on from the checkpoint.

@@ -284,6 +284,12 @@ public final class QemuEngineDriver: DomainEngineDriver, @unchecked Sendable {
     /// corruption) saving or migrating a guest a vCPU was unplugged from: the domain would
     /// be lost mid-save. Refused until the domain restarts (a reboot keeps its vCPU count).
     public func stateTransferRefusal(_ p: EngineProcess) -> String? {
+        // QEMU leaves a guest that was paused when its state was sent in `postmigrate`, and
+        // refuses another migration from there ("Can't migrate the vm that was paused due
+        // to previous migration") until it has run.
+        if (try? session(p).qmp.queryStatus().status) == "postmigrate" {
+            return "it has stayed paused since its state was last saved (xm save -c of a paused domain), and QEMU saves or migrates such a guest again only once it has run: xm unpause it first"
+        }
         let unplugged = unpluggedVcpus(p)
         guard !unplugged.isEmpty else { return nil }
         return "vCPU \(unplugged.joined(separator: ", ")) was unplugged from its QEMU (xm vcpu-set), and QEMU 7.2 crashes saving or migrating a guest after that, which would end the domain: reboot it first (it keeps its vCPU count)"
